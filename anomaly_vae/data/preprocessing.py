@@ -1,0 +1,213 @@
+"""Turning a table into model inputs: robust numeric scaling, categorical codes, missing flags.
+
+Everything here is fitted on training rows only and stored as plain JSON with the model, so
+scoring reproduces training's encoding exactly without unpickling anything.
+
+- Numeric columns are centred on the median and divided by the interquartile range (scaled to
+  match a standard deviation on normal data), so a handful of huge transaction amounts cannot
+  squash every other value towards zero. Beyond `TAIL_START` robust units the scale turns
+  logarithmic: extreme values stay extreme (and monotone) but cannot dominate the loss.
+- Categorical columns keep their frequent values; rare and unseen values share code 0, the
+  unknown bucket, which training therefore sees too.
+- A numeric column that had missing values in training gets a 0/1 indicator input and its
+  missing cells are imputed with the median and left out of the reconstruction loss. A missing
+  value in a column that never had one is an error: the model has no notion of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from anomaly_vae.errors import InputError
+
+TAIL_START = 3.0
+MIN_CATEGORY_COUNT = 5
+MAX_CATEGORIES = 100
+MISSING_CATEGORY = "<missing>"
+# Robust units: the IQR of a standard normal is 1.349, so dividing by IQR / 1.349 gives unit
+# spread on Gaussian-looking columns.
+IQR_TO_STD = 1.349
+
+
+@dataclass
+class NumericColumn:
+    name: str
+    center: float
+    scale: float
+    has_missing: bool
+
+
+@dataclass
+class CategoricalColumn:
+    name: str
+    categories: list[str]  # code i + 1 is categories[i]; code 0 is the unknown bucket
+
+    @property
+    def size(self) -> int:
+        return len(self.categories) + 1
+
+
+@dataclass
+class EncodedTable:
+    """Model-ready arrays for a batch of rows."""
+
+    numeric: np.ndarray  # float32 (n, n_numeric), scaled
+    observed: np.ndarray  # float32 (n, n_numeric), 0 where the value was missing
+    codes: np.ndarray  # int64 (n, n_categorical)
+
+    def __len__(self) -> int:
+        return len(self.numeric)
+
+
+@dataclass
+class TabularPreprocessor:
+    numeric: list[NumericColumn] = field(default_factory=list)
+    categorical: list[CategoricalColumn] = field(default_factory=list)
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature columns in the order the model's reconstruction terms use."""
+        return [c.name for c in self.numeric] + [c.name for c in self.categorical]
+
+    @property
+    def category_sizes(self) -> list[int]:
+        return [c.size for c in self.categorical]
+
+    @property
+    def missing_columns(self) -> list[int]:
+        """Indices of numeric columns that get a missing-value indicator input."""
+        return [i for i, c in enumerate(self.numeric) if c.has_missing]
+
+    @classmethod
+    def fit(
+        cls, frame: pd.DataFrame, features: Sequence[str], categorical: Sequence[str] | None
+    ) -> TabularPreprocessor:
+        """Learn scaling and categories from training rows; `categorical=None` infers them."""
+        if categorical is None:
+            categorical = [c for c in features if not _is_numeric_column(frame[c])]
+        unknown = sorted(set(categorical) - set(features))
+        if unknown:
+            raise InputError(f"data.categorical names columns that are not features: {unknown}")
+        numeric = [
+            _fit_numeric(frame[c], c, "training data") for c in features if c not in categorical
+        ]
+        cats = [_fit_categorical(frame[c], c) for c in features if c in categorical]
+        if not numeric and not cats:
+            raise InputError("training data: no feature columns left to train on")
+        return cls(numeric=numeric, categorical=cats)
+
+    def transform(self, frame: pd.DataFrame, source: str, row_offset: int = 0) -> EncodedTable:
+        """Encode rows; bad values raise an error naming `source`, the column and the row."""
+        n = len(frame)
+        numeric = np.zeros((n, len(self.numeric)), dtype=np.float32)
+        observed = np.ones_like(numeric)
+        for j, column in enumerate(self.numeric):
+            values = _numeric_values(frame[column.name], column, source, row_offset)
+            missing = np.isnan(values)
+            scaled = _compress_tails((values - column.center) / column.scale)
+            scaled[missing] = 0.0
+            numeric[:, j] = scaled
+            observed[:, j] = ~missing
+        codes = np.zeros((n, len(self.categorical)), dtype=np.int64)
+        for j, column in enumerate(self.categorical):
+            lookup = {value: i + 1 for i, value in enumerate(column.categories)}
+            codes[:, j] = [lookup.get(v, 0) for v in _category_strings(frame[column.name])]
+        return EncodedTable(numeric=numeric, observed=observed, codes=codes)
+
+    def to_dict(self) -> dict:
+        return {
+            "numeric": [asdict(c) for c in self.numeric],
+            "categorical": [asdict(c) for c in self.categorical],
+        }
+
+    @classmethod
+    def from_dict(cls, state: dict) -> TabularPreprocessor:
+        return cls(
+            numeric=[NumericColumn(**c) for c in state["numeric"]],
+            categorical=[CategoricalColumn(**c) for c in state["categorical"]],
+        )
+
+
+def _is_numeric_column(series: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
+
+
+def _fit_numeric(series: pd.Series, name: str, source: str) -> NumericColumn:
+    values = _as_float(series, name, source, 0)
+    _reject_infinite(values, name, source, 0)
+    finite = values[~np.isnan(values)]
+    if not len(finite):
+        raise InputError(f"{source}: column '{name}' has no values")
+    q25, median, q75 = np.percentile(finite, [25, 50, 75])
+    scale = (q75 - q25) / IQR_TO_STD
+    if not scale > 0:
+        scale = float(finite.std())
+    if not scale > 0:
+        scale = 1.0
+    return NumericColumn(
+        name=name,
+        center=float(median),
+        scale=float(scale),
+        has_missing=bool(np.isnan(values).any()),
+    )
+
+
+def _fit_categorical(series: pd.Series, name: str) -> CategoricalColumn:
+    counts = pd.Series(_category_strings(series)).value_counts()
+    frequent = counts[counts >= MIN_CATEGORY_COUNT]
+    if frequent.empty:
+        frequent = counts
+    return CategoricalColumn(name=name, categories=sorted(frequent.index[:MAX_CATEGORIES]))
+
+
+def _category_strings(series: pd.Series) -> list[str]:
+    return [MISSING_CATEGORY if pd.isna(v) else str(v) for v in series.to_numpy(dtype=object)]
+
+
+def _numeric_values(
+    series: pd.Series, column: NumericColumn, source: str, row_offset: int
+) -> np.ndarray:
+    values = _as_float(series, column.name, source, row_offset)
+    _reject_infinite(values, column.name, source, row_offset)
+    if not column.has_missing:
+        missing = np.flatnonzero(np.isnan(values))
+        if len(missing):
+            raise InputError(
+                f"{source}: column '{column.name}', row {row_offset + missing[0] + 1}: missing "
+                "value, and the training data had none in this column"
+            )
+    return values
+
+
+def _as_float(series: pd.Series, name: str, source: str, row_offset: int) -> np.ndarray:
+    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+        return series.to_numpy(dtype=np.float64, na_value=np.nan)
+    converted = pd.to_numeric(series, errors="coerce")
+    bad = np.flatnonzero(converted.isna().to_numpy() & series.notna().to_numpy())
+    if len(bad):
+        value = series.iloc[bad[0]]
+        raise InputError(
+            f"{source}: column '{name}', row {row_offset + bad[0] + 1}: {value!r} is not a number"
+        )
+    return converted.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _reject_infinite(values: np.ndarray, name: str, source: str, row_offset: int) -> None:
+    infinite = np.flatnonzero(np.isinf(values))
+    if len(infinite):
+        raise InputError(
+            f"{source}: column '{name}', row {row_offset + infinite[0] + 1}: infinite value"
+        )
+
+
+def _compress_tails(z: np.ndarray) -> np.ndarray:
+    """Identity within +-TAIL_START, logarithmic beyond: monotone, continuous, unbounded."""
+    excess = np.abs(z) - TAIL_START
+    tail = excess > 0
+    out = z.copy()
+    out[tail] = np.sign(z[tail]) * (TAIL_START + np.log1p(excess[tail]))
+    return out

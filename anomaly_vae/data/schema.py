@@ -1,0 +1,68 @@
+"""Checks that a table has the columns a model expects, and reading anomaly labels."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+import numpy as np
+import pandas as pd
+
+from anomaly_vae.errors import InputError
+
+_TRUE_STRINGS = {"1", "true", "yes", "anomaly", "anomalous"}
+_FALSE_STRINGS = {"0", "false", "no", "normal"}
+
+
+def check_columns(
+    columns: Sequence[str],
+    required: Sequence[str],
+    known: Collection[str],
+    source: str,
+    allow_extra: bool = False,
+) -> None:
+    """Missing required columns are an error; so are unexpected ones unless `allow_extra`."""
+    present = set(columns)
+    missing = [c for c in required if c not in present]
+    if missing:
+        raise InputError(f"{source}: missing column(s) {_names(missing)}")
+    if not allow_extra:
+        expected = set(required) | set(known)
+        extra = [c for c in columns if c not in expected]
+        if extra:
+            raise InputError(
+                f"{source}: unexpected column(s) {_names(extra)} "
+                "(the model was not trained on them; pass --allow-extra-columns to ignore them)"
+            )
+
+
+def anomaly_labels(
+    series: pd.Series, anomaly_value: str | None, source: str, row_offset: int = 0
+) -> np.ndarray:
+    """Boolean anomaly flags from a label column.
+
+    With `anomaly_value` the rows equal to it (compared as text) are anomalies. Without it,
+    numbers are anomalous when non-zero and text must read as a yes/no word, so a label column
+    of "fraud"/"ok" is not silently misread.
+    """
+    name = series.name
+    missing = np.flatnonzero(series.isna().to_numpy())
+    if len(missing):
+        raise InputError(f"{source}: label column '{name}', row {row_offset + missing[0] + 1}: missing label")
+    if anomaly_value is not None:
+        return (series.astype(str).str.strip() == str(anomaly_value)).to_numpy()
+    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+        return series.to_numpy(dtype=np.float64) != 0
+    text = series.astype(str).str.strip().str.lower()
+    unknown = ~text.isin(_TRUE_STRINGS | _FALSE_STRINGS)
+    if unknown.any():
+        row = int(np.flatnonzero(unknown.to_numpy())[0])
+        raise InputError(
+            f"{source}: label column '{name}', row {row_offset + row + 1}: cannot read {series.iloc[row]!r} "
+            "as normal or anomaly (set data.anomaly_value to the value that marks an anomaly)"
+        )
+    return text.isin(_TRUE_STRINGS).to_numpy()
+
+
+def _names(columns: Sequence[str]) -> str:
+    shown = ", ".join(f"'{c}'" for c in columns[:5])
+    return shown + (f" and {len(columns) - 5} more" if len(columns) > 5 else "")

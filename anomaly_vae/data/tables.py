@@ -1,0 +1,149 @@
+"""Reading and writing CSV and Parquet tables, whole or in streamed batches.
+
+Scoring must handle files larger than memory, so reading yields pandas batches of a bounded
+number of rows and writing appends batches to a temporary file that is renamed into place only
+when every batch succeeded: a failed run never leaves a partial output behind.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from anomaly_vae.errors import InputError
+
+TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def table_format(path: str | Path) -> str:
+    """The format implied by a file's extension, or an error naming the ones we read."""
+    suffix = Path(path).suffix.lower()
+    try:
+        return TABLE_FORMATS[suffix]
+    except KeyError:
+        known = ", ".join(sorted(TABLE_FORMATS))
+        raise InputError(f"{path}: unknown extension '{suffix}' (expected one of {known})") from None
+
+
+def read_table(path: str | Path) -> pd.DataFrame:
+    """Read a whole table; training needs all rows at once to split and fit the scalers."""
+    batches = list(iter_table_batches(path))
+    return pd.concat(batches, ignore_index=True) if len(batches) > 1 else batches[0]
+
+
+def count_rows(path: str | Path) -> int | None:
+    """Rows in a Parquet file from its footer (for progress bars); None for CSV."""
+    if table_format(path) != "parquet":
+        return None
+    return _open_parquet(Path(path)).metadata.num_rows
+
+
+def iter_table_batches(path: str | Path, batch_rows: int = 65536) -> Iterator[pd.DataFrame]:
+    """Yield the table in batches of at most `batch_rows` rows; an empty table is an error."""
+    path = Path(path)
+    fmt = table_format(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a {fmt.upper()} file")
+    batches = _parquet_batches(path, batch_rows) if fmt == "parquet" else _csv_batches(path)
+    seen_rows = 0
+    try:
+        for batch in batches:
+            if batch.num_rows:
+                seen_rows += batch.num_rows
+                yield batch.to_pandas()
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{path}: cannot read ({_first_line(exc)})") from None
+    if not seen_rows:
+        raise InputError(f"{path}: the file holds no rows")
+
+
+def _parquet_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
+    yield from _open_parquet(path).iter_batches(batch_size=batch_rows)
+
+
+def _open_parquet(path: Path) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+
+
+def _csv_batches(path: Path) -> Iterator[pa.RecordBatch]:
+    """Stream a CSV; integer columns are read as floats so a later block with decimals parses."""
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: the file is empty")
+    try:
+        first = pacsv.open_csv(path)
+        schema = first.schema
+        first.close()
+    except pa.ArrowInvalid as exc:
+        raise InputError(f"{path}: not a readable CSV file ({_first_line(exc)})") from None
+    column_types = {
+        field.name: pa.float64()
+        if pa.types.is_integer(field.type) or pa.types.is_null(field.type)
+        else field.type
+        for field in schema
+    }
+    reader = pacsv.open_csv(path, convert_options=pacsv.ConvertOptions(column_types=column_types))
+    yield from reader
+
+
+class AtomicTableWriter:
+    """Write a table batch by batch to a temporary file renamed into place on success."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.format = table_format(self.path)
+        if not self.path.parent.is_dir():
+            raise InputError(f"{self.path}: folder '{self.path.parent}' does not exist")
+        self._tmp_path: Path | None = None
+        self._writer: pq.ParquetWriter | pacsv.CSVWriter | None = None
+        self.rows_written = 0
+
+    def __enter__(self) -> AtomicTableWriter:
+        fd, name = tempfile.mkstemp(
+            prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
+        )
+        os.close(fd)
+        self._tmp_path = Path(name)
+        return self
+
+    def write(self, frame: pd.DataFrame) -> None:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        if self._writer is None:
+            self._writer = (
+                pq.ParquetWriter(self._tmp_path, table.schema)
+                if self.format == "parquet"
+                else pacsv.CSVWriter(self._tmp_path, table.schema)
+            )
+        self._writer.write_table(table)
+        self.rows_written += len(frame)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        assert self._tmp_path is not None
+        if self._writer is not None:
+            self._writer.close()
+        if exc_type is None and self._writer is not None:
+            os.replace(self._tmp_path, self.path)
+        else:
+            self._tmp_path.unlink(missing_ok=True)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,52 @@
+"""Likelihood and KL terms shared by every VAE in the package.
+
+Each function returns per-element or per-sample values, never a batch mean: the same terms
+are summed over features into anomaly scores (`anomaly_vae.scoring`) and averaged over the
+batch into the training loss, so training and scoring cannot drift apart. Summing over
+features rather than averaging matters: averaging shrinks the reconstruction term by the
+number of features relative to the KL term, and the latent code collapses to the prior.
+
+Kingma and Welling, "Auto-Encoding Variational Bayes", ICLR 2014.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def squared_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """Element-wise squared error."""
+    return (x - x_hat) ** 2
+
+
+def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
+    """Element-wise negative log-density of x under N(mean, exp(log_scale)^2)."""
+    return 0.5 * squared_error(x, mean) * torch.exp(-2 * log_scale) + log_scale + HALF_LOG_2PI
+
+
+def bernoulli_nll(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Element-wise binary cross-entropy of x in [0, 1] against logits."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+
+
+def categorical_nll(codes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """Per-row cross-entropy of integer codes (n,) against logits (n, k)."""
+    return F.cross_entropy(logits, codes, reduction="none")
+
+
+def kl_divergence(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """Per-sample KL(N(mu, exp(log_var)) || N(0, I)), summed over latent dimensions."""
+    return 0.5 * torch.sum(mu**2 + torch.exp(log_var) - log_var - 1, dim=-1)
+
+
+def reparameterize(
+    mu: torch.Tensor, log_var: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """z = mu + sigma * eps, differentiable in mu and log_var."""
+    eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    return mu + torch.exp(0.5 * log_var) * eps

@@ -1,0 +1,157 @@
+"""MLflow: where runs go, logging a detector as a pyfunc model, and finding it again.
+
+The embedded default is a SQLite store at `mlruns/mlflow.db` with artifacts under `mlruns/`
+(MLflow 3 no longer accepts a bare `./mlruns` file store); `MLFLOW_TRACKING_URI` or
+`--tracking-uri` point elsewhere, such as a tracking server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from anomaly_vae.errors import InputError
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+MODEL_ARTIFACT = "model"
+DETECTOR_ARTIFACT = "detector"
+CHAMPION_ALIAS = "champion"
+_PYFUNC_CODE = Path(__file__).with_name("mlflow_model_code.py")
+_MODEL_URI = re.compile(r"^(models|runs):/")
+
+
+def configure_tracking(tracking_uri: str | None = None) -> str:
+    """Point MLflow at `tracking_uri`, else $MLFLOW_TRACKING_URI, else the local SQLite store."""
+    # MLflow's per-file download bars and INFO lines drown our one-line summaries.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    import mlflow
+
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    db = _sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def use_experiment(name: str) -> str:
+    """Activate (creating if needed) an experiment; with SQLite, artifacts sit beside the DB."""
+    import mlflow
+
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        db = _sqlite_path(mlflow.get_tracking_uri())
+        location = None
+        if db is not None:
+            location = (db.parent / "artifacts" / _slug(name)).resolve().as_uri()
+        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+    else:
+        experiment_id = experiment.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
+    return experiment_id
+
+
+def log_detector(
+    detector_dir: Path,
+    input_example: pd.DataFrame,
+    output_example: pd.DataFrame,
+    registered_model: str,
+) -> str:
+    """Log the detector directory as a pyfunc model, register it and move `champion` to it.
+
+    Returns the registry URI of the new version's alias, `models:/<name>@champion`.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    # Numbers are doubles in the signature: CSV readers and JSON payloads turn integers into
+    # floats as soon as a value is missing, and a long-typed column would then be refused.
+    integer = input_example.select_dtypes("integer").columns
+    input_example = input_example.astype({c: "float64" for c in integer})
+    signature = infer_signature(input_example, output_example)
+    info = mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT,
+        python_model=str(_PYFUNC_CODE),
+        artifacts={DETECTOR_ARTIFACT: str(detector_dir)},
+        signature=signature,
+        input_example=input_example,
+        pip_requirements=_pip_requirements(),
+        registered_model_name=registered_model,
+    )
+    version = info.registered_model_version
+    mlflow.MlflowClient().set_registered_model_alias(registered_model, CHAMPION_ALIAS, version)
+    mlflow.set_tag("registered_model_version", f"{registered_model}/{version}")
+    return f"models:/{registered_model}@{CHAMPION_ALIAS}"
+
+
+def resolve_detector_dir(model_uri: str, tracking_uri: str | None = None) -> Path:
+    """A local detector directory for a registry, run or local-path model URI."""
+    path = Path(model_uri)
+    if not _MODEL_URI.match(model_uri):
+        if not path.exists():
+            raise InputError(f"model '{model_uri}': no such directory or models:/, runs:/ URI")
+        return _detector_in(path, model_uri)
+    configure_tracking(tracking_uri)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, dst_path=tempfile.mkdtemp(prefix="anomaly-vae-model-")
+        )
+    except MlflowException as exc:
+        raise InputError(
+            f"model '{model_uri}' not found at {mlflow.get_tracking_uri()} ({_first_line(exc)})"
+        ) from None
+    return _detector_in(Path(local), model_uri)
+
+
+def _detector_in(path: Path, model_uri: str) -> Path:
+    from anomaly_vae.detector import ARTIFACT_FILE
+
+    for candidate in (path, path / "artifacts" / DETECTOR_ARTIFACT, path / MODEL_ARTIFACT / "artifacts" / DETECTOR_ARTIFACT):
+        if (candidate / ARTIFACT_FILE).is_file():
+            return candidate
+    raise InputError(f"model '{model_uri}': no anomaly-vae detector found there")
+
+
+def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config sections as MLflow params (`training.epochs` -> '60')."""
+    params: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            params.update(flatten_params(value, f"{name}."))
+        else:
+            params[name] = str(value)[:500]
+    return params
+
+
+def _pip_requirements() -> list[str]:
+    from importlib.metadata import version
+
+    names = ["torch", "numpy", "pandas", "pyarrow", "safetensors", "scikit-learn", "mlflow"]
+    return [f"{name}=={version(name).split('+')[0]}" for name in names]
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :])
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "experiment"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -1,0 +1,111 @@
+"""Fitting a VAE with Lightning: early stopping, best weights, per-epoch metrics to MLflow.
+
+The only module that imports Lightning, and only training pipelines import it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import sys
+import warnings
+from dataclasses import dataclass
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import EarlyStopping
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from anomaly_vae.config import TrainingConfig
+from anomaly_vae.models.lightning_module import LossTerms, VAETrainingModule
+
+
+@dataclass
+class FitResult:
+    epochs: int
+    best_val_loss: float
+
+
+class KeepBestWeights(pl.Callback):
+    """Restores the weights of the epoch with the lowest validation loss when fitting ends.
+
+    Early stopping alone would leave the weights of the last, worse, epochs; keeping the best
+    state in memory avoids writing checkpoints to disk.
+    """
+
+    def __init__(self, monitor: str = "val_loss") -> None:
+        self.monitor = monitor
+        self.best = float("inf")
+        self.state: dict[str, torch.Tensor] | None = None
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        value = float(trainer.callback_metrics[self.monitor])
+        if value < self.best:
+            self.best = value
+            self.state = copy.deepcopy(module.model.state_dict())
+
+    def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if self.state is not None:
+            module.model.load_state_dict(self.state)
+
+
+class EpochMetricsToMlflow(pl.Callback):
+    """Logs the epoch's train and validation losses to the active MLflow run."""
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        if trainer.sanity_checking or not trainer.is_global_zero:
+            return
+        import mlflow
+
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if mlflow.active_run() is not None:
+            mlflow.log_metrics(metrics, step=trainer.current_epoch)
+
+
+def fit_vae(
+    model: nn.Module,
+    loss_terms: LossTerms,
+    train_data: Dataset,
+    val_data: Dataset,
+    training: TrainingConfig,
+    beta: float,
+) -> FitResult:
+    """Train `model` in place and leave it holding its best validation weights."""
+    pl.seed_everything(training.seed, verbose=False)
+    _quiet_lightning()
+    module = VAETrainingModule(model, loss_terms, beta, training.learning_rate, training.weight_decay)
+    generator = torch.Generator().manual_seed(training.seed)
+    train_loader = DataLoader(train_data, batch_size=training.batch_size, shuffle=True, generator=generator)
+    val_loader = DataLoader(val_data, batch_size=max(training.batch_size, 1024))
+    best = KeepBestWeights()
+    callbacks: list[pl.Callback] = [best, EpochMetricsToMlflow()]
+    if training.early_stopping_patience:
+        callbacks.append(EarlyStopping(monitor="val_loss", patience=training.early_stopping_patience))
+    trainer = pl.Trainer(
+        max_epochs=training.epochs,
+        accelerator=training.trainer.accelerator,
+        devices=training.trainer.devices,
+        strategy=training.trainer.strategy,
+        precision=training.trainer.precision,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=sys.stderr.isatty(),
+        num_sanity_val_steps=0,
+        deterministic=True,
+    )
+    trainer.fit(module, train_loader, val_loader)
+    return FitResult(epochs=trainer.current_epoch, best_val_loss=best.best)
+
+
+def _quiet_lightning() -> None:
+    """Lightning's hints about GPUs and data-loader workers are noise for our users."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*GPU available.*")
+    warnings.filterwarnings("ignore", ".*treespec.*")
