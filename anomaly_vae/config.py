@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from anomaly_vae.errors import InputError
+from anomaly_vae.errors import InputError, first_line
 
 
 class _Section(BaseModel):
@@ -23,6 +23,10 @@ class _Section(BaseModel):
 
 class DataConfig(_Section):
     path: str
+    kind: Literal["auto", "table", "image"] = Field(
+        default="auto",
+        description="auto: images for a folder or an *-idx3-ubyte(.gz) file, else a table.",
+    )
     label: str | None = None
     anomaly_value: str | None = Field(
         default=None,
@@ -37,17 +41,53 @@ class DataConfig(_Section):
 
 class ModelConfig(_Section):
     hidden: list[int] = [128, 64]
+    conv_channels: list[int] = Field(
+        default=[32, 64], description="Image models: channels of each stride-2 conv layer."
+    )
     latent: int = 8
     beta: float = 1.0
-    likelihood: Literal["gaussian", "unit-gaussian"] = "gaussian"
+    likelihood: Literal["gaussian", "unit-gaussian", "bernoulli"] = Field(
+        default="gaussian", description="bernoulli (binary cross-entropy) is for images only."
+    )
     dropout: float = 0.0
 
-    @field_validator("hidden")
+    @field_validator("hidden", "conv_channels")
     @classmethod
     def _positive_sizes(cls, sizes: list[int]) -> list[int]:
         if not sizes or any(s <= 0 for s in sizes):
             raise ValueError("must be a non-empty list of positive layer sizes")
         return sizes
+
+
+class ImageConfig(_Section):
+    """How image files become model inputs and which of them are normal."""
+
+    size: int = Field(default=28, gt=0, description="Images are resized to size x size.")
+    channels: Literal[1, 3] = Field(
+        default=1, description="1: grayscale; 3: RGB (grayscale files are replicated)."
+    )
+    normal: list[str] = Field(
+        default=["good"], description="Folder names whose images are normal; others anomalous."
+    )
+    normal_digits: list[int] = Field(
+        default=[0], description="IDX files (MNIST): the labels that are normal."
+    )
+    labels_csv: str | None = Field(
+        default=None, description="A path,label CSV instead of folder names (1 = anomaly)."
+    )
+    mask_rule: str = Field(
+        default="{stem}.png",
+        description="Pixel mask beside each image, relative to its folder ({stem}, {name}, "
+        "{parent} are filled in); mask files are never read as images.",
+    )
+    holdout_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        lt=1,
+        description="Normal images kept out of training (chosen from the file name and "
+        "training.seed), for `evaluate --held-out-only`.",
+    )
+    augment: bool = Field(default=False, description="Random flips of training images.")
 
 
 class TrainerConfig(_Section):
@@ -92,6 +132,7 @@ class MlflowConfig(_Section):
 
 class Config(_Section):
     data: DataConfig
+    image: ImageConfig = ImageConfig()
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     calibration: CalibrationConfig = CalibrationConfig()
@@ -108,7 +149,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except FileNotFoundError:
         raise InputError(f"{path}: config file not found") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: a config must be a mapping of sections")
     for override in overrides:
@@ -143,7 +184,3 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         if not isinstance(node, dict):
             raise InputError(f"--set {override!r}: '{part}' is not a section")
     node[parts[-1]] = yaml.safe_load(value) if value else None
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0]

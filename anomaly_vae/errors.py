@@ -8,3 +8,9 @@ line and exits non-zero; anything else is a bug and keeps its traceback.
 
 class InputError(ValueError):
     """A problem with user-supplied input, explained in one line."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, for wrapping library errors in one line."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from anomaly_vae.errors import InputError
+from anomaly_vae.errors import InputError, first_line
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 MODEL_ARTIFACT = "model"
@@ -64,18 +64,16 @@ def log_detector(
     input_example: pd.DataFrame,
     output_example: pd.DataFrame,
     registered_model: str,
+    promote: bool = True,
 ) -> str:
     """Log the detector directory as a pyfunc model, register it and move `champion` to it.
 
-    Returns the registry URI of the new version's alias, `models:/<name>@champion`.
+    Returns `models:/<name>@champion`; with `promote=False` the alias stays where it was and
+    the new version's own URI, `models:/<name>/<version>`, comes back instead.
     """
     import mlflow
     from mlflow.models import infer_signature
 
-    # Numbers are doubles in the signature: CSV readers and JSON payloads turn integers into
-    # floats as soon as a value is missing, and a long-typed column would then be refused.
-    integer = input_example.select_dtypes("integer").columns
-    input_example = input_example.astype({c: "float64" for c in integer})
     signature = infer_signature(input_example, output_example)
     info = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT,
@@ -87,8 +85,10 @@ def log_detector(
         registered_model_name=registered_model,
     )
     version = info.registered_model_version
-    mlflow.MlflowClient().set_registered_model_alias(registered_model, CHAMPION_ALIAS, version)
     mlflow.set_tag("registered_model_version", f"{registered_model}/{version}")
+    if not promote:
+        return f"models:/{registered_model}/{version}"
+    mlflow.MlflowClient().set_registered_model_alias(registered_model, CHAMPION_ALIAS, version)
     return f"models:/{registered_model}@{CHAMPION_ALIAS}"
 
 
@@ -109,7 +109,7 @@ def resolve_detector_dir(model_uri: str, tracking_uri: str | None = None) -> Pat
         )
     except MlflowException as exc:
         raise InputError(
-            f"model '{model_uri}' not found at {mlflow.get_tracking_uri()} ({_first_line(exc)})"
+            f"model '{model_uri}' not found at {mlflow.get_tracking_uri()} ({first_line(exc)})"
         ) from None
     return _detector_in(Path(local), model_uri)
 
@@ -150,8 +150,3 @@ def _sqlite_path(uri: str) -> Path | None:
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "experiment"
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

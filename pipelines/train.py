@@ -163,7 +163,11 @@ def train(
                 "epochs": fit.epochs,
             },
         )
-        example = split.train[[*config.data.id_columns, *split.features]].head(5)
+        # Numeric features are doubles in the signature: CSV readers and JSON payloads turn
+        # integers into floats as soon as a value is missing, and MLflow would refuse those.
+        example = split.train[[*config.data.id_columns, *split.features]].head(5).astype(
+            {c.name: "float64" for c in preprocessor.numeric}
+        )
         with tempfile.TemporaryDirectory() as tmp:
             detector_dir = detector.save(Path(tmp) / "detector")
             uri = log_detector(detector_dir, example, detector.score_frame(example), registered)

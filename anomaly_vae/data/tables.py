@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from anomaly_vae.errors import InputError
+from anomaly_vae.errors import InputError, first_line
 
 TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
@@ -62,7 +62,7 @@ def iter_table_batches(path: str | Path, batch_rows: int = 65536) -> Iterator[pd
                 seen_rows += batch.num_rows
                 yield batch.to_pandas()
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{path}: cannot read ({_first_line(exc)})") from None
+        raise InputError(f"{path}: cannot read ({first_line(exc)})") from None
     if not seen_rows:
         raise InputError(f"{path}: the file holds no rows")
 
@@ -75,7 +75,7 @@ def _open_parquet(path: Path) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
 
 
 def _csv_batches(path: Path) -> Iterator[pa.RecordBatch]:
@@ -87,7 +87,7 @@ def _csv_batches(path: Path) -> Iterator[pa.RecordBatch]:
         schema = first.schema
         first.close()
     except pa.ArrowInvalid as exc:
-        raise InputError(f"{path}: not a readable CSV file ({_first_line(exc)})") from None
+        raise InputError(f"{path}: not a readable CSV file ({first_line(exc)})") from None
     column_types = {
         field.name: pa.float64()
         if pa.types.is_integer(field.type) or pa.types.is_null(field.type)
@@ -142,8 +142,3 @@ class AtomicTableWriter:
             os.replace(self._tmp_path, self.path)
         else:
             self._tmp_path.unlink(missing_ok=True)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

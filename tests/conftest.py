@@ -1,0 +1,64 @@
+"""Shared fixtures: a private MLflow store per test session, small real data, the CLI runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner, Result
+
+from pipelines.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def run_cli(*args: str) -> Result:
+    """Invoke `anomaly-vae ARGS` in-process; stdout and stderr are kept apart."""
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh SQLite MLflow store for one test; never the repository's mlruns/."""
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"needs the real data in {SHARED_DATA}, which is absent on this machine")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def breast_cancer_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Train and test Parquet files from scikit-learn's breast-cancer table (demo split)."""
+    from pipelines.demo import write_breast_cancer
+
+    return write_breast_cancer(tmp_path_factory.mktemp("breast_cancer"))
+
+
+@pytest.fixture(scope="session")
+def breast_cancer_model(
+    breast_cancer_files: tuple[Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, str]:
+    """(model URI, tracking URI) of a model trained once per session through the CLI."""
+    folder = tmp_path_factory.mktemp("breast_cancer_model")
+    tracking = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    config = folder / "config.yaml"
+    train_path, _ = breast_cancer_files
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "data": {"path": str(train_path), "label": "label", "id_columns": ["id"]},
+                "training": {"epochs": 40, "batch_size": 64},
+            }
+        )
+    )
+    result = run_cli("train", config, "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip().splitlines()[-1], tracking

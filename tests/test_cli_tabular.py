@@ -1,0 +1,243 @@
+"""train -> score -> evaluate through the command line, on real data, and every bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import run_cli
+
+SCORE_COLUMNS = ["recon_score", "kl_score", "score", "is_anomaly", "top_features"]
+
+
+def test_train_registers_a_champion_with_its_run(breast_cancer_model) -> None:
+    model_uri, tracking = breast_cancer_model
+    assert model_uri == "models:/config@champion"
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    version = client.get_model_version_by_alias("config", "champion")
+    run = client.get_run(version.run_id)
+    assert run.data.params["data.label"] == "label"
+    assert "calibration.f1" in run.data.metrics and "threshold" in run.data.metrics
+    assert run.data.tags["calibration.strategy"] == "f1"
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    assert len(history) > 1 and history[-1].step > history[0].step
+
+
+def test_score_writes_ids_and_scores(breast_cancer_model, breast_cancer_files, tmp_path) -> None:
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    out = tmp_path / "scored.parquet"
+    result = run_cli("score", model_uri, test, "-o", out, "--tracking-uri", tracking, "--allow-extra-columns")
+    assert result.exit_code == 0, result.output
+    scored = pd.read_parquet(out)
+    source = pd.read_parquet(test)
+    assert list(scored.columns) == ["id", *SCORE_COLUMNS]
+    assert scored["id"].tolist() == source["id"].tolist()
+    assert np.allclose(scored["score"], scored["recon_score"] + scored["kl_score"])
+    assert scored["top_features"].str.split(",").map(len).eq(3).all()
+    assert "scored 214 rows" in result.stderr
+
+
+def test_scores_are_deterministic_and_csv_works(breast_cancer_model, breast_cancer_files, tmp_path) -> None:
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    csv_in = tmp_path / "test.csv"
+    pd.read_parquet(test).drop(columns="label").to_csv(csv_in, index=False)
+    outputs = []
+    for name in ("a.csv", "b.parquet"):
+        result = run_cli("score", model_uri, csv_in, "-o", tmp_path / name, "--tracking-uri", tracking)
+        assert result.exit_code == 0, result.output
+        outputs.append(pd.read_csv(tmp_path / name) if name.endswith("csv") else pd.read_parquet(tmp_path / name))
+    assert np.allclose(outputs[0]["score"], outputs[1]["score"])
+
+
+def test_keep_columns_keeps_every_input_column(breast_cancer_model, breast_cancer_files, tmp_path) -> None:
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    out = tmp_path / "all.parquet"
+    assert run_cli("score", model_uri, test, "-o", out, "--keep-columns", "--tracking-uri", tracking).exit_code == 0
+    assert list(pd.read_parquet(out).columns) == [*pd.read_parquet(test).columns, *SCORE_COLUMNS]
+
+
+def test_evaluate_separates_malignant_from_benign(breast_cancer_model, breast_cancer_files) -> None:
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    result = run_cli("evaluate", model_uri, test, "--label", "label", "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+    metrics = {
+        line.split()[0]: float(line.split()[1])
+        for line in result.stdout.splitlines()
+        if len(line.split()) == 2
+    }
+    assert metrics["auroc"] > 0.85
+    assert metrics["average_precision"] > 0.8
+    assert 0 < metrics["recall"] <= 1 and 0 < metrics["precision"] <= 1
+    assert "confusion matrix" in result.stdout
+    run_id = result.stderr.strip().split()[-1]
+    logged = mlflow.MlflowClient(tracking_uri=tracking).get_run(run_id).data.metrics
+    assert logged["test.auroc"] == pytest.approx(metrics["auroc"], abs=1e-4)
+
+
+def test_every_model_uri_form_gives_the_same_scores(breast_cancer_model, breast_cancer_files, tmp_path) -> None:
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    version = client.get_model_version_by_alias("config", "champion")
+    mlflow.set_tracking_uri(tracking)
+    local = mlflow.artifacts.download_artifacts(f"models:/config/{version.version}", dst_path=str(tmp_path / "local"))
+    uris = [model_uri, f"models:/config/{version.version}", f"runs:/{version.run_id}/model", local]
+    scores = []
+    for i, uri in enumerate(uris):
+        out = tmp_path / f"{i}.parquet"
+        result = run_cli("score", uri, test, "-o", out, "--allow-extra-columns", "--tracking-uri", tracking)
+        assert result.exit_code == 0, f"{uri}: {result.output}"
+        scores.append(pd.read_parquet(out)["score"].to_numpy())
+    for other in scores[1:]:
+        assert np.array_equal(scores[0], other)
+    # MLflow's own loader scores the same way.
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    frame = pd.read_parquet(test).drop(columns="label")
+    assert np.allclose(pyfunc.predict(frame)["score"].to_numpy(), scores[0])
+
+
+def test_set_overrides_retrain_on_another_file(breast_cancer_files, tmp_path, tracking_uri) -> None:
+    train, _ = breast_cancer_files
+    other = tmp_path / "other.parquet"
+    pd.read_parquet(train).drop(columns="id").sample(frac=0.8, random_state=1).to_parquet(other)
+    config = tmp_path / "minimal.yaml"
+    config.write_text(yaml.safe_dump({"data": {"path": "does-not-exist.parquet", "label": "label"}}))
+    result = run_cli("train", config, "--set", f"data.path={other}", "--set", "training.epochs=3")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines()[-1] == "models:/minimal@champion"
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.fixture
+def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
+    """Input files with one problem each, and what the error line must mention."""
+    _, test = breast_cancer_files
+    good = pd.read_parquet(test).drop(columns="label")
+    files: dict[str, tuple[Path, str]] = {}
+
+    def add(name: str, frame: pd.DataFrame | None, expected: str, text: str | None = None) -> None:
+        path = tmp_path / name
+        if text is not None:
+            path.write_text(text)
+        elif name.endswith(".csv"):
+            frame.to_csv(path, index=False)
+        else:
+            frame.to_parquet(path, index=False)
+        files[name] = (path, expected)
+
+    add("missing.parquet", good.drop(columns="mean radius"), "missing column(s) 'mean radius'")
+    add("extra.parquet", good.assign(surprise=1.0), "unexpected column(s) 'surprise'")
+    text = good.astype({"mean area": object})
+    text.loc[7, "mean area"] = "n/a?"
+    add("text.csv", text, "column 'mean area', row 8: 'n/a?' is not a number")
+    nan = good.copy()
+    nan.loc[3, "worst texture"] = np.nan
+    add("nan.parquet", nan, "column 'worst texture', row 4: missing value")
+    inf = good.copy()
+    inf.loc[5, "mean radius"] = np.inf
+    add("inf.parquet", inf, "column 'mean radius', row 6: infinite value")
+    add("empty.csv", None, "empty", text="")
+    add("no_rows.parquet", good.head(0), "holds no rows")
+    add("corrupt.parquet", None, "not a readable Parquet file", text="PAR1 this is not parquet")
+    add("table.xlsx", None, "unknown extension '.xlsx'", text="x")
+    return files
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["missing.parquet", "extra.parquet", "text.csv", "nan.parquet", "inf.parquet", "empty.csv",
+     "no_rows.parquet", "corrupt.parquet", "table.xlsx"],
+)
+def test_bad_input_files_fail_cleanly(name, bad_inputs, breast_cancer_model, tmp_path) -> None:
+    model_uri, tracking = breast_cancer_model
+    path, expected = bad_inputs[name]
+    out = tmp_path / "out" / "scored.parquet"
+    out.parent.mkdir()
+    result = run_cli("score", model_uri, path, "-o", out, "--tracking-uri", tracking)
+    assert result.exit_code != 0
+    message = result.stderr.strip()
+    assert len(message.splitlines()) == 1, message
+    assert expected in message and path.name in message
+    assert list(out.parent.iterdir()) == []  # nothing written, not even a temporary file
+
+
+def test_a_bad_row_in_a_later_batch_leaves_no_output(breast_cancer_model, breast_cancer_files, tmp_path, monkeypatch) -> None:
+    import pipelines.score
+
+    monkeypatch.setattr(pipelines.score, "BATCH_ROWS", 50)
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    frame = pd.read_parquet(test).drop(columns="label")
+    frame.loc[180, "mean radius"] = np.nan
+    path = tmp_path / "late.parquet"
+    frame.to_parquet(path, index=False)
+    out = tmp_path / "out.parquet"
+    result = run_cli("score", model_uri, path, "-o", out, "--tracking-uri", tracking)
+    assert result.exit_code != 0 and "row 181" in result.stderr
+    assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["late.parquet"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["score", "models:/nope@champion", "IN", "-o", "OUT"], "model 'models:/nope@champion' not found"),
+        (["score", "models:/config/99", "IN", "-o", "OUT"], "not found"),
+        (["score", "/no/such/model", "IN", "-o", "OUT"], "no such directory"),
+        (["score", "MODEL", "IN", "-o", "out.txt"], "unknown extension '.txt'"),
+        (["evaluate", "MODEL", "IN", "--label", "nolabel"], "missing label column 'nolabel'"),
+    ],
+)
+def test_bad_models_and_options(args, expected, breast_cancer_model, breast_cancer_files, tmp_path, monkeypatch) -> None:
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    monkeypatch.chdir(tmp_path)
+    substitute = {"IN": str(test), "OUT": "out.parquet", "MODEL": model_uri}
+    result = run_cli(*[substitute.get(a, a) for a in args], "--tracking-uri", tracking)
+    assert result.exit_code != 0
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not any(p.suffix in {".parquet", ".txt"} for p in tmp_path.iterdir())
+
+
+def test_config_typo_fails_before_training(tmp_path, tracking_uri) -> None:
+    config = tmp_path / "typo.yaml"
+    config.write_text("data:\n  path: x.parquet\ntraining:\n  epoch: 3\n")
+    result = run_cli("train", config)
+    assert result.exit_code != 0
+    assert result.stderr.strip() == f"Error: {config}: unknown key 'training.epoch'"
+
+
+# ---------------------------------------------------------------- real data from ../shared
+
+
+@pytest.mark.shared_data
+def test_credit_card_fraud_ranks_above_normal_transactions(shared_data, tmp_path, tracking_uri) -> None:
+    """Protocol of ../shared/data/README.md on a subsample: train on normals, test on the rest."""
+    frame = pd.read_parquet(shared_data / "tabular" / "creditcard_sample.parquet")
+    rng = np.random.default_rng(0)
+    normal = rng.permutation(np.flatnonzero(frame["label"] == 0))
+    n_train = int(0.7 * len(normal))
+    train = frame.iloc[normal[:n_train][:20000]]
+    test = pd.concat([frame.iloc[normal[n_train:][:5000]], frame[frame["label"] == 1]])
+    train.to_parquet(tmp_path / "train.parquet")
+    test.to_parquet(tmp_path / "test.parquet")
+    result = run_cli(
+        "train", "configs/creditcard.yaml",
+        "--set", f"data.path={tmp_path / 'train.parquet'}", "--set", "training.epochs=8",
+    )
+    assert result.exit_code == 0, result.output
+    uri = result.stdout.strip().splitlines()[-1]
+    result = run_cli("evaluate", uri, tmp_path / "test.parquet")
+    assert result.exit_code == 0, result.output
+    auroc = float(next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("auroc")))
+    assert auroc > 0.9

@@ -1,0 +1,56 @@
+"""Config loading: defaults, overrides and the errors users see."""
+
+from pathlib import Path
+
+import pytest
+
+from anomaly_vae.config import load_config
+from anomaly_vae.errors import InputError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fraud.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_two_keys_are_enough(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, "data:\n  path: t.parquet\n  label: y\n"))
+    assert config.data.path == "t.parquet"
+    assert config.data.label == "y"
+    assert config.name == "fraud"  # experiment and registered model default to the file name
+    assert config.model.latent > 0 and config.training.epochs > 0
+
+
+def test_overrides_are_parsed_and_validated(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data:\n  path: t.parquet\n")
+    config = load_config(
+        path, ["data.path=other.parquet", "training.epochs=3", "model.hidden=[32, 16]"]
+    )
+    assert config.data.path == "other.parquet"
+    assert config.training.epochs == 3
+    assert config.model.hidden == [32, 16]
+    with pytest.raises(InputError, match="training.epochs"):
+        load_config(path, ["training.epochs=-1"])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("data:\n  path: t.parquet\n  lable: y\n", "unknown key 'data.lable'"),
+        ("data:\n  path: t.parquet\ntraning:\n  epochs: 3\n", "unknown key 'traning'"),
+        ("model:\n  latent: 4\n", "missing required key 'data'"),
+        ("data: [unclosed\n", "not valid YAML"),
+        ("- a\n- b\n", "mapping"),
+    ],
+)
+def test_config_mistakes_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(InputError, match=message) as info:
+        load_config(_write(tmp_path, text))
+    assert str(tmp_path) in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_config_file(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")

@@ -1,0 +1,91 @@
+"""Preprocessing fitted on training rows: scaling, categories, missing values, bad values."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomaly_vae.data.preprocessing import TAIL_START, TabularPreprocessor
+from anomaly_vae.errors import InputError
+
+
+@pytest.fixture
+def frame() -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    n = 400
+    amount = rng.lognormal(3, 1, n)
+    amount[:4] = [1e5, 2e5, 5e5, 1e6]  # a few huge transactions
+    return pd.DataFrame(
+        {
+            "amount": amount,
+            "hour": rng.integers(0, 24, n),
+            "merchant": rng.choice(["grocery", "fuel", "travel"], n),
+            "rare": ["common"] * (n - 2) + ["once", "twice"],
+            "balance": np.where(rng.random(n) < 0.1, np.nan, rng.normal(100, 10, n)),
+        }
+    )
+
+
+def _fit(frame: pd.DataFrame) -> TabularPreprocessor:
+    return TabularPreprocessor.fit(frame, list(frame.columns), categorical=None)
+
+
+def test_infers_categorical_columns_from_dtype(frame) -> None:
+    pre = _fit(frame)
+    assert [c.name for c in pre.numeric] == ["amount", "hour", "balance"]
+    assert [c.name for c in pre.categorical] == ["merchant", "rare"]
+
+
+def test_heavy_tails_do_not_squash_ordinary_values(frame) -> None:
+    encoded = _fit(frame).transform(frame, "t")
+    amount = encoded.numeric[:, 0]
+    ordinary = amount[4:]
+    # Robust scaling keeps typical values spread out around 0 with unit-ish spread...
+    assert 0.5 < np.percentile(ordinary, 75) - np.percentile(ordinary, 25) < 2
+    # ...while the huge amounts stay the largest values, in a compressed tail.
+    assert np.all(amount[:4] > ordinary.max())
+    assert np.all(np.diff(amount[:4]) > 0)
+    assert amount[:4].max() < TAIL_START + 15
+
+
+def test_unseen_and_rare_categories_share_the_unknown_bucket(frame) -> None:
+    pre = _fit(frame)
+    rare = pre.categorical[1]
+    assert rare.categories == ["common"]  # seen once each: folded into the unknown bucket
+    new = frame.head(3).assign(merchant=["grocery", "casino", None])
+    codes = pre.transform(new, "t").codes
+    assert codes[0, 0] == pre.categorical[0].categories.index("grocery") + 1
+    assert codes[1, 0] == 0 and codes[2, 0] == 0
+
+
+def test_missing_values_are_imputed_with_an_indicator(frame) -> None:
+    pre = _fit(frame)
+    assert pre.missing_columns == [2]
+    encoded = pre.transform(frame, "t")
+    missing = frame["balance"].isna().to_numpy()
+    assert np.all(encoded.observed[missing, 2] == 0)
+    assert np.all(encoded.numeric[missing, 2] == 0)
+    assert np.all(encoded.observed[~missing, 2] == 1)
+
+
+def test_round_trips_through_json(frame) -> None:
+    pre = _fit(frame)
+    again = TabularPreprocessor.from_dict(pre.to_dict())
+    a, b = pre.transform(frame, "t"), again.transform(frame, "t")
+    assert np.array_equal(a.numeric, b.numeric) and np.array_equal(a.codes, b.codes)
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("amount", "12,50", "column 'amount', row 3: '12,50' is not a number"),
+        ("amount", np.inf, "column 'amount', row 3: infinite value"),
+        ("hour", np.nan, "column 'hour', row 3: missing value, and the training data had none"),
+    ],
+)
+def test_bad_values_name_file_column_and_row(frame, column, value, message) -> None:
+    pre = _fit(frame)
+    bad = frame.head(5).astype({column: object})
+    bad.loc[2, column] = value
+    with pytest.raises(InputError, match=message) as info:
+        pre.transform(bad, "new.csv", row_offset=0)
+    assert str(info.value).startswith("new.csv: ")
