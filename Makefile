@@ -19,12 +19,19 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(BIN)/python -m pipelines.demo
 
+# The Spark tests need the spark extra (and Java 17+, which the machine provides).
 test: setup
+	$(BIN)/pip install --quiet -e '.[dev,spark]'
 	$(BIN)/python -m pytest -q
 
 lint: setup
 	$(BIN)/ruff check anomaly_vae pipelines tests benchmarks
 	$(BIN)/ruff format --check anomaly_vae pipelines tests benchmarks
+
+# The peers (PyOD) come with the bench extra; the table lands in benchmarks/results/<date>.md.
+bench: setup
+	$(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(BIN)/python -m benchmarks
 
 clean:
 	rm -rf $(VENV) demo_output

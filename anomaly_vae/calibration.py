@@ -6,7 +6,10 @@ data without retraining:
 - `f1`: the threshold of maximum F1 on the precision-recall curve (needs anomalies);
 - `recall>=R`: the highest threshold whose recall reaches R (best precision at that recall);
 - `precision>=P`: the lowest threshold whose precision reaches P (best recall at it);
-- `fpr<=F`: flags at most a fraction F of normal validation rows (normals suffice).
+- `fpr<=F`: flags at most a fraction F of normal validation rows (normals suffice);
+- `quantile=Q`: flags at most a fraction 1 - Q of all rows, an alert budget (no labels needed);
+- `cost` with the cost of a missed anomaly and of a false alarm: the threshold of least
+  expected cost per row.
 
 A sample is anomalous when `score >= threshold`, the convention of scikit-learn's curves.
 """
@@ -22,7 +25,19 @@ from sklearn.metrics import precision_recall_curve
 from anomaly_vae.errors import InputError
 
 DEFAULT_FPR = 0.01
-_BOUND = re.compile(r"^(recall>=|precision>=|fpr<=)([0-9]*\.?[0-9]+)$")
+_BOUND = re.compile(r"^(recall>=|precision>=|fpr<=|quantile=)([0-9]*\.?[0-9]+)$")
+
+
+@dataclass(frozen=True)
+class Costs:
+    """What one missed anomaly (`fn`) and one false alarm (`fp`) cost, in any one unit."""
+
+    fn: float
+    fp: float
+
+    def __post_init__(self) -> None:
+        if not (np.isfinite(self.fn) and np.isfinite(self.fp) and self.fn > 0 and self.fp > 0):
+            raise InputError(f"costs must be positive numbers, got fn={self.fn}, fp={self.fp}")
 
 
 @dataclass
@@ -30,6 +45,8 @@ class Threshold:
     value: float
     strategy: str
     metrics: dict[str, float] = field(default_factory=dict)
+    # The costs the `cost` strategy weighed, kept so the choice can be redone and explained.
+    costs: dict[str, float] | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,38 +55,92 @@ class Threshold:
 def parse_strategy(strategy: str) -> tuple[str, float | None]:
     """Split 'recall>=0.9' into ('recall>=', 0.9); errors name the accepted forms."""
     strategy = strategy.replace(" ", "")
-    if strategy == "f1":
-        return "f1", None
+    if strategy in ("f1", "cost"):
+        return strategy, None
     match = _BOUND.match(strategy)
     if match and 0 < float(match.group(2)) <= 1:
         return match.group(1), float(match.group(2))
     raise InputError(
-        f"calibration strategy '{strategy}': expected f1, recall>=R, precision>=P or fpr<=F "
-        "with R, P, F in (0, 1]"
+        f"calibration strategy '{strategy}': expected f1, recall>=R, precision>=P, fpr<=F, "
+        "quantile=Q with R, P, F, Q in (0, 1], or cost"
     )
+
+
+def check_strategy(strategy: str, costs: Costs | None = None) -> tuple[str, float | None]:
+    """`parse_strategy`, and costs given exactly when the strategy is `cost`."""
+    kind, bound = parse_strategy(strategy)
+    if (kind == "cost") != (costs is not None):
+        raise InputError(
+            "the cost strategy needs the costs of a missed anomaly and a false alarm "
+            "(--cost-fn, --cost-fp), and only it uses them"
+        )
+    return kind, bound
 
 
 def default_strategy(has_anomalies: bool) -> str:
     return "f1" if has_anomalies else f"fpr<={DEFAULT_FPR}"
 
 
-def choose_threshold(scores: np.ndarray, labels: np.ndarray | None, strategy: str) -> Threshold:
-    """Apply `strategy` to validation scores; labels are boolean anomaly flags or None."""
-    kind, bound = parse_strategy(strategy)
+def choose_threshold(
+    scores: np.ndarray, labels: np.ndarray | None, strategy: str, costs: Costs | None = None
+) -> Threshold:
+    """Apply `strategy` to validation scores; labels are boolean anomaly flags or None.
+
+    `costs` are required by, and only accepted with, the `cost` strategy.
+    """
+    kind, bound = check_strategy(strategy, costs)
     labels = None if labels is None else np.asarray(labels, dtype=bool)
     if kind == "fpr<=":
         normals = scores if labels is None else scores[~labels]
         if not len(normals):
             raise InputError(f"calibration '{strategy}' needs normal validation rows")
         value = _fpr_threshold(normals, bound)
+    elif kind == "quantile=":
+        # Rounded so that quantile=0.9 allows exactly a tenth of the rows, not 0.0999...
+        value = _fpr_threshold(scores, round(1 - bound, 12))
     else:
         if labels is None or not labels.any() or labels.all():
             raise InputError(
                 f"calibration '{strategy}' needs labelled normals and anomalies in the "
-                "validation data (set data.label, or use fpr<=F)"
+                "validation data (set data.label, or use fpr<=F or quantile=Q)"
             )
-        value = _curve_threshold(scores, labels, kind, bound)
-    return Threshold(value=value, strategy=strategy, metrics=threshold_metrics(scores, labels, value))
+        if kind == "cost":
+            value = _cost_threshold(scores, labels, costs)
+        else:
+            value = _curve_threshold(scores, labels, kind, bound)
+    metrics = threshold_metrics(scores, labels, value)
+    if costs is not None:
+        metrics["expected_cost"] = expected_cost(scores, labels, value, costs)
+    return Threshold(
+        value=value,
+        strategy=strategy,
+        metrics=metrics,
+        costs=None if costs is None else {"fn": costs.fn, "fp": costs.fp},
+    )
+
+
+def expected_cost(scores: np.ndarray, labels: np.ndarray, threshold: float, costs: Costs) -> float:
+    """Cost per row of flagging `score >= threshold`: missed anomalies and false alarms."""
+    flagged = scores >= threshold
+    missed = int(np.sum(~flagged & labels))
+    false_alarms = int(np.sum(flagged & ~labels))
+    return (costs.fn * missed + costs.fp * false_alarms) / len(scores)
+
+
+def cost_curve(
+    scores: np.ndarray, labels: np.ndarray, costs: Costs
+) -> tuple[np.ndarray, np.ndarray]:
+    """Expected cost per row at every threshold that changes the flags, ascending.
+
+    The candidates are the distinct scores and one step above the highest (flag nothing);
+    any other threshold flags the same rows as one of them.
+    """
+    distinct = np.unique(scores)
+    thresholds = np.append(distinct, np.nextafter(distinct[-1], np.inf))
+    anomalous, normal = np.sort(scores[labels]), np.sort(scores[~labels])
+    missed = np.searchsorted(anomalous, thresholds, side="left")
+    false_alarms = len(normal) - np.searchsorted(normal, thresholds, side="left")
+    return thresholds, (costs.fn * missed + costs.fp * false_alarms) / len(scores)
 
 
 def threshold_metrics(
@@ -104,6 +175,12 @@ def _fpr_threshold(normal_scores: np.ndarray, fpr: float) -> float:
         return float(ranked[-1])
     # Strictly above the first score that must stay unflagged.
     return float(np.nextafter(ranked[allowed], np.inf))
+
+
+def _cost_threshold(scores: np.ndarray, labels: np.ndarray, costs: Costs) -> float:
+    thresholds, cost = cost_curve(scores, labels, costs)
+    # Of equally cheap thresholds, the highest: the same cost with the fewest alerts.
+    return float(thresholds[len(cost) - 1 - int(np.argmin(cost[::-1]))])
 
 
 def _curve_threshold(scores: np.ndarray, labels: np.ndarray, kind: str, bound: float | None) -> float:

@@ -12,8 +12,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from anomaly_vae.calibration import Costs
 from anomaly_vae.errors import InputError, first_line
 
 
@@ -100,12 +108,14 @@ class TrainerConfig(_Section):
 
 
 class TrainingConfig(_Section):
-    epochs: int = Field(default=60, gt=0)
+    # 30 epochs at 3e-3 with patience 5 reach the AUROC of 60 at 1e-3 with patience 8 in a
+    # quarter of the fit time (benchmarks/results).
+    epochs: int = Field(default=30, gt=0)
     batch_size: int = Field(default=256, gt=0)
-    learning_rate: float = Field(default=1e-3, gt=0)
+    learning_rate: float = Field(default=3e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     val_fraction: float = Field(default=0.2, gt=0, lt=1)
-    early_stopping_patience: int = Field(default=8, ge=0)
+    early_stopping_patience: int = Field(default=5, ge=0)
     max_train_rows: int | None = Field(default=None, gt=0)
     seed: int = 0
     trainer: TrainerConfig = TrainerConfig()
@@ -114,9 +124,26 @@ class TrainingConfig(_Section):
 class CalibrationConfig(_Section):
     strategy: str = Field(
         default="auto",
-        description="f1, recall>=R, precision>=P or fpr<=F; auto: f1 when the validation data "
-        "holds labelled anomalies, else fpr<=0.01.",
+        description="f1, recall>=R, precision>=P, fpr<=F, quantile=Q or cost; auto: f1 when "
+        "the validation data holds labelled anomalies, else fpr<=0.01.",
     )
+    cost_fn: float | None = Field(default=None, gt=0, description="cost: a missed anomaly.")
+    cost_fp: float | None = Field(default=None, gt=0, description="cost: a false alarm.")
+    probability: Literal["isotonic", "logistic", "none"] = Field(
+        default="isotonic",
+        description="Calibrated anomaly probability, fitted when validation holds anomalies.",
+    )
+
+    @model_validator(mode="after")
+    def _costs_go_with_cost(self) -> CalibrationConfig:
+        has_costs = self.cost_fn is not None and self.cost_fp is not None
+        if (self.strategy == "cost") != has_costs:
+            raise ValueError("the cost strategy needs cost_fn and cost_fp, and only it uses them")
+        return self
+
+    def costs(self) -> Costs | None:
+        """The costs the `cost` strategy weighs; None for the other strategies."""
+        return Costs(fn=self.cost_fn, fp=self.cost_fp) if self.strategy == "cost" else None
 
 
 class ScoringConfig(_Section):

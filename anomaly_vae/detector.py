@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import platform
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +22,15 @@ from safetensors.torch import load_file, save_file
 
 from anomaly_vae import __version__
 from anomaly_vae.calibration import Threshold
+from anomaly_vae.config import ImageConfig
+from anomaly_vae.data.images import ImageItem, is_held_out, iter_image_batches, list_images
 from anomaly_vae.data.preprocessing import TabularPreprocessor
 from anomaly_vae.data.schema import check_columns
 from anomaly_vae.errors import InputError
+from anomaly_vae.models.conv_vae import ConvVAE
 from anomaly_vae.models.tabular_vae import TabularVAE
-from anomaly_vae.scoring import SampleScores, score_tabular
+from anomaly_vae.probability import ProbabilityMap
+from anomaly_vae.scoring import SampleScores, score_images, score_tabular
 
 ARTIFACT_FILE = "detector.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -62,6 +67,7 @@ class TabularDetector:
         samples: int = 0,
         top_features: int = 3,
         info: dict[str, Any] | None = None,
+        probability: ProbabilityMap | None = None,
     ) -> None:
         self.model = model.eval()
         self.preprocessor = preprocessor
@@ -71,6 +77,7 @@ class TabularDetector:
         self.samples = samples
         self.top_features = top_features
         self.info = info or {}
+        self.probability = probability
 
     @property
     def feature_names(self) -> list[str]:
@@ -104,13 +111,13 @@ class TabularDetector:
         out["kl_score"] = scores.kl
         out["score"] = scores.score
         out["is_anomaly"] = self.is_anomaly(scores.score)
+        if self.probability is not None:
+            out["probability"] = self.probability.predict(scores.score)
         out["top_features"] = self._top_features(scores.contributions)
         return out
 
     def is_anomaly(self, score: np.ndarray) -> np.ndarray:
-        if self.threshold is None:
-            return np.zeros(len(score), dtype=bool)
-        return score >= self.threshold.value
+        return flag_anomalies(score, self.threshold)
 
     def _top_features(self, contributions: np.ndarray) -> np.ndarray:
         """Comma-joined names of the features with the largest reconstruction terms."""
@@ -132,20 +139,14 @@ class TabularDetector:
             "preprocessor": self.preprocessor.to_dict(),
             "columns": asdict(self.roles),
             "threshold": self.threshold.to_dict() if self.threshold else None,
+            "probability": self.probability.to_dict() if self.probability else None,
             "scoring": {"samples": self.samples, "top_features": self.top_features},
             "info": self.info,
             "versions": library_versions(),
         }
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / ARTIFACT_FILE).write_text(json.dumps(self.to_state(), indent=2))
-        save_file(
-            {k: v.contiguous() for k, v in self.model.state_dict().items()},
-            str(path / WEIGHTS_FILE),
-        )
-        return path
+        return write_artifact(path, self.to_state(), self.model)
 
     @classmethod
     def from_state(cls, state: dict[str, Any], weights: dict[str, torch.Tensor]) -> TabularDetector:
@@ -153,6 +154,7 @@ class TabularDetector:
         model = build_tabular_model(preprocessor, state["model"])
         model.load_state_dict(weights)
         threshold = Threshold(**state["threshold"]) if state["threshold"] else None
+        probability = state.get("probability")
         return cls(
             model=model,
             preprocessor=preprocessor,
@@ -162,6 +164,7 @@ class TabularDetector:
             samples=state["scoring"]["samples"],
             top_features=state["scoring"]["top_features"],
             info=state.get("info", {}),
+            probability=ProbabilityMap.from_dict(probability) if probability else None,
         )
 
 
@@ -179,10 +182,154 @@ def build_tabular_model(preprocessor: TabularPreprocessor, params: dict[str, Any
     )
 
 
-_DETECTOR_KINDS: dict[str, type] = {TabularDetector.kind: TabularDetector}
+class ImageDetector:
+    """A trained ConvVAE with the image settings it was trained with and its threshold.
+
+    Scores one row per image (its `path` plus the score columns) and a per-pixel anomaly map
+    at the model's resolution, in batches so a folder of any size scores in bounded memory.
+    """
+
+    kind = "image"
+
+    def __init__(
+        self,
+        model: ConvVAE,
+        image: ImageConfig,
+        model_params: dict[str, Any],
+        threshold: Threshold | None = None,
+        samples: int = 0,
+        seed: int = 0,
+        map_scale: float = 1.0,
+        info: dict[str, Any] | None = None,
+        probability: ProbabilityMap | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.image = image
+        # The anomaly-map value drawn at full heat: one scale for every image, so heatmaps
+        # of different images compare (the 99.9th percentile of normal validation pixels).
+        self.map_scale = map_scale
+        self.model_params = model_params
+        self.threshold = threshold
+        self.samples = samples
+        self.seed = seed  # with image.holdout_fraction, names the images kept out of training
+        self.info = info or {}
+        self.probability = probability
+
+    def list_images(self, source: str | Path) -> list[ImageItem]:
+        return list_images(source, self.image)
+
+    def held_out(self, item: ImageItem) -> bool:
+        return is_held_out(item, self.image.holdout_fraction, self.seed)
+
+    def scored_batches(
+        self, items: list[ImageItem], batch_size: int = 256
+    ) -> Iterator[tuple[list[ImageItem], np.ndarray, SampleScores]]:
+        """(items, pixels, scores) per batch; pixels at the model's size, in [0, 1]."""
+        size, channels = self.image.size, self.image.channels
+        for batch, pixels in iter_image_batches(items, size, channels, batch_size):
+            yield batch, pixels, score_images(self.model, pixels, self.samples)
+
+    def frame(self, items: list[ImageItem], scores: SampleScores) -> pd.DataFrame:
+        out = pd.DataFrame({"path": [item.path for item in items]})
+        out["recon_score"] = scores.recon
+        out["kl_score"] = scores.kl
+        out["score"] = scores.score
+        out["is_anomaly"] = flag_anomalies(scores.score, self.threshold)
+        if self.probability is not None:
+            out["probability"] = self.probability.predict(scores.score)
+        return out
+
+    def score_frame(
+        self,
+        frame: pd.DataFrame,
+        source: str = "input",
+        row_offset: int = 0,
+        keep_columns: bool = False,
+        allow_extra: bool = False,
+    ) -> pd.DataFrame:
+        """Score the image files named in a `path` column (the pyfunc's input)."""
+        if "path" not in frame.columns:
+            raise InputError(f"{source}: an image model needs a 'path' column of image files")
+        extra = [c for c in frame.columns if c != "path"]
+        if extra and not (allow_extra or keep_columns):
+            raise InputError(
+                f"{source}: unexpected column '{extra[0]}' (an image model reads 'path')"
+            )
+        items = [ImageItem(str(path)) for path in frame["path"]]
+        batches = [self.frame(batch, scores) for batch, _, scores in self.scored_batches(items)]
+        scored = pd.concat(batches, ignore_index=True)
+        if keep_columns:
+            scored = pd.concat([frame[extra].reset_index(drop=True), scored], axis=1)
+        return scored
+
+    def to_state(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "kind": self.kind,
+            "model": self.model_params,
+            "image": self.image.model_dump(),
+            "threshold": self.threshold.to_dict() if self.threshold else None,
+            "probability": self.probability.to_dict() if self.probability else None,
+            "scoring": {"samples": self.samples, "seed": self.seed, "map_scale": self.map_scale},
+            "info": self.info,
+            "versions": library_versions(),
+        }
+
+    def save(self, path: str | Path) -> Path:
+        return write_artifact(path, self.to_state(), self.model)
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], weights: dict[str, torch.Tensor]) -> ImageDetector:
+        image = ImageConfig(**state["image"])
+        model = build_image_model(image, state["model"])
+        model.load_state_dict(weights)
+        probability = state.get("probability")
+        return cls(
+            model=model,
+            image=image,
+            model_params=state["model"],
+            threshold=Threshold(**state["threshold"]) if state["threshold"] else None,
+            samples=state["scoring"]["samples"],
+            seed=state["scoring"]["seed"],
+            map_scale=state["scoring"]["map_scale"],
+            info=state.get("info", {}),
+            probability=ProbabilityMap.from_dict(probability) if probability else None,
+        )
 
 
-def load_detector(path: str | Path) -> TabularDetector:
+def build_image_model(image: ImageConfig, params: dict[str, Any]) -> ConvVAE:
+    """The network for the image section and the model section of a config."""
+    return ConvVAE(
+        channels=image.channels,
+        size=image.size,
+        conv_channels=params["conv_channels"],
+        latent=params["latent"],
+        likelihood=params["likelihood"],
+    )
+
+
+def flag_anomalies(score: np.ndarray, threshold: Threshold | None) -> np.ndarray:
+    if threshold is None:
+        return np.zeros(len(score), dtype=bool)
+    return score >= threshold.value
+
+
+def write_artifact(path: str | Path, state: dict[str, Any], model: torch.nn.Module) -> Path:
+    """Write `detector.json` and `weights.safetensors` into the directory `path`."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / ARTIFACT_FILE).write_text(json.dumps(state, indent=2))
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path / WEIGHTS_FILE))
+    return path
+
+
+_DETECTOR_KINDS: dict[str, type] = {
+    TabularDetector.kind: TabularDetector,
+    ImageDetector.kind: ImageDetector,
+}
+
+
+def load_detector(path: str | Path) -> TabularDetector | ImageDetector:
     """Load a detector directory written by `save`."""
     path = Path(path)
     try:

@@ -7,9 +7,12 @@ The embedded default is a SQLite store at `mlruns/mlflow.db` with artifacts unde
 
 from __future__ import annotations
 
+import atexit
+import functools
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,8 +33,12 @@ def configure_tracking(tracking_uri: str | None = None) -> str:
     """Point MLflow at `tracking_uri`, else $MLFLOW_TRACKING_URI, else the local SQLite store."""
     # MLflow's per-file download bars and INFO lines drown our one-line summaries.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    # MLflow sets its logger's level when first imported, from this variable (default INFO);
+    # the variable also reaches the processes started from here (model server, Spark workers).
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     db = _sqlite_path(uri)
@@ -72,9 +79,18 @@ def log_detector(
     the new version's own URI, `models:/<name>/<version>`, comes back instead.
     """
     import mlflow
-    from mlflow.models import infer_signature
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, Schema
 
-    signature = infer_signature(input_example, output_example)
+    inferred = infer_signature(input_example, output_example)
+    # Columns the detector echoes back (a table's ids, an image's path) are left for the
+    # detector to check: like `anomaly-vae score`, REST and Spark then take rows without ids.
+    echoed = set(input_example.columns) & set(output_example.columns)
+    inputs = [
+        ColSpec(spec.type, spec.name, required=spec.name not in echoed)
+        for spec in inferred.inputs.inputs
+    ]
+    signature = ModelSignature(Schema(inputs), inferred.outputs)
     info = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT,
         python_model=str(_PYFUNC_CODE),
@@ -105,7 +121,7 @@ def resolve_detector_dir(model_uri: str, tracking_uri: str | None = None) -> Pat
 
     try:
         local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, dst_path=tempfile.mkdtemp(prefix="anomaly-vae-model-")
+            artifact_uri=model_uri, dst_path=tempfile.mkdtemp(dir=_download_root())
         )
     except MlflowException as exc:
         raise InputError(
@@ -114,13 +130,42 @@ def resolve_detector_dir(model_uri: str, tracking_uri: str | None = None) -> Pat
     return _detector_in(Path(local), model_uri)
 
 
+@functools.cache
+def _download_root() -> str:
+    """One temporary folder per process for downloaded models, removed when it exits.
+
+    A server that replaces this process with `exec` keeps its model: exit handlers do not run.
+    """
+    root = tempfile.mkdtemp(prefix="anomaly-vae-models-")
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
+
+
 def _detector_in(path: Path, model_uri: str) -> Path:
     from anomaly_vae.detector import ARTIFACT_FILE
 
-    for candidate in (path, path / "artifacts" / DETECTOR_ARTIFACT, path / MODEL_ARTIFACT / "artifacts" / DETECTOR_ARTIFACT):
+    nested = (path / "artifacts" / DETECTOR_ARTIFACT, path / MODEL_ARTIFACT / "artifacts" / DETECTOR_ARTIFACT)
+    for candidate in (path, *nested):
         if (candidate / ARTIFACT_FILE).is_file():
             return candidate
     raise InputError(f"model '{model_uri}': no anomaly-vae detector found there")
+
+
+def resolve_model_dir(model_uri: str, tracking_uri: str | None = None) -> Path:
+    """A local MLflow model directory (MLmodel beside artifacts/detector) for a model URI.
+
+    MLflow's scoring server and Spark UDFs load the pyfunc model, not the bare detector, so
+    they need the directory `log_detector` wrote; resolving it here, once, means a server
+    keeps the version an alias pointed at when it started.
+    """
+    detector_dir = resolve_detector_dir(model_uri, tracking_uri)
+    model_dir = detector_dir.parent.parent
+    if detector_dir.parent.name != "artifacts" or not (model_dir / "MLmodel").is_file():
+        raise InputError(
+            f"model '{model_uri}': a bare detector directory, not an MLflow model; "
+            "use its models:/ or runs:/ URI"
+        )
+    return model_dir
 
 
 def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import sys
 import warnings
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from anomaly_vae.models.lightning_module import LossTerms, VAETrainingModule
 class FitResult:
     epochs: int
     best_val_loss: float
+    processes: int  # the world size: 2 for `devices: 2` with a ddp strategy
 
 
 class KeepBestWeights(pl.Callback):
@@ -58,10 +60,11 @@ class EpochMetricsToMlflow(pl.Callback):
     def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
-        import mlflow
-
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        if mlflow.active_run() is not None:
+        # No run can be active unless MLflow was imported; importing it here would add seconds
+        # to every untracked fit (benchmarks, notebooks).
+        mlflow = sys.modules.get("mlflow")
+        if mlflow is not None and mlflow.active_run() is not None:
+            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
             mlflow.log_metrics(metrics, step=trainer.current_epoch)
 
 
@@ -99,7 +102,20 @@ def fit_vae(
         deterministic=True,
     )
     trainer.fit(module, train_loader, val_loader)
-    return FitResult(epochs=trainer.current_epoch, best_val_loss=best.best)
+    return FitResult(
+        epochs=trainer.current_epoch, best_val_loss=best.best, processes=trainer.world_size
+    )
+
+
+def is_ddp_worker() -> bool:
+    """True in a process started only to join a multi-process fit, not to track it.
+
+    Lightning's `ddp` strategy re-runs the command that started training once per extra
+    device with LOCAL_RANK set (torchrun and SLURM set RANK or SLURM_PROCID, other nodes
+    NODE_RANK). Those processes must fit, then stop: the rank-0 process logs and registers.
+    """
+    ranks = ("RANK", "LOCAL_RANK", "NODE_RANK", "SLURM_PROCID")
+    return any(int(os.environ.get(name) or 0) > 0 for name in ranks)
 
 
 def _quiet_lightning() -> None:

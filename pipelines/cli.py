@@ -18,6 +18,26 @@ tracking_option = click.option(
 )
 
 
+def cost_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """--cost-fn and --cost-fp: what a missed anomaly and a false alarm cost."""
+    command = click.option(
+        "--cost-fp", type=float, help="Cost of one false alarm (with --cost-fn)."
+    )(command)
+    return click.option(
+        "--cost-fn", type=float, help="Cost of one missed anomaly (with --cost-fp)."
+    )(command)
+
+
+def parse_costs(cost_fn: float | None, cost_fp: float | None):  # noqa: ANN201 - Costs | None
+    from anomaly_vae.calibration import Costs
+
+    if cost_fn is None and cost_fp is None:
+        return None
+    if cost_fn is None or cost_fp is None:
+        raise click.UsageError("--cost-fn and --cost-fp go together")
+    return Costs(fn=cost_fn, fp=cost_fp)
+
+
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
     """Report InputError as one line and a non-zero exit, without a traceback."""
 
@@ -57,9 +77,11 @@ def train(config_path: str, overrides: tuple[str, ...], tracking_uri: str | None
 @main.command()
 @click.argument("model_uri", metavar="MODEL")
 @click.argument("input_path", metavar="INPUT", type=click.Path())
-@click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False), help="Output CSV or Parquet file.")
+@click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False), help="Output CSV or Parquet file (with --engine spark: a new folder of Parquet parts).")
 @click.option("--keep-columns", is_flag=True, help="Keep all input columns, not just the id columns.")
 @click.option("--allow-extra-columns", is_flag=True, help="Ignore input columns the model does not know.")
+@click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True, help="spark: score a Parquet file or folder with a local[2] Spark session (pip install 'anomaly-vae[spark]').")
+@click.option("--maps", "maps_dir", type=click.Path(file_okay=False), help="Images: write a heatmap overlay PNG per image into this new folder.")
 @tracking_option
 @user_errors
 def score(
@@ -68,15 +90,36 @@ def score(
     output_path: str,
     keep_columns: bool,
     allow_extra_columns: bool,
+    engine: str,
+    maps_dir: str | None,
     tracking_uri: str | None,
 ) -> None:
-    """Score a CSV or Parquet file with MODEL (models:/name@alias, models:/name/N, runs:/..., or a directory)."""
-    from pipelines.score import score_file
+    """Score a CSV or Parquet file, or a folder or IDX file of images, with MODEL (models:/name@alias, models:/name/N, runs:/..., or a directory)."""
+    if engine == "spark":
+        if maps_dir:
+            raise click.UsageError("--maps needs --engine local: Spark scores tables")
+        from pipelines.score_spark import score_with_spark as score_file
+    else:
+        from pipelines.score import score_file
 
+    options = {"maps_dir": maps_dir} if maps_dir else {}  # images, scored by the local engine
     summary = score_file(
-        model_uri, input_path, output_path, keep_columns, allow_extra_columns, tracking_uri
+        model_uri, input_path, output_path, keep_columns, allow_extra_columns, tracking_uri, **options
     )
     click.echo(summary.line(), err=True)
+
+
+@main.command()
+@click.argument("model_uri", metavar="MODEL")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: every interface).")
+@click.option("--port", type=click.IntRange(1, 65535), default=5001, show_default=True)
+@tracking_option
+@user_errors
+def serve(model_uri: str, host: str, port: int, tracking_uri: str | None) -> None:
+    """Serve MODEL over REST with MLflow's scoring server (POST /invocations, GET /ping)."""
+    from pipelines.serve import serve as run_server
+
+    run_server(model_uri, host, port, tracking_uri, echo=lambda line: click.echo(line, err=True))
 
 
 @main.command()
@@ -84,6 +127,10 @@ def score(
 @click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.option("--label", help="Label column [default: the one the model was trained with].")
 @click.option("--allow-extra-columns", is_flag=True, help="Ignore input columns the model does not know.")
+@click.option("-o", "--output", "report_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML report here.")
+@cost_options
+@click.option("--label-from", metavar="folder|CSV", help="Images: labels from folder names (or an IDX labels file) or a path,label CSV [default: the model's config].")
+@click.option("--held-out-only", is_flag=True, help="Images: only the normal images the model's image.holdout_fraction kept out of training, plus all anomalies.")
 @tracking_option
 @user_errors
 def evaluate(
@@ -91,15 +138,93 @@ def evaluate(
     input_path: str,
     label: str | None,
     allow_extra_columns: bool,
+    report_path: str | None,
+    cost_fn: float | None,
+    cost_fp: float | None,
+    label_from: str | None,
+    held_out_only: bool,
     tracking_uri: str | None,
 ) -> None:
-    """Report AUROC, AP and the threshold's precision, recall and F1 on a labelled file."""
+    """Report AUROC, AP and the threshold's precision, recall and F1 on a labelled file.
+
+    The figures (curves, score histograms, metrics by threshold, confusion matrix, cost curve
+    with --cost-fn/--cost-fp, top features) go to the MLflow run and, with -o, into one HTML file.
+    """
     from pipelines.evaluate import evaluate_file
 
-    evaluation = evaluate_file(model_uri, input_path, label, allow_extra_columns, tracking_uri)
+    evaluation = evaluate_file(
+        model_uri,
+        input_path,
+        label,
+        allow_extra_columns,
+        tracking_uri,
+        report_path,
+        parse_costs(cost_fn, cost_fp),
+        label_from,
+        held_out_only,
+    )
     for line in evaluation.lines():
         click.echo(line)
+    if evaluation.report is not None:
+        click.echo(f"report written to {evaluation.report}", err=True)
     click.echo(f"logged to MLflow run {evaluation.run_id}", err=True)
+
+
+@main.command()
+@click.argument("model_uri", metavar="MODEL")
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.option("--strategy", required=True, help="f1, recall>=R, precision>=P, fpr<=F, quantile=Q or cost.")
+@click.option("--label", help="Label column [default: the model's, when the file has it].")
+@cost_options
+@click.option("--probability", type=click.Choice(["isotonic", "logistic", "none"]), default="isotonic", show_default=True, help="Calibrated probability refitted when labels are given; none removes it.")
+@click.option("--promote", is_flag=True, help="Move the champion alias to the new version.")
+@click.option("--allow-extra-columns", is_flag=True, help="Ignore input columns the model does not know.")
+@tracking_option
+@user_errors
+def calibrate(
+    model_uri: str,
+    input_path: str,
+    strategy: str,
+    label: str | None,
+    cost_fn: float | None,
+    cost_fp: float | None,
+    probability: str,
+    promote: bool,
+    allow_extra_columns: bool,
+    tracking_uri: str | None,
+) -> None:
+    """Re-choose MODEL's threshold on INPUT and register it as a new version (same weights).
+
+    Prints the new version's URI last; champion moves to it only with --promote.
+    """
+    from pipelines.calibrate import calibrate_model
+
+    calibration = calibrate_model(
+        model_uri,
+        input_path,
+        strategy,
+        label,
+        parse_costs(cost_fn, cost_fp),
+        promote,
+        probability,
+        allow_extra_columns,
+        tracking_uri,
+    )
+    for line in calibration.lines():
+        click.echo(line, err=True)
+    click.echo(calibration.model_uri)
+
+
+@main.command()
+@click.option("--experiment", help="Experiment name [default: every experiment].")
+@click.option("--max-runs", type=click.IntRange(min=1), default=50, show_default=True)
+@tracking_option
+@user_errors
+def runs(experiment: str | None, max_runs: int, tracking_uri: str | None) -> None:
+    """List the latest runs with their key metrics, newest first (mlflow ui shows the same)."""
+    from pipelines.runs import format_runs, list_runs
+
+    click.echo(format_runs(list_runs(experiment, tracking_uri, max_runs)))
 
 
 if __name__ == "__main__":

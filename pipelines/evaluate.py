@@ -1,11 +1,23 @@
-"""Evaluate: score a labelled file and report ranking and threshold metrics, also to MLflow."""
+"""Evaluate: score a labelled file and report ranking and threshold metrics, also to MLflow.
+
+The same figures go to the MLflow run and, with `report_path`, into one self-contained HTML
+report for people who decide from pictures and costs rather than one AUROC number.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from anomaly_vae.calibration import Costs, Threshold
+    from anomaly_vae.evaluation.report import Section
+
+TOP_ROWS = 100  # the top-scored rows whose features the report counts
 
 
 @dataclass
@@ -13,10 +25,11 @@ class Evaluation:
     metrics: dict[str, float]
     confusion: np.ndarray  # [[tn, fp], [fn, tp]]
     run_id: str | None
+    report: Path | None = None
 
     def lines(self) -> list[str]:
         (tn, fp), (fn, tp) = self.confusion
-        out = [f"{name:<18} {value:.4f}" for name, value in self.metrics.items()]
+        out = [f"{name:<20} {value:.4f}" for name, value in self.metrics.items()]
         out += [
             "confusion matrix   predicted normal  predicted anomaly",
             f"  actual normal    {tn:>16,}  {fp:>17,}",
@@ -31,6 +44,7 @@ def evaluate_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
 
     from anomaly_vae.calibration import threshold_metrics
     from anomaly_vae.errors import InputError
+    from anomaly_vae.evaluation.metrics import recall_at_fpr_name, recall_at_fprs
 
     if labels.all() or not labels.any():
         raise InputError("evaluation needs both normal and anomalous rows in the labels")
@@ -40,6 +54,7 @@ def evaluate_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
         "average_precision": float(average_precision_score(labels, scores)),
         "threshold": float(threshold),
         **{k: at_threshold[k] for k in ("precision", "recall", "f1", "fpr", "alert_rate")},
+        **{recall_at_fpr_name(f): r for f, r in recall_at_fprs(scores, labels).items()},
     }
     confusion = confusion_matrix(labels, scores >= threshold, labels=[False, True])
     return Evaluation(metrics=metrics, confusion=confusion, run_id=None)
@@ -51,20 +66,45 @@ def evaluate_file(
     label: str | None = None,
     allow_extra: bool = False,
     tracking_uri: str | None = None,
+    report_path: str | Path | None = None,
+    costs: Costs | None = None,
+    label_from: str | None = None,
+    held_out_only: bool = False,
 ) -> Evaluation:
+    """Evaluate on a labelled file; `costs` default to those the model's threshold weighed.
+
+    A folder or IDX file of images goes to `evaluate_images`, with labels `label_from` folder
+    names (or IDX labels) or a CSV.
+    """
+    from anomaly_vae.data.images import is_image_source
+
+    if is_image_source(input_path):
+        from pipelines.evaluate_images import evaluate_images
+
+        return evaluate_images(
+            model_uri, input_path, label_from, held_out_only, tracking_uri, report_path, costs
+        )
     import mlflow
 
+    from anomaly_vae.calibration import Costs, expected_cost
     from anomaly_vae.data.schema import anomaly_labels
     from anomaly_vae.errors import InputError
+    from anomaly_vae.evaluation.report import check_report_path
+    from anomaly_vae.evaluation.sections import common_sections, top_anomaly_sections
     from anomaly_vae.tracking import configure_tracking, use_experiment
     from pipelines.score import load_model, scored_batches
 
+    if report_path is not None:
+        check_report_path(report_path)
     detector = load_model(model_uri, tracking_uri)
+    if detector.kind == "image":
+        raise InputError(f"{input_path}: model '{model_uri}' reads images: give a folder or IDX file")
     label = label or detector.roles.label
     if not label:
         raise InputError("evaluate needs --label: the model's config names no label column")
     source = str(input_path)
     scores, labels = [], []
+    top_rows = pd.DataFrame()
     offset = 0
     for batch, scored in scored_batches(detector, input_path, allow_extra=True):
         if label not in batch.columns:
@@ -73,8 +113,19 @@ def evaluate_file(
         labels.append(anomaly_labels(batch[label], detector.roles.anomaly_value, source, offset))
         scores.append(scored["score"].to_numpy())
         offset += len(batch)
+        scored.insert(0, label, batch[label].to_numpy())
+        top_rows = pd.concat([top_rows, scored.nlargest(TOP_ROWS, "score")]).nlargest(
+            TOP_ROWS, "score"
+        )
+    scores, labels = np.concatenate(scores), np.concatenate(labels)
     threshold = detector.threshold.value if detector.threshold else float("inf")
-    evaluation = evaluate_scores(np.concatenate(scores), np.concatenate(labels), threshold)
+    evaluation = evaluate_scores(scores, labels, threshold)
+    if costs is None and detector.threshold and detector.threshold.costs:
+        costs = Costs(**detector.threshold.costs)
+    if costs is not None:
+        evaluation.metrics["expected_cost"] = expected_cost(scores, labels, threshold, costs)
+    sections = common_sections(scores, labels, threshold, evaluation.confusion, costs)
+    sections += top_anomaly_sections(top_rows)
     configure_tracking(tracking_uri)
     use_experiment(detector.info.get("experiment", "anomaly-vae"))
     with mlflow.start_run(run_name=f"evaluate {Path(source).name}") as run:
@@ -84,5 +135,38 @@ def evaluate_file(
         mlflow.log_dict(
             {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}, "confusion_matrix.json"
         )
+        publish(evaluation, sections, report_path, model_uri, source, detector.threshold)
     evaluation.run_id = run.info.run_id
     return evaluation
+
+
+def publish(
+    evaluation: Evaluation,
+    sections: list[Section],
+    report_path: str | Path | None,
+    model_uri: str,
+    source: str,
+    threshold: Threshold | None,
+) -> None:
+    """Log the figures to the active MLflow run and, with `report_path`, write the report."""
+    import mlflow
+
+    from anomaly_vae.evaluation.report import render_html, write_html
+
+    for section in sections:
+        if section.figure is not None:
+            mlflow.log_figure(section.figure, f"figures/{section.name}.png")
+    if report_path is None:
+        return
+    (tn, fp), (fn, tp) = evaluation.confusion
+    about = {
+        "model": model_uri,
+        "data": f"{source} ({tn + fp + fn + tp:,} rows, {fn + tp:,} anomalies)",
+        "threshold": f"{threshold.value:.6g} (chosen by {threshold.strategy})"
+        if threshold
+        else "none",
+        "MLflow run": mlflow.active_run().info.run_id,
+    }
+    text = render_html(f"Evaluation of {model_uri}", about, evaluation.metrics, sections)
+    evaluation.report = write_html(report_path, text)
+    mlflow.log_artifact(str(evaluation.report))

@@ -9,15 +9,23 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
 from anomaly_vae.config import Config
 from anomaly_vae.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from anomaly_vae.data.preprocessing import EncodedTable
+    from anomaly_vae.models.tabular_vae import TabularVAE
 
 MIN_NORMAL_ROWS = 20
 
@@ -61,21 +69,50 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
     )
 
 
+def tabular_dataset(encoded: EncodedTable, rows: np.ndarray | slice = slice(None)) -> TensorDataset:
+    """Encoded rows as the (numeric, observed, codes) tensors `tabular_loss_terms` expects."""
+    import torch
+    from torch.utils.data import TensorDataset
+
+    return TensorDataset(
+        torch.from_numpy(encoded.numeric[rows]),
+        torch.from_numpy(encoded.observed[rows]),
+        torch.from_numpy(encoded.codes[rows]),
+    )
+
+
+def tabular_loss_terms(
+    model: TabularVAE, batch: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The LossTerms of a TabularVAE: the score's terms with one sampled z per row."""
+    from anomaly_vae.scoring import tabular_terms
+
+    nll, kl = tabular_terms(model, *batch, samples=1)
+    return nll.sum(1), kl
+
+
 def train(
     config: Config, tracking_uri: str | None = None, echo: Callable[[str], None] = print
 ) -> str:
     """Train, calibrate, log and register a detector; returns `models:/<name>@champion`."""
+    from anomaly_vae.data.images import is_image_source
+
+    if is_image_source(config.data.path, config.data.kind):
+        from pipelines.train_images import train_images
+
+        return train_images(config, tracking_uri, echo)
+
     import mlflow
     from sklearn.metrics import average_precision_score, roc_auc_score
-    from torch.utils.data import TensorDataset
 
     from anomaly_vae.calibration import choose_threshold, default_strategy
-    from anomaly_vae.data.preprocessing import EncodedTable, TabularPreprocessor
+    from anomaly_vae.data.preprocessing import TabularPreprocessor
     from anomaly_vae.data.tables import read_table
     from anomaly_vae.detector import ColumnRoles, TabularDetector, build_tabular_model
-    from anomaly_vae.scoring import score_tabular, tabular_terms
+    from anomaly_vae.probability import fit_probability
+    from anomaly_vae.scoring import score_tabular
     from anomaly_vae.tracking import configure_tracking, flatten_params, log_detector, use_experiment
-    from anomaly_vae.training import fit_vae
+    from anomaly_vae.training import fit_vae, is_ddp_worker
 
     started = time.perf_counter()
     frame = read_table(config.data.path)
@@ -86,20 +123,14 @@ def train(
     val_enc = preprocessor.transform(split.validation, source)
     val_normal = ~split.validation_labels
 
-    def tensors(encoded: EncodedTable, rows: np.ndarray | slice = slice(None)) -> TensorDataset:
-        import torch
-
-        return TensorDataset(
-            torch.from_numpy(encoded.numeric[rows]),
-            torch.from_numpy(encoded.observed[rows]),
-            torch.from_numpy(encoded.codes[rows]),
-        )
-
-    def loss_terms(model, batch):  # noqa: ANN001, ANN202 - the LossTerms signature
-        nll, kl = tabular_terms(model, *batch, samples=1)
-        return nll.sum(1), kl
-
     model = build_tabular_model(preprocessor, config.model.model_dump())
+    train_data = tabular_dataset(train_enc)
+    val_data = tabular_dataset(val_enc, np.flatnonzero(val_normal))
+    if is_ddp_worker():
+        # Lightning's `ddp` launcher re-ran this command in a helper process only to join the
+        # fit; the process that launched it (rank 0) tracks, calibrates and registers, once.
+        fit_vae(model, tabular_loss_terms, train_data, val_data, config.training, config.model.beta)
+        raise SystemExit(0)
     name = config.name or "anomaly-vae"
     configure_tracking(tracking_uri)
     use_experiment(config.mlflow.experiment or name)
@@ -117,12 +148,7 @@ def train(
         )
         fit_started = time.perf_counter()
         fit = fit_vae(
-            model,
-            loss_terms,
-            tensors(train_enc),
-            tensors(val_enc, np.flatnonzero(val_normal)),
-            config.training,
-            config.model.beta,
+            model, tabular_loss_terms, train_data, val_data, config.training, config.model.beta
         )
         fit_seconds = time.perf_counter() - fit_started
         val_scores = score_tabular(
@@ -132,11 +158,16 @@ def train(
         strategy = config.calibration.strategy
         if strategy == "auto":
             strategy = default_strategy(has_anomalies)
-        threshold = choose_threshold(
-            val_scores, split.validation_labels if config.data.label else None, strategy
-        )
+        val_labels = split.validation_labels if config.data.label else None
+        threshold = choose_threshold(val_scores, val_labels, strategy, config.calibration.costs())
+        probability = fit_probability(val_scores, val_labels, config.calibration.probability)
         metrics = {f"calibration.{k}": v for k, v in threshold.metrics.items()}
-        metrics.update(threshold=threshold.value, epochs=fit.epochs, fit_seconds=fit_seconds)
+        metrics.update(
+            threshold=threshold.value,
+            epochs=fit.epochs,
+            fit_seconds=fit_seconds,
+            processes=fit.processes,
+        )
         if has_anomalies:
             metrics["validation.auroc"] = roc_auc_score(split.validation_labels, val_scores)
             metrics["validation.average_precision"] = average_precision_score(
@@ -162,6 +193,7 @@ def train(
                 "experiment": config.mlflow.experiment or name,
                 "epochs": fit.epochs,
             },
+            probability=probability,
         )
         # Numeric features are doubles in the signature: CSV readers and JSON payloads turn
         # integers into floats as soon as a value is missing, and MLflow would refuse those.

@@ -12,7 +12,8 @@ import yaml
 
 from conftest import run_cli
 
-SCORE_COLUMNS = ["recon_score", "kl_score", "score", "is_anomaly", "top_features"]
+# The session model is trained with labelled anomalies, so it has a calibrated probability.
+SCORE_COLUMNS = ["recon_score", "kl_score", "score", "is_anomaly", "probability", "top_features"]
 
 
 def test_train_registers_a_champion_with_its_run(breast_cancer_model) -> None:

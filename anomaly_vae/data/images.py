@@ -1,0 +1,265 @@
+"""Reading images: folders of PNG/JPEG/BMP/TIFF files or MNIST-style IDX files.
+
+An image source is a list of `ImageItem`s (where each image comes from, its label when known,
+its mask file when there is one); pixels are read only when a batch needs them, so scoring a
+large folder keeps a bounded number of images in memory. Every image becomes a float32 array
+(channels, size, size) in [0, 1]: grayscale files are replicated for RGB models, colour files
+given to a grayscale model are an error rather than a silent conversion.
+
+Labels come from folder names (an image under a folder named in `normal` is normal, any other
+is an anomaly), from a `path,label` CSV, or from an IDX labels file and the normal digits.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from anomaly_vae.config import ImageConfig
+from anomaly_vae.errors import InputError, first_line
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+_IDX_IMAGES = re.compile(r"-images-idx3-ubyte(\.gz)?$")
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    path: str  # the file, or "<idx file>#<index>" for an image inside an IDX file
+    label: bool | None = None  # True for an anomaly; None when unknown
+    mask: Path | None = None
+
+
+def is_image_source(path: str | Path, kind: str = "auto") -> bool:
+    """Images for `kind: image`, or under `auto` a folder or an *-idx3-ubyte(.gz) file."""
+    if kind != "auto":
+        return kind == "image"
+    path = Path(path)
+    return path.is_dir() or is_idx(path)
+
+
+def is_idx(path: str | Path) -> bool:
+    return bool(_IDX_IMAGES.search(Path(path).name))
+
+
+def list_images(source: str | Path, image: ImageConfig) -> list[ImageItem]:
+    """The images of a folder (recursively, sorted) or an IDX file, with labels and masks."""
+    source = Path(source)
+    if not source.exists():
+        raise InputError(f"{source}: no such folder or file")
+    if is_idx(source):
+        return _idx_items(source, image)
+    if not source.is_dir():
+        raise InputError(f"{source}: expected a folder of images or an *-idx3-ubyte(.gz) file")
+    files = sorted(
+        p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+    # A rule such as {stem}.png names a PNG image itself: that image has no mask.
+    mask_of = {p: m for p in files if (m := mask_path(p, image.mask_rule)) != p.resolve()}
+    mask_files = set(mask_of.values())
+    items = [
+        ImageItem(str(p), folder_label(p, source, image.normal), _existing(mask_of.get(p)))
+        for p in files
+        if p.resolve() not in mask_files
+    ]
+    if not items:
+        raise InputError(f"{source}: no PNG, JPEG, BMP or TIFF images in this folder")
+    return items
+
+
+def folder_label(path: Path, root: Path, normal: Sequence[str]) -> bool:
+    """Anomalous unless a folder between `root` (itself included) and the file is normal."""
+    folders = (root.resolve().name, *path.relative_to(root).parts[:-1])
+    return not any(folder in normal for folder in folders)
+
+
+def mask_path(image_path: Path, rule: str) -> Path:
+    resolved = rule.format(
+        stem=image_path.stem, name=image_path.name, parent=image_path.parent.name
+    )
+    return (image_path.parent / resolved).resolve()
+
+
+def _existing(path: Path | None) -> Path | None:
+    return path if path is not None and path.is_file() else None
+
+
+def labels_from_csv(
+    items: list[ImageItem], csv_path: str | Path, root: str | Path
+) -> list[ImageItem]:
+    """Replace labels by those of a `path,label` CSV (paths relative to `root` or absolute)."""
+    import pandas as pd
+
+    try:
+        table = pd.read_csv(csv_path)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{csv_path}: cannot read labels CSV ({first_line(exc)})") from None
+    if not {"path", "label"} <= set(table.columns):
+        raise InputError(f"{csv_path}: a labels CSV needs the columns path and label")
+    root = Path(root)
+    labels = {}
+    for row, (path, label) in enumerate(zip(table["path"], table["label"], strict=True)):
+        if label not in (0, 1, True, False):
+            raise InputError(f"{csv_path}: row {row + 1}: label {label!r} is not 0 or 1")
+        full = Path(path) if Path(path).is_absolute() else root / path
+        labels[str(full.resolve())] = bool(label)
+    labelled = [
+        ImageItem(item.path, labels[key], item.mask)
+        for item in items
+        if (key := str(Path(item.path).resolve())) in labels
+    ]
+    if not labelled:
+        raise InputError(f"{csv_path}: none of its paths is an image in {root}")
+    return labelled
+
+
+def is_held_out(item: ImageItem, fraction: float, seed: int) -> bool:
+    """A deterministic choice from the file name and seed, so train and evaluate agree.
+
+    The name alone (not the folder) is hashed, so the same image is held out whether the
+    folder given is the normal class or the data set's root.
+    """
+    if fraction <= 0:
+        return False
+    digest = hashlib.sha256(f"{seed}:{Path(item.path).name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
+    """One image file as float32 (channels, size, size) in [0, 1]."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            pixels = _to_float(img, path, channels)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable image ({first_line(exc)})") from None
+    return resize(pixels, size)
+
+
+def _to_float(img: Image.Image, path: str | Path, channels: int) -> np.ndarray:
+    gray = img.mode in _GRAY_MODES
+    if not gray and channels == 1:
+        raise InputError(f"{path}: a colour image ({img.mode}) but the model reads grayscale")
+    if img.mode.startswith("I"):
+        pixels = np.asarray(img, dtype=np.float32)[..., None] / 65535.0
+    elif img.mode == "F":
+        pixels = np.clip(np.asarray(img, dtype=np.float32), 0, 1)[..., None]
+    else:
+        pixels = np.asarray(img.convert("L" if gray else "RGB"), dtype=np.float32) / 255.0
+        pixels = pixels.reshape(*pixels.shape[:2], -1)
+    if pixels.shape[2] != channels:
+        pixels = np.repeat(pixels, channels, axis=2)
+    return pixels.transpose(2, 0, 1)
+
+
+def resize(pixels: np.ndarray, size: int) -> np.ndarray:
+    """(channels, h, w) -> (channels, size, size), antialiased bilinear per channel."""
+    if pixels.shape[1:] == (size, size):
+        return np.ascontiguousarray(pixels, dtype=np.float32)
+    return np.stack(
+        [
+            np.asarray(Image.fromarray(c, mode="F").resize((size, size), Image.BILINEAR))
+            for c in pixels
+        ]
+    ).astype(np.float32)
+
+
+def read_mask(path: Path, size: int) -> np.ndarray:
+    """A mask file as a boolean (size, size) array: any non-zero pixel is a defect."""
+    try:
+        with Image.open(path) as img:
+            mask = np.asarray(img.convert("L"), dtype=np.float32) > 0
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path}: unreadable mask ({first_line(exc)})") from None
+    return resize(mask[None].astype(np.float32), size)[0] >= 0.5
+
+
+def iter_image_batches(
+    items: Sequence[ImageItem], size: int, channels: int, batch_size: int
+) -> Iterator[tuple[Sequence[ImageItem], np.ndarray]]:
+    """(items, pixels) batches; IDX images are sliced from one cached decoded file."""
+    idx_cache: dict[str, np.ndarray] = {}
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        yield batch, np.stack([_pixels(item, size, channels, idx_cache) for item in batch])
+
+
+def read_images(items: Sequence[ImageItem], size: int, channels: int) -> np.ndarray:
+    """All pixels at once, for training sets."""
+    if not items:
+        return np.zeros((0, channels, size, size), dtype=np.float32)
+    return np.concatenate([px for _, px in iter_image_batches(items, size, channels, 1024)])
+
+
+def _pixels(
+    item: ImageItem, size: int, channels: int, idx_cache: dict[str, np.ndarray]
+) -> np.ndarray:
+    file, sep, index = item.path.rpartition("#")
+    if not sep or not is_idx(file):
+        return read_image(item.path, size, channels)
+    if file not in idx_cache:
+        idx_cache.clear()
+        idx_cache[file] = read_idx(file)
+    pixels = idx_cache[file][int(index)].astype(np.float32)[None] / 255.0
+    if channels != 1:
+        pixels = np.repeat(pixels, channels, axis=0)
+    return resize(pixels, size)
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    """An IDX file (optionally gzip-compressed) as a numpy array of its declared shape."""
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as exc:
+        raise InputError(f"{path}: cannot read IDX file ({first_line(exc)})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise InputError(f"{path}: not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise InputError(
+            f"{path}: truncated IDX file ({len(raw) - header} data bytes, {expected} expected)"
+        )
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def write_idx(path: str | Path, array: np.ndarray) -> None:
+    """Write a uint8 array as an IDX file (gzip-compressed for a .gz name)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    opener = gzip.open if Path(path).suffix == ".gz" else open
+    with opener(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def idx_labels_path(images_path: Path) -> Path:
+    return images_path.with_name(_IDX_IMAGES.sub(r"-labels-idx1-ubyte\1", images_path.name))
+
+
+def _idx_items(path: Path, image: ImageConfig) -> list[ImageItem]:
+    count = len(read_idx(path))
+    labels_path = idx_labels_path(path)
+    if labels_path.is_file():
+        digits = read_idx(labels_path)
+        if len(digits) != count:
+            raise InputError(f"{labels_path}: {len(digits)} labels for {count} images in {path}")
+        labels = [bool(d not in image.normal_digits) for d in digits]
+    else:
+        labels = [None] * count
+    if not count:
+        raise InputError(f"{path}: the IDX file holds no images")
+    return [ImageItem(f"{path}#{i}", label) for i, label in enumerate(labels)]

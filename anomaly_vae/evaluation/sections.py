@@ -1,0 +1,140 @@
+"""The report's sections for any detector kind, and the tabular one's top anomalies."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from anomaly_vae.calibration import Costs
+from anomaly_vae.evaluation import figures
+from anomaly_vae.evaluation.metrics import recall_at_fprs, threshold_sweep, top_feature_counts
+from anomaly_vae.evaluation.report import Section
+
+TOP_ROWS_SHOWN = 20
+WORST_IMAGES = 8
+
+
+def common_sections(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+    confusion: np.ndarray,
+    costs: Costs | None = None,
+) -> list[Section]:
+    """Curves, score histograms, metrics by threshold, confusion matrix, recall at fixed FPR."""
+    sections = [
+        Section(
+            "roc_pr",
+            "ROC and precision-recall curves",
+            "How well the scores rank anomalies above normals at every threshold; the dot is "
+            "the model's threshold. The ROC's false-positive axis is logarithmic so small "
+            "alert budgets stay visible; the dotted line of the PR curve is the anomaly rate, "
+            "what flagging at random achieves.",
+            figures.roc_pr_figure(scores, labels, threshold),
+        ),
+        Section(
+            "score_histogram",
+            "Scores of normals and anomalies",
+            "Each class's score distribution (densities, so the rare class stays visible); "
+            "everything right of the dashed line is flagged. Overlap is where mistakes happen.",
+            figures.score_histogram_figure(scores, labels, threshold),
+        ),
+        Section(
+            "threshold_sweep",
+            "Precision, recall, F1 and alert rate by threshold",
+            "What moving the threshold would do, without retraining: `anomaly-vae calibrate` "
+            "stores a new threshold as a new model version.",
+            figures.threshold_sweep_figure(threshold_sweep(scores, labels), threshold),
+        ),
+        Section(
+            "confusion_matrix",
+            "Confusion matrix at the threshold",
+            "Counts of rows by actual and predicted class, with each actual class's share.",
+            figures.confusion_figure(confusion),
+        ),
+        Section(
+            "recall_at_fpr",
+            "Recall at fixed false-positive rates",
+            "The share of anomalies caught if the threshold were set to raise false alarms "
+            "on at most 0.1%, 1% or 5% of normal rows.",
+            figures.recall_at_fpr_figure(recall_at_fprs(scores, labels)),
+        ),
+    ]
+    if costs is not None:
+        sections.append(
+            Section(
+                "cost_curve",
+                "Expected cost by threshold",
+                f"Cost per row when a missed anomaly costs {costs.fn:g} and a false alarm "
+                f"{costs.fp:g}; `calibrate --strategy cost` picks the green point.",
+                figures.cost_curve_figure(scores, labels, threshold, costs),
+            )
+        )
+    return sections
+
+
+def top_anomaly_sections(top_rows: pd.DataFrame) -> list[Section]:
+    """The tabular detector's top-scored rows and the features their scores came from.
+
+    `top_rows` are scored rows (with `score` and `top_features`) sorted by falling score.
+    """
+    counts = top_feature_counts(top_rows["top_features"])
+    return [
+        Section(
+            "top_features",
+            "Features driving the top anomalies",
+            f"For the {len(top_rows)} top-scored rows, how often each feature is among a row's "
+            "top features: those it is reconstructed worst in, relative to a perfect "
+            "reconstruction.",
+            figures.top_features_figure(counts, len(top_rows)),
+        ),
+        Section(
+            "top_rows",
+            f"The {min(TOP_ROWS_SHOWN, len(top_rows))} top-scored rows",
+            "The rows an analyst would look at first, with their label and top features.",
+            table=top_rows.head(TOP_ROWS_SHOWN),
+        ),
+    ]
+
+
+class WorstImages:
+    """The highest-scored images seen so far with their anomaly maps, in bounded memory.
+
+    Fed batch by batch while a folder is scored, it keeps `n` images, not the folder.
+    """
+
+    def __init__(self, map_scale: float, n: int = WORST_IMAGES) -> None:
+        self.map_scale = map_scale
+        self.n = n
+        self.pixels = self.maps = self.scores = self.labels = None
+        self.names: list[str] = []
+
+    def add(
+        self,
+        pixels: np.ndarray,
+        maps: np.ndarray,
+        names: list[str],
+        scores: np.ndarray,
+        labels: np.ndarray,
+    ) -> None:
+        if self.scores is not None:
+            pixels = np.concatenate([self.pixels, pixels])
+            maps = np.concatenate([self.maps, maps])
+            names = [*self.names, *names]
+            scores = np.concatenate([self.scores, scores])
+            labels = np.concatenate([self.labels, labels])
+        keep = np.argsort(-scores, kind="stable")[: self.n]
+        self.pixels, self.maps, self.scores = pixels[keep], maps[keep], scores[keep]
+        self.labels = np.asarray(labels, dtype=bool)[keep]
+        self.names = [names[i] for i in keep]
+
+    def section(self) -> Section:
+        return Section(
+            "worst_images",
+            f"The {len(self.names)} top-scored images and where they look wrong",
+            "Each image above its anomaly map (per-pixel reconstruction terms above their best "
+            "value, smoothed; red is worse), titled with its score and label.",
+            figures.worst_images_figure(
+                self.pixels, self.maps, self.names, self.scores, self.labels, self.map_scale
+            ),
+        )

@@ -1,0 +1,53 @@
+"""The whole suite (`make bench`): tabular, image and scoring-speed benchmarks, one results file.
+
+    python -m benchmarks                       # everything, results in benchmarks/results/<date>.md
+    python -m benchmarks --seeds 1 --rows 1000000 --no-images   # a reduced run
+
+The image benchmarks (`benchmarks.images`) run as separate processes and their tables are
+copied into the results file as they print them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+from benchmarks import scoring_speed, tabular
+from benchmarks.report import write_results
+
+IMAGE_DATASETS = ("mnist", "magnetic_tile")
+
+
+def image_section() -> str:
+    """The image benchmarks' own printed tables, under one heading."""
+    parts = ["## Images (our model only; peers on pixels not yet benchmarked)", ""]
+    for dataset in IMAGE_DATASETS:
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.images", dataset], capture_output=True, text=True
+        )
+        parts += [f"### {dataset}", ""]
+        parts.append(done.stdout if done.returncode == 0 else f"failed: {done.stderr[-500:]}")
+    return "\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    tabular.add_arguments(parser)
+    scoring_speed.add_arguments(parser)
+    parser.add_argument("--no-images", action="store_true", help="skip the image benchmarks")
+    args = parser.parse_args()
+    runs = [lambda: tabular.run_from_args(args), lambda: scoring_speed.run_from_args(args)]
+    if not args.no_images:
+        runs.insert(1, image_section)
+    sections: list[str] = []
+    for run in runs:
+        sections.append(run())
+        print(sections[-1], flush=True)
+        # Rewritten after each part, so an hour's results survive a later failure.
+        path = write_results(sections)
+    print(f"written to {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

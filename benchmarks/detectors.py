@@ -1,0 +1,131 @@
+"""The detectors compared, behind one call: fit on training rows, score the test rows.
+
+Ours runs in-process through the library exactly as `anomaly-vae train` builds a detector
+from unlabelled training data (split off validation normals, fit the preprocessor and the VAE,
+store the default threshold, fpr<=0.01 on validation normals), minus the MLflow logging, which
+is not what a user compares. The peers get a `StandardScaler` fitted on the training rows and
+their own default thresholds (PyOD: the training scores' contamination percentile).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+OURS = "anomaly-vae"
+PEERS = ("IsolationForest", "PyOD VAE", "PyOD ECOD")
+
+
+@dataclass
+class Outcome:
+    """Test-set scores (higher is more anomalous) and flags at the detector's own threshold."""
+
+    scores: np.ndarray
+    flags: np.ndarray
+    fit_seconds: float
+    score_seconds: float
+
+
+def run_ours(
+    train: pd.DataFrame, test: pd.DataFrame, seed: int, overrides: dict[str, Any] | None = None
+) -> Outcome:
+    """Fit our detector with its defaults (plus `overrides`, a config mapping) and score `test`."""
+    from anomaly_vae.calibration import choose_threshold, default_strategy
+    from anomaly_vae.config import parse_config
+    from anomaly_vae.data.preprocessing import TabularPreprocessor
+    from anomaly_vae.detector import ColumnRoles, TabularDetector, build_tabular_model
+    from anomaly_vae.scoring import score_tabular
+    from anomaly_vae.training import fit_vae
+    from pipelines.train import split_table, tabular_dataset, tabular_loss_terms
+
+    raw: dict[str, Any] = {"data": {"path": "benchmark"}, "training": {"seed": seed}}
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update(values)
+    config = parse_config(raw)
+    started = time.perf_counter()
+    split = split_table(train, config)
+    preprocessor = TabularPreprocessor.fit(split.train, split.features, config.data.categorical)
+    train_enc = preprocessor.transform(split.train, "train")
+    val_enc = preprocessor.transform(split.validation, "validation")
+    model = build_tabular_model(preprocessor, config.model.model_dump())
+    fit_vae(
+        model,
+        tabular_loss_terms,
+        tabular_dataset(train_enc),
+        tabular_dataset(val_enc),
+        config.training,
+        config.model.beta,
+    )
+    val_scores = score_tabular(
+        model, val_enc.numeric, val_enc.observed, val_enc.codes, config.scoring.samples
+    ).score
+    threshold = choose_threshold(val_scores, None, default_strategy(has_anomalies=False))
+    detector = TabularDetector(
+        model, preprocessor, ColumnRoles(), config.model.model_dump(), threshold
+    )
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    scores = detector.score_samples(test, "test").score
+    score_seconds = time.perf_counter() - started
+    return Outcome(scores, detector.is_anomaly(scores), fit_seconds, score_seconds)
+
+
+def _isolation_forest(seed: int) -> tuple[Any, Callable[[Any, np.ndarray], np.ndarray]]:
+    from sklearn.ensemble import IsolationForest
+
+    forest = IsolationForest(random_state=seed)
+    # sklearn's score_samples is higher for normal rows; predict() gives -1 for anomalies.
+    return forest, lambda m, x: -m.score_samples(x)
+
+
+def _pyod(name: str) -> Callable[[int], tuple[Any, Callable[[Any, np.ndarray], np.ndarray]]]:
+    def build(seed: int) -> tuple[Any, Callable[[Any, np.ndarray], np.ndarray]]:
+        if name == "VAE":
+            from pyod.models.vae import VAE
+
+            detector = VAE(verbose=0)  # defaults otherwise, including its own random_state
+        else:
+            from pyod.models.ecod import ECOD
+
+            detector = ECOD()
+        return detector, lambda m, x: m.decision_function(x)
+
+    return build
+
+
+_PEER_BUILDERS = {
+    "IsolationForest": _isolation_forest,
+    "PyOD VAE": _pyod("VAE"),
+    "PyOD ECOD": _pyod("ECOD"),
+}
+
+
+def run_peer(name: str, train: pd.DataFrame, test: pd.DataFrame, seed: int) -> Outcome:
+    """Fit a peer on scaled training rows and score the test rows (scaling timed with it)."""
+    from sklearn.preprocessing import StandardScaler
+
+    detector, score = _PEER_BUILDERS[name](seed)
+    started = time.perf_counter()
+    scaler = StandardScaler().fit(train.to_numpy(dtype=np.float64))
+    detector.fit(scaler.transform(train.to_numpy(dtype=np.float64)))
+    fit_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    x_test = scaler.transform(test.to_numpy(dtype=np.float64))
+    scores = score(detector, x_test)
+    score_seconds = time.perf_counter() - started
+    flags = detector.predict(x_test) == (-1 if name == "IsolationForest" else 1)
+    return Outcome(np.asarray(scores, dtype=np.float64), flags, fit_seconds, score_seconds)
+
+
+def peers_available() -> tuple[str, ...]:
+    """The peers that can run here: PyOD's come with the `bench` extra."""
+    try:
+        import pyod  # noqa: F401
+    except ImportError:
+        return ("IsolationForest",)
+    return PEERS

@@ -1,0 +1,209 @@
+"""Per-run metrics, the Markdown tables built from them, and the results file.
+
+A table is only worth what its provenance says, so every results file starts with the
+command that made it, the date and the machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+from benchmarks.detectors import OURS, Outcome
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+TABLE_COLUMNS = (
+    "table",
+    "detector",
+    "AUROC",
+    "AP",
+    "F1 at threshold / best F1",
+    "fit s",
+    "score rows/s",
+)
+
+
+def outcome_metrics(labels: np.ndarray, outcome: Outcome) -> dict[str, float]:
+    """Detection quality on the test set, and the detector's own threshold against the best."""
+    labels = np.asarray(labels, dtype=bool)
+    precision, recall, _ = precision_recall_curve(labels, outcome.scores)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        best_f1 = float(np.nanmax(np.nan_to_num(2 * precision * recall / (precision + recall))))
+    tp = int(np.sum(outcome.flags & labels))
+    flagged, positives = int(outcome.flags.sum()), int(labels.sum())
+    f1 = 2 * tp / (flagged + positives) if flagged + positives else 0.0
+    return {
+        "auroc": roc_auc_score(labels, outcome.scores),
+        "ap": average_precision_score(labels, outcome.scores),
+        "f1": f1,
+        "f1_ratio": f1 / best_f1 if best_f1 else 0.0,
+        "fit_seconds": outcome.fit_seconds,
+        "rows_per_second": len(labels) / max(outcome.score_seconds, 1e-9),
+    }
+
+
+def summarize(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and spread over seeds per (table, detector), in the order the runs came."""
+    grouped = runs.groupby(["table", "detector"], sort=False)
+    summary = grouped[["auroc", "ap", "f1_ratio", "fit_seconds", "rows_per_second"]].mean()
+    summary["auroc_std"] = grouped["auroc"].std(ddof=0)
+    summary["ap_std"] = grouped["ap"].std(ddof=0)
+    summary["seeds"] = grouped.size()
+    return summary.reset_index()
+
+
+def results_table(summary: pd.DataFrame, notes: dict[str, str] | None = None) -> str:
+    """One Markdown row per table and detector; `notes` annotate a table's name."""
+    notes = notes or {}
+    lines = [_row(TABLE_COLUMNS), _row(["---"] * len(TABLE_COLUMNS))]
+    for row in summary.itertuples():
+        name = row.table + (f" ({notes[row.table]})" if row.table in notes else "")
+        lines.append(
+            _row(
+                [
+                    name,
+                    f"**{row.detector}**" if row.detector == OURS else row.detector,
+                    f"{row.auroc:.3f} ± {row.auroc_std:.3f}",
+                    f"{row.ap:.3f} ± {row.ap_std:.3f}",
+                    f"{row.f1_ratio:.2f}",
+                    f"{row.fit_seconds:.1f}",
+                    f"{row.rows_per_second:,.0f}",
+                ]
+            )
+        )
+    return "\n".join(lines)
+
+
+def means_table(summary: pd.DataFrame) -> str:
+    """Each detector's means over the tables, the headline figures."""
+    means = summary.groupby("detector", sort=False)[
+        ["auroc", "ap", "f1_ratio", "fit_seconds", "rows_per_second"]
+    ].mean()
+    header = ("detector", "mean AUROC", "mean AP", "mean F1 ratio", "mean fit s", "mean rows/s")
+    lines = [_row(header), _row(["---"] * len(header))]
+    for detector, row in means.iterrows():
+        lines.append(
+            _row(
+                [
+                    f"**{detector}**" if detector == OURS else str(detector),
+                    f"{row.auroc:.3f}",
+                    f"{row.ap:.3f}",
+                    f"{row.f1_ratio:.2f}",
+                    f"{row.fit_seconds:.1f}",
+                    f"{row.rows_per_second:,.0f}",
+                ]
+            )
+        )
+    return "\n".join(lines)
+
+
+def tabular_targets(summary: pd.DataFrame) -> list[str]:
+    """The issue's tabular targets, each with its figure and met / missed."""
+    ours = summary[summary.detector == OURS].set_index("table")
+    peers = summary[summary.detector != OURS]
+    if peers.empty or ours.empty:
+        return ["- no peers ran: the comparative targets cannot be checked"]
+    peer_means = peers.groupby("detector")[["auroc", "ap"]].mean()
+    best_auroc, best_ap = peer_means.auroc.idxmax(), peer_means.ap.idxmax()
+    best_per_table = peers.groupby("table").auroc.max()
+    worst_gap = (ours.auroc - best_per_table.reindex(ours.index)).sort_values()
+    checks = [
+        (
+            ours.auroc.mean() - peer_means.auroc.max() >= 0.02,
+            f"mean AUROC {ours.auroc.mean():.3f} vs best peer {best_auroc} "
+            f"{peer_means.auroc.max():.3f} (target +0.02)",
+        ),
+        (
+            ours.ap.mean() - peer_means.ap.max() >= 0.05,
+            f"mean AP {ours.ap.mean():.3f} vs best peer {best_ap} {peer_means.ap.max():.3f} "
+            "(target +0.05)",
+        ),
+        (
+            worst_gap.iloc[0] >= -0.01,
+            f"worst table AUROC gap to the best peer: {worst_gap.iloc[0]:+.3f} on "
+            f"{worst_gap.index[0]} (target >= -0.01)",
+        ),
+        (
+            ours.f1_ratio.mean() >= 0.85,
+            f"F1 at the stored threshold / best F1: mean {ours.f1_ratio.mean():.2f}, lowest "
+            f"{ours.f1_ratio.min():.2f} on {ours.f1_ratio.idxmin()} (target >= 0.85; peers' "
+            f"mean {peers.f1_ratio.mean():.2f})",
+        ),
+    ]
+    vae = peers[peers.detector == "PyOD VAE"].set_index("table")
+    if not vae.empty:
+        vae = vae.reindex(ours.index)
+        fit_ratio = ours.fit_seconds / vae.fit_seconds
+        speedup = ours.rows_per_second / vae.rows_per_second
+        not_worse = (ours.auroc >= vae.auroc).sum()
+        checks += [
+            (
+                bool((fit_ratio <= 0.2).all()) and not_worse == len(ours),
+                f"fit time / PyOD VAE's: worst {fit_ratio.max():.2f} on {fit_ratio.idxmax()}, "
+                f"median {fit_ratio.median():.2f} (target <= 0.20 on every table); AUROC at "
+                f"least PyOD VAE's on {not_worse} of {len(ours)} tables",
+            ),
+            (
+                bool((speedup >= 20).all()),
+                f"scoring throughput / PyOD VAE's: lowest {speedup.min():.1f}x on "
+                f"{speedup.idxmin()}, median {speedup.median():.1f}x (target >= 20x)",
+            ),
+        ]
+    return [f"- {'met' if ok else 'MISSED'}: {text}" for ok, text in checks]
+
+
+def machine() -> str:
+    """CPU model and core count, for the results header."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores, {platform.system()} {platform.release()}"
+
+
+def write_results(sections: list[str], path: Path | None = None) -> Path:
+    """Write the results file (default `results/<date>.md`) headed by command, date, machine."""
+    import torch
+
+    today = dt.date.today().isoformat()
+    path = path or RESULTS_DIR / f"{today}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = [
+        f"# Benchmark results, {today}",
+        "",
+        f"- command: `{_command()}`",
+        f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
+        f"- machine: {machine()}",
+        f"- python {platform.python_version()}, torch {torch.__version__}, "
+        f"torch threads: {torch.get_num_threads()}",
+        "",
+    ]
+    path.write_text("\n".join(header + sections) + "\n")
+    return path
+
+
+def _command() -> str:
+    """The command line as typed: `python -m benchmarks ...` rather than the script's path."""
+    script = Path(sys.argv[0])
+    module = (
+        script.parent.name
+        if script.name == "__main__.py" and script.parent.name == "benchmarks"
+        else f"benchmarks.{script.stem}"
+    )
+    return shlex.join(["python", "-m", module, *sys.argv[1:]])
+
+
+def _row(cells: list[str] | tuple[str, ...]) -> str:
+    return "| " + " | ".join(cells) + " |"

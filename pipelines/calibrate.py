@@ -1,0 +1,181 @@
+"""Calibrate: re-choose a model's threshold on new data and register it as a new version.
+
+Data drifts and alert budgets change; retraining for a new threshold would be slow and would
+change the scores too. The new version copies the detector's weights byte for byte and
+changes only `detector.json` (threshold and, with labels, the calibrated probability). The
+`champion` alias moves to it only with `promote`, so a threshold can be reviewed with
+`anomaly-vae evaluate models:/<name>/<version>` before the scoring jobs pick it up.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from anomaly_vae.calibration import Costs, Threshold
+
+_REGISTRY_URI = re.compile(r"^models:/([^/@]+)[/@]")
+
+
+@dataclass
+class Calibration:
+    threshold: Threshold
+    rows: int
+    model_uri: str  # the new version: models:/<name>/<version>
+    promoted: bool
+    probability: str | None  # the probability method fitted, if any
+    run_id: str
+
+    def lines(self) -> list[str]:
+        metrics = json.dumps({k: round(v, 4) for k, v in self.threshold.metrics.items()})
+        alias = (
+            "champion now points to it"
+            if self.promoted
+            else "champion unchanged (pass --promote to move it)"
+        )
+        return [
+            f"threshold {self.threshold.value:.6g} by {self.threshold.strategy} on "
+            f"{self.rows:,} rows: {metrics}",
+            *([f"calibrated probability: {self.probability}"] if self.probability else []),
+            f"registered {self.model_uri}; {alias}; run {self.run_id}",
+        ]
+
+
+def calibrate_model(
+    model_uri: str,
+    input_path: str | Path,
+    strategy: str,
+    label: str | None = None,
+    costs: Costs | None = None,
+    promote: bool = False,
+    probability: str = "isotonic",
+    allow_extra: bool = False,
+    tracking_uri: str | None = None,
+) -> Calibration:
+    """Score `input_path` with the model, choose a threshold by `strategy`, register it.
+
+    Labels come from `label`, else from the model's label column when the file has it; without
+    labels only `fpr<=F` (every row taken as normal) and `quantile=Q` apply.
+    """
+    import mlflow
+
+    from anomaly_vae.calibration import check_strategy, choose_threshold
+    from anomaly_vae.detector import ARTIFACT_FILE, load_detector
+    from anomaly_vae.errors import InputError
+    from anomaly_vae.probability import fit_probability
+    from anomaly_vae.tracking import (
+        configure_tracking,
+        log_detector,
+        resolve_detector_dir,
+        use_experiment,
+    )
+
+    check_strategy(strategy, costs)  # a typo fails before the file is scored
+    source_dir = resolve_detector_dir(model_uri, tracking_uri)
+    detector = load_detector(source_dir)
+    if detector.kind != "tabular":
+        raise InputError(
+            f"model '{model_uri}': calibrate reads tables; this is a {detector.kind} model"
+        )
+    source = str(input_path)
+    scores, labels, example = _scores_and_labels(detector, input_path, label, allow_extra)
+    threshold = choose_threshold(scores, labels, strategy, costs)
+    fitted = fit_probability(scores, labels, probability)
+    if fitted is not None or probability == "none":
+        detector.probability = fitted
+    detector.threshold = threshold
+
+    configure_tracking(tracking_uri)
+    use_experiment(detector.info.get("experiment", "anomaly-vae"))
+    registered = _registered_name(model_uri, detector.info)
+    with mlflow.start_run(run_name=f"calibrate {Path(source).name}") as run:
+        mlflow.set_tags(
+            {
+                "kind": "calibration",
+                "model_uri": model_uri,
+                "input": source,
+                "calibration.strategy": strategy,
+            }
+        )
+        mlflow.log_metrics(
+            {
+                "threshold": threshold.value,
+                "rows": float(len(scores)),
+                **{f"calibration.{k}": v for k, v in threshold.metrics.items()},
+            }
+        )
+        detector.info = {
+            **detector.info,
+            "calibrated_from": model_uri,
+            "calibration_run_id": run.info.run_id,
+            "calibration_data": source,
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            new_dir = Path(shutil.copytree(source_dir, Path(tmp) / "detector"))
+            (new_dir / ARTIFACT_FILE).write_text(json.dumps(detector.to_state(), indent=2))
+            log_detector(
+                new_dir, example, detector.score_frame(example), registered, promote=promote
+            )
+        version = mlflow.get_run(run.info.run_id).data.tags["registered_model_version"]
+    return Calibration(
+        threshold=threshold,
+        rows=len(scores),
+        model_uri=f"models:/{version}",
+        promoted=promote,
+        probability=fitted.method if fitted else None,
+        run_id=run.info.run_id,
+    )
+
+
+def _scores_and_labels(
+    detector,  # noqa: ANN001 - a TabularDetector
+    input_path: str | Path,
+    label: str | None,
+    allow_extra: bool,
+) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:
+    """All scores of the file, its labels (or None) and a few rows as the model's example."""
+    from anomaly_vae.data.schema import anomaly_labels
+    from anomaly_vae.errors import InputError
+    from pipelines.score import scored_batches
+
+    source = str(input_path)
+    explicit = label is not None
+    label = label or detector.roles.label
+    scores, labels, example = [], [], None
+    offset = 0
+    for batch, scored in scored_batches(detector, input_path, allow_extra=True):
+        if example is None:
+            if label and label not in batch.columns:
+                if explicit:
+                    raise InputError(f"{source}: missing label column '{label}'")
+                label = None  # the model's label column is optional here
+            known = [*detector.roles.id_columns, *detector.feature_names]
+            example = batch[[c for c in known if c in batch.columns]].head(5)
+        detector.check_columns([c for c in batch.columns if c != label], source, allow_extra)
+        if label:
+            labels.append(
+                anomaly_labels(batch[label], detector.roles.anomaly_value, source, offset)
+            )
+        scores.append(scored["score"].to_numpy())
+        offset += len(batch)
+    numeric = detector.preprocessor.numeric
+    example = example.astype({c.name: "float64" for c in numeric if c.name in example.columns})
+    return np.concatenate(scores), np.concatenate(labels) if label else None, example
+
+
+def _registered_name(model_uri: str, info: dict) -> str:
+    """The registered model a new version joins: the URI's, else the one training named."""
+    match = _REGISTRY_URI.match(model_uri)
+    if match:
+        return match.group(1)
+    config = info.get("config", {})
+    return config.get("mlflow", {}).get("registered_model") or config.get("name") or "anomaly-vae"

@@ -1,0 +1,98 @@
+"""Evaluate on labelled images: image AUROC and AP, the threshold's metrics, pixel AUROC.
+
+Labels come from folder names (the model's `image.normal`), from an IDX labels file and the
+model's normal digits, or from a `path,label` CSV. Pixel AUROC pools the anomaly-map values of
+every image with a mask (normal images without one count as all-normal pixels), compared at
+the model's resolution. `held_out_only` keeps the anomalies and only those normal images the
+model's `image.holdout_fraction` kept out of training.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from anomaly_vae.errors import InputError
+from pipelines.evaluate import Evaluation
+
+if TYPE_CHECKING:
+    from anomaly_vae.calibration import Costs
+
+
+def evaluate_images(
+    model_uri: str,
+    input_path: str | Path,
+    label_from: str | None = None,
+    held_out_only: bool = False,
+    tracking_uri: str | None = None,
+    report_path: str | Path | None = None,
+    costs: Costs | None = None,
+) -> Evaluation:
+    import mlflow
+    from sklearn.metrics import roc_auc_score
+
+    from anomaly_vae.calibration import Costs, expected_cost
+    from anomaly_vae.data.images import labels_from_csv, read_mask
+    from anomaly_vae.evaluation.report import check_report_path
+    from anomaly_vae.evaluation.sections import WorstImages, common_sections
+    from anomaly_vae.tracking import configure_tracking, use_experiment
+    from pipelines.evaluate import evaluate_scores, publish
+    from pipelines.score_images import image_detector, scored_image_batches
+
+    if report_path is not None:
+        check_report_path(report_path)
+    detector = image_detector(model_uri, input_path, tracking_uri)
+    items = detector.list_images(input_path)
+    label_from = label_from or detector.image.labels_csv or "folder"
+    if label_from != "folder":
+        items = labels_from_csv(items, label_from, input_path)
+    unlabelled = next((item for item in items if item.label is None), None)
+    if unlabelled is not None:
+        raise InputError(
+            f"{unlabelled.path}: no label (an IDX file needs its labels file beside it)"
+        )
+    if held_out_only:
+        if not detector.image.holdout_fraction:
+            raise InputError(f"model '{model_uri}': trained with no image.holdout_fraction")
+        items = [item for item in items if item.label or detector.held_out(item)]
+    with_masks = any(item.mask for item in items)
+    size = detector.image.size
+    scores, labels, pixel_scores, pixel_labels = [], [], [], []
+    worst = WorstImages(detector.map_scale)
+    for batch, pixels, batch_scores in scored_image_batches(detector, items):
+        scores.append(batch_scores.score)
+        labels.append([item.label for item in batch])
+        worst.add(pixels, batch_scores.maps, [item.path for item in batch], batch_scores.score,
+                  np.array([item.label for item in batch]))  # fmt: skip
+        for item, heat in zip(batch, batch_scores.maps, strict=True):
+            if with_masks and (item.mask or not item.label):
+                mask = read_mask(item.mask, size) if item.mask else np.zeros((size, size), bool)
+                pixel_scores.append(heat.ravel())
+                pixel_labels.append(mask.ravel())
+    threshold = detector.threshold.value if detector.threshold else float("inf")
+    scores, labels = np.concatenate(scores), np.concatenate(labels).astype(bool)
+    evaluation = evaluate_scores(scores, labels, threshold)
+    if costs is None and detector.threshold and detector.threshold.costs:
+        costs = Costs(**detector.threshold.costs)
+    if costs is not None:
+        evaluation.metrics["expected_cost"] = expected_cost(scores, labels, threshold, costs)
+    sections = common_sections(scores, labels, threshold, evaluation.confusion, costs)
+    sections.append(worst.section())
+    if with_masks:
+        pixel_truth = np.concatenate(pixel_labels)
+        if pixel_truth.any() and not pixel_truth.all():
+            evaluation.metrics["pixel_auroc"] = float(
+                roc_auc_score(pixel_truth, np.concatenate(pixel_scores))
+            )
+    configure_tracking(tracking_uri)
+    use_experiment(detector.info.get("experiment", "anomaly-vae"))
+    source = str(input_path)
+    with mlflow.start_run(run_name=f"evaluate {Path(source).name}") as run:
+        mlflow.set_tags({"model_uri": model_uri, "input": source, "kind": "evaluation"})
+        mlflow.log_params({"images": len(items), "held_out_only": held_out_only})
+        mlflow.log_metrics({f"test.{k}": v for k, v in evaluation.metrics.items()})
+        publish(evaluation, sections, report_path, model_uri, source, detector.threshold)
+    evaluation.run_id = run.info.run_id
+    return evaluation

@@ -1,0 +1,120 @@
+"""Score images: a model URI and a folder (or IDX file) in, one row per image out.
+
+Each row carries the image's `path`, so labels kept elsewhere can be joined back. Images stream
+through in batches with a progress bar. With `--maps DIR`, a heatmap overlay PNG per image is
+written into a temporary folder beside DIR that becomes DIR only once every image has scored;
+the table is written the same way, so a failure leaves neither behind.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+from anomaly_vae.data.images import ImageItem, is_idx
+from anomaly_vae.errors import InputError
+from pipelines.score import ScoreSummary
+
+MAP_DISPLAY_SIZE = 224
+
+
+def image_detector(model_uri: str, input_path: str | Path, tracking_uri: str | None = None):  # noqa: ANN201
+    """The model behind `model_uri`, checked to be an image model."""
+    from pipelines.score import load_model
+
+    detector = load_model(model_uri, tracking_uri)
+    if detector.kind != "image":
+        raise InputError(f"{input_path}: images, but model '{model_uri}' was trained on a table")
+    return detector
+
+
+def scored_image_batches(detector, items: list[ImageItem]) -> Iterator:  # noqa: ANN001
+    """The detector's (items, pixels, scores) batches, with a progress bar on a terminal."""
+    from tqdm import tqdm
+
+    with tqdm(total=len(items), unit="images", disable=not sys.stderr.isatty(), leave=False) as bar:
+        for batch in detector.scored_batches(items):
+            bar.update(len(batch[0]))
+            yield batch
+
+
+def score_images_file(
+    model_uri: str,
+    input_path: str | Path,
+    output_path: str | Path,
+    maps_dir: str | Path | None = None,
+    tracking_uri: str | None = None,
+) -> ScoreSummary:
+    from anomaly_vae.data.tables import AtomicTableWriter
+
+    writer = AtomicTableWriter(output_path)  # checks the output's extension and folder first
+    maps = MapWriter(maps_dir, input_path) if maps_dir else None
+    detector = image_detector(model_uri, input_path, tracking_uri)
+    items = detector.list_images(input_path)
+    started = time.perf_counter()
+    anomalies = 0
+    with writer, maps or nullcontext():
+        for batch, pixels, scores in scored_image_batches(detector, items):
+            scored = detector.frame(batch, scores)
+            anomalies += int(scored["is_anomaly"].sum())
+            writer.write(scored)
+            if maps:
+                maps.write(batch, pixels, scores.maps, detector.map_scale)
+    return ScoreSummary(
+        writer.rows_written, anomalies, time.perf_counter() - started, Path(output_path)
+    )
+
+
+class MapWriter:
+    """Heatmap overlay PNGs mirroring the input's folders, moved into place on success."""
+
+    def __init__(self, maps_dir: str | Path, input_path: str | Path) -> None:
+        self.target = Path(maps_dir)
+        self.root = Path(input_path)
+        if self.target.exists() and (not self.target.is_dir() or any(self.target.iterdir())):
+            raise InputError(f"{self.target}: --maps needs a new or empty folder")
+        if not self.target.parent.is_dir():
+            raise InputError(f"{self.target}: folder '{self.target.parent}' does not exist")
+        self.tmp: Path | None = None
+
+    def __enter__(self) -> MapWriter:
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        return self
+
+    def name(self, item: ImageItem) -> Path:
+        file, _, index = item.path.rpartition("#")
+        if is_idx(file):
+            return Path(f"{int(index):05d}.png")
+        return Path(item.path).relative_to(self.root).with_suffix(".png")
+
+    def write(
+        self, items: list[ImageItem], pixels: np.ndarray, maps: np.ndarray, scale: float
+    ) -> None:
+        from PIL import Image
+
+        from anomaly_vae.figures import overlay
+
+        for item, image, heat in zip(items, pixels, maps, strict=True):
+            picture = Image.fromarray(overlay(image, heat, scale))
+            if picture.width < MAP_DISPLAY_SIZE:
+                picture = picture.resize((MAP_DISPLAY_SIZE, MAP_DISPLAY_SIZE), Image.NEAREST)
+            path = self.tmp / self.name(item)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            picture.save(path)
+
+    def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
+        assert self.tmp is not None
+        if exc_type is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            return
+        if self.target.exists():
+            self.target.rmdir()  # empty, checked in __init__
+        os.replace(self.tmp, self.target)

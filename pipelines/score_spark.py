@@ -1,0 +1,201 @@
+"""Score with Spark: the MLflow pyfunc model as a Spark UDF over a Parquet dataset.
+
+For data that outgrows one process. Each Spark task loads the same pyfunc model that
+`anomaly-vae serve` and `mlflow.pyfunc.load_model` load and scores its Arrow batches, so the
+scores equal those of `anomaly-vae score`. `score_dataframe` is the recipe for a Spark job of
+your own (any session, any cluster where anomaly-vae is installed on the workers);
+`score_with_spark` runs it with a local session for `anomaly-vae score --engine spark`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from anomaly_vae.errors import InputError, first_line
+from pipelines.score import ScoreSummary
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+DEFAULT_MASTER = "local[2]"
+_SCORES = "__anomaly_vae_scores"
+_ROW = "__anomaly_vae_row"
+_NUMERIC = {"double", "float", "long", "integer"}
+
+
+def spark_session(master: str = DEFAULT_MASTER) -> SparkSession:
+    """A Spark session whose Python workers run this interpreter, bound to the loopback."""
+    try:
+        from pyspark.sql import SparkSession
+    except ImportError:
+        raise InputError("--engine spark needs pyspark: pip install 'anomaly-vae[spark]'") from None
+    from pyspark.errors import PySparkException
+
+    # Local sessions talk to their own workers only; without this Spark binds to the first
+    # network interface it finds and warns about it.
+    os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    # Workers run `python3` from PATH unless told otherwise: outside an activated virtual
+    # environment that interpreter has neither torch nor this package.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # The Python workers inherit this: one INFO line per model load per task is noise.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # env_manager="local" is the point (the workers run this environment), not a risk to
+    # warn about; and pandas 3 works for the Arrow UDFs used here.
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
+    try:
+        session = (
+            SparkSession.builder.master(master)
+            .appName("anomaly-vae score")
+            .config("spark.driver.host", "127.0.0.1")
+            .config("spark.driver.bindAddress", "127.0.0.1")
+            .config("spark.ui.enabled", "false")
+            .getOrCreate()
+        )
+    except PySparkException as exc:
+        raise InputError(
+            f"Spark did not start; it needs Java 17 or later ({first_line(exc)})"
+        ) from None
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def score_dataframe(
+    frame: DataFrame, model_uri: str, keep_columns: bool = False, source: str = "input"
+) -> DataFrame:
+    """`frame`'s id columns (all columns with `keep_columns`) plus the model's score columns.
+
+    Columns are cast to the numeric types of the model's signature first: MLflow refuses
+    to widen a long column to the doubles it was logged with, while `anomaly-vae score` reads
+    both alike.
+    """
+    import mlflow
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import NumericType, StructField, StructType
+
+    signature = mlflow.models.get_model_info(model_uri).signature
+    input_names = set(signature.inputs.input_names())
+    types = {field.name: field.dataType for field in frame.schema.fields}
+    arguments = []
+    for spec in signature.inputs.inputs:
+        if spec.name not in types:
+            continue
+        column = F.col(f"`{spec.name}`")
+        if spec.type.name in _NUMERIC:
+            if not isinstance(types[spec.name], NumericType):
+                raise InputError(
+                    f"{source}: column '{spec.name}' holds {types[spec.name].simpleString()} "
+                    "values; the model expects numbers"
+                )
+            column = column.cast(spec.type.to_spark())
+        arguments.append(column.alias(spec.name))
+    outputs = signature.outputs.as_spark_schema()
+    # The detector echoes the id columns it was trained with; the rest are its scores.
+    ids = [f.name for f in outputs.fields if f.name in input_names and f.name in types]
+    # Nullable: Arrow batches coming back from pandas never declare a column non-null.
+    scores = StructType(
+        [StructField(f.name, f.dataType) for f in outputs.fields if f.name not in input_names]
+    )
+    udf = mlflow.pyfunc.spark_udf(
+        frame.sparkSession, model_uri, result_type=scores, env_manager="local"
+    )
+    kept = frame.columns if keep_columns else ids
+    return frame.select(
+        *[F.col(f"`{c}`") for c in kept], udf(F.struct(*arguments)).alias(_SCORES)
+    ).select(*[F.col(f"`{c}`") for c in kept], f"{_SCORES}.*")
+
+
+def score_with_spark(
+    model_uri: str,
+    input_path: str | Path,
+    output_path: str | Path,
+    keep_columns: bool = False,
+    allow_extra: bool = False,
+    tracking_uri: str | None = None,
+    master: str = DEFAULT_MASTER,
+) -> ScoreSummary:
+    """Score a Parquet file or folder into a new folder of Parquet parts, in input order.
+
+    The output appears (by rename) only once every part is written.
+    """
+    from anomaly_vae.detector import load_detector
+    from anomaly_vae.tracking import resolve_detector_dir, resolve_model_dir
+
+    source, output = str(input_path), Path(output_path)
+    _check_paths(Path(input_path), output)
+    model_dir = resolve_model_dir(model_uri, tracking_uri)
+    detector = load_detector(resolve_detector_dir(str(model_dir)))
+    if detector.kind != "tabular":
+        raise InputError(f"model '{model_uri}': --engine spark scores tables, not {detector.kind}s")
+    spark = spark_session(master)
+    from pyspark.errors import AnalysisException, PythonException
+    from pyspark.sql import functions as F
+
+    started = time.perf_counter()
+    staging = output.parent / f".{output.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        try:
+            frame = spark.read.parquet(str(Path(input_path).resolve()))
+        except AnalysisException as exc:
+            raise InputError(
+                f"{source}: not a readable Parquet dataset ({first_line(exc)})"
+            ) from None
+        detector.check_columns(frame.columns, source, allow_extra)
+        scored = score_dataframe(_spread(frame), str(model_dir), keep_columns, source)
+        scored.write.parquet(str(staging))
+        rows, anomalies = (
+            spark.read.parquet(str(staging))
+            .agg(F.count(F.lit(1)), F.sum(F.col("is_anomaly").cast("long")))
+            .first()
+        )
+        staging.rename(output)
+    except PythonException as exc:
+        raise InputError(f"{source}: a Spark task failed: {_task_error(exc)}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ScoreSummary(rows, anomalies or 0, time.perf_counter() - started, output)
+
+
+def _spread(frame: DataFrame) -> DataFrame:
+    """Split a dataset of fewer partitions than cores (one Parquet file is often one) by row
+    ranges, keeping the input order, so every core scores and the parts read back in order."""
+    from pyspark.sql import functions as F
+
+    cores = frame.sparkSession.sparkContext.defaultParallelism
+    if frame.rdd.getNumPartitions() >= cores:
+        return frame
+    return (
+        frame.withColumn(_ROW, F.monotonically_increasing_id())
+        .repartitionByRange(cores, _ROW)
+        .sortWithinPartitions(_ROW)
+        .drop(_ROW)
+    )
+
+
+def _check_paths(input_path: Path, output: Path) -> None:
+    if not input_path.exists():
+        raise InputError(f"{input_path}: file not found")
+    if input_path.is_file() and input_path.suffix.lower() not in {".parquet", ".pq"}:
+        raise InputError(f"{input_path}: --engine spark reads Parquet files or folders")
+    if output.exists():
+        raise InputError(f"{output}: already exists; Spark writes a new folder there")
+    if not output.parent.is_dir():
+        raise InputError(f"{output}: folder '{output.parent}' does not exist")
+
+
+def _task_error(exc: Exception) -> str:
+    """The model's own one-line message (else the last exception line) of a failed task."""
+    text = str(exc)
+    found = re.findall(r"MlflowException: (.*)", text) or re.findall(
+        r"^(\w+(?:Error|Exception): .*)$", text, re.MULTILINE
+    )
+    return found[-1].strip() if found else first_line(exc)

@@ -1,0 +1,228 @@
+"""Train on images: list -> split -> fit the ConvVAE -> calibrate -> figures, MLflow run, registry.
+
+The image counterpart of `pipelines.train`, with the same rules: anomalous images never reach
+training, they join held-out normal images as the validation set the threshold is chosen on
+(at most as many anomalies as normals: calibration needs examples, not all of them). Images
+named by `image.holdout_fraction` are kept out of both, for `evaluate --held-out-only`.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from anomaly_vae.config import Config
+from anomaly_vae.data.images import ImageItem
+from anomaly_vae.errors import InputError
+
+MIN_NORMAL_IMAGES = 10
+
+
+@dataclass
+class ImageSplit:
+    train: list[ImageItem]
+    validation: list[ImageItem]
+    validation_labels: np.ndarray  # True for anomalies
+    held_out: int
+
+
+def split_images(config: Config, echo: Callable[[str], None] = print) -> ImageSplit:
+    """Normal images split into training and validation; anomalies go to validation only."""
+    from anomaly_vae.data.images import is_held_out, labels_from_csv, list_images
+
+    source, image = config.data.path, config.image
+    items = list_images(source, image)
+    if image.labels_csv:
+        items = labels_from_csv(items, image.labels_csv, source)
+    labels = np.array([bool(item.label) for item in items])
+    if labels.all():
+        echo(f"no folder named {', '.join(image.normal)} in {source}: all images count as normal")
+        labels[:] = False
+    held = np.array(
+        [is_held_out(item, image.holdout_fraction, config.training.seed) for item in items]
+    )
+    normal = np.flatnonzero(~labels & ~held)
+    if len(normal) < MIN_NORMAL_IMAGES:
+        raise InputError(
+            f"{source}: {len(normal)} normal images; at least {MIN_NORMAL_IMAGES} needed"
+        )
+    rng = np.random.default_rng(config.training.seed)
+    normal = rng.permutation(normal)
+    n_val = max(1, round(config.training.val_fraction * len(normal)))
+    train_rows = normal[n_val:]
+    if config.training.max_train_rows:
+        train_rows = train_rows[: config.training.max_train_rows]
+    anomalies = rng.permutation(np.flatnonzero(labels))[:n_val]
+    val_rows = np.concatenate([normal[:n_val], anomalies])
+    return ImageSplit(
+        train=[items[i] for i in train_rows],
+        validation=[items[i] for i in val_rows],
+        validation_labels=labels[val_rows],
+        held_out=int((held & ~labels).sum()),
+    )
+
+
+def train_images(
+    config: Config, tracking_uri: str | None = None, echo: Callable[[str], None] = print
+) -> str:
+    """Train, calibrate, log and register an image detector; returns `models:/<name>@champion`."""
+    import mlflow
+    import pandas as pd
+    import torch
+    from sklearn.metrics import average_precision_score, roc_auc_score
+    from torch.utils.data import TensorDataset
+
+    from anomaly_vae.calibration import choose_threshold, default_strategy
+    from anomaly_vae.data.images import read_images
+    from anomaly_vae.detector import ImageDetector, build_image_model
+    from anomaly_vae.scoring import image_terms, score_images
+    from anomaly_vae.tracking import (
+        configure_tracking,
+        flatten_params,
+        log_detector,
+        use_experiment,
+    )
+    from anomaly_vae.training import fit_vae
+
+    if config.model.likelihood == "unit-gaussian":
+        raise InputError("model.likelihood: image models use bernoulli or gaussian")
+    started = time.perf_counter()
+    split = split_images(config, echo)
+    size, channels = config.image.size, config.image.channels
+    model = build_image_model(config.image, config.model.model_dump())
+    train_pixels = read_images(split.train, size, channels)
+    val_pixels = read_images(split.validation, size, channels)
+    val_normal = ~split.validation_labels
+    train_data: torch.utils.data.Dataset = TensorDataset(torch.from_numpy(train_pixels))
+    if config.image.augment:
+        train_data = RandomFlips(train_data)
+
+    def loss_terms(model, batch):  # noqa: ANN001, ANN202 - the LossTerms signature
+        nll, kl = image_terms(model, batch[0], samples=1)
+        return nll.sum((1, 2, 3)), kl
+
+    name = config.name or "anomaly-vae"
+    configure_tracking(tracking_uri)
+    use_experiment(config.mlflow.experiment or name)
+    with mlflow.start_run(run_name=f"train {Path(config.data.path).name}") as run:
+        mlflow.log_params(flatten_params(config.model_dump()))
+        mlflow.log_dict(config.model_dump(), "config.json")
+        mlflow.log_params(
+            {
+                "images.train": len(split.train),
+                "images.validation_normal": int(val_normal.sum()),
+                "images.validation_anomaly": int((~val_normal).sum()),
+                "images.held_out": split.held_out,
+            }
+        )
+        fit_started = time.perf_counter()
+        fit = fit_vae(
+            model,
+            loss_terms,
+            train_data,
+            TensorDataset(torch.from_numpy(val_pixels[val_normal])),
+            config.training,
+            config.model.beta,
+        )
+        fit_seconds = time.perf_counter() - fit_started
+        val = score_images(model, val_pixels, config.scoring.samples)
+        val_scores = val.score
+        has_anomalies = bool(split.validation_labels.any())
+        strategy = config.calibration.strategy
+        if strategy == "auto":
+            strategy = default_strategy(has_anomalies)
+        threshold = choose_threshold(
+            val_scores, split.validation_labels if has_anomalies else None, strategy
+        )
+        metrics = {f"calibration.{k}": v for k, v in threshold.metrics.items()}
+        metrics.update(threshold=threshold.value, epochs=fit.epochs, fit_seconds=fit_seconds)
+        if has_anomalies:
+            metrics["validation.auroc"] = roc_auc_score(split.validation_labels, val_scores)
+            metrics["validation.average_precision"] = average_precision_score(
+                split.validation_labels, val_scores
+            )
+        mlflow.log_metrics(metrics)
+        mlflow.set_tag("calibration.strategy", strategy)
+        log_figures(model, val_pixels, split.validation_labels, config.model.latent)
+
+        detector = ImageDetector(
+            model=model,
+            image=config.image,
+            model_params=config.model.model_dump(),
+            threshold=threshold,
+            samples=config.scoring.samples,
+            seed=config.training.seed,
+            map_scale=float(np.quantile(val.maps[val_normal], 0.999)),
+            info={
+                "config": config.model_dump(),
+                "run_id": run.info.run_id,
+                "experiment": config.mlflow.experiment or name,
+                "epochs": fit.epochs,
+            },
+        )
+        example = pd.DataFrame({"path": [item.path for item in split.train[:2]]})
+        with tempfile.TemporaryDirectory() as tmp:
+            detector_dir = detector.save(Path(tmp) / "detector")
+            uri = log_detector(
+                detector_dir,
+                example,
+                detector.score_frame(example),
+                config.mlflow.registered_model or name,
+            )
+    echo(
+        f"trained on {len(split.train):,} images in {fit_seconds:.1f} s ({fit.epochs} epochs); "
+        f"threshold {threshold.value:.4g} by {strategy}: "
+        + json.dumps({k: round(v, 4) for k, v in threshold.metrics.items()})
+    )
+    echo(f"run {run.info.run_id} in {time.perf_counter() - started:.1f} s")
+    return uri
+
+
+def log_figures(model, pixels: np.ndarray, labels: np.ndarray, latent: int) -> None:  # noqa: ANN001
+    """Reconstructions, the latent scatter and latent decodes, as figures of the active run."""
+    import matplotlib.pyplot as plt
+    import mlflow
+    import torch
+
+    from anomaly_vae import figures
+
+    model.eval()
+    with torch.inference_mode():
+        mu = np.concatenate(
+            [
+                model.encode(torch.from_numpy(pixels[i : i + 512]))[0].numpy()
+                for i in range(0, len(pixels), 512)
+            ]
+        )
+    for name, figure in (
+        ("reconstructions", figures.reconstruction_grid(model, pixels, labels)),
+        ("latent_scatter", figures.latent_scatter(mu, labels)),
+        ("latent_decodes", figures.latent_decodes(model, latent)),
+    ):
+        mlflow.log_figure(figure, f"figures/{name}.png")
+        plt.close(figure)
+
+
+class RandomFlips:
+    """Training images flipped left-right and top-bottom at random: light augmentation."""
+
+    def __init__(self, data) -> None:  # noqa: ANN001 - any dataset of (pixels,) tuples
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple:
+        import torch
+
+        (x,) = self.data[index]
+        for dim, flip in zip((-1, -2), torch.rand(2) < 0.5, strict=True):
+            if flip:
+                x = x.flip(dim)
+        return (x,)

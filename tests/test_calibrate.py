@@ -1,0 +1,193 @@
+"""Re-choosing thresholds: cost and quantile strategies, `calibrate`, probabilities, `runs`."""
+
+from __future__ import annotations
+
+import shutil
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import run_cli
+from sklearn.isotonic import IsotonicRegression
+from sklearn.linear_model import LogisticRegression
+
+from anomaly_vae.calibration import Costs, choose_threshold, threshold_metrics
+from anomaly_vae.detector import WEIGHTS_FILE, load_detector
+from anomaly_vae.errors import InputError
+from anomaly_vae.probability import ProbabilityMap
+from anomaly_vae.tracking import resolve_detector_dir
+
+
+@pytest.fixture
+def scored() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(2)
+    scores = np.round(np.concatenate([rng.normal(0, 1, 1500), rng.normal(2, 1, 80)]), 2)
+    return scores, np.r_[np.zeros(1500, bool), np.ones(80, bool)]
+
+
+@pytest.mark.parametrize("fn, fp", [(1, 1), (20, 1), (200, 1), (1, 50)])
+def test_cost_strategy_agrees_with_brute_force(scored, fn: float, fp: float) -> None:
+    scores, labels = scored
+    chosen = choose_threshold(scores, labels, "cost", Costs(fn=fn, fp=fp))
+
+    def cost(threshold: float) -> float:
+        flagged = scores >= threshold
+        return (fn * np.sum(~flagged & labels) + fp * np.sum(flagged & ~labels)) / len(scores)
+
+    candidates = [*np.unique(scores), np.inf]  # every distinct flagging, and flagging nothing
+    assert chosen.metrics["expected_cost"] == pytest.approx(cost(chosen.value))
+    assert cost(chosen.value) == pytest.approx(min(cost(t) for t in candidates))
+    assert chosen.costs == {"fn": fn, "fp": fp}
+
+
+def test_dearer_misses_lower_the_threshold(scored) -> None:
+    scores, labels = scored
+    cheap = choose_threshold(scores, labels, "cost", Costs(fn=1, fp=1))
+    dear = choose_threshold(scores, labels, "cost", Costs(fn=100, fp=1))
+    assert dear.value < cheap.value and dear.metrics["recall"] > cheap.metrics["recall"]
+
+
+@pytest.mark.parametrize("q", [0.5, 0.9, 0.99])
+def test_quantile_is_an_alert_budget_without_labels(scored, q: float) -> None:
+    scores, _ = scored
+    chosen = choose_threshold(scores, None, f"quantile={q}")
+    allowed = int(np.floor(round((1 - q) * len(scores), 9)))
+    assert np.sum(scores >= chosen.value) <= allowed
+    # The lowest such threshold: the next lower score would flag more than allowed.
+    assert np.sum(scores >= np.max(scores[scores < chosen.value])) > allowed
+
+
+def test_cost_needs_costs_and_labels(scored) -> None:
+    scores, labels = scored
+    with pytest.raises(InputError, match="--cost-fn"):
+        choose_threshold(scores, labels, "cost")
+    with pytest.raises(InputError, match="--cost-fn"):
+        choose_threshold(scores, labels, "f1", Costs(fn=1, fp=1))
+    with pytest.raises(InputError, match="needs labelled normals and anomalies"):
+        choose_threshold(scores, None, "cost", Costs(fn=1, fp=1))
+    with pytest.raises(InputError, match="positive"):
+        Costs(fn=0, fp=1)
+
+
+@pytest.mark.parametrize("method", ["isotonic", "logistic"])
+def test_probability_matches_scikit_learn_and_survives_json(scored, method: str) -> None:
+    scores, labels = scored
+    fitted = ProbabilityMap.from_dict(ProbabilityMap.fit(scores, labels, method).to_dict())
+    grid = np.linspace(scores.min() - 1, scores.max() + 1, 301)
+    if method == "isotonic":
+        reference = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(scores, labels)
+        expected = reference.predict(grid)
+    else:
+        center, scale = scores.mean(), scores.std()
+        reference = LogisticRegression().fit(((scores - center) / scale)[:, None], labels)
+        expected = reference.predict_proba(((grid - center) / scale)[:, None])[:, 1]
+    assert fitted.predict(grid) == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.fixture
+def private_registry(breast_cancer_model, tmp_path) -> tuple[str, str]:
+    """The session model's store, copied: new versions here leave the shared one untouched."""
+    model_uri, tracking = breast_cancer_model
+    db = tmp_path / "mlflow.db"
+    shutil.copy(tracking.removeprefix("sqlite:///"), db)
+    return model_uri, f"sqlite:///{db}"
+
+
+def test_probability_column_is_in_unit_range_and_monotone(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    out = tmp_path / "scored.parquet"
+    result = run_cli("score", model_uri, test, "-o", out, "--allow-extra-columns",
+                     "--tracking-uri", tracking)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    scored = pd.read_parquet(out).sort_values("score")
+    probability = scored["probability"].to_numpy()
+    assert ((probability >= 0) & (probability <= 1)).all()
+    assert (np.diff(probability) >= 0).all()
+    assert probability[-10:].mean() > probability[:10].mean()  # it separates, not a constant
+
+
+def test_calibrate_registers_a_new_version_and_promotes_only_when_asked(
+    private_registry, breast_cancer_files, tmp_path
+) -> None:
+    model_uri, tracking = private_registry
+    _, test = breast_cancer_files
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    name = model_uri.removeprefix("models:/").split("@")[0]
+    champion = int(client.get_model_version_by_alias(name, "champion").version)
+    before = load_detector(resolve_detector_dir(model_uri, tracking))
+
+    result = run_cli("calibrate", model_uri, test, "--strategy", "cost", "--cost-fn", 20,
+                     "--cost-fp", 1, "--tracking-uri", tracking)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    new_uri = result.stdout.strip().splitlines()[-1]
+    assert new_uri == f"models:/{name}/{champion + 1}"
+    assert int(client.get_model_version_by_alias(name, "champion").version) == champion
+    old_dir, new_dir = (resolve_detector_dir(u, tracking) for u in (model_uri, new_uri))
+    assert (old_dir / WEIGHTS_FILE).read_bytes() == (new_dir / WEIGHTS_FILE).read_bytes()
+    after = load_detector(new_dir)
+    assert after.threshold.strategy == "cost" and after.threshold.costs == {"fn": 20, "fp": 1}
+    assert after.threshold.value != before.threshold.value
+    # The threshold is the cost-optimal one on the file it was calibrated on.
+    frame = pd.read_parquet(test)
+    scores = after.score_frame(frame.drop(columns="label"))["score"].to_numpy()
+    labels = frame["label"].to_numpy() == 1
+    assert after.threshold.value == choose_threshold(scores, labels, "cost", Costs(20, 1)).value
+
+    # Without labels (the file lacks the label column) quantile still works; --promote moves
+    # the alias, and the probability fitted before is kept.
+    unlabelled = tmp_path / "unlabelled.parquet"
+    frame.drop(columns="label").to_parquet(unlabelled)
+    result = run_cli("calibrate", model_uri, unlabelled, "--strategy", "quantile=0.9",
+                     "--promote", "--tracking-uri", tracking)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    promoted = result.stdout.strip().splitlines()[-1]
+    assert promoted == f"models:/{name}/{champion + 2}"
+    assert int(client.get_model_version_by_alias(name, "champion").version) == champion + 2
+    latest = load_detector(resolve_detector_dir(model_uri, tracking))
+    assert threshold_metrics(scores, None, latest.threshold.value)["alert_rate"] <= 0.1
+    assert latest.probability is not None
+    assert latest.probability.to_dict() == before.probability.to_dict()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--strategy", "best"], "calibration strategy 'best'"),
+        (["--strategy", "f1", "--label", "nolabel"], "missing label column 'nolabel'"),
+        (["--strategy", "cost"], "the cost strategy needs"),
+        (["--strategy", "cost", "--cost-fn", "-1", "--cost-fp", "1"], "positive"),
+    ],
+)
+def test_calibrate_refuses_bad_options(
+    args, message, private_registry, breast_cancer_files
+) -> None:
+    model_uri, tracking = private_registry
+    _, test = breast_cancer_files
+    result = run_cli("calibrate", model_uri, test, *args, "--tracking-uri", tracking)
+    assert result.exit_code != 0 and message in result.output
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    name = model_uri.removeprefix("models:/").split("@")[0]
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
+
+
+def test_runs_lists_the_training_run_with_its_metrics(breast_cancer_model) -> None:
+    model_uri, tracking = breast_cancer_model
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    name = model_uri.removeprefix("models:/").split("@")[0]
+    run_id = client.get_model_version_by_alias(name, "champion").run_id
+    auroc = client.get_run(run_id).data.metrics["validation.auroc"]
+    experiment = client.get_experiment(client.get_run(run_id).info.experiment_id).name
+
+    result = run_cli("runs", "--experiment", experiment, "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+    header, *rows = result.stdout.splitlines()
+    assert "validation.auroc" in header.split()
+    row = next(r for r in rows if r.startswith(run_id))
+    assert f"{auroc:.4g}" in row.split()
+
+    missing = run_cli("runs", "--experiment", "nope", "--tracking-uri", tracking)
+    assert missing.exit_code != 0 and "experiment 'nope' not found" in missing.output

@@ -1,0 +1,334 @@
+"""Images: reading folders and IDX files, the conv VAE through the CLI, maps, pixel AUROC."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from anomaly_vae.config import Config, ImageConfig
+from anomaly_vae.data.images import (
+    ImageItem,
+    is_held_out,
+    list_images,
+    read_idx,
+    read_images,
+    read_mask,
+)
+from anomaly_vae.errors import InputError
+from tests.conftest import REPO, run_cli
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """The IDX format by hand: magic (0, 0, type 0x08 = uint8, ndim), big-endian sizes, data."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_round_trip_with_labels_choosing_the_normal_digits(tmp_path: Path) -> None:
+    images = np.random.default_rng(0).integers(0, 256, size=(5, 4, 6), dtype=np.uint8)
+    write_idx(tmp_path / "tiny-images-idx3-ubyte.gz", images)
+    write_idx(tmp_path / "tiny-labels-idx1-ubyte.gz", np.array([0, 3, 0, 7, 3]))
+
+    assert np.array_equal(read_idx(tmp_path / "tiny-images-idx3-ubyte.gz"), images)
+    items = list_images(tmp_path / "tiny-images-idx3-ubyte.gz", ImageConfig(normal_digits=[0, 7]))
+    assert [item.label for item in items] == [False, True, False, False, True]
+    pixels = read_images(items, size=6, channels=1)
+    assert pixels.shape == (5, 1, 6, 6)
+
+    with gzip.open(tmp_path / "tiny-images-idx3-ubyte.gz") as f:
+        raw = f.read()
+    with gzip.open(tmp_path / "cut-images-idx3-ubyte.gz", "wb") as f:
+        f.write(raw[:-7])
+    with pytest.raises(InputError, match="cut-images-idx3-ubyte.gz: truncated IDX file"):
+        read_idx(tmp_path / "cut-images-idx3-ubyte.gz")
+
+
+def test_folders_of_grayscale_and_rgb_images_of_any_size(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    (tmp_path / "good" / "deep").mkdir(parents=True)
+    (tmp_path / "scratch").mkdir()
+    Image.fromarray(rng.integers(0, 256, (13, 7), dtype=np.uint8), "L").save(
+        tmp_path / "good" / "a.png"
+    )
+    Image.fromarray(rng.integers(0, 256, (9, 20, 3), dtype=np.uint8), "RGB").save(
+        tmp_path / "good" / "deep" / "b.jpg"
+    )
+    Image.fromarray(np.full((5, 5), 255, np.uint8), "L").save(tmp_path / "scratch" / "c.bmp")
+    mask = np.zeros((5, 5), np.uint8)
+    mask[:, :2] = 255
+    Image.fromarray(mask, "L").save(tmp_path / "scratch" / "c.png")  # c.bmp's mask
+    Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8), "L").save(tmp_path / "d.tiff")
+    (tmp_path / "notes.txt").write_text("not an image")
+
+    items = list_images(tmp_path, ImageConfig(normal=["good"]))
+
+    names = {Path(item.path).name: item for item in items}
+    assert sorted(names) == ["a.png", "b.jpg", "c.bmp", "d.tiff"]  # the mask is no image
+    assert [names[n].label for n in ("a.png", "b.jpg", "c.bmp", "d.tiff")] == [
+        False,
+        False,
+        True,
+        True,
+    ]
+    assert names["c.bmp"].mask == (tmp_path / "scratch" / "c.png").resolve()
+    pixels = read_images(items, size=8, channels=3)
+    assert pixels.shape == (4, 3, 8, 8) and pixels.dtype == np.float32
+    assert pixels.min() >= 0 and pixels.max() <= 1
+    grey = pixels[[i for i, item in enumerate(items) if item.path.endswith("a.png")][0]]
+    assert np.array_equal(grey[0], grey[1])  # grayscale replicated into the RGB channels
+    assert (
+        read_mask(names["c.bmp"].mask, 10)[:, :4].all()
+        and not read_mask(names["c.bmp"].mask, 10)[:, 4:].any()
+    )
+    with pytest.raises(InputError, match="b.jpg: a colour image"):
+        read_images(items, size=8, channels=1)
+
+
+def test_holdout_is_a_deterministic_choice_by_file_name(tmp_path: Path) -> None:
+    from pipelines.demo import write_digits
+    from pipelines.train_images import split_images
+
+    train_dir, _ = write_digits(tmp_path)
+    config = Config.model_validate(
+        {"data": {"path": str(train_dir)}, "image": {"size": 8, "holdout_fraction": 0.3}}
+    )
+    split = split_images(config)
+    used = {Path(item.path).name for item in [*split.train, *split.validation]}
+    items = list_images(train_dir, config.image)
+    held = {Path(i.path).name for i in items if is_held_out(i, 0.3, config.training.seed)}
+    assert used.isdisjoint(held) and len(used) + len(held) == len(items) == 124
+    assert split.held_out == len(held) and 0.15 < len(held) / len(items) < 0.45
+    # The same name is held out wherever the file lies.
+    assert is_held_out(ImageItem("/x/y/0000.png"), 0.3, 0) == is_held_out(
+        ImageItem("0000.png"), 0.3, 0
+    )
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
+    """(model URI, tracking URI, labelled test folder) for the README's digits demo."""
+    from pipelines.demo import write_digits
+
+    folder = tmp_path_factory.mktemp("digits")
+    train_dir, test_dir = write_digits(folder)
+    tracking = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    result = run_cli(
+        "train",
+        REPO / "configs" / "digits.yaml",
+        "--set",
+        f"data.path={train_dir}",
+        "--set",
+        "training.epochs=50",
+        "--tracking-uri",
+        tracking,
+    )
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip().splitlines()[-1], tracking, test_dir
+
+
+def test_digits_score_one_row_per_image_and_separate_other_digits(digits_model, tmp_path) -> None:
+    model_uri, tracking, test_dir = digits_model
+    out = tmp_path / "scores.parquet"
+    result = run_cli(
+        "score",
+        model_uri,
+        test_dir,
+        "-o",
+        out,
+        "--maps",
+        tmp_path / "maps",
+        "--tracking-uri",
+        tracking,
+    )
+    assert result.exit_code == 0, result.output
+    scored = pd.read_parquet(out)
+    files = sorted(str(p) for p in test_dir.rglob("*.png"))
+    assert sorted(scored["path"]) == files
+    assert list(scored.columns) == ["path", "recon_score", "kl_score", "score", "is_anomaly"]
+    anomalous = ~scored["path"].str.contains("/good/")
+    assert roc_auc_score(anomalous, scored["score"]) > 0.9
+    maps = sorted(p.relative_to(tmp_path / "maps") for p in (tmp_path / "maps").rglob("*.png"))
+    assert maps == sorted(Path(f).relative_to(test_dir) for f in files)
+    assert Image.open(tmp_path / "maps" / maps[0]).mode == "RGB"
+
+    result = run_cli(
+        "evaluate", model_uri, test_dir, "--label-from", "folder", "--tracking-uri", tracking
+    )
+    assert result.exit_code == 0, result.output
+    reported = dict(
+        line.split()[:2] for line in result.stdout.splitlines() if line.startswith("auroc")
+    )
+    assert float(reported["auroc"]) == pytest.approx(
+        roc_auc_score(anomalous, scored["score"]), abs=1e-4
+    )
+
+
+def test_training_logs_the_vae_figures(digits_model) -> None:
+    model_uri, tracking, _ = digits_model
+    mlflow.set_tracking_uri(tracking)
+    client = mlflow.MlflowClient(tracking)
+    version = client.get_model_version_by_alias(model_uri.split("/")[1].split("@")[0], "champion")
+    figures = {Path(a.path).name for a in client.list_artifacts(version.run_id, "figures")}
+    assert figures == {"reconstructions.png", "latent_scatter.png", "latent_decodes.png"}
+
+
+def test_pyfunc_scores_a_path_column_like_the_cli(digits_model, tmp_path) -> None:
+    model_uri, tracking, test_dir = digits_model
+    files = sorted(str(p) for p in (test_dir / "digit_7").glob("*.png"))[:4]
+    result = run_cli(
+        "score",
+        model_uri,
+        test_dir / "digit_7",
+        "-o",
+        tmp_path / "s.csv",
+        "--tracking-uri",
+        tracking,
+    )
+    assert result.exit_code == 0, result.output
+    mlflow.set_tracking_uri(tracking)
+    served = mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame({"path": files}))
+    cli = pd.read_csv(tmp_path / "s.csv").set_index("path").loc[files]
+    assert np.allclose(served["score"], cli["score"])
+
+
+def test_pixel_auroc_matches_sklearn_on_pasted_defects(digits_model, tmp_path) -> None:
+    """Bright squares pasted on normal digits, a BMP image with its PNG mask beside it."""
+    from pipelines.evaluate_images import evaluate_images
+    from pipelines.score import load_model
+
+    model_uri, tracking, test_dir = digits_model
+    shutil.copytree(test_dir / "good", tmp_path / "good")
+    (tmp_path / "defect").mkdir()
+    for i, source in enumerate(sorted((test_dir / "good").glob("*.png"))[:10]):
+        pixels = np.asarray(Image.open(source)).copy()
+        mask = np.zeros_like(pixels)
+        r, c = divmod(i, 3)
+        mask[r * 2 : r * 2 + 3, c * 2 : c * 2 + 3] = 255
+        pixels[mask > 0] = 255 - pixels[mask > 0]
+        Image.fromarray(pixels, "L").save(tmp_path / "defect" / f"{i}.bmp")
+        Image.fromarray(mask, "L").save(tmp_path / "defect" / f"{i}.png")
+
+    evaluation = evaluate_images(model_uri, tmp_path, tracking_uri=tracking)
+
+    detector = load_model(model_uri, tracking)
+    items = detector.list_images(tmp_path)
+    maps = np.concatenate([s.maps for _, _, s in detector.scored_batches(items)])
+    truth = np.stack([read_mask(i.mask, 8) if i.mask else np.zeros((8, 8), bool) for i in items])
+    expected = roc_auc_score(truth.ravel(), maps.ravel())
+    assert evaluation.metrics["pixel_auroc"] == pytest.approx(expected, abs=1e-12)
+    assert expected > 0.6
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not an image"])
+def test_unreadable_image_is_one_line_naming_the_file_and_writes_nothing(
+    digits_model, tmp_path, damage
+) -> None:
+    model_uri, tracking, test_dir = digits_model
+    folder = tmp_path / "in"
+    shutil.copytree(test_dir / "digit_3", folder)
+    bad = sorted(folder.glob("*.png"))[5]
+    if damage == "truncated":
+        bad.write_bytes(bad.read_bytes()[:40])
+    else:
+        bad.write_text("hello")
+    out, maps = tmp_path / "scores.csv", tmp_path / "maps"
+
+    result = run_cli(
+        "score", model_uri, folder, "-o", out, "--maps", maps, "--tracking-uri", tracking
+    )
+
+    assert result.exit_code != 0
+    assert str(bad) in result.stderr and "unreadable image" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]  # no table, no maps, no temp
+
+
+def test_empty_folder_and_colour_images_for_a_grayscale_model(digits_model, tmp_path) -> None:
+    model_uri, tracking, _ = digits_model
+    (tmp_path / "empty").mkdir()
+    result = run_cli(
+        "score", model_uri, tmp_path / "empty", "-o", tmp_path / "s.csv", "--tracking-uri", tracking
+    )
+    assert result.exit_code != 0 and "no PNG, JPEG, BMP or TIFF images" in result.stderr
+
+    (tmp_path / "colour").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8), "RGB").save(tmp_path / "colour" / "red.png")
+    result = run_cli(
+        "score",
+        model_uri,
+        tmp_path / "colour",
+        "-o",
+        tmp_path / "s.csv",
+        "--tracking-uri",
+        tracking,
+    )
+    assert result.exit_code != 0 and "red.png: a colour image" in result.stderr
+    assert not (tmp_path / "s.csv").exists()
+
+
+def test_evaluation_mistakes_are_one_line_errors(digits_model, tmp_path) -> None:
+    model_uri, tracking, test_dir = digits_model
+    result = run_cli("evaluate", model_uri, test_dir, "--held-out-only", "--tracking-uri", tracking)
+    assert result.exit_code != 0 and "trained with no image.holdout_fraction" in result.stderr
+    result = run_cli(
+        "evaluate",
+        model_uri,
+        test_dir / "good",
+        "--label-from",
+        "folder",
+        "--tracking-uri",
+        tracking,
+    )
+    assert result.exit_code != 0 and "both normal and anomalous" in result.stderr
+
+
+def test_image_report_shows_the_worst_images_with_heatmaps(digits_model, tmp_path) -> None:
+    model_uri, tracking, test_dir = digits_model
+    report = tmp_path / "report.html"
+    result = run_cli(
+        "evaluate", model_uri, test_dir, "-o", report, "--tracking-uri", tracking
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    html = report.read_text()
+    assert 'id="worst_images"' in html and 'id="roc_pr"' in html
+    assert html.count('src="data:image/png;base64,') == 6  # five common figures, worst images
+    run_id = result.stderr.strip().split()[-1]
+    logged = mlflow.MlflowClient(tracking_uri=tracking).list_artifacts(run_id, "figures")
+    assert "figures/worst_images.png" in {a.path for a in logged}
+
+
+@pytest.mark.shared_data
+def test_mnist_one_digit_two_epochs(shared_data, tmp_path) -> None:
+    mnist = shared_data / "images" / "mnist"
+    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    result = run_cli(
+        "train",
+        REPO / "configs" / "mnist.yaml",
+        "--set",
+        f"data.path={mnist / 'train-images-idx3-ubyte.gz'}",
+        "--set",
+        "image.normal_digits=[1]",
+        "--set",
+        "training.epochs=2",
+        "--tracking-uri",
+        tracking,
+    )
+    assert result.exit_code == 0, result.output
+    model_uri = result.stdout.strip().splitlines()[-1]
+    result = run_cli(
+        "evaluate", model_uri, mnist / "t10k-images-idx3-ubyte.gz", "--tracking-uri", tracking
+    )
+    assert result.exit_code == 0, result.output
+    auroc = float(
+        next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("auroc"))
+    )
+    assert auroc > 0.8

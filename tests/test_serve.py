@@ -1,0 +1,189 @@
+"""`anomaly-vae serve`: the real MLflow scoring server on a loopback port, against the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, run_cli
+
+STARTUP_SECONDS = 180  # importing torch and MLflow on a busy two-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
+
+
+def split_json(frame: pd.DataFrame) -> bytes:
+    return json.dumps(
+        {"dataframe_split": json.loads(frame.to_json(orient="split", index=False))}
+    ).encode()
+
+
+def wait_for_ping(url: str, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + STARTUP_SECONDS
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/ping", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    pytest.fail(f"no answer on {url}/ping in {STARTUP_SECONDS} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def server(
+    breast_cancer_model: tuple[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """The base URL of `anomaly-vae serve MODEL` running in its own process group."""
+    model_uri, tracking = breast_cancer_model
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    command = [sys.executable, "-m", "pipelines.cli", "serve", model_uri, "--port", str(port)]
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [*command, "--tracking-uri", tracking],
+            cwd=REPO,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # the server and its uvicorn child stop together
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_for_ping(url, process, log)
+        yield url
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+@pytest.fixture(scope="module")
+def cli_scores(
+    breast_cancer_model: tuple[str, str],
+    breast_cancer_files: tuple[Path, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> pd.DataFrame:
+    model_uri, tracking = breast_cancer_model
+    output = tmp_path_factory.mktemp("cli") / "scored.parquet"
+    _, test_path = breast_cancer_files
+    result = run_cli(
+        "score",
+        model_uri,
+        test_path,
+        "-o",
+        output,
+        "--allow-extra-columns",
+        "--tracking-uri",
+        tracking,
+    )
+    assert result.exit_code == 0, result.output
+    return pd.read_parquet(output)
+
+
+@pytest.fixture(scope="module")
+def rows(breast_cancer_files: tuple[Path, Path]) -> pd.DataFrame:
+    """The test file as a client would send it: ids and features, no label."""
+    return pd.read_parquet(breast_cancer_files[1]).drop(columns=["label"])
+
+
+def test_json_and_csv_requests_return_what_the_cli_writes(
+    server: str, rows: pd.DataFrame, cli_scores: pd.DataFrame
+) -> None:
+    status, body = post(f"{server}/invocations", split_json(rows))
+    assert status == 200, body
+    served = pd.DataFrame(body["predictions"])
+    assert list(served.columns) == list(cli_scores.columns)
+    pd.testing.assert_frame_equal(served, cli_scores, check_dtype=False, rtol=1e-12)
+    assert served["id"].tolist() == rows["id"].tolist()  # ids come back as sent, not as floats
+
+    status, body = post(f"{server}/invocations", rows.to_csv(index=False).encode(), "text/csv")
+    assert status == 200, body
+    pd.testing.assert_frame_equal(
+        pd.DataFrame(body["predictions"]), cli_scores, check_dtype=False, rtol=1e-12
+    )
+
+
+def test_one_row_without_ids_is_scored(
+    server: str, rows: pd.DataFrame, cli_scores: pd.DataFrame
+) -> None:
+    status, body = post(f"{server}/invocations", split_json(rows.drop(columns=["id"]).head(1)))
+    assert status == 200, body
+    (scored,) = body["predictions"]
+    assert "id" not in scored
+    # float32 matrix products round differently for one row than for a batch of 214
+    assert np.isclose(scored["score"], cli_scores["score"].iloc[0], rtol=1e-6)
+
+
+def test_bad_payloads_get_400_naming_the_problem_and_the_server_keeps_serving(
+    server: str, rows: pd.DataFrame
+) -> None:
+    sample = rows.head(3)
+    wrong_type = sample.astype({"mean area": object})
+    wrong_type.loc[wrong_type.index[1], "mean area"] = "large"
+    missing_value = sample.copy()
+    missing_value.loc[missing_value.index[2], "worst radius"] = np.nan
+    bad = {
+        "missing column": (split_json(sample.drop(columns=["mean radius"])), "mean radius"),
+        "wrong type": (split_json(wrong_type), "mean area"),
+        "missing value": (split_json(missing_value), "worst radius"),
+        "malformed JSON": (b'{"dataframe_split": {"columns": [', "JSON"),
+    }
+    for case, (payload, named) in bad.items():
+        status, body = post(f"{server}/invocations", payload)
+        assert status == 400, (case, body)
+        assert named in body["message"], (case, body["message"])
+
+    status, body = post(f"{server}/invocations", split_json(sample))
+    assert status == 200, body
+    assert len(body["predictions"]) == 3
+
+
+def test_serve_refuses_an_unknown_model_and_a_busy_port_before_starting(
+    breast_cancer_model: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_exec(*args: object) -> None:
+        raise AssertionError("the server must not start")
+
+    monkeypatch.setattr("pipelines.serve.os.execve", no_exec)
+    model_uri, tracking = breast_cancer_model
+    result = run_cli("serve", "models:/no-such-model@champion", "--tracking-uri", tracking)
+    assert result.exit_code != 0
+    assert "no-such-model" in result.output and "Traceback" not in result.output
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = run_cli("serve", model_uri, "--port", port, "--tracking-uri", tracking)
+    assert result.exit_code != 0
+    assert f"127.0.0.1:{port}" in result.output
