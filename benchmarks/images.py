@@ -81,14 +81,13 @@ def main() -> None:
         print(f"| {name} | " + " | ".join(cells) + " |")
     if len(rows) > 1:
         mean = sum(m["auroc"] for _, m in rows) / len(rows)
-        print(f"\nmean AUROC over {len(rowsdef _cell(value: float | int | None, seconds: bool = False) -> str:
+        print(f"\nmean AUROC over {len(rows)} cases: {mean:.4f}")
+
+
+def _cell(value: float | int | None, seconds: bool = False) -> str:
     if value is None:
         return "-"
     return f"{value:,}" if isinstance(value, int) else f"{value:.1f}" if seconds else f"{value:.4f}"
-
-
-se f"{value:.1f}"
-    )
 
 
 if __name__ == "__main__":
