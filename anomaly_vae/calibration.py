@@ -20,7 +20,6 @@ import re
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from sklearn.metrics import precision_recall_curve
 
 from anomaly_vae.errors import InputError
 
@@ -184,6 +183,7 @@ def _cost_threshold(scores: np.ndarray, labels: np.ndarray, costs: Costs) -> flo
 
 
 def _curve_threshold(scores: np.ndarray, labels: np.ndarray, kind: str, bound: float | None) -> float:
+    from sklearn.metrics import precision_recall_curve  # scoring never pays for it
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     # The curve's last point (precision 1, recall 0) has no threshold.
     precision, recall = precision[:-1], recall[:-1]
