@@ -74,3 +74,35 @@ def load_table(name: str, data_dir: Path = SHARED_DATA) -> Table:
 def available_tables(data_dir: Path = SHARED_DATA) -> list[str]:
     """The benchmark's nine tables, in report order."""
     return [*ADBENCH_TABLES, CREDITCARD] if data_dir.is_dir() else []
+
+
+def write_split_files(source: Path, label: str, out: Path, seed: int = 0) -> tuple[Path, Path]:
+    """The protocol's train and test rows of a labelled table, as Parquet files for the CLI.
+
+    Every column is kept (ids and the label too), so `anomaly-vae train` sees what a user's
+    file holds and `evaluate` can read the labels back from the test file.
+    """
+    frame = pd.read_parquet(source)
+    split = protocol_split(frame[label].to_numpy() != 0, seed)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = out / "train.parquet", out / "test.parquet"
+    frame.iloc[split.train].to_parquet(paths[0], index=False)
+    frame.iloc[split.test].to_parquet(paths[1], index=False)
+    return paths
+
+
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=write_split_files.__doc__.splitlines()[0])
+    parser.add_argument("source", type=Path, help="a labelled Parquet table")
+    parser.add_argument("--label", required=True, help="the label column (non-zero = anomaly)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for train/test.parquet")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    for path in write_split_files(args.source, args.label, args.out, args.seed):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -158,7 +158,8 @@ def train(
         strategy = config.calibration.strategy
         if strategy == "auto":
             strategy = default_strategy(has_anomalies)
-        val_labels = split.validation_labels if config.data.label else None
+        # Precision and recall mean nothing without anomalies to find: report the alert rate.
+        val_labels = split.validation_labels if has_anomalies else None
         threshold = choose_threshold(val_scores, val_labels, strategy, config.calibration.costs())
         probability = fit_probability(val_scores, val_labels, config.calibration.probability)
         metrics = {f"calibration.{k}": v for k, v in threshold.metrics.items()}
