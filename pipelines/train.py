@@ -6,7 +6,6 @@ validation set the threshold is chosen on.
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -19,6 +18,7 @@ import pandas as pd
 
 from anomaly_vae.config import Config
 from anomaly_vae.errors import InputError
+from pipelines.tracked_training import calibrate_and_log, detector_info, run_name, training_run
 
 if TYPE_CHECKING:
     import torch
@@ -102,16 +102,11 @@ def train(
 
         return train_images(config, tracking_uri, echo)
 
-    import mlflow
-    from sklearn.metrics import average_precision_score, roc_auc_score
-
-    from anomaly_vae.calibration import choose_threshold, default_strategy
     from anomaly_vae.data.preprocessing import TabularPreprocessor
     from anomaly_vae.data.tables import read_table
     from anomaly_vae.detector import ColumnRoles, TabularDetector, build_tabular_model
-    from anomaly_vae.probability import fit_probability
     from anomaly_vae.scoring import score_tabular
-    from anomaly_vae.tracking import configure_tracking, flatten_params, log_detector, use_experiment
+    from anomaly_vae.tracking import log_detector
     from anomaly_vae.training import fit_vae, is_ddp_worker
 
     started = time.perf_counter()
@@ -131,21 +126,14 @@ def train(
         # fit; the process that launched it (rank 0) tracks, calibrates and registers, once.
         fit_vae(model, tabular_loss_terms, train_data, val_data, config.training, config.model.beta)
         raise SystemExit(0)
-    name = config.name or "anomaly-vae"
-    configure_tracking(tracking_uri)
-    use_experiment(config.mlflow.experiment or name)
-    with mlflow.start_run(run_name=f"train {Path(source).name}") as run:
-        mlflow.log_params(flatten_params(config.model_dump()))
-        mlflow.log_dict(config.model_dump(), "config.json")
-        mlflow.log_params(
-            {
-                "rows.train": len(split.train),
-                "rows.validation_normal": int(val_normal.sum()),
-                "rows.validation_anomaly": int((~val_normal).sum()),
-                "features.numeric": len(preprocessor.numeric),
-                "features.categorical": len(preprocessor.categorical),
-            }
-        )
+    counts = {
+        "rows.train": len(split.train),
+        "rows.validation_normal": int(val_normal.sum()),
+        "rows.validation_anomaly": int((~val_normal).sum()),
+        "features.numeric": len(preprocessor.numeric),
+        "features.categorical": len(preprocessor.categorical),
+    }
+    with training_run(config, tracking_uri, Path(source).name, counts) as run:
         fit_started = time.perf_counter()
         fit = fit_vae(
             model, tabular_loss_terms, train_data, val_data, config.training, config.model.beta
@@ -154,60 +142,39 @@ def train(
         val_scores = score_tabular(
             model, val_enc.numeric, val_enc.observed, val_enc.codes, config.scoring.samples
         ).score
-        has_anomalies = bool(split.validation_labels.any())
-        strategy = config.calibration.strategy
-        if strategy == "auto":
-            strategy = default_strategy(has_anomalies)
-        # Precision and recall mean nothing without anomalies to find: report the alert rate.
-        val_labels = split.validation_labels if has_anomalies else None
-        threshold = choose_threshold(val_scores, val_labels, strategy, config.calibration.costs())
-        probability = fit_probability(val_scores, val_labels, config.calibration.probability)
-        metrics = {f"calibration.{k}": v for k, v in threshold.metrics.items()}
-        metrics.update(
-            threshold=threshold.value,
-            epochs=fit.epochs,
-            fit_seconds=fit_seconds,
-            processes=fit.processes,
+        calibration = calibrate_and_log(
+            config, val_scores, split.validation_labels, fit, fit_seconds
         )
-        if has_anomalies:
-            metrics["validation.auroc"] = roc_auc_score(split.validation_labels, val_scores)
-            metrics["validation.average_precision"] = average_precision_score(
-                split.validation_labels, val_scores
-            )
-        mlflow.log_metrics(metrics)
-        mlflow.set_tag("calibration.strategy", strategy)
-
-        registered = config.mlflow.registered_model or name
         detector = TabularDetector(
             model=model,
             preprocessor=preprocessor,
             roles=ColumnRoles(
-                config.data.id_columns, config.data.label, config.data.drop, config.data.anomaly_value
+                config.data.id_columns,
+                config.data.label,
+                config.data.drop,
+                config.data.anomaly_value,
             ),
             model_params=config.model.model_dump(),
-            threshold=threshold,
+            threshold=calibration.threshold,
             samples=config.scoring.samples,
             top_features=config.scoring.top_features,
-            info={
-                "config": config.model_dump(),
-                "run_id": run.info.run_id,
-                "experiment": config.mlflow.experiment or name,
-                "epochs": fit.epochs,
-            },
-            probability=probability,
+            info=detector_info(config, run, fit),
+            probability=calibration.probability,
         )
         # Numeric features are doubles in the signature: CSV readers and JSON payloads turn
         # integers into floats as soon as a value is missing, and MLflow would refuse those.
-        example = split.train[[*config.data.id_columns, *split.features]].head(5).astype(
-            {c.name: "float64" for c in preprocessor.numeric}
+        example = (
+            split.train[[*config.data.id_columns, *split.features]]
+            .head(5)
+            .astype({c.name: "float64" for c in preprocessor.numeric})
         )
         with tempfile.TemporaryDirectory() as tmp:
             detector_dir = detector.save(Path(tmp) / "detector")
+            registered = config.mlflow.registered_model or run_name(config)
             uri = log_detector(detector_dir, example, detector.score_frame(example), registered)
     echo(
         f"trained on {len(split.train):,} rows in {fit_seconds:.1f} s ({fit.epochs} epochs); "
-        f"threshold {threshold.value:.4g} by {strategy}: "
-        + json.dumps({k: round(v, 4) for k, v in threshold.metrics.items()})
+        + calibration.summary()
     )
     echo(f"run {run.info.run_id} in {time.perf_counter() - started:.1f} s")
     return uri

@@ -8,7 +8,6 @@ named by `image.holdout_fraction` are kept out of both, for `evaluate --held-out
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from collections.abc import Callable
@@ -20,6 +19,7 @@ import numpy as np
 from anomaly_vae.config import Config
 from anomaly_vae.data.images import ImageItem
 from anomaly_vae.errors import InputError
+from pipelines.tracked_training import calibrate_and_log, detector_info, run_name, training_run
 
 MIN_NORMAL_IMAGES = 10
 
@@ -72,23 +72,15 @@ def train_images(
     config: Config, tracking_uri: str | None = None, echo: Callable[[str], None] = print
 ) -> str:
     """Train, calibrate, log and register an image detector; returns `models:/<name>@champion`."""
-    import mlflow
     import pandas as pd
     import torch
-    from sklearn.metrics import average_precision_score, roc_auc_score
     from torch.utils.data import TensorDataset
 
-    from anomaly_vae.calibration import choose_threshold, default_strategy
     from anomaly_vae.data.images import read_images
     from anomaly_vae.detector import ImageDetector, build_image_model
     from anomaly_vae.scoring import image_terms, score_images
-    from anomaly_vae.tracking import (
-        configure_tracking,
-        flatten_params,
-        log_detector,
-        use_experiment,
-    )
-    from anomaly_vae.training import fit_vae
+    from anomaly_vae.tracking import log_detector
+    from anomaly_vae.training import fit_vae, is_ddp_worker
 
     if config.model.likelihood == "unit-gaussian":
         raise InputError("model.likelihood: image models use bernoulli or gaussian")
@@ -107,78 +99,44 @@ def train_images(
         nll, kl = image_terms(model, batch[0], samples=1)
         return nll.sum((1, 2, 3)), kl
 
-    name = config.name or "anomaly-vae"
-    configure_tracking(tracking_uri)
-    use_experiment(config.mlflow.experiment or name)
-    with mlflow.start_run(run_name=f"train {Path(config.data.path).name}") as run:
-        mlflow.log_params(flatten_params(config.model_dump()))
-        mlflow.log_dict(config.model_dump(), "config.json")
-        mlflow.log_params(
-            {
-                "images.train": len(split.train),
-                "images.validation_normal": int(val_normal.sum()),
-                "images.validation_anomaly": int((~val_normal).sum()),
-                "images.held_out": split.held_out,
-            }
-        )
+    val_data = TensorDataset(torch.from_numpy(val_pixels[val_normal]))
+    if is_ddp_worker():  # as in pipelines.train: rank 0 alone tracks and registers
+        fit_vae(model, loss_terms, train_data, val_data, config.training, config.model.beta)
+        raise SystemExit(0)
+    counts = {
+        "images.train": len(split.train),
+        "images.validation_normal": int(val_normal.sum()),
+        "images.validation_anomaly": int((~val_normal).sum()),
+        "images.held_out": split.held_out,
+    }
+    with training_run(config, tracking_uri, Path(config.data.path).name, counts) as run:
         fit_started = time.perf_counter()
-        fit = fit_vae(
-            model,
-            loss_terms,
-            train_data,
-            TensorDataset(torch.from_numpy(val_pixels[val_normal])),
-            config.training,
-            config.model.beta,
-        )
+        fit = fit_vae(model, loss_terms, train_data, val_data, config.training, config.model.beta)
         fit_seconds = time.perf_counter() - fit_started
         val = score_images(model, val_pixels, config.scoring.samples)
-        val_scores = val.score
-        has_anomalies = bool(split.validation_labels.any())
-        strategy = config.calibration.strategy
-        if strategy == "auto":
-            strategy = default_strategy(has_anomalies)
-        threshold = choose_threshold(
-            val_scores, split.validation_labels if has_anomalies else None, strategy
+        calibration = calibrate_and_log(
+            config, val.score, split.validation_labels, fit, fit_seconds
         )
-        metrics = {f"calibration.{k}": v for k, v in threshold.metrics.items()}
-        metrics.update(threshold=threshold.value, epochs=fit.epochs, fit_seconds=fit_seconds)
-        if has_anomalies:
-            metrics["validation.auroc"] = roc_auc_score(split.validation_labels, val_scores)
-            metrics["validation.average_precision"] = average_precision_score(
-                split.validation_labels, val_scores
-            )
-        mlflow.log_metrics(metrics)
-        mlflow.set_tag("calibration.strategy", strategy)
         log_figures(model, val_pixels, split.validation_labels, config.model.latent)
-
         detector = ImageDetector(
             model=model,
             image=config.image,
             model_params=config.model.model_dump(),
-            threshold=threshold,
+            threshold=calibration.threshold,
             samples=config.scoring.samples,
             seed=config.training.seed,
             map_scale=float(np.quantile(val.maps[val_normal], 0.999)),
-            info={
-                "config": config.model_dump(),
-                "run_id": run.info.run_id,
-                "experiment": config.mlflow.experiment or name,
-                "epochs": fit.epochs,
-            },
+            info=detector_info(config, run, fit),
+            probability=calibration.probability,
         )
         example = pd.DataFrame({"path": [item.path for item in split.train[:2]]})
         with tempfile.TemporaryDirectory() as tmp:
             detector_dir = detector.save(Path(tmp) / "detector")
-            uri = log_detector(
-                detector_dir,
-                example,
-                detector.score_frame(example),
-                config.mlflow.registered_model or name,
-            )
+            registered = config.mlflow.registered_model or run_name(config)
+            uri = log_detector(detector_dir, example, detector.score_frame(example), registered)
     echo(
         f"trained on {len(split.train):,} images in {fit_seconds:.1f} s ({fit.epochs} epochs); "
-        f"threshold {threshold.value:.4g} by {strategy}: "
-        + json.dumps({k: round(v, 4) for k, v in threshold.metrics.items()})
+        + calibration.summary()
     )
     echo(f"run {run.info.run_id} in {time.perf_counter() - started:.1f} s")
     return uri

@@ -1,0 +1,108 @@
+"""What every training pipeline does around the fit, whatever the data: the MLflow run, the
+threshold and probability chosen on validation scores, and the closing summary.
+
+Tables and images differ in how they read, split and score data; the run they leave behind
+(params, config, calibration metrics, tags) is the same, so runs compare in the MLflow UI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from anomaly_vae.config import Config
+
+if TYPE_CHECKING:
+    import mlflow
+
+    from anomaly_vae.calibration import Threshold
+    from anomaly_vae.probability import ProbabilityMap
+    from anomaly_vae.training import FitResult
+
+
+@dataclass
+class Calibration:
+    strategy: str
+    threshold: Threshold
+    probability: ProbabilityMap | None
+
+    def summary(self) -> str:
+        metrics = {k: round(v, 4) for k, v in self.threshold.metrics.items()}
+        return f"threshold {self.threshold.value:.4g} by {self.strategy}: {json.dumps(metrics)}"
+
+
+def run_name(config: Config) -> str:
+    return config.name or "anomaly-vae"
+
+
+@contextmanager
+def training_run(
+    config: Config, tracking_uri: str | None, title: str, counts: dict[str, int]
+) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run in the config's experiment holding the config, its params and `counts`."""
+    import mlflow
+
+    from anomaly_vae.tracking import configure_tracking, flatten_params, use_experiment
+
+    configure_tracking(tracking_uri)
+    use_experiment(config.mlflow.experiment or run_name(config))
+    with mlflow.start_run(run_name=f"train {title}") as run:
+        mlflow.log_params(flatten_params(config.model_dump()))
+        mlflow.log_dict(config.model_dump(), "config.json")
+        mlflow.log_params(counts)
+        yield run
+
+
+def calibrate_and_log(
+    config: Config,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    fit: FitResult,
+    fit_seconds: float,
+) -> Calibration:
+    """Choose the threshold (and probability map) on validation scores; log what they reach.
+
+    `labels` flags the validation anomalies; without any, precision and recall mean nothing,
+    so the threshold is judged by its alert rate alone.
+    """
+    import mlflow
+    from sklearn.metrics import average_precision_score, roc_auc_score
+
+    from anomaly_vae.calibration import choose_threshold, default_strategy
+    from anomaly_vae.probability import fit_probability
+
+    has_anomalies = bool(labels.any())
+    strategy = config.calibration.strategy
+    if strategy == "auto":
+        strategy = default_strategy(has_anomalies)
+    known = labels if has_anomalies else None
+    threshold = choose_threshold(scores, known, strategy, config.calibration.costs())
+    probability = fit_probability(scores, known, config.calibration.probability)
+    metrics: dict[str, Any] = {f"calibration.{k}": v for k, v in threshold.metrics.items()}
+    metrics.update(
+        threshold=threshold.value,
+        epochs=fit.epochs,
+        fit_seconds=fit_seconds,
+        processes=fit.processes,
+    )
+    if has_anomalies:
+        metrics["validation.auroc"] = roc_auc_score(labels, scores)
+        metrics["validation.average_precision"] = average_precision_score(labels, scores)
+    mlflow.log_metrics(metrics)
+    mlflow.set_tag("calibration.strategy", strategy)
+    return Calibration(strategy, threshold, probability)
+
+
+def detector_info(config: Config, run: mlflow.ActiveRun, fit: FitResult) -> dict[str, Any]:
+    """Where a detector came from, stored in its detector.json."""
+    return {
+        "config": config.model_dump(),
+        "run_id": run.info.run_id,
+        "experiment": config.mlflow.experiment or run_name(config),
+        "epochs": fit.epochs,
+    }
