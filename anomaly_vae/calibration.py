@@ -182,8 +182,11 @@ def _cost_threshold(scores: np.ndarray, labels: np.ndarray, costs: Costs) -> flo
     return float(thresholds[len(cost) - 1 - int(np.argmin(cost[::-1]))])
 
 
-def _curve_threshold(scores: np.ndarray, labels: np.ndarray, kind: str, bound: float | None) -> float:
+def _curve_threshold(
+    scores: np.ndarray, labels: np.ndarray, kind: str, bound: float | None
+) -> float:
     from sklearn.metrics import precision_recall_curve  # scoring never pays for it
+
     precision, recall, thresholds = precision_recall_curve(labels, scores)
     # The curve's last point (precision 1, recall 0) has no threshold.
     precision, recall = precision[:-1], recall[:-1]

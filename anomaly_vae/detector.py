@@ -103,9 +103,11 @@ class TabularDetector:
         """Score rows: the id columns (or all input columns) plus the score columns."""
         self.check_columns(list(frame.columns), source, allow_extra)
         scores = self.score_samples(frame, source, row_offset)
-        kept = list(frame.columns) if keep_columns else [
-            c for c in self.roles.id_columns if c in frame.columns
-        ]
+        kept = (
+            list(frame.columns)
+            if keep_columns
+            else [c for c in self.roles.id_columns if c in frame.columns]
+        )
         out = frame[kept].reset_index(drop=True)
         out["recon_score"] = scores.recon
         out["kl_score"] = scores.kl
@@ -340,7 +342,9 @@ def load_detector(path: str | Path) -> TabularDetector | ImageDetector:
         state = json.loads((path / ARTIFACT_FILE).read_text())
         weights = load_file(str(path / WEIGHTS_FILE))
     except FileNotFoundError as exc:
-        raise InputError(f"{path}: not a detector directory ({Path(exc.filename).name} missing)") from None
+        raise InputError(
+            f"{path}: not a detector directory ({Path(exc.filename).name} missing)"
+        ) from None
     except (json.JSONDecodeError, OSError) as exc:
         raise InputError(f"{path}: corrupt detector artifact ({exc})") from None
     if state.get("format_version") != FORMAT_VERSION:

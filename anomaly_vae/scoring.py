@@ -65,7 +65,9 @@ def tabular_terms(
     (training uses L = 1 with a fresh draw each step).
     """
     mu, log_var = model.encode(numeric, observed, codes)
-    draws = [mu] if samples == 0 else [reparameterize(mu, log_var, generator) for _ in range(samples)]
+    draws = (
+        [mu] if samples == 0 else [reparameterize(mu, log_var, generator) for _ in range(samples)]
+    )
     nll = torch.stack([_feature_nll(model, z, numeric, observed, codes) for z in draws]).mean(0)
     return nll, kl_divergence(mu, log_var)
 

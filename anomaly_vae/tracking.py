@@ -144,7 +144,10 @@ def _download_root() -> str:
 def _detector_in(path: Path, model_uri: str) -> Path:
     from anomaly_vae.detector import ARTIFACT_FILE
 
-    nested = (path / "artifacts" / DETECTOR_ARTIFACT, path / MODEL_ARTIFACT / "artifacts" / DETECTOR_ARTIFACT)
+    nested = (
+        path / "artifacts" / DETECTOR_ARTIFACT,
+        path / MODEL_ARTIFACT / "artifacts" / DETECTOR_ARTIFACT,
+    )
     for candidate in (path, *nested):
         if (candidate / ARTIFACT_FILE).is_file():
             return candidate

@@ -79,14 +79,20 @@ def fit_vae(
     """Train `model` in place and leave it holding its best validation weights."""
     pl.seed_everything(training.seed, verbose=False)
     _quiet_lightning()
-    module = VAETrainingModule(model, loss_terms, beta, training.learning_rate, training.weight_decay)
+    module = VAETrainingModule(
+        model, loss_terms, beta, training.learning_rate, training.weight_decay
+    )
     generator = torch.Generator().manual_seed(training.seed)
-    train_loader = DataLoader(train_data, batch_size=training.batch_size, shuffle=True, generator=generator)
+    train_loader = DataLoader(
+        train_data, batch_size=training.batch_size, shuffle=True, generator=generator
+    )
     val_loader = DataLoader(val_data, batch_size=max(training.batch_size, 1024))
     best = KeepBestWeights()
     callbacks: list[pl.Callback] = [best, EpochMetricsToMlflow()]
     if training.early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor="val_loss", patience=training.early_stopping_patience))
+        callbacks.append(
+            EarlyStopping(monitor="val_loss", patience=training.early_stopping_patience)
+        )
     trainer = pl.Trainer(
         max_epochs=training.epochs,
         accelerator=training.trainer.accelerator,

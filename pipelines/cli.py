@@ -61,7 +61,13 @@ def main() -> None:
 
 @main.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. --set training.epochs=20.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config key, e.g. --set training.epochs=20.",
+)
 @tracking_option
 @user_errors
 def train(config_path: str, overrides: tuple[str, ...], tracking_uri: str | None) -> None:
@@ -77,11 +83,33 @@ def train(config_path: str, overrides: tuple[str, ...], tracking_uri: str | None
 @main.command()
 @click.argument("model_uri", metavar="MODEL")
 @click.argument("input_path", metavar="INPUT", type=click.Path())
-@click.option("-o", "--output", "output_path", required=True, type=click.Path(dir_okay=False), help="Output CSV or Parquet file (with --engine spark: a new folder of Parquet parts).")
-@click.option("--keep-columns", is_flag=True, help="Keep all input columns, not just the id columns.")
-@click.option("--allow-extra-columns", is_flag=True, help="Ignore input columns the model does not know.")
-@click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True, help="spark: score a Parquet file or folder with a local[2] Spark session (pip install 'anomaly-vae[spark]').")
-@click.option("--maps", "maps_dir", type=click.Path(file_okay=False), help="Images: write a heatmap overlay PNG per image into this new folder.")
+@click.option(
+    "-o",
+    "--output",
+    "output_path",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Output CSV or Parquet file (with --engine spark: a new folder of Parquet parts).",
+)
+@click.option(
+    "--keep-columns", is_flag=True, help="Keep all input columns, not just the id columns."
+)
+@click.option(
+    "--allow-extra-columns", is_flag=True, help="Ignore input columns the model does not know."
+)
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "spark"]),
+    default="local",
+    show_default=True,
+    help="spark: score a Parquet file or folder with a local[2] Spark session (pip install 'anomaly-vae[spark]').",
+)
+@click.option(
+    "--maps",
+    "maps_dir",
+    type=click.Path(file_okay=False),
+    help="Images: write a heatmap overlay PNG per image into this new folder.",
+)
 @tracking_option
 @user_errors
 def score(
@@ -104,14 +132,25 @@ def score(
 
     options = {"maps_dir": maps_dir} if maps_dir else {}  # images, scored by the local engine
     summary = score_file(
-        model_uri, input_path, output_path, keep_columns, allow_extra_columns, tracking_uri, **options
+        model_uri,
+        input_path,
+        output_path,
+        keep_columns,
+        allow_extra_columns,
+        tracking_uri,
+        **options,
     )
     click.echo(summary.line(), err=True)
 
 
 @main.command()
 @click.argument("model_uri", metavar="MODEL")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on (0.0.0.0: every interface).")
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Interface to listen on (0.0.0.0: every interface).",
+)
 @click.option("--port", type=click.IntRange(1, 65535), default=5001, show_default=True)
 @tracking_option
 @user_errors
@@ -126,11 +165,27 @@ def serve(model_uri: str, host: str, port: int, tracking_uri: str | None) -> Non
 @click.argument("model_uri", metavar="MODEL")
 @click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.option("--label", help="Label column [default: the one the model was trained with].")
-@click.option("--allow-extra-columns", is_flag=True, help="Ignore input columns the model does not know.")
-@click.option("-o", "--output", "report_path", type=click.Path(dir_okay=False), help="Write a self-contained HTML report here.")
+@click.option(
+    "--allow-extra-columns", is_flag=True, help="Ignore input columns the model does not know."
+)
+@click.option(
+    "-o",
+    "--output",
+    "report_path",
+    type=click.Path(dir_okay=False),
+    help="Write a self-contained HTML report here.",
+)
 @cost_options
-@click.option("--label-from", metavar="folder|CSV", help="Images: labels from folder names (or an IDX labels file) or a path,label CSV [default: the model's config].")
-@click.option("--held-out-only", is_flag=True, help="Images: only the normal images the model's image.holdout_fraction kept out of training, plus all anomalies.")
+@click.option(
+    "--label-from",
+    metavar="folder|CSV",
+    help="Images: labels from folder names (or an IDX labels file) or a path,label CSV [default: the model's config].",
+)
+@click.option(
+    "--held-out-only",
+    is_flag=True,
+    help="Images: only the normal images the model's image.holdout_fraction kept out of training, plus all anomalies.",
+)
 @tracking_option
 @user_errors
 def evaluate(
@@ -173,12 +228,22 @@ def evaluate(
 @main.command()
 @click.argument("model_uri", metavar="MODEL")
 @click.argument("input_path", metavar="INPUT", type=click.Path())
-@click.option("--strategy", required=True, help="f1, recall>=R, precision>=P, fpr<=F, quantile=Q or cost.")
+@click.option(
+    "--strategy", required=True, help="f1, recall>=R, precision>=P, fpr<=F, quantile=Q or cost."
+)
 @click.option("--label", help="Label column [default: the model's, when the file has it].")
 @cost_options
-@click.option("--probability", type=click.Choice(["isotonic", "logistic", "none"]), default="isotonic", show_default=True, help="Calibrated probability refitted when labels are given; none removes it.")
+@click.option(
+    "--probability",
+    type=click.Choice(["isotonic", "logistic", "none"]),
+    default="isotonic",
+    show_default=True,
+    help="Calibrated probability refitted when labels are given; none removes it.",
+)
 @click.option("--promote", is_flag=True, help="Move the champion alias to the new version.")
-@click.option("--allow-extra-columns", is_flag=True, help="Ignore input columns the model does not know.")
+@click.option(
+    "--allow-extra-columns", is_flag=True, help="Ignore input columns the model does not know."
+)
 @tracking_option
 @user_errors
 def calibrate(

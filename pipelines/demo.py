@@ -37,7 +37,10 @@ def write_breast_cancer(folder: Path, seed: int = 0) -> tuple[Path, Path]:
     train_rows = np.concatenate([normal[:n_train], anomalous[:n_anomalous]])
     test_rows = np.concatenate([normal[n_train:], anomalous[n_anomalous:]])
     folder.mkdir(parents=True, exist_ok=True)
-    train_path, test_path = folder / "breast_cancer_train.parquet", folder / "breast_cancer_test.parquet"
+    train_path, test_path = (
+        folder / "breast_cancer_train.parquet",
+        folder / "breast_cancer_test.parquet",
+    )
     frame.iloc[train_rows].to_parquet(train_path, index=False)
     frame.iloc[test_rows].to_parquet(test_path, index=False)
     return train_path, test_path
@@ -70,7 +73,10 @@ def write_digits(folder: Path, seed: int = 0, anomalies_per_digit: int = 20) -> 
 def run(*args: str) -> str:
     print("$ anomaly-vae " + " ".join(args), flush=True)
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args], check=True, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "pipelines.cli", *args],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     print(result.stdout, end="", flush=True)
     return result.stdout
@@ -81,10 +87,14 @@ def main() -> None:
     model_uri = run("train", CONFIG).strip().splitlines()[-1]
     scored = OUTPUT / "breast_cancer_scored.parquet"
     run("score", model_uri, str(test_path), "-o", str(scored), "--allow-extra-columns")
-    print(pd.read_parquet(scored).sort_values("score", ascending=False).head(5).to_string(index=False))
+    print(
+        pd.read_parquet(scored).sort_values("score", ascending=False).head(5).to_string(index=False)
+    )
     run("evaluate", model_uri, str(test_path))
     images_demo()
-    print("\nBrowse the runs and the registered model: mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db")
+    print(
+        "\nBrowse the runs and the registered model: mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db"
+    )
 
 
 def images_demo() -> None:

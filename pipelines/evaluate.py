@@ -98,7 +98,9 @@ def evaluate_file(
         check_report_path(report_path)
     detector = load_model(model_uri, tracking_uri)
     if detector.kind == "image":
-        raise InputError(f"{input_path}: model '{model_uri}' reads images: give a folder or IDX file")
+        raise InputError(
+            f"{input_path}: model '{model_uri}' reads images: give a folder or IDX file"
+        )
     label = label or detector.roles.label
     if not label:
         raise InputError("evaluate needs --label: the model's config names no label column")

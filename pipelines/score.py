@@ -93,4 +93,6 @@ def score_file(
         for _, scored in scored_batches(detector, input_path, keep_columns, allow_extra):
             anomalies += int(scored["is_anomaly"].sum())
             writer.write(scored)
-    return ScoreSummary(writer.rows_written, anomalies, time.perf_counter() - started, Path(output_path))
+    return ScoreSummary(
+        writer.rows_written, anomalies, time.perf_counter() - started, Path(output_path)
+    )

@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import run_cli
 
 # The session model is trained with labelled anomalies, so it has a calibrated probability.
@@ -33,7 +32,9 @@ def test_score_writes_ids_and_scores(breast_cancer_model, breast_cancer_files, t
     model_uri, tracking = breast_cancer_model
     _, test = breast_cancer_files
     out = tmp_path / "scored.parquet"
-    result = run_cli("score", model_uri, test, "-o", out, "--tracking-uri", tracking, "--allow-extra-columns")
+    result = run_cli(
+        "score", model_uri, test, "-o", out, "--tracking-uri", tracking, "--allow-extra-columns"
+    )
     assert result.exit_code == 0, result.output
     scored = pd.read_parquet(out)
     source = pd.read_parquet(test)
@@ -44,24 +45,39 @@ def test_score_writes_ids_and_scores(breast_cancer_model, breast_cancer_files, t
     assert "scored 214 rows" in result.stderr
 
 
-def test_scores_are_deterministic_and_csv_works(breast_cancer_model, breast_cancer_files, tmp_path) -> None:
+def test_scores_are_deterministic_and_csv_works(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
     model_uri, tracking = breast_cancer_model
     _, test = breast_cancer_files
     csv_in = tmp_path / "test.csv"
     pd.read_parquet(test).drop(columns="label").to_csv(csv_in, index=False)
     outputs = []
     for name in ("a.csv", "b.parquet"):
-        result = run_cli("score", model_uri, csv_in, "-o", tmp_path / name, "--tracking-uri", tracking)
+        result = run_cli(
+            "score", model_uri, csv_in, "-o", tmp_path / name, "--tracking-uri", tracking
+        )
         assert result.exit_code == 0, result.output
-        outputs.append(pd.read_csv(tmp_path / name) if name.endswith("csv") else pd.read_parquet(tmp_path / name))
+        outputs.append(
+            pd.read_csv(tmp_path / name)
+            if name.endswith("csv")
+            else pd.read_parquet(tmp_path / name)
+        )
     assert np.allclose(outputs[0]["score"], outputs[1]["score"])
 
 
-def test_keep_columns_keeps_every_input_column(breast_cancer_model, breast_cancer_files, tmp_path) -> None:
+def test_keep_columns_keeps_every_input_column(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
     model_uri, tracking = breast_cancer_model
     _, test = breast_cancer_files
     out = tmp_path / "all.parquet"
-    assert run_cli("score", model_uri, test, "-o", out, "--keep-columns", "--tracking-uri", tracking).exit_code == 0
+    assert (
+        run_cli(
+            "score", model_uri, test, "-o", out, "--keep-columns", "--tracking-uri", tracking
+        ).exit_code
+        == 0
+    )
     assert list(pd.read_parquet(out).columns) == [*pd.read_parquet(test).columns, *SCORE_COLUMNS]
 
 
@@ -84,18 +100,24 @@ def test_evaluate_separates_malignant_from_benign(breast_cancer_model, breast_ca
     assert logged["test.auroc"] == pytest.approx(metrics["auroc"], abs=1e-4)
 
 
-def test_every_model_uri_form_gives_the_same_scores(breast_cancer_model, breast_cancer_files, tmp_path) -> None:
+def test_every_model_uri_form_gives_the_same_scores(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
     model_uri, tracking = breast_cancer_model
     _, test = breast_cancer_files
     client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     version = client.get_model_version_by_alias("config", "champion")
     mlflow.set_tracking_uri(tracking)
-    local = mlflow.artifacts.download_artifacts(f"models:/config/{version.version}", dst_path=str(tmp_path / "local"))
+    local = mlflow.artifacts.download_artifacts(
+        f"models:/config/{version.version}", dst_path=str(tmp_path / "local")
+    )
     uris = [model_uri, f"models:/config/{version.version}", f"runs:/{version.run_id}/model", local]
     scores = []
     for i, uri in enumerate(uris):
         out = tmp_path / f"{i}.parquet"
-        result = run_cli("score", uri, test, "-o", out, "--allow-extra-columns", "--tracking-uri", tracking)
+        result = run_cli(
+            "score", uri, test, "-o", out, "--allow-extra-columns", "--tracking-uri", tracking
+        )
         assert result.exit_code == 0, f"{uri}: {result.output}"
         scores.append(pd.read_parquet(out)["score"].to_numpy())
     for other in scores[1:]:
@@ -111,7 +133,9 @@ def test_set_overrides_retrain_on_another_file(breast_cancer_files, tmp_path, tr
     other = tmp_path / "other.parquet"
     pd.read_parquet(train).drop(columns="id").sample(frac=0.8, random_state=1).to_parquet(other)
     config = tmp_path / "minimal.yaml"
-    config.write_text(yaml.safe_dump({"data": {"path": "does-not-exist.parquet", "label": "label"}}))
+    config.write_text(
+        yaml.safe_dump({"data": {"path": "does-not-exist.parquet", "label": "label"}})
+    )
     result = run_cli("train", config, "--set", f"data.path={other}", "--set", "training.epochs=3")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-1] == "models:/minimal@champion"
@@ -157,8 +181,17 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
 
 @pytest.mark.parametrize(
     "name",
-    ["missing.parquet", "extra.parquet", "text.csv", "nan.parquet", "inf.parquet", "empty.csv",
-     "no_rows.parquet", "corrupt.parquet", "table.xlsx"],
+    [
+        "missing.parquet",
+        "extra.parquet",
+        "text.csv",
+        "nan.parquet",
+        "inf.parquet",
+        "empty.csv",
+        "no_rows.parquet",
+        "corrupt.parquet",
+        "table.xlsx",
+    ],
 )
 def test_bad_input_files_fail_cleanly(name, bad_inputs, breast_cancer_model, tmp_path) -> None:
     model_uri, tracking = breast_cancer_model
@@ -173,7 +206,9 @@ def test_bad_input_files_fail_cleanly(name, bad_inputs, breast_cancer_model, tmp
     assert list(out.parent.iterdir()) == []  # nothing written, not even a temporary file
 
 
-def test_a_bad_row_in_a_later_batch_leaves_no_output(breast_cancer_model, breast_cancer_files, tmp_path, monkeypatch) -> None:
+def test_a_bad_row_in_a_later_batch_leaves_no_output(
+    breast_cancer_model, breast_cancer_files, tmp_path, monkeypatch
+) -> None:
     import pipelines.score
 
     monkeypatch.setattr(pipelines.score, "BATCH_ROWS", 50)
@@ -192,14 +227,19 @@ def test_a_bad_row_in_a_later_batch_leaves_no_output(breast_cancer_model, breast
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["score", "models:/nope@champion", "IN", "-o", "OUT"], "model 'models:/nope@champion' not found"),
+        (
+            ["score", "models:/nope@champion", "IN", "-o", "OUT"],
+            "model 'models:/nope@champion' not found",
+        ),
         (["score", "models:/config/99", "IN", "-o", "OUT"], "not found"),
         (["score", "/no/such/model", "IN", "-o", "OUT"], "no such directory"),
         (["score", "MODEL", "IN", "-o", "out.txt"], "unknown extension '.txt'"),
         (["evaluate", "MODEL", "IN", "--label", "nolabel"], "missing label column 'nolabel'"),
     ],
 )
-def test_bad_models_and_options(args, expected, breast_cancer_model, breast_cancer_files, tmp_path, monkeypatch) -> None:
+def test_bad_models_and_options(
+    args, expected, breast_cancer_model, breast_cancer_files, tmp_path, monkeypatch
+) -> None:
     model_uri, tracking = breast_cancer_model
     _, test = breast_cancer_files
     monkeypatch.chdir(tmp_path)
@@ -222,7 +262,9 @@ def test_config_typo_fails_before_training(tmp_path, tracking_uri) -> None:
 
 
 @pytest.mark.shared_data
-def test_credit_card_fraud_ranks_above_normal_transactions(shared_data, tmp_path, tracking_uri) -> None:
+def test_credit_card_fraud_ranks_above_normal_transactions(
+    shared_data, tmp_path, tracking_uri
+) -> None:
     """Protocol of ../shared/data/README.md on a subsample: train on normals, test on the rest."""
     frame = pd.read_parquet(shared_data / "tabular" / "creditcard_sample.parquet")
     rng = np.random.default_rng(0)
@@ -233,12 +275,18 @@ def test_credit_card_fraud_ranks_above_normal_transactions(shared_data, tmp_path
     train.to_parquet(tmp_path / "train.parquet")
     test.to_parquet(tmp_path / "test.parquet")
     result = run_cli(
-        "train", "configs/creditcard.yaml",
-        "--set", f"data.path={tmp_path / 'train.parquet'}", "--set", "training.epochs=8",
+        "train",
+        "configs/creditcard.yaml",
+        "--set",
+        f"data.path={tmp_path / 'train.parquet'}",
+        "--set",
+        "training.epochs=8",
     )
     assert result.exit_code == 0, result.output
     uri = result.stdout.strip().splitlines()[-1]
     result = run_cli("evaluate", uri, tmp_path / "test.parquet")
     assert result.exit_code == 0, result.output
-    auroc = float(next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("auroc")))
+    auroc = float(
+        next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("auroc"))
+    )
     assert auroc > 0.9

@@ -47,7 +47,9 @@ def anomaly_labels(
     name = series.name
     missing = np.flatnonzero(series.isna().to_numpy())
     if len(missing):
-        raise InputError(f"{source}: label column '{name}', row {row_offset + missing[0] + 1}: missing label")
+        raise InputError(
+            f"{source}: label column '{name}', row {row_offset + missing[0] + 1}: missing label"
+        )
     if anomaly_value is not None:
         return (series.astype(str).str.strip() == str(anomaly_value)).to_numpy()
     if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):

@@ -31,7 +31,9 @@ def table_format(path: str | Path) -> str:
         return TABLE_FORMATS[suffix]
     except KeyError:
         known = ", ".join(sorted(TABLE_FORMATS))
-        raise InputError(f"{path}: unknown extension '{suffix}' (expected one of {known})") from None
+        raise InputError(
+            f"{path}: unknown extension '{suffix}' (expected one of {known})"
+        ) from None
 
 
 def read_table(path: str | Path) -> pd.DataFrame:

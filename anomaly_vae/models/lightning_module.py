@@ -39,9 +39,26 @@ class VAETrainingModule(pl.LightningModule):
         recon, kl = self.loss_terms(self.model, batch)
         loss = (recon + self.hparams.beta * kl).mean()
         n = len(recon)
-        self.log(f"{stage}_loss", loss, on_epoch=True, on_step=False, prog_bar=True, batch_size=n, sync_dist=True)
-        self.log(f"{stage}_recon", recon.mean(), on_epoch=True, on_step=False, batch_size=n, sync_dist=True)
-        self.log(f"{stage}_kl", kl.mean(), on_epoch=True, on_step=False, batch_size=n, sync_dist=True)
+        self.log(
+            f"{stage}_loss",
+            loss,
+            on_epoch=True,
+            on_step=False,
+            prog_bar=True,
+            batch_size=n,
+            sync_dist=True,
+        )
+        self.log(
+            f"{stage}_recon",
+            recon.mean(),
+            on_epoch=True,
+            on_step=False,
+            batch_size=n,
+            sync_dist=True,
+        )
+        self.log(
+            f"{stage}_kl", kl.mean(), on_epoch=True, on_step=False, batch_size=n, sync_dist=True
+        )
         return loss
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
