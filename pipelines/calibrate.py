@@ -63,14 +63,14 @@ def calibrate_model(
 ) -> Calibration:
     """Score `input_path` with the model, choose a threshold by `strategy`, register it.
 
-    Labels come from `label`, else from the model's label column when the file has it; without
-    labels only `fpr<=F` (every row taken as normal) and `quantile=Q` apply.
+    Labels come from `label`, else from the model's label column when the file has it (for
+    images: folder names, or `label` as a path,label CSV); without labels only `fpr<=F`
+    (every row taken as normal) and `quantile=Q` apply.
     """
     import mlflow
 
     from anomaly_vae.calibration import check_strategy, choose_threshold
     from anomaly_vae.detector import ARTIFACT_FILE, load_detector
-    from anomaly_vae.errors import InputError
     from anomaly_vae.probability import fit_probability
     from anomaly_vae.tracking import (
         configure_tracking,
@@ -82,12 +82,11 @@ def calibrate_model(
     check_strategy(strategy, costs)  # a typo fails before the file is scored
     source_dir = resolve_detector_dir(model_uri, tracking_uri)
     detector = load_detector(source_dir)
-    if detector.kind != "tabular":
-        raise InputError(
-            f"model '{model_uri}': calibrate reads tables; this is a {detector.kind} model"
-        )
     source = str(input_path)
-    scores, labels, example = _scores_and_labels(detector, input_path, label, allow_extra)
+    if detector.kind == "image":
+        scores, labels, example = _image_scores_and_labels(detector, input_path, label)
+    else:
+        scores, labels, example = _scores_and_labels(detector, input_path, label, allow_extra)
     threshold = choose_threshold(scores, labels, strategy, costs)
     fitted = fit_probability(scores, labels, probability)
     if fitted is not None or probability == "none":
@@ -170,6 +169,31 @@ def _scores_and_labels(
     numeric = detector.preprocessor.numeric
     example = example.astype({c.name: "float64" for c in numeric if c.name in example.columns})
     return np.concatenate(scores), np.concatenate(labels) if label else None, example
+
+
+def _image_scores_and_labels(
+    detector,  # noqa: ANN001 - an ImageDetector
+    input_path: str | Path,
+    labels_csv: str | None,
+) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:
+    """Scores of every image, labels from folder names (or a path,label CSV), an example.
+
+    Labels are None when some image has none (an IDX file without its labels) or when no
+    image is anomalous: then only the strategies that need normals alone apply.
+    """
+    from anomaly_vae.data.images import labels_from_csv
+    from pipelines.score_images import scored_image_batches
+
+    items = detector.list_images(input_path)
+    if labels_csv:
+        items = labels_from_csv(items, labels_csv, input_path)
+    scores = np.concatenate([s.score for _, _, s in scored_image_batches(detector, items)])
+    known = [item.label for item in items]
+    labels = None if None in known else np.array(known, dtype=bool)
+    if labels is not None and not labels.any():
+        labels = None
+    example = pd.DataFrame({"path": [str(item.path) for item in items[:2]]})
+    return scores, labels, example
 
 
 def _registered_name(model_uri: str, info: dict) -> str:

@@ -231,7 +231,11 @@ def evaluate(
 @click.option(
     "--strategy", required=True, help="f1, recall>=R, precision>=P, fpr<=F, quantile=Q or cost."
 )
-@click.option("--label", help="Label column [default: the model's, when the file has it].")
+@click.option(
+    "--label",
+    help="Label column [default: the model's, when the file has it]; for images, a "
+    "path,label CSV [default: folder names].",
+)
 @cost_options
 @click.option(
     "--probability",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import json
 import shutil
 from pathlib import Path
 
@@ -332,3 +333,22 @@ def test_mnist_one_digit_two_epochs(shared_data, tmp_path) -> None:
         next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("auroc"))
     )
     assert auroc > 0.8
+
+
+def test_calibrate_an_image_model_on_a_labelled_folder(digits_model) -> None:
+    model_uri, tracking, test_dir = digits_model
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    champion = client.get_model_version_by_alias("digits", "champion").version
+    result = run_cli(
+        "calibrate", model_uri, test_dir, "--strategy", "recall>=0.95", "--tracking-uri", tracking
+    )
+    assert result.exit_code == 0, result.output
+    new_uri = result.stdout.strip().splitlines()[-1]
+    assert new_uri.startswith("models:/digits/") and new_uri != f"models:/digits/{champion}"
+    assert client.get_model_version_by_alias("digits", "champion").version == champion
+    # The threshold line reports what the new threshold reaches on the folder's labels.
+    reached = json.loads(result.stderr.split(" rows: ", 1)[1].splitlines()[0])
+    assert reached["recall"] >= 0.95
+    scores = run_cli("score", new_uri, test_dir, "-o", test_dir.parent / "recalibrated.csv",
+                     "--tracking-uri", tracking)  # fmt: skip
+    assert scores.exit_code == 0, scores.output
