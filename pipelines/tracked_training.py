@@ -8,9 +8,11 @@ Tables and images differ in how they read, split and score data; the run they le
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -96,6 +98,19 @@ def calibrate_and_log(
     mlflow.log_metrics(metrics)
     mlflow.set_tag("calibration.strategy", strategy)
     return Calibration(strategy, threshold, probability)
+
+
+def register_detector(config: Config, detector: Any, example: Any) -> str:
+    """Log the detector as the run's pyfunc model, registered under the config's name.
+
+    `example` is a few input rows: MLflow infers the signature from them and their scores.
+    """
+    from anomaly_vae.tracking import log_detector
+
+    with tempfile.TemporaryDirectory() as tmp:
+        detector_dir = detector.save(Path(tmp) / "detector")
+        registered = config.mlflow.registered_model or run_name(config)
+        return log_detector(detector_dir, example, detector.score_frame(example), registered)
 
 
 def detector_info(config: Config, run: mlflow.ActiveRun, fit: FitResult) -> dict[str, Any]:

@@ -6,7 +6,6 @@ validation set the threshold is chosen on.
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,7 +17,12 @@ import pandas as pd
 
 from anomaly_vae.config import Config
 from anomaly_vae.errors import InputError
-from pipelines.tracked_training import calibrate_and_log, detector_info, run_name, training_run
+from pipelines.tracked_training import (
+    calibrate_and_log,
+    detector_info,
+    register_detector,
+    training_run,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -106,7 +110,6 @@ def train(
     from anomaly_vae.data.tables import read_table
     from anomaly_vae.detector import ColumnRoles, TabularDetector, build_tabular_model
     from anomaly_vae.scoring import score_tabular
-    from anomaly_vae.tracking import log_detector
     from anomaly_vae.training import fit_vae, is_ddp_worker
 
     started = time.perf_counter()
@@ -168,10 +171,7 @@ def train(
             .head(5)
             .astype({c.name: "float64" for c in preprocessor.numeric})
         )
-        with tempfile.TemporaryDirectory() as tmp:
-            detector_dir = detector.save(Path(tmp) / "detector")
-            registered = config.mlflow.registered_model or run_name(config)
-            uri = log_detector(detector_dir, example, detector.score_frame(example), registered)
+        uri = register_detector(config, detector, example)
     echo(
         f"trained on {len(split.train):,} rows in {fit_seconds:.1f} s ({fit.epochs} epochs); "
         + calibration.summary()

@@ -8,7 +8,6 @@ named by `image.holdout_fraction` are kept out of both, for `evaluate --held-out
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,12 @@ import numpy as np
 from anomaly_vae.config import Config
 from anomaly_vae.data.images import ImageItem
 from anomaly_vae.errors import InputError
-from pipelines.tracked_training import calibrate_and_log, detector_info, run_name, training_run
+from pipelines.tracked_training import (
+    calibrate_and_log,
+    detector_info,
+    register_detector,
+    training_run,
+)
 
 MIN_NORMAL_IMAGES = 10
 
@@ -79,7 +83,6 @@ def train_images(
     from anomaly_vae.data.images import read_images
     from anomaly_vae.detector import ImageDetector, build_image_model
     from anomaly_vae.scoring import image_terms, score_images
-    from anomaly_vae.tracking import log_detector
     from anomaly_vae.training import fit_vae, is_ddp_worker
 
     if config.model.likelihood == "unit-gaussian":
@@ -130,10 +133,7 @@ def train_images(
             probability=calibration.probability,
         )
         example = pd.DataFrame({"path": [item.path for item in split.train[:2]]})
-        with tempfile.TemporaryDirectory() as tmp:
-            detector_dir = detector.save(Path(tmp) / "detector")
-            registered = config.mlflow.registered_model or run_name(config)
-            uri = log_detector(detector_dir, example, detector.score_frame(example), registered)
+        uri = register_detector(config, detector, example)
     echo(
         f"trained on {len(split.train):,} images in {fit_seconds:.1f} s ({fit.epochs} epochs); "
         + calibration.summary()
