@@ -109,12 +109,7 @@ class TabularDetector:
             else [c for c in self.roles.id_columns if c in frame.columns]
         )
         out = frame[kept].reset_index(drop=True)
-        out["recon_score"] = scores.recon
-        out["kl_score"] = scores.kl
-        out["score"] = scores.score
-        out["is_anomaly"] = self.is_anomaly(scores.score)
-        if self.probability is not None:
-            out["probability"] = self.probability.predict(scores.score)
+        out = out.assign(**score_columns(scores, self.threshold, self.probability))
         out["top_features"] = self._top_features(scores.contributions)
         return out
 
@@ -237,13 +232,7 @@ class ImageDetector:
 
     def frame(self, items: list[ImageItem], scores: SampleScores) -> pd.DataFrame:
         out = pd.DataFrame({"path": [item.path for item in items]})
-        out["recon_score"] = scores.recon
-        out["kl_score"] = scores.kl
-        out["score"] = scores.score
-        out["is_anomaly"] = flag_anomalies(scores.score, self.threshold)
-        if self.probability is not None:
-            out["probability"] = self.probability.predict(scores.score)
-        return out
+        return out.assign(**score_columns(scores, self.threshold, self.probability))
 
     def score_frame(
         self,
@@ -312,6 +301,21 @@ def build_image_model(image: ImageConfig, params: dict[str, Any]) -> ConvVAE:
         latent=params["latent"],
         likelihood=params["likelihood"],
     )
+
+
+def score_columns(
+    scores: SampleScores, threshold: Threshold | None, probability: ProbabilityMap | None
+) -> dict[str, np.ndarray]:
+    """The score columns every detector writes, in order; `probability` only when fitted."""
+    columns = {
+        "recon_score": scores.recon,
+        "kl_score": scores.kl,
+        "score": scores.score,
+        "is_anomaly": flag_anomalies(scores.score, threshold),
+    }
+    if probability is not None:
+        columns["probability"] = probability.predict(scores.score)
+    return columns
 
 
 def flag_anomalies(score: np.ndarray, threshold: Threshold | None) -> np.ndarray:

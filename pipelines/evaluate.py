@@ -60,6 +60,22 @@ def evaluate_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
     return Evaluation(metrics=metrics, confusion=confusion, run_id=None)
 
 
+def evaluate_at_threshold(
+    stored: Threshold | None, scores: np.ndarray, labels: np.ndarray, costs: Costs | None
+) -> tuple[Evaluation, float, Costs | None]:
+    """Metrics at the model's threshold, and the expected cost under `costs`, else the costs
+    the threshold was chosen with (if any)."""
+    from anomaly_vae.calibration import Costs, expected_cost
+
+    threshold = stored.value if stored else float("inf")
+    evaluation = evaluate_scores(scores, labels, threshold)
+    if costs is None and stored and stored.costs:
+        costs = Costs(**stored.costs)
+    if costs is not None:
+        evaluation.metrics["expected_cost"] = expected_cost(scores, labels, threshold, costs)
+    return evaluation, threshold, costs
+
+
 def evaluate_file(
     model_uri: str,
     input_path: str | Path,
@@ -86,7 +102,6 @@ def evaluate_file(
         )
     import mlflow
 
-    from anomaly_vae.calibration import Costs, expected_cost
     from anomaly_vae.data.schema import anomaly_labels
     from anomaly_vae.errors import InputError
     from anomaly_vae.evaluation.report import check_report_path
@@ -120,12 +135,7 @@ def evaluate_file(
             TOP_ROWS, "score"
         )
     scores, labels = np.concatenate(scores), np.concatenate(labels)
-    threshold = detector.threshold.value if detector.threshold else float("inf")
-    evaluation = evaluate_scores(scores, labels, threshold)
-    if costs is None and detector.threshold and detector.threshold.costs:
-        costs = Costs(**detector.threshold.costs)
-    if costs is not None:
-        evaluation.metrics["expected_cost"] = expected_cost(scores, labels, threshold, costs)
+    evaluation, threshold, costs = evaluate_at_threshold(detector.threshold, scores, labels, costs)
     sections = common_sections(scores, labels, threshold, evaluation.confusion, costs)
     sections += top_anomaly_sections(top_rows)
     configure_tracking(tracking_uri)

@@ -33,12 +33,11 @@ def evaluate_images(
     import mlflow
     from sklearn.metrics import roc_auc_score
 
-    from anomaly_vae.calibration import Costs, expected_cost
     from anomaly_vae.data.images import labels_from_csv, read_mask
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import WorstImages, common_sections
     from anomaly_vae.tracking import configure_tracking, use_experiment
-    from pipelines.evaluate import evaluate_scores, publish
+    from pipelines.evaluate import evaluate_at_threshold, publish
     from pipelines.score_images import image_detector, scored_image_batches
 
     if report_path is not None:
@@ -71,13 +70,8 @@ def evaluate_images(
                 mask = read_mask(item.mask, size) if item.mask else np.zeros((size, size), bool)
                 pixel_scores.append(heat.ravel())
                 pixel_labels.append(mask.ravel())
-    threshold = detector.threshold.value if detector.threshold else float("inf")
     scores, labels = np.concatenate(scores), np.concatenate(labels).astype(bool)
-    evaluation = evaluate_scores(scores, labels, threshold)
-    if costs is None and detector.threshold and detector.threshold.costs:
-        costs = Costs(**detector.threshold.costs)
-    if costs is not None:
-        evaluation.metrics["expected_cost"] = expected_cost(scores, labels, threshold, costs)
+    evaluation, threshold, costs = evaluate_at_threshold(detector.threshold, scores, labels, costs)
     sections = common_sections(scores, labels, threshold, evaluation.confusion, costs)
     sections.append(worst.section())
     if with_masks:
