@@ -38,6 +38,18 @@ class Calibration:
         return f"threshold {self.threshold.value:.4g} by {self.strategy}: {json.dumps(metrics)}"
 
 
+def closing_lines(
+    trained: str, fit: FitResult, fit_seconds: float, calibration: Calibration, run_id: str,
+    total_seconds: float,
+) -> list[str]:  # fmt: skip
+    """What `train` reports on stderr once the model is registered; `trained`: '1,000 rows'."""
+    return [
+        f"trained on {trained} in {fit_seconds:.1f} s ({fit.epochs} epochs); "
+        + calibration.summary(),
+        f"run {run_id} in {total_seconds:.1f} s",
+    ]
+
+
 def run_name(config: Config) -> str:
     return config.name or "anomaly-vae"
 

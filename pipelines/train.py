@@ -19,6 +19,7 @@ from anomaly_vae.config import Config
 from anomaly_vae.errors import InputError
 from pipelines.tracked_training import (
     calibrate_and_log,
+    closing_lines,
     detector_info,
     register_detector,
     training_run,
@@ -172,9 +173,8 @@ def train(
             .astype({c.name: "float64" for c in preprocessor.numeric})
         )
         uri = register_detector(config, detector, example)
-    echo(
-        f"trained on {len(split.train):,} rows in {fit_seconds:.1f} s ({fit.epochs} epochs); "
-        + calibration.summary()
-    )
-    echo(f"run {run.info.run_id} in {time.perf_counter() - started:.1f} s")
+    total = time.perf_counter() - started
+    trained = f"{len(split.train):,} rows"
+    for line in closing_lines(trained, fit, fit_seconds, calibration, run.info.run_id, total):
+        echo(line)
     return uri

@@ -20,6 +20,7 @@ from anomaly_vae.data.images import ImageItem
 from anomaly_vae.errors import InputError
 from pipelines.tracked_training import (
     calibrate_and_log,
+    closing_lines,
     detector_info,
     register_detector,
     training_run,
@@ -134,11 +135,10 @@ def train_images(
         )
         example = pd.DataFrame({"path": [item.path for item in split.train[:2]]})
         uri = register_detector(config, detector, example)
-    echo(
-        f"trained on {len(split.train):,} images in {fit_seconds:.1f} s ({fit.epochs} epochs); "
-        + calibration.summary()
-    )
-    echo(f"run {run.info.run_id} in {time.perf_counter() - started:.1f} s")
+    total = time.perf_counter() - started
+    trained = f"{len(split.train):,} images"
+    for line in closing_lines(trained, fit, fit_seconds, calibration, run.info.run_id, total):
+        echo(line)
     return uri
 
 
