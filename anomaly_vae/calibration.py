@@ -8,6 +8,8 @@ data without retraining:
 - `precision>=P`: the lowest threshold whose precision reaches P (best recall at it);
 - `fpr<=F`: flags at most a fraction F of normal validation rows (normals suffice);
 - `quantile=Q`: flags at most a fraction 1 - Q of all rows, an alert budget (no labels needed);
+- `estimated-f1`: the threshold of highest F1 estimated on unlabelled rows, against the scores
+  of the normal validation rows the detector keeps (`NormalScores`);
 - `cost` with the cost of a missed anomaly and of a false alarm: the threshold of least
   expected cost per row.
 
@@ -24,6 +26,10 @@ import numpy as np
 from anomaly_vae.errors import InputError
 
 DEFAULT_FPR = 0.01
+ESTIMATED_F1 = "estimated-f1"
+# Normal validation scores are kept as at most this many quantiles: the tail resolution of
+# 10,000 rows, in a detector file of a few hundred kilobytes whatever the validation size.
+REFERENCE_QUANTILES = 10_001
 _BOUND = re.compile(r"^(recall>=|precision>=|fpr<=|quantile=)([0-9]*\.?[0-9]+)$")
 
 
@@ -37,6 +43,49 @@ class Costs:
     def __post_init__(self) -> None:
         if not (np.isfinite(self.fn) and np.isfinite(self.fp) and self.fn > 0 and self.fp > 0):
             raise InputError(f"costs must be positive numbers, got fn={self.fn}, fp={self.fp}")
+
+
+@dataclass(frozen=True)
+class NormalScores:
+    """Scores of held-out normal rows: what the detector's scores look like without anomalies.
+
+    Labels are what users rarely have, and a fixed false-positive budget fits no single anomaly
+    rate: 1% of normals flagged buries 0.1% of frauds in false alarms and misses most of a
+    batch that is 30% defects. Against this reference an unlabelled batch tells how many
+    anomalies it holds and where they start (`estimated_f1_threshold`).
+    """
+
+    quantiles: np.ndarray  # ascending
+
+    @classmethod
+    def from_scores(cls, scores: np.ndarray) -> NormalScores:
+        ranked = np.sort(np.asarray(scores, dtype=np.float64))
+        if not len(ranked):
+            raise InputError("normal reference scores: no normal validation rows")
+        if len(ranked) > REFERENCE_QUANTILES:
+            ranked = np.quantile(ranked, np.linspace(0, 1, REFERENCE_QUANTILES))
+        return cls(ranked)
+
+    def exceedance(self, thresholds: np.ndarray) -> np.ndarray:
+        """The share of normal rows scoring at or above each threshold: the false-positive rate."""
+        below = np.searchsorted(self.quantiles, thresholds, side="left")
+        return (len(self.quantiles) - below) / len(self.quantiles)
+
+    def anomaly_share(self, scores: np.ndarray) -> float:
+        """Storey's estimate of the share of anomalies among `scores` (lambda = 1/2).
+
+        Half of all normal rows score below the normal median, and anomalies rarely do, so
+        twice the share of rows below it estimates the share of normal rows.
+        """
+        below_median = np.mean(scores < np.median(self.quantiles))
+        return float(max(0.0, 1.0 - 2.0 * below_median))
+
+    def to_list(self) -> list[float]:
+        return self.quantiles.tolist()
+
+    @classmethod
+    def from_list(cls, values: list[float]) -> NormalScores:
+        return cls(np.asarray(values, dtype=np.float64))
 
 
 @dataclass
@@ -54,14 +103,14 @@ class Threshold:
 def parse_strategy(strategy: str) -> tuple[str, float | None]:
     """Split 'recall>=0.9' into ('recall>=', 0.9); errors name the accepted forms."""
     strategy = strategy.replace(" ", "")
-    if strategy in ("f1", "cost"):
+    if strategy in ("f1", "cost", ESTIMATED_F1):
         return strategy, None
     match = _BOUND.match(strategy)
     if match and 0 < float(match.group(2)) <= 1:
         return match.group(1), float(match.group(2))
     raise InputError(
         f"calibration strategy '{strategy}': expected f1, recall>=R, precision>=P, fpr<=F, "
-        "quantile=Q with R, P, F, Q in (0, 1], or cost"
+        f"quantile=Q with R, P, F, Q in (0, 1], cost or {ESTIMATED_F1}"
     )
 
 
@@ -77,19 +126,40 @@ def check_strategy(strategy: str, costs: Costs | None = None) -> tuple[str, floa
 
 
 def default_strategy(has_anomalies: bool) -> str:
+    """At training, when every validation row is normal, only a false-positive budget applies."""
     return "f1" if has_anomalies else f"fpr<={DEFAULT_FPR}"
 
 
+def recalibration_strategy(labels: np.ndarray | None, normal: NormalScores | None) -> str:
+    """On new data an unlabelled batch shows its anomalies against the normal reference."""
+    if labels is not None or normal is None:
+        return default_strategy(labels is not None and bool(np.any(labels)))
+    return ESTIMATED_F1
+
+
 def choose_threshold(
-    scores: np.ndarray, labels: np.ndarray | None, strategy: str, costs: Costs | None = None
+    scores: np.ndarray,
+    labels: np.ndarray | None,
+    strategy: str,
+    costs: Costs | None = None,
+    normal: NormalScores | None = None,
 ) -> Threshold:
     """Apply `strategy` to validation scores; labels are boolean anomaly flags or None.
 
-    `costs` are required by, and only accepted with, the `cost` strategy.
+    `costs` are required by, and only accepted with, the `cost` strategy; `estimated-f1`
+    needs the `normal` reference and uses no labels.
     """
     kind, bound = check_strategy(strategy, costs)
     labels = None if labels is None else np.asarray(labels, dtype=bool)
-    if kind == "fpr<=":
+    estimates: dict[str, float] = {}
+    if kind == ESTIMATED_F1:
+        if normal is None:
+            raise InputError(
+                f"calibration '{ESTIMATED_F1}' needs the normal validation scores a detector "
+                "keeps since this version; retrain the model, or use fpr<=F or quantile=Q"
+            )
+        value, estimates = estimated_f1_threshold(scores, normal)
+    elif kind == "fpr<=":
         normals = scores if labels is None else scores[~labels]
         if not len(normals):
             raise InputError(f"calibration '{strategy}' needs normal validation rows")
@@ -107,7 +177,7 @@ def choose_threshold(
             value = _cost_threshold(scores, labels, costs)
         else:
             value = _curve_threshold(scores, labels, kind, bound)
-    metrics = threshold_metrics(scores, labels, value)
+    metrics = {**threshold_metrics(scores, labels, value), **estimates}
     if costs is not None:
         metrics["expected_cost"] = expected_cost(scores, labels, value, costs)
     return Threshold(
@@ -116,6 +186,34 @@ def choose_threshold(
         metrics=metrics,
         costs=None if costs is None else {"fn": costs.fn, "fp": costs.fp},
     )
+
+
+def estimated_f1_threshold(
+    scores: np.ndarray, normal: NormalScores
+) -> tuple[float, dict[str, float]]:
+    """The threshold of highest F1 estimated without labels, and the estimates behind it.
+
+    At a threshold t the rows flagged are counted; the false alarms among them are expected
+    to be the normal rows (1 - share of anomalies) times the normal exceedance at t; the rest
+    are caught anomalies. F1 = 2 caught / (flagged + anomalies). This is the F1 a labelled
+    batch would give, up to the noise of the two estimates, so it adapts to batches where
+    anomalies are one in a thousand as well as one in three.
+    """
+    share = normal.anomaly_share(scores)
+    candidates = np.unique(scores)
+    flagged = len(scores) - np.searchsorted(np.sort(scores), candidates, side="left")
+    false_alarms = (1.0 - share) * len(scores) * normal.exceedance(candidates)
+    caught = np.clip(flagged - false_alarms, 0.0, None)
+    # A threshold cannot catch more anomalies than there are: where the share was
+    # underestimated (rare anomalies, a noisy median), the caught count is the better estimate.
+    anomalies = np.maximum(caught, max(share * len(scores), 1.0))
+    f1 = 2.0 * caught / (flagged + anomalies)
+    best = int(np.argmax(f1))
+    return float(candidates[best]), {
+        "estimated_anomaly_share": share,
+        "estimated_f1": float(f1[best]),
+        "estimated_precision": float(caught[best] / flagged[best]),
+    }
 
 
 def expected_cost(scores: np.ndarray, labels: np.ndarray, threshold: float, costs: Costs) -> float:

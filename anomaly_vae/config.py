@@ -141,6 +141,10 @@ class CalibrationConfig(_Section):
         has_costs = self.cost_fn is not None and self.cost_fp is not None
         if (self.strategy == "cost") != has_costs:
             raise ValueError("the cost strategy needs cost_fn and cost_fp, and only it uses them")
+        if self.strategy.replace(" ", "") == "estimated-f1":
+            raise ValueError(
+                "estimated-f1 needs unlabelled new data: use it with `anomaly-vae calibrate`"
+            )
         return self
 
     def costs(self) -> Costs | None:

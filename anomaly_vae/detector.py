@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from anomaly_vae import __version__
-from anomaly_vae.calibration import Threshold
+from anomaly_vae.calibration import NormalScores, Threshold
 from anomaly_vae.config import ImageConfig
 from anomaly_vae.data.images import ImageItem, is_held_out, iter_image_batches, list_images
 from anomaly_vae.data.preprocessing import TabularPreprocessor
@@ -68,6 +68,7 @@ class TabularDetector:
         top_features: int = 3,
         info: dict[str, Any] | None = None,
         probability: ProbabilityMap | None = None,
+        normal: NormalScores | None = None,
     ) -> None:
         self.model = model.eval()
         self.preprocessor = preprocessor
@@ -78,6 +79,8 @@ class TabularDetector:
         self.top_features = top_features
         self.info = info or {}
         self.probability = probability
+        # Normal validation scores, the reference for re-calibrating on unlabelled data.
+        self.normal = normal
 
     @property
     def feature_names(self) -> list[str]:
@@ -141,6 +144,7 @@ class TabularDetector:
             "columns": asdict(self.roles),
             "threshold": self.threshold.to_dict() if self.threshold else None,
             "probability": self.probability.to_dict() if self.probability else None,
+            "normal_scores": self.normal.to_list() if self.normal else None,
             "scoring": {"samples": self.samples, "top_features": self.top_features},
             "info": self.info,
             "versions": library_versions(),
@@ -166,6 +170,7 @@ class TabularDetector:
             top_features=state["scoring"]["top_features"],
             info=state.get("info", {}),
             probability=ProbabilityMap.from_dict(probability) if probability else None,
+            normal=_normal_scores(state),
         )
 
 
@@ -203,6 +208,7 @@ class ImageDetector:
         map_scale: float = 1.0,
         info: dict[str, Any] | None = None,
         probability: ProbabilityMap | None = None,
+        normal: NormalScores | None = None,
     ) -> None:
         self.model = model.eval()
         self.image = image
@@ -215,6 +221,8 @@ class ImageDetector:
         self.seed = seed  # with image.holdout_fraction, names the images kept out of training
         self.info = info or {}
         self.probability = probability
+        # Normal validation scores, the reference for re-calibrating on unlabelled data.
+        self.normal = normal
 
     def list_images(self, source: str | Path) -> list[ImageItem]:
         return list_images(source, self.image)
@@ -265,6 +273,7 @@ class ImageDetector:
             "image": self.image.model_dump(),
             "threshold": self.threshold.to_dict() if self.threshold else None,
             "probability": self.probability.to_dict() if self.probability else None,
+            "normal_scores": self.normal.to_list() if self.normal else None,
             "scoring": {"samples": self.samples, "seed": self.seed, "map_scale": self.map_scale},
             "info": self.info,
             "versions": library_versions(),
@@ -289,7 +298,14 @@ class ImageDetector:
             map_scale=state["scoring"]["map_scale"],
             info=state.get("info", {}),
             probability=ProbabilityMap.from_dict(probability) if probability else None,
+            normal=_normal_scores(state),
         )
+
+
+def _normal_scores(state: dict[str, Any]) -> NormalScores | None:
+    """Detectors saved before the reference was kept have none."""
+    values = state.get("normal_scores")
+    return NormalScores.from_list(values) if values else None
 
 
 def build_image_model(image: ImageConfig, params: dict[str, Any]) -> ConvVAE:

@@ -2,8 +2,9 @@
 
 Ours runs in-process through the library exactly as `anomaly-vae train` builds a detector
 from unlabelled training data (split off validation normals, fit the preprocessor and the VAE,
-store the default threshold, fpr<=0.01 on validation normals), minus the MLflow logging, which
-is not what a user compares. The peers get a `StandardScaler` fitted on the training rows and
+store the default threshold, fpr<=0.01 on validation normals, and keep the normal validation
+scores for `calibrate`'s label-free estimated-f1), minus the MLflow logging, which is not what
+a user compares. The peers get a `StandardScaler` fitted on the training rows and
 their own default thresholds (PyOD: the training scores' contamination percentile).
 """
 
@@ -12,10 +13,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+
+if TYPE_CHECKING:
+    from anomaly_vae.calibration import NormalScores
 
 OURS = "anomaly-vae"
 PEERS = ("IsolationForest", "PyOD VAE", "PyOD ECOD")
@@ -29,13 +33,15 @@ class Outcome:
     flags: np.ndarray
     fit_seconds: float
     score_seconds: float
+    # Ours only: the normal validation scores that `calibrate` re-chooses thresholds against.
+    normal: NormalScores | None = None
 
 
 def run_ours(
     train: pd.DataFrame, test: pd.DataFrame, seed: int, overrides: dict[str, Any] | None = None
 ) -> Outcome:
     """Fit our detector with its defaults (plus `overrides`, a config mapping) and score `test`."""
-    from anomaly_vae.calibration import choose_threshold, default_strategy
+    from anomaly_vae.calibration import NormalScores, choose_threshold, default_strategy
     from anomaly_vae.config import parse_config
     from anomaly_vae.data.preprocessing import TabularPreprocessor
     from anomaly_vae.detector import ColumnRoles, TabularDetector, build_tabular_model
@@ -72,7 +78,8 @@ def run_ours(
     started = time.perf_counter()
     scores = detector.score_samples(test, "test").score
     score_seconds = time.perf_counter() - started
-    return Outcome(scores, detector.is_anomaly(scores), fit_seconds, score_seconds)
+    normal = NormalScores.from_scores(val_scores)
+    return Outcome(scores, detector.is_anomaly(scores), fit_seconds, score_seconds, normal)
 
 
 def _isolation_forest(seed: int) -> tuple[Any, Callable[[Any, np.ndarray], np.ndarray]]:

@@ -25,35 +25,60 @@ TABLE_COLUMNS = (
     "detector",
     "AUROC",
     "AP",
-    "F1 at threshold / best F1",
+    "F1 ratio",
+    "F1 ratio, training threshold",
     "fit s",
     "score rows/s",
 )
 
 
 def outcome_metrics(labels: np.ndarray, outcome: Outcome) -> dict[str, float]:
-    """Detection quality on the test set, and the detector's own threshold against the best."""
+    """Detection quality on the test set, and the detector's own thresholds against the best.
+
+    `f1_ratio_trained`: flags at the threshold stored at training. `f1_ratio`: the threshold
+    a user gets without labels; for ours, `calibrate`'s estimated-f1 chosen on one random half
+    of the test rows, unlabelled, and applied to the other half, both ways round (last week's
+    unlabelled batch calibrates this week's). The peers have no such step: their stored
+    thresholds are judged on the same halves.
+    """
     labels = np.asarray(labels, dtype=bool)
-    precision, recall, _ = precision_recall_curve(labels, outcome.scores)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        best_f1 = float(np.nanmax(np.nan_to_num(2 * precision * recall / (precision + recall))))
-    tp = int(np.sum(outcome.flags & labels))
-    flagged, positives = int(outcome.flags.sum()), int(labels.sum())
-    f1 = 2 * tp / (flagged + positives) if flagged + positives else 0.0
+    halves = np.array_split(np.random.default_rng(0).permutation(len(labels)), 2)
+    ratios = []
+    for calibrate_on, judge_on in (halves, halves[::-1]):
+        flags = outcome.flags[judge_on]
+        if outcome.normal is not None:
+            from anomaly_vae.calibration import estimated_f1_threshold
+
+            threshold, _ = estimated_f1_threshold(outcome.scores[calibrate_on], outcome.normal)
+            flags = outcome.scores[judge_on] >= threshold
+        ratios.append(_f1_ratio(labels[judge_on], outcome.scores[judge_on], flags))
     return {
         "auroc": roc_auc_score(labels, outcome.scores),
         "ap": average_precision_score(labels, outcome.scores),
-        "f1": f1,
-        "f1_ratio": f1 / best_f1 if best_f1 else 0.0,
+        "f1_ratio": float(np.mean(ratios)),
+        "f1_ratio_trained": _f1_ratio(labels, outcome.scores, outcome.flags),
         "fit_seconds": outcome.fit_seconds,
         "rows_per_second": len(labels) / max(outcome.score_seconds, 1e-9),
     }
 
 
+def _f1_ratio(labels: np.ndarray, scores: np.ndarray, flags: np.ndarray) -> float:
+    """F1 of `flags` over the best F1 any threshold on `scores` reaches."""
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        best_f1 = float(np.nanmax(np.nan_to_num(2 * precision * recall / (precision + recall))))
+    tp = int(np.sum(flags & labels))
+    flagged, positives = int(flags.sum()), int(labels.sum())
+    f1 = 2 * tp / (flagged + positives) if flagged + positives else 0.0
+    return f1 / best_f1 if best_f1 else 0.0
+
+
 def summarize(runs: pd.DataFrame) -> pd.DataFrame:
     """Mean and spread over seeds per (table, detector), in the order the runs came."""
     grouped = runs.groupby(["table", "detector"], sort=False)
-    summary = grouped[["auroc", "ap", "f1_ratio", "fit_seconds", "rows_per_second"]].mean()
+    summary = grouped[
+        ["auroc", "ap", "f1_ratio", "f1_ratio_trained", "fit_seconds", "rows_per_second"]
+    ].mean()
     summary["auroc_std"] = grouped["auroc"].std(ddof=0)
     summary["ap_std"] = grouped["ap"].std(ddof=0)
     summary["seeds"] = grouped.size()
@@ -74,6 +99,7 @@ def results_table(summary: pd.DataFrame, notes: dict[str, str] | None = None) ->
                     f"{row.auroc:.3f} ± {row.auroc_std:.3f}",
                     f"{row.ap:.3f} ± {row.ap_std:.3f}",
                     f"{row.f1_ratio:.2f}",
+                    f"{row.f1_ratio_trained:.2f}",
                     f"{row.fit_seconds:.1f}",
                     f"{row.rows_per_second:,.0f}",
                 ]
@@ -85,9 +111,17 @@ def results_table(summary: pd.DataFrame, notes: dict[str, str] | None = None) ->
 def means_table(summary: pd.DataFrame) -> str:
     """Each detector's means over the tables, the headline figures."""
     means = summary.groupby("detector", sort=False)[
-        ["auroc", "ap", "f1_ratio", "fit_seconds", "rows_per_second"]
+        ["auroc", "ap", "f1_ratio", "f1_ratio_trained", "fit_seconds", "rows_per_second"]
     ].mean()
-    header = ("detector", "mean AUROC", "mean AP", "mean F1 ratio", "mean fit s", "mean rows/s")
+    header = (
+        "detector",
+        "mean AUROC",
+        "mean AP",
+        "mean F1 ratio",
+        "mean F1 ratio, training threshold",
+        "mean fit s",
+        "mean rows/s",
+    )
     lines = [_row(header), _row(["---"] * len(header))]
     for detector, row in means.iterrows():
         lines.append(
@@ -97,6 +131,7 @@ def means_table(summary: pd.DataFrame) -> str:
                     f"{row.auroc:.3f}",
                     f"{row.ap:.3f}",
                     f"{row.f1_ratio:.2f}",
+                    f"{row.f1_ratio_trained:.2f}",
                     f"{row.fit_seconds:.1f}",
                     f"{row.rows_per_second:,.0f}",
                 ]
@@ -133,9 +168,10 @@ def tabular_targets(summary: pd.DataFrame) -> list[str]:
         ),
         (
             ours.f1_ratio.mean() >= 0.85,
-            f"F1 at the stored threshold / best F1: mean {ours.f1_ratio.mean():.2f}, lowest "
-            f"{ours.f1_ratio.min():.2f} on {ours.f1_ratio.idxmin()} (target >= 0.85; peers' "
-            f"mean {peers.f1_ratio.mean():.2f})",
+            f"F1 at the label-free threshold / best F1: mean {ours.f1_ratio.mean():.2f}, "
+            f"lowest {ours.f1_ratio.min():.2f} on {ours.f1_ratio.idxmin()} (target >= 0.85; "
+            f"peers' mean {peers.f1_ratio.mean():.2f}; ours at the threshold stored at "
+            f"training, fpr<=0.01: {ours.f1_ratio_trained.mean():.2f})",
         ),
     ]
     vae = peers[peers.detector == "PyOD VAE"].set_index("table")

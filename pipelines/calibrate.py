@@ -65,11 +65,12 @@ def calibrate_model(
 
     Labels come from `label`, else from the model's label column when the file has it (for
     images: folder names, or `label` as a path,label CSV); without labels only `fpr<=F`
-    (every row taken as normal) and `quantile=Q` apply.
+    (every row taken as normal), `quantile=Q` and `estimated-f1` apply. `auto` is f1 with
+    labels and estimated-f1 without.
     """
     import mlflow
 
-    from anomaly_vae.calibration import check_strategy, choose_threshold
+    from anomaly_vae.calibration import check_strategy, choose_threshold, recalibration_strategy
     from anomaly_vae.detector import ARTIFACT_FILE, load_detector
     from anomaly_vae.probability import fit_probability
     from anomaly_vae.tracking import (
@@ -79,7 +80,8 @@ def calibrate_model(
         use_experiment,
     )
 
-    check_strategy(strategy, costs)  # a typo fails before the file is scored
+    if strategy != "auto":
+        check_strategy(strategy, costs)  # a typo fails before the file is scored
     source_dir = resolve_detector_dir(model_uri, tracking_uri)
     detector = load_detector(source_dir)
     source = str(input_path)
@@ -87,7 +89,9 @@ def calibrate_model(
         scores, labels, example = _image_scores_and_labels(detector, input_path, label)
     else:
         scores, labels, example = _scores_and_labels(detector, input_path, label, allow_extra)
-    threshold = choose_threshold(scores, labels, strategy, costs)
+    if strategy == "auto":
+        strategy = recalibration_strategy(labels, detector.normal)
+    threshold = choose_threshold(scores, labels, strategy, costs, detector.normal)
     fitted = fit_probability(scores, labels, probability)
     if fitted is not None or probability == "none":
         detector.probability = fitted

@@ -229,7 +229,12 @@ def evaluate(
 @click.argument("model_uri", metavar="MODEL")
 @click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.option(
-    "--strategy", required=True, help="f1, recall>=R, precision>=P, fpr<=F, quantile=Q or cost."
+    "--strategy",
+    default="auto",
+    show_default=True,
+    help="f1, recall>=R, precision>=P, fpr<=F, quantile=Q, cost or estimated-f1; auto: f1 "
+    "when INPUT has labels, else estimated-f1 (the F1 estimated against the model's normal "
+    "validation scores).",
 )
 @click.option(
     "--label",

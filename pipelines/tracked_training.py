@@ -22,7 +22,7 @@ from anomaly_vae.config import Config
 if TYPE_CHECKING:
     import mlflow
 
-    from anomaly_vae.calibration import Threshold
+    from anomaly_vae.calibration import NormalScores, Threshold
     from anomaly_vae.probability import ProbabilityMap
     from anomaly_vae.training import FitResult
 
@@ -32,6 +32,7 @@ class Calibration:
     strategy: str
     threshold: Threshold
     probability: ProbabilityMap | None
+    normal: NormalScores
 
     def summary(self) -> str:
         metrics = {k: round(v, 4) for k, v in self.threshold.metrics.items()}
@@ -87,7 +88,7 @@ def calibrate_and_log(
     import mlflow
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from anomaly_vae.calibration import choose_threshold, default_strategy
+    from anomaly_vae.calibration import NormalScores, choose_threshold, default_strategy
     from anomaly_vae.probability import fit_probability
 
     has_anomalies = bool(labels.any())
@@ -109,7 +110,7 @@ def calibrate_and_log(
         metrics["validation.average_precision"] = average_precision_score(labels, scores)
     mlflow.log_metrics(metrics)
     mlflow.set_tag("calibration.strategy", strategy)
-    return Calibration(strategy, threshold, probability)
+    return Calibration(strategy, threshold, probability, NormalScores.from_scores(scores[~labels]))
 
 
 def register_detector(config: Config, detector: Any, example: Any) -> str:

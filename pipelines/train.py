@@ -164,6 +164,7 @@ def train(
             top_features=config.scoring.top_features,
             info=detector_info(config, run, fit),
             probability=calibration.probability,
+            normal=calibration.normal,
         )
         # Numeric features are doubles in the signature: CSV readers and JSON payloads turn
         # integers into floats as soon as a value is missing, and MLflow would refuse those.

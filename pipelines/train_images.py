@@ -132,6 +132,7 @@ def train_images(
             map_scale=float(np.quantile(val.maps[val_normal], 0.999)),
             info=detector_info(config, run, fit),
             probability=calibration.probability,
+            normal=calibration.normal,
         )
         example = pd.DataFrame({"path": [item.path for item in split.train[:2]]})
         uri = register_detector(config, detector, example)

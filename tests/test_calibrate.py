@@ -12,7 +12,12 @@ from conftest import run_cli
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
 
-from anomaly_vae.calibration import Costs, choose_threshold, threshold_metrics
+from anomaly_vae.calibration import (
+    Costs,
+    choose_threshold,
+    estimated_f1_threshold,
+    threshold_metrics,
+)
 from anomaly_vae.detector import WEIGHTS_FILE, load_detector
 from anomaly_vae.errors import InputError
 from anomaly_vae.probability import ProbabilityMap
@@ -191,3 +196,30 @@ def test_runs_lists_the_training_run_with_its_metrics(breast_cancer_model) -> No
 
     missing = run_cli("runs", "--experiment", "nope", "--tracking-uri", tracking)
     assert missing.exit_code != 0 and "experiment 'nope' not found" in missing.output
+
+
+def test_calibrate_without_labels_estimates_f1_against_the_kept_normal_scores(
+    private_registry, breast_cancer_files, tmp_path
+) -> None:
+    model_uri, tracking = private_registry
+    _, test = breast_cancer_files
+    before = load_detector(resolve_detector_dir(model_uri, tracking))
+    assert before.normal is not None  # training keeps its normal validation scores
+    assert before.threshold.value > before.normal.quantiles[0]
+    frame = pd.read_parquet(test)
+    unlabelled = tmp_path / "unlabelled.parquet"
+    frame.drop(columns="label").to_parquet(unlabelled)
+
+    result = run_cli("calibrate", model_uri, unlabelled, "--tracking-uri", tracking)
+
+    assert result.exit_code == 0, result.output
+    after = load_detector(resolve_detector_dir(result.stdout.strip().splitlines()[-1], tracking))
+    assert after.threshold.strategy == "estimated-f1"
+    scores = after.score_frame(frame.drop(columns="label"))["score"].to_numpy()
+    expected, estimates = estimated_f1_threshold(scores, before.normal)
+    assert after.threshold.value == expected
+    labels = frame["label"].to_numpy() == 1
+    share = after.threshold.metrics["estimated_anomaly_share"]
+    assert share == estimates["estimated_anomaly_share"]
+    assert abs(share - labels.mean()) < 0.15  # the demo test set's malignant share, unlabelled
+    assert after.normal.to_list() == before.normal.to_list()

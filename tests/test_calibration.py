@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from anomaly_vae.calibration import choose_threshold, parse_strategy, threshold_metrics
+from anomaly_vae.calibration import (
+    REFERENCE_QUANTILES,
+    NormalScores,
+    choose_threshold,
+    parse_strategy,
+    threshold_metrics,
+)
 from anomaly_vae.errors import InputError
 
 
@@ -65,3 +71,46 @@ def test_label_strategies_need_both_classes(scored) -> None:
     scores, labels = scored
     with pytest.raises(InputError, match="needs labelled normals and anomalies"):
         choose_threshold(scores[~labels], labels[~labels], "f1")
+
+
+@pytest.mark.parametrize("share, shift", [(0.002, 4.0), (0.05, 3.0), (0.3, 1.5)])
+def test_estimated_f1_nears_the_best_f1_without_labels(share: float, shift: float) -> None:
+    """One stored reference serves batches with one anomaly in 500 and one in three.
+
+    A fixed false-positive budget cannot: it buries rare anomalies in false alarms and misses
+    most of a batch full of faint ones.
+    """
+    ratios, reached, budgeted = [], [], []
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        normal = NormalScores.from_scores(rng.normal(0, 1, 20_000))
+        normals = rng.normal(0, 1, round((1 - share) * 30_000))
+        scores = np.concatenate([normals, rng.normal(shift, 1, 30_000 - len(normals))])
+        labels = np.arange(len(scores)) >= len(normals)
+
+        chosen = choose_threshold(scores, None, "estimated-f1", normal=normal)
+
+        assert chosen.metrics["estimated_anomaly_share"] == pytest.approx(share, abs=0.05)
+        reached.append(threshold_metrics(scores, labels, chosen.value)["f1"])
+        ratios.append(reached[-1] / choose_threshold(scores, labels, "f1").metrics["f1"])
+        budget = choose_threshold(normal.quantiles, None, "fpr<=0.01").value
+        budgeted.append(threshold_metrics(scores, labels, budget)["f1"])
+    # With 60 anomalies in 30,000 rows the estimates are rough; on average still close.
+    assert np.mean(ratios) >= (0.8 if share < 0.01 else 0.95)
+    if share != 0.05:
+        assert np.mean(budgeted) < 0.6 * np.mean(reached)
+
+
+def test_estimated_f1_needs_the_normal_reference(scored) -> None:
+    scores, _ = scored
+    with pytest.raises(InputError, match="normal validation scores"):
+        choose_threshold(scores, None, "estimated-f1")
+
+
+def test_normal_scores_keep_the_tail_in_bounded_size() -> None:
+    scores = np.random.default_rng(3).lognormal(0, 1, 50_000)
+    normal = NormalScores.from_list(NormalScores.from_scores(scores).to_list())
+    assert len(normal.quantiles) == REFERENCE_QUANTILES
+    thresholds = np.quantile(scores, [0.5, 0.9, 0.99, 0.999])
+    expected = [(scores >= t).mean() for t in thresholds]
+    assert normal.exceedance(thresholds) == pytest.approx(expected, abs=2e-4)

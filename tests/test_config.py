@@ -42,6 +42,10 @@ def test_overrides_are_parsed_and_validated(tmp_path: Path) -> None:
         ("model:\n  latent: 4\n", "missing required key 'data'"),
         ("data: [unclosed\n", "not valid YAML"),
         ("- a\n- b\n", "mapping"),
+        (
+            "data:\n  path: t.parquet\ncalibration:\n  strategy: estimated-f1\n",
+            "estimated-f1 needs unlabelled new data",
+        ),
     ],
 )
 def test_config_mistakes_name_the_key(tmp_path: Path, text: str, message: str) -> None:
