@@ -5,18 +5,18 @@ The only module that imports Lightning, and only training pipelines import it.
 
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import sys
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from anomaly_vae.config import TrainingConfig
 from anomaly_vae.models.lightning_module import LossTerms, VAETrainingModule
@@ -41,13 +41,15 @@ class KeepBestWeights(pl.Callback):
         self.best = float("inf")
         self.state: dict[str, torch.Tensor] | None = None
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        # Not on_validation_epoch_end: callbacks run that hook before the module's own, which
+        # logs the epoch's val_loss.
         if trainer.sanity_checking:
             return
         value = float(trainer.callback_metrics[self.monitor])
         if value < self.best:
             self.best = value
-            self.state = copy.deepcopy(module.model.state_dict())
+            self.state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
 
     def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
         if self.state is not None:
@@ -57,15 +59,14 @@ class KeepBestWeights(pl.Callback):
 class EpochMetricsToMlflow(pl.Callback):
     """Logs the epoch's train and validation losses to the active MLflow run."""
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, module: VAETrainingModule) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
         # No run can be active unless MLflow was imported; importing it here would add seconds
         # to every untracked fit (benchmarks, notebooks).
         mlflow = sys.modules.get("mlflow")
         if mlflow is not None and mlflow.active_run() is not None:
-            metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-            mlflow.log_metrics(metrics, step=trainer.current_epoch)
+            mlflow.log_metrics(module.epoch_metrics, step=trainer.current_epoch)
 
 
 def fit_vae(
@@ -83,10 +84,8 @@ def fit_vae(
         model, loss_terms, beta, training.learning_rate, training.weight_decay
     )
     generator = torch.Generator().manual_seed(training.seed)
-    train_loader = DataLoader(
-        train_data, batch_size=training.batch_size, shuffle=True, generator=generator
-    )
-    val_loader = DataLoader(val_data, batch_size=max(training.batch_size, 1024))
+    train_loader = _loader(train_data, training.batch_size, shuffle=True, generator=generator)
+    val_loader = _loader(val_data, max(training.batch_size, 1024))
     best = KeepBestWeights()
     callbacks: list[pl.Callback] = [best, EpochMetricsToMlflow()]
     if training.early_stopping_patience:
@@ -113,6 +112,32 @@ def fit_vae(
     )
 
 
+class _TensorBatches(TensorDataset):
+    """A `TensorDataset` that hands the loader a whole batch per fetch.
+
+    The default loader indexes one row at a time and stacks the rows again, a Python loop
+    that took longer than the network's step on small tables; `__getitems__` indexes each
+    tensor once per batch instead. The sampler (and Lightning's distributed sampler) is
+    unchanged, so batches hold the same rows in the same order.
+    """
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, ...]:
+        return self[torch.as_tensor(indices)]
+
+
+def _keep_batch(batch: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The collate function for `_TensorBatches`, whose fetches are batches already."""
+    return batch
+
+
+def _loader(data: Dataset, batch_size: int, **options: Any) -> DataLoader:
+    """A loader over `data`, fetching in-memory tensors a batch at a time."""
+    if isinstance(data, TensorDataset):
+        batches = _TensorBatches(*data.tensors)
+        return DataLoader(batches, batch_size=batch_size, collate_fn=_keep_batch, **options)
+    return DataLoader(data, batch_size=batch_size, **options)
+
+
 def is_ddp_worker() -> bool:
     """True in a process started only to join a multi-process fit, not to track it.
 
@@ -131,3 +156,5 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     warnings.filterwarnings("ignore", ".*GPU available.*")
     warnings.filterwarnings("ignore", ".*treespec.*")
+    # VAETrainingModule sums its epoch metrics across processes itself before logging them.
+    warnings.filterwarnings("ignore", ".*sync_dist=True.*")
