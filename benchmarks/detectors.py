@@ -41,6 +41,8 @@ def run_ours(
     train: pd.DataFrame, test: pd.DataFrame, seed: int, overrides: dict[str, Any] | None = None
 ) -> Outcome:
     """Fit our detector with its defaults (plus `overrides`, a config mapping) and score `test`."""
+    import torch
+
     from anomaly_vae.calibration import NormalScores, choose_threshold, default_strategy
     from anomaly_vae.config import parse_config
     from anomaly_vae.data.preprocessing import TabularPreprocessor
@@ -58,6 +60,7 @@ def run_ours(
     preprocessor = TabularPreprocessor.fit(split.train, split.features, config.data.categorical)
     train_enc = preprocessor.transform(split.train, "train")
     val_enc = preprocessor.transform(split.validation, "validation")
+    torch.manual_seed(seed)  # as `train` does, so a seed's initial weights are fixed
     model = build_tabular_model(preprocessor, config.model.model_dump())
     fit_vae(
         model,

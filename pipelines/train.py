@@ -107,6 +107,8 @@ def train(
 
         return train_images(config, tracking_uri, echo)
 
+    import torch
+
     from anomaly_vae.data.preprocessing import TabularPreprocessor
     from anomaly_vae.data.tables import read_table
     from anomaly_vae.detector import ColumnRoles, TabularDetector, build_tabular_model
@@ -122,6 +124,7 @@ def train(
     val_enc = preprocessor.transform(split.validation, source)
     val_normal = ~split.validation_labels
 
+    torch.manual_seed(config.training.seed)  # the initial weights too: one config, one model
     model = build_tabular_model(preprocessor, config.model.model_dump())
     train_data = tabular_dataset(train_enc)
     val_data = tabular_dataset(val_enc, np.flatnonzero(val_normal))

@@ -91,6 +91,7 @@ def train_images(
     started = time.perf_counter()
     split = split_images(config, echo)
     size, channels = config.image.size, config.image.channels
+    torch.manual_seed(config.training.seed)  # the initial weights too: one config, one model
     model = build_image_model(config.image, config.model.model_dump())
     train_pixels = read_images(split.train, size, channels)
     val_pixels = read_images(split.validation, size, channels)
