@@ -1,13 +1,17 @@
-"""Image benchmarks through the real pipelines: one-class MNIST per digit, magnetic tiles.
+"""Image benchmarks through the real pipelines, beside the tabular peers on pixels.
 
     python -m benchmarks.images mnist [--digits 0 1 ...] [--set training.epochs=5]
-    python -m benchmarks.images magnetic_tile [--set ...]
+    python -m benchmarks.images magnetic_tile [--set ...] [--no-peers | --no-ours]
 
 MNIST: `configs/mnist.yaml` trains on one digit's training images and is evaluated on all
 10,000 t10k images (other digits anomalous). Magnetic tiles: `configs/magnetic_tile.yaml`
 trains on the MT_Free images its `image.holdout_fraction` does not hold out; the evaluation
 set is the held-out MT_Free images plus every defect image (`evaluate --held-out-only`), with
 pixel masks. Runs go to a throw-away MLflow store; the table and the command are printed.
+
+The peers of the tabular benchmark (IsolationForest, PyOD VAE, PyOD ECOD) run on the same
+training and test images, flattened after downscaling (MNIST 14 x 14, tiles 32 x 32):
+`benchmarks.image_peers`. Their seconds are fitting (with scaling) and scoring, not reading.
 """
 
 from __future__ import annotations
@@ -17,7 +21,12 @@ import shlex
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+import numpy as np
+
+from benchmarks.detectors import OURS, peers_available
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "images"
 
@@ -33,7 +42,7 @@ def run_case(
 
     config = load_config(config_path, overrides)
     started = time.perf_counter()
-    uri = train(config, tracking, echo=lambda line: print("  " + line, file=sys.stderr))
+    uri = train(config, tracking, echo=lambda line: _echo("  " + line))
     train_seconds = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
@@ -48,40 +57,101 @@ def run_case(
     }
 
 
+def cases(dataset: str, digits: list[int], overrides: list[str]) -> list[tuple]:
+    """(case name, config path, overrides, test path, held-out only) per case."""
+    if dataset == "magnetic_tile":
+        test = DATA / "magnetic_tile"
+        return [("magnetic tile", "configs/magnetic_tile.yaml", overrides, test, True)]
+    test = DATA / "mnist" / "t10k-images-idx3-ubyte.gz"
+    return [
+        (
+            f"digit {digit}",
+            "configs/mnist.yaml",
+            [*overrides, f"image.normal_digits=[{digit}]", f"name=mnist-{digit}"],
+            test,
+            False,
+        )
+        for digit in digits
+    ]
+
+
+def peer_rows(
+    dataset: str,
+    config_path: str,
+    overrides: list[str],
+    test: Path,
+    held_out: bool,
+    peers: Sequence[str],
+) -> list[tuple[str, dict]]:
+    """The peers' (detector, metrics) on the case's flattened, downscaled pixels."""
+    from anomaly_vae.config import load_config
+    from benchmarks.image_peers import PEER_SIZES, pixel_split, run_peers
+
+    config = load_config(config_path, overrides)
+    split = pixel_split(config, str(test), PEER_SIZES[dataset], held_out, echo=_echo)
+    _echo(
+        f"peers: {len(split.train):,} training, {len(split.test):,} test images of "
+        f"{split.train.shape[1]:,} pixels, read in {split.read_seconds:.1f} s"
+    )
+    return run_peers(split, peers, config.training.seed)
+
+
+def results_table(rows: list[tuple[str, str, dict]]) -> list[str]:
+    """The Markdown table, then the mean AUROC of each detector over the cases."""
+    columns = ["auroc", "average_precision", "pixel_auroc", "train_s", "score_s", "images_scored"]
+    lines = ["| case | detector | " + " | ".join(columns) + " |", "|---" * (len(columns) + 2) + "|"]
+    for case, detector, metrics in rows:
+        cells = [_cell(metrics.get(c), seconds=c.endswith("_s")) for c in columns]
+        name = f"**{detector}**" if detector == OURS else detector
+        lines.append(f"| {case} | {name} | " + " | ".join(cells) + " |")
+    detectors = list(dict.fromkeys(detector for _, detector, _ in rows))
+    cases = len({case for case, _, _ in rows})
+    if cases > 1:
+        lines.append("")
+        for detector in detectors:
+            aurocs = [m["auroc"] for _, d, m in rows if d == detector]
+            lines.append(f"mean AUROC over {len(aurocs)} cases, {detector}: {np.mean(aurocs):.4f}")
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("dataset", choices=["mnist", "magnetic_tile"])
     parser.add_argument("--digits", type=int, nargs="*", default=list(range(10)))
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--no-peers", action="store_true", help="run only our model")
+    parser.add_argument(
+        "--no-ours", action="store_true", help="run only the peers (our model is not trained)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads for our model and PyOD's VAE"
+    )
     args = parser.parse_args()
+    if args.no_peers and args.no_ours:
+        parser.error("--no-peers and --no-ours leave nothing to run")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    peers = () if args.no_peers else peers_available()
     tracking = f"sqlite:///{tempfile.mkdtemp(prefix='bench-images-')}/mlflow.db"
-    rows = []
-    if args.dataset == "mnist":
-        test = DATA / "mnist" / "t10k-images-idx3-ubyte.gz"
-        for digit in args.digits:
-            overrides = [*args.overrides, f"image.normal_digits=[{digit}]", f"name=mnist-{digit}"]
-            rows.append(
-                (f"digit {digit}", run_case("configs/mnist.yaml", overrides, test, tracking, False))
-            )
-            print(f"digit {digit}: AUROC {rows[-1][1]['auroc']:.4f}", file=sys.stderr, flush=True)
-    else:
-        test = DATA / "magnetic_tile"
-        rows.append(
-            (
-                "magnetic tile",
-                run_case("configs/magnetic_tile.yaml", args.overrides, test, tracking, True),
-            )
-        )
-    columns = ["auroc", "average_precision", "pixel_auroc", "train_s", "score_s", "images_scored"]
+    rows: list[tuple[str, str, dict]] = []
+    for case, config_path, overrides, test, held_out in cases(
+        args.dataset, args.digits, args.overrides
+    ):
+        case_rows = []
+        if not args.no_ours:
+            case_rows.append((OURS, run_case(config_path, overrides, test, tracking, held_out)))
+        if peers:
+            case_rows += peer_rows(args.dataset, config_path, overrides, test, held_out, peers)
+        for detector, metrics in case_rows:
+            _echo(f"{case} {detector}: AUROC {metrics['auroc']:.4f}, {metrics['train_s']:.1f} s")
+            rows.append((case, detector, metrics))
     print(f"$ python -m benchmarks.images {shlex.join(sys.argv[1:])}\n")
-    print("| case | " + " | ".join(columns) + " |")
-    print("|---" * (len(columns) + 1) + "|")
-    for name, metrics in rows:
-        cells = [_cell(metrics.get(c), seconds=c.endswith("_s")) for c in columns]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    if len(rows) > 1:
-        mean = sum(m["auroc"] for _, m in rows) / len(rows)
-        print(f"\nmean AUROC over {len(rows)} cases: {mean:.4f}")
+    print("\n".join(results_table(rows)))
+
+
+def _echo(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 def _cell(value: float | int | None, seconds: bool = False) -> str:

@@ -72,3 +72,43 @@ def test_tiny_run_fills_the_table_and_the_results_file(tmp_path: Path) -> None:
     text = path.read_text()
     assert "- command: `" in text and "- machine: " in text and "cores" in text
     assert section in text
+
+
+def test_image_peers_train_on_the_images_our_model_trains_on_and_fill_the_table(
+    tmp_path: Path,
+) -> None:
+    from anomaly_vae.config import Config
+    from anomaly_vae.data.images import is_held_out, list_images
+    from benchmarks.detectors import peers_available
+    from benchmarks.image_peers import pixel_split, run_peers
+    from benchmarks.images import results_table
+    from pipelines.demo import write_digits
+
+    train_dir, _ = write_digits(tmp_path)  # train/good: zeros; test/: zeros and other digits
+    config = Config.model_validate(
+        {"data": {"path": str(train_dir)}, "image": {"size": 8, "holdout_fraction": 0.3}}
+    )
+    split = pixel_split(config, str(tmp_path), size=4, held_out_only=True, echo=print)
+
+    zeros = list_images(train_dir, config.image)
+    held = sum(is_held_out(item, 0.3, config.training.seed) for item in zeros)
+    assert split.train.shape == (len(zeros) - held, 16)  # train and validation normals
+    everything = list_images(tmp_path, config.image)
+    kept = [i for i in everything if i.label or is_held_out(i, 0.3, config.training.seed)]
+    assert split.test.shape == (len(kept), 16) and split.labels.sum() == 9 * 20
+    assert np.array_equal(split.labels, [item.label for item in kept])
+
+    peers = [p for p in peers_available() if p != "PyOD VAE"]  # PyOD's VAE: ~10 s here
+    rows = run_peers(split, peers, seed=0)
+    assert [name for name, _ in rows] == peers
+    metrics = dict(rows)
+    assert metrics["IsolationForest"]["auroc"] > 0.9  # zeros against other digits
+    for m in metrics.values():
+        assert m["pixel_auroc"] is None and m["images_scored"] == len(kept)
+        assert 0 <= m["average_precision"] <= 1 and m["train_s"] > 0
+
+    lines = results_table([(case, n, m) for case in ("a", "b") for n, m in rows])
+    assert lines[0].startswith("| case | detector | auroc | average_precision | pixel_auroc |")
+    assert lines[2].startswith("| a | IsolationForest | ") and " | - | " in lines[2]
+    mean = np.mean([metrics["IsolationForest"]["auroc"]] * 2)
+    assert f"mean AUROC over 2 cases, IsolationForest: {mean:.4f}" in lines
