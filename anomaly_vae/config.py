@@ -55,7 +55,10 @@ class ModelConfig(_Section):
         default=[32, 64], description="Image models: channels of each stride-2 conv layer."
     )
     latent: int = 8
-    beta: float = 1.0
+    # The KL weight in training (scores always add recon and KL in full). 0.5 over 1.0: mean AP
+    # 0.769 -> 0.788 and AUROC 0.917 -> 0.919 over the benchmark tables (3 seeds); the image
+    # configs keep the 1.0 they were tuned with.
+    beta: float = 0.5
     likelihood: Literal["gaussian", "unit-gaussian", "bernoulli"] = Field(
         default="gaussian", description="bernoulli (binary cross-entropy) is for images only."
     )
