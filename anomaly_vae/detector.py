@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -89,10 +91,19 @@ class TabularDetector:
     def check_columns(self, columns: list[str], source: str, allow_extra: bool = False) -> None:
         check_columns(columns, self.feature_names, self.roles.known, source, allow_extra)
 
-    def score_samples(self, frame: pd.DataFrame, source: str, row_offset: int = 0) -> SampleScores:
+    def score_samples(
+        self, frame: pd.DataFrame, source: str, row_offset: int = 0, contributions: bool = False
+    ) -> SampleScores:
+        """Scores of the rows; `contributions=True` adds the per-feature terms, which cost time
+        and memory that callers wanting only scores should not pay."""
         encoded = self.preprocessor.transform(frame, source, row_offset)
         return score_tabular(
-            self.model, encoded.numeric, encoded.observed, encoded.codes, samples=self.samples
+            self.model,
+            encoded.numeric,
+            encoded.observed,
+            encoded.codes,
+            samples=self.samples,
+            contributions=contributions,
         )
 
     def score_frame(
@@ -105,7 +116,7 @@ class TabularDetector:
     ) -> pd.DataFrame:
         """Score rows: the id columns (or all input columns) plus the score columns."""
         self.check_columns(list(frame.columns), source, allow_extra)
-        scores = self.score_samples(frame, source, row_offset)
+        scores = self.score_samples(frame, source, row_offset, self.top_features > 0)
         kept = (
             list(frame.columns)
             if keep_columns
@@ -113,27 +124,29 @@ class TabularDetector:
         )
         out = frame[kept].reset_index(drop=True)
         out = out.assign(**score_columns(scores, self.threshold, self.probability))
-        out["top_features"] = self._top_features(scores.contributions)
+        out["top_features"] = self._top_features(scores.contributions, len(out))
         return out
 
     def is_anomaly(self, score: np.ndarray) -> np.ndarray:
         return flag_anomalies(score, self.threshold)
 
-    def _top_features(self, contributions: np.ndarray) -> np.ndarray:
+    def _top_features(self, contributions: np.ndarray | None, rows: int) -> pd.Series:
         """Comma-joined names of the features with the largest reconstruction terms."""
-        k = min(self.top_features, contributions.shape[1])
-        names = np.asarray(self.feature_names, dtype=object)
-        if k == 0:
-            return np.full(len(contributions), "", dtype=object)
-        # Partition out the k largest, then order just those: a full sort per row cost more
-        # than the network's forward pass on wide tables.
-        top = np.argpartition(-contributions, k - 1, axis=1)[:, :k]
-        ranks = np.argsort(-np.take_along_axis(contributions, top, axis=1), axis=1, kind="stable")
-        order = np.take_along_axis(top, ranks, axis=1)
-        joined = names[order[:, 0]]
-        for j in range(1, k):
-            joined = joined + "," + names[order[:, j]]
-        return joined
+        k = min(self.top_features, len(self.feature_names))
+        if contributions is None or k == 0:
+            return pd.Series(np.full(rows, "", dtype=object))
+        names = pa.array(self.feature_names)
+        # k argmax passes, each masking its winner, then one join in Arrow: a sort or partition
+        # per row, or joining Python strings row by row, cost more than the network's forward
+        # pass on wide tables. argmax takes the first of equal terms, as a stable sort does.
+        remaining = contributions.copy()
+        rows_index = np.arange(len(remaining))
+        ranked = []
+        for _ in range(k):
+            best = remaining.argmax(axis=1)
+            remaining[rows_index, best] = -np.inf
+            ranked.append(names.take(best))
+        return pc.binary_join_element_wise(*ranked, ",").to_pandas()
 
     def to_state(self) -> dict[str, Any]:
         return {

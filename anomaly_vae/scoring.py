@@ -15,6 +15,9 @@ best possible value, smoothed, are the anomaly map that shows where an image loo
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,9 +68,10 @@ def tabular_terms(
     (training uses L = 1 with a fresh draw each step).
     """
     mu, log_var = model.encode(numeric, observed, codes)
-    draws = (
-        [mu] if samples == 0 else [reparameterize(mu, log_var, generator) for _ in range(samples)]
-    )
+    if samples == 0:
+        # One draw: stacking and averaging it would copy the (n, n_features) terms twice.
+        return _feature_nll(model, mu, numeric, observed, codes), kl_divergence(mu, log_var)
+    draws = [reparameterize(mu, log_var, generator) for _ in range(samples)]
     nll = torch.stack([_feature_nll(model, z, numeric, observed, codes) for z in draws]).mean(0)
     return nll, kl_divergence(mu, log_var)
 
@@ -82,29 +86,56 @@ def _feature_nll(
     numeric_mean, logits = model.decode(z)
     # Imputed cells carry no information about the row; they do not count.
     numeric_nll = gaussian_nll(numeric, numeric_mean, model.bounded_log_scale()) * observed
+    if not logits:
+        return numeric_nll
     categorical = [categorical_nll(codes[:, j], lg) for j, lg in enumerate(logits)]
     return torch.cat([numeric_nll, *(c.unsqueeze(1) for c in categorical)], dim=1)
 
 
-@torch.inference_mode()
+# Rows per forward pass: small enough that a batch's activations stay in the CPU cache (30
+# columns scored 1.5x faster in batches of 16384 than of 65536), large enough that per-call
+# overheads stay small. Smaller inputs are split so that every core gets a share.
+SCORING_BATCH_ROWS = 16384
+MIN_BATCH_ROWS = 2048
+
+
 def score_tabular(
     model: TabularVAE,
     numeric: np.ndarray,
     observed: np.ndarray,
     codes: np.ndarray,
     samples: int = 0,
-    batch_size: int = 65536,
+    batch_size: int = SCORING_BATCH_ROWS,
+    contributions: bool = True,
 ) -> SampleScores:
-    """Scores for encoded rows, in batches to bound memory."""
+    """Scores for encoded rows, in batches to bound memory.
+
+    Batches run on parallel Python threads with one torch thread each: torch's own threads
+    wait for each other after every operation, and on two shared, busy cores that made
+    scoring up to 10x slower than one thread. Sampled scores (`samples > 0`) draw from one
+    seeded generator, so their batches run in order. `contributions=False` skips the
+    per-feature terms, for callers that only need scores.
+    """
     model.eval()
+    workers = 1 if samples else torch.get_num_threads()
+    n = len(numeric)
+    rows_per_batch = min(batch_size, max(MIN_BATCH_ROWS, -(-n // workers)))
+    scores = SampleScores(
+        recon=np.empty(n),
+        kl=np.empty(n),
+        contributions=np.empty((n, model.n_numeric + len(model.category_sizes)), np.float32)
+        if contributions
+        else None,
+    )
     generator = torch.Generator().manual_seed(SAMPLING_SEED) if samples else None
     # The smallest value each numeric term can take (a perfect reconstruction).
-    numeric_floor = model.bounded_log_scale() + HALF_LOG_2PI
-    recon, kl, contributions = [], [], []
-    for start in range(0, len(numeric), batch_size):
-        rows = slice(start, start + batch_size)
+    numeric_floor = model.bounded_log_scale().detach() + HALF_LOG_2PI
+
+    @torch.inference_mode()
+    def score_rows(start: int) -> None:
+        rows = slice(start, start + rows_per_batch)
         observed_rows = torch.from_numpy(observed[rows])
-        nll, kl_batch = tabular_terms(
+        nll, kl = tabular_terms(
             model,
             torch.from_numpy(numeric[rows]),
             observed_rows,
@@ -112,16 +143,33 @@ def score_tabular(
             samples=samples,
             generator=generator,
         )
-        recon.append(nll.sum(1).numpy())
-        kl.append(kl_batch.numpy())
-        excess = nll.clone()
-        excess[:, : model.n_numeric] -= numeric_floor * observed_rows
-        contributions.append(excess.numpy())
-    return SampleScores(
-        recon=np.concatenate(recon).astype(np.float64),
-        kl=np.concatenate(kl).astype(np.float64),
-        contributions=np.concatenate(contributions),
-    )
+        scores.recon[rows] = nll.sum(1).numpy()
+        scores.kl[rows] = kl.numpy()
+        if scores.contributions is not None:
+            # nll - floor * observed, in place: the scores above already summed nll.
+            nll[:, : model.n_numeric].addcmul_(observed_rows, numeric_floor, value=-1)
+            scores.contributions[rows] = nll.numpy()
+
+    starts = range(0, n, rows_per_batch)
+    with _single_torch_thread():
+        if len(starts) < 2:
+            for start in starts:
+                score_rows(start)
+        else:
+            with ThreadPoolExecutor(workers) as pool:
+                list(pool.map(score_rows, starts))
+    return scores
+
+
+@contextmanager
+def _single_torch_thread() -> Iterator[None]:
+    """One intra-op torch thread for the duration, restoring the caller's setting after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def image_terms(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,11 +59,24 @@ def scored_batches(
     with tqdm(
         total=count_rows(input_path), unit="rows", disable=not sys.stderr.isatty(), leave=False
     ) as progress:
-        for batch in iter_table_batches(input_path, BATCH_ROWS):
+        for batch in _prefetched(iter_table_batches(input_path, BATCH_ROWS)):
             scored = detector.score_frame(batch, source, offset, keep_columns, allow_extra)
             offset += len(batch)
             progress.update(len(batch))
             yield batch, scored
+
+
+def _prefetched(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """The same batches, each read on a background thread while the one before it scores.
+
+    pyarrow decodes without holding the GIL, so reading overlaps scoring; one batch ahead
+    keeps memory flat.
+    """
+    with ThreadPoolExecutor(1) as reader:
+        pending = reader.submit(next, batches, None)
+        while (batch := pending.result()) is not None:
+            pending = reader.submit(next, batches, None)
+            yield batch
 
 
 def score_file(

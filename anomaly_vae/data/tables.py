@@ -127,7 +127,9 @@ class AtomicTableWriter:
         table = pa.Table.from_pandas(frame, preserve_index=False)
         if self._writer is None:
             self._writer = (
-                pq.ParquetWriter(self._tmp_path, table.schema)
+                pq.ParquetWriter(
+                    self._tmp_path, table.schema, use_dictionary=_dictionary_columns(table.schema)
+                )
                 if self.format == "parquet"
                 else pacsv.CSVWriter(self._tmp_path, table.schema)
             )
@@ -147,3 +149,12 @@ class AtomicTableWriter:
             os.replace(self._tmp_path, self.path)
         else:
             self._tmp_path.unlink(missing_ok=True)
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Columns worth dictionary-encoding: all but floats, whose values rarely repeat.
+
+    Trying a dictionary on every score column, then giving up, took half the time of writing
+    scored files (a million rows: 0.39 s with, 0.16 s without); the values are the same.
+    """
+    return [f.name for f in schema if not pa.types.is_floating(f.type)]
