@@ -88,6 +88,12 @@ def train_images(
 
     if config.model.likelihood == "unit-gaussian":
         raise InputError("model.likelihood: image models use bernoulli or gaussian")
+    table_only = sorted({"hidden", "dropout"} & config.model.model_fields_set)
+    if table_only:
+        # Silently ignoring them would train a different model than the config describes.
+        raise InputError(
+            f"model.{table_only[0]}: tabular models only; image models use model.conv_channels"
+        )
     started = time.perf_counter()
     split = split_images(config, echo)
     size, channels = config.image.size, config.image.channels

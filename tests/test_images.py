@@ -352,3 +352,15 @@ def test_calibrate_an_image_model_on_a_labelled_folder(digits_model) -> None:
     scores = run_cli("score", new_uri, test_dir, "-o", test_dir.parent / "recalibrated.csv",
                      "--tracking-uri", tracking)  # fmt: skip
     assert scores.exit_code == 0, scores.output
+
+
+@pytest.mark.parametrize("setting", ["model.hidden=[32]", "model.dropout=0.1"])
+def test_table_only_model_settings_are_refused_for_images(setting: str, tmp_path: Path) -> None:
+    from pipelines.demo import write_digits
+
+    train_dir, _ = write_digits(tmp_path)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli("train", REPO / "configs" / "digits.yaml", "--set", f"data.path={train_dir}",
+                     "--set", setting, "--tracking-uri", tracking)  # fmt: skip
+    name = setting.split("=")[0]
+    assert result.exit_code != 0 and f"{name}: tabular models only" in result.stderr
