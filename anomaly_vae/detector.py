@@ -155,9 +155,7 @@ class TabularDetector:
             "model": self.model_params,
             "preprocessor": self.preprocessor.to_dict(),
             "columns": asdict(self.roles),
-            "threshold": self.threshold.to_dict() if self.threshold else None,
-            "probability": self.probability.to_dict() if self.probability else None,
-            "normal_scores": self.normal.to_list() if self.normal else None,
+            **_decision_state(self),
             "scoring": {"samples": self.samples, "top_features": self.top_features},
             "info": self.info,
             "versions": library_versions(),
@@ -171,19 +169,15 @@ class TabularDetector:
         preprocessor = TabularPreprocessor.from_dict(state["preprocessor"])
         model = build_tabular_model(preprocessor, state["model"])
         model.load_state_dict(weights)
-        threshold = Threshold(**state["threshold"]) if state["threshold"] else None
-        probability = state.get("probability")
         return cls(
             model=model,
             preprocessor=preprocessor,
             roles=ColumnRoles(**state["columns"]),
             model_params=state["model"],
-            threshold=threshold,
             samples=state["scoring"]["samples"],
             top_features=state["scoring"]["top_features"],
             info=state.get("info", {}),
-            probability=ProbabilityMap.from_dict(probability) if probability else None,
-            normal=_normal_scores(state),
+            **_decision_from_state(state),
         )
 
 
@@ -284,9 +278,7 @@ class ImageDetector:
             "kind": self.kind,
             "model": self.model_params,
             "image": self.image.model_dump(),
-            "threshold": self.threshold.to_dict() if self.threshold else None,
-            "probability": self.probability.to_dict() if self.probability else None,
-            "normal_scores": self.normal.to_list() if self.normal else None,
+            **_decision_state(self),
             "scoring": {"samples": self.samples, "seed": self.seed, "map_scale": self.map_scale},
             "info": self.info,
             "versions": library_versions(),
@@ -300,25 +292,38 @@ class ImageDetector:
         image = ImageConfig(**state["image"])
         model = build_image_model(image, state["model"])
         model.load_state_dict(weights)
-        probability = state.get("probability")
         return cls(
             model=model,
             image=image,
             model_params=state["model"],
-            threshold=Threshold(**state["threshold"]) if state["threshold"] else None,
             samples=state["scoring"]["samples"],
             seed=state["scoring"]["seed"],
             map_scale=state["scoring"]["map_scale"],
             info=state.get("info", {}),
-            probability=ProbabilityMap.from_dict(probability) if probability else None,
-            normal=_normal_scores(state),
+            **_decision_from_state(state),
         )
 
 
-def _normal_scores(state: dict[str, Any]) -> NormalScores | None:
-    """Detectors saved before the reference was kept have none."""
-    values = state.get("normal_scores")
-    return NormalScores.from_list(values) if values else None
+def _decision_state(detector: TabularDetector | ImageDetector) -> dict[str, Any]:
+    """What turns scores into decisions, the same for every kind of detector: the threshold,
+    the probability map and the normal reference that `calibrate` may replace."""
+    return {
+        "threshold": detector.threshold.to_dict() if detector.threshold else None,
+        "probability": detector.probability.to_dict() if detector.probability else None,
+        "normal_scores": detector.normal.to_list() if detector.normal else None,
+    }
+
+
+def _decision_from_state(state: dict[str, Any]) -> dict[str, Any]:
+    """`_decision_state`'s parts as constructor arguments; files saved before a part existed
+    (the probability, the normal reference) have none."""
+    threshold, probability = state["threshold"], state.get("probability")
+    normal = state.get("normal_scores")
+    return {
+        "threshold": Threshold(**threshold) if threshold else None,
+        "probability": ProbabilityMap.from_dict(probability) if probability else None,
+        "normal": NormalScores.from_list(normal) if normal else None,
+    }
 
 
 def build_image_model(image: ImageConfig, params: dict[str, Any]) -> ConvVAE:

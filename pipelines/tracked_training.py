@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from anomaly_vae.config import Config
+from anomaly_vae.config import Config, TrainingConfig
 
 if TYPE_CHECKING:
     import mlflow
@@ -49,6 +49,16 @@ def closing_lines(
         + calibration.summary(),
         f"run {run_id} in {total_seconds:.1f} s",
     ]
+
+
+def split_normals(
+    normal: np.ndarray, training: TrainingConfig, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The normal rows shuffled into (training, validation): `val_fraction` of them (at least
+    one) for validation, the rest, up to `max_train_rows`, for training."""
+    normal = rng.permutation(normal)
+    n_val = max(1, round(training.val_fraction * len(normal)))
+    return normal[n_val:][: training.max_train_rows], normal[:n_val]
 
 
 def run_name(config: Config) -> str:

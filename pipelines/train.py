@@ -22,6 +22,7 @@ from pipelines.tracked_training import (
     closing_lines,
     detector_info,
     register_detector,
+    split_normals,
     training_run,
 )
 
@@ -60,12 +61,8 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
     if len(normal) < MIN_NORMAL_ROWS:
         raise InputError(f"{source}: {len(normal)} normal rows; at least {MIN_NORMAL_ROWS} needed")
     rng = np.random.default_rng(config.training.seed)
-    normal = rng.permutation(normal)
-    n_val = max(1, round(config.training.val_fraction * len(normal)))
-    train_rows = normal[n_val:]
-    if config.training.max_train_rows:
-        train_rows = train_rows[: config.training.max_train_rows]
-    val_rows = np.concatenate([normal[:n_val], np.flatnonzero(labels)])
+    train_rows, val_normal = split_normals(normal, config.training, rng)
+    val_rows = np.concatenate([val_normal, np.flatnonzero(labels)])
     return TabularSplit(
         train=frame.iloc[train_rows].reset_index(drop=True),
         validation=frame.iloc[val_rows].reset_index(drop=True),

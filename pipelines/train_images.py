@@ -23,6 +23,7 @@ from pipelines.tracked_training import (
     closing_lines,
     detector_info,
     register_detector,
+    split_normals,
     training_run,
 )
 
@@ -58,13 +59,9 @@ def split_images(config: Config, echo: Callable[[str], None] = print) -> ImageSp
             f"{source}: {len(normal)} normal images; at least {MIN_NORMAL_IMAGES} needed"
         )
     rng = np.random.default_rng(config.training.seed)
-    normal = rng.permutation(normal)
-    n_val = max(1, round(config.training.val_fraction * len(normal)))
-    train_rows = normal[n_val:]
-    if config.training.max_train_rows:
-        train_rows = train_rows[: config.training.max_train_rows]
-    anomalies = rng.permutation(np.flatnonzero(labels))[:n_val]
-    val_rows = np.concatenate([normal[:n_val], anomalies])
+    train_rows, val_normal = split_normals(normal, config.training, rng)
+    anomalies = rng.permutation(np.flatnonzero(labels))[: len(val_normal)]
+    val_rows = np.concatenate([val_normal, anomalies])
     return ImageSplit(
         train=[items[i] for i in train_rows],
         validation=[items[i] for i in val_rows],
