@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
+from anomaly_vae.calibration import estimated_f1_threshold
 from benchmarks.detectors import OURS, Outcome
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -47,8 +48,6 @@ def outcome_metrics(labels: np.ndarray, outcome: Outcome) -> dict[str, float]:
     for calibrate_on, judge_on in (halves, halves[::-1]):
         flags = outcome.flags[judge_on]
         if outcome.normal is not None:
-            from anomaly_vae.calibration import estimated_f1_threshold
-
             threshold, _ = estimated_f1_threshold(outcome.scores[calibrate_on], outcome.normal)
             flags = outcome.scores[judge_on] >= threshold
         ratios.append(_f1_ratio(labels[judge_on], outcome.scores[judge_on], flags))
