@@ -47,6 +47,18 @@ def test_heavy_tails_do_not_squash_ordinary_values(frame) -> None:
     assert amount[:4].max() < TAIL_START + 15
 
 
+def test_encoding_ignores_other_columns_and_their_order(frame) -> None:
+    numeric = frame[["amount", "hour", "balance"]]
+    pre = TabularPreprocessor.fit(numeric, list(numeric.columns), categorical=None)
+    exact = pre.transform(numeric, "t")
+    shuffled = pre.transform(frame[["merchant", "balance", "amount", "rare", "hour"]], "t")
+    assert np.array_equal(exact.numeric, shuffled.numeric)
+    assert np.array_equal(exact.observed, shuffled.observed)
+    # Fortran-ordered input (as some frames convert) is compressed the same way.
+    fortran = pd.DataFrame(np.asfortranarray(numeric.to_numpy()), columns=numeric.columns)
+    assert np.array_equal(pre.transform(fortran, "t").numeric, exact.numeric)
+
+
 def test_unseen_and_rare_categories_share_the_unknown_bucket(frame) -> None:
     pre = _fit(frame)
     rare = pre.categorical[1]
