@@ -13,7 +13,7 @@ import platform
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -24,7 +24,6 @@ from safetensors.torch import load_file, save_file
 
 from anomaly_vae import __version__
 from anomaly_vae.calibration import NormalScores, Threshold
-from anomaly_vae.config import ImageConfig
 from anomaly_vae.data.images import ImageItem, is_held_out, iter_image_batches, list_images
 from anomaly_vae.data.preprocessing import TabularPreprocessor
 from anomaly_vae.data.schema import check_columns
@@ -33,6 +32,10 @@ from anomaly_vae.models.conv_vae import ConvVAE
 from anomaly_vae.models.tabular_vae import TabularVAE
 from anomaly_vae.probability import ProbabilityMap
 from anomaly_vae.scoring import SampleScores, score_images, score_tabular
+
+if TYPE_CHECKING:
+    # Loaded where an image detector is built: scoring tables does not pay for pydantic.
+    from anomaly_vae.config import ImageConfig
 
 ARTIFACT_FILE = "detector.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -289,6 +292,8 @@ class ImageDetector:
 
     @classmethod
     def from_state(cls, state: dict[str, Any], weights: dict[str, torch.Tensor]) -> ImageDetector:
+        from anomaly_vae.config import ImageConfig
+
         image = ImageConfig(**state["image"])
         model = build_image_model(image, state["model"])
         model.load_state_dict(weights)

@@ -18,12 +18,17 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anomaly_vae.config import ImageConfig
 from anomaly_vae.errors import InputError, first_line
+
+if TYPE_CHECKING:
+    # Annotations only: the config module builds pydantic models, a fifth of a second that
+    # scoring a table (which asks this module whether its input is images) should not pay.
+    from anomaly_vae.config import ImageConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
 _IDX_IMAGES = re.compile(r"-images-idx3-ubyte(\.gz)?$")
