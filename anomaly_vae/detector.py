@@ -195,6 +195,8 @@ def build_tabular_model(preprocessor: TabularPreprocessor, params: dict[str, Any
         latent=params["latent"],
         learn_scale=params["likelihood"] == "gaussian",
         dropout=params["dropout"],
+        # Detectors saved before the option existed were built with SiLU.
+        activation=params.get("activation", "silu"),
     )
 
 

@@ -85,7 +85,7 @@ def train_images(
 
     if config.model.likelihood == "unit-gaussian":
         raise InputError("model.likelihood: image models use bernoulli or gaussian")
-    table_only = sorted({"hidden", "dropout"} & config.model.model_fields_set)
+    table_only = sorted({"hidden", "dropout", "activation"} & config.model.model_fields_set)
     if table_only:
         # Silently ignoring them would train a different model than the config describes.
         raise InputError(

@@ -58,3 +58,21 @@ def test_config_mistakes_name_the_key(tmp_path: Path, text: str, message: str) -
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_models_saved_before_the_activation_option_keep_silu() -> None:
+    import pandas as pd
+    from torch import nn
+
+    from anomaly_vae.config import ModelConfig
+    from anomaly_vae.data.preprocessing import TabularPreprocessor
+    from anomaly_vae.detector import build_tabular_model
+
+    frame = pd.DataFrame({"a": [0.0, 1.0, 2.0, 3.0], "b": [1.0, 0.0, 1.0, 0.0]})
+    preprocessor = TabularPreprocessor.fit(frame, ["a", "b"], categorical=[])
+    saved = ModelConfig().model_dump()
+    current = build_tabular_model(preprocessor, saved)
+    del saved["activation"]  # as in a detector.json written before the option existed
+    older = build_tabular_model(preprocessor, saved)
+    assert any(isinstance(m, nn.SiLU) for m in older.modules())
+    assert not any(isinstance(m, nn.SiLU) for m in current.modules())
