@@ -78,11 +78,25 @@ def run_ours(
         model, preprocessor, ColumnRoles(), config.model.model_dump(), threshold
     )
     fit_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    scores = detector.score_samples(test, "test").score
-    score_seconds = time.perf_counter() - started
+    scores, score_seconds = timed_scoring(lambda: detector.score_samples(test, "test").score)
     normal = NormalScores.from_scores(val_scores)
     return Outcome(scores, detector.is_anomaly(scores), fit_seconds, score_seconds, normal)
+
+
+# Scoring is timed as the median of this many calls, for every detector alike: a first call
+# pays one-off costs (ours: 2.5 ms instead of 1.7 on 6_cardio's 673 rows, 12 instead of 7.5 on
+# 24_mnist's 2,771) that say nothing about the throughput of scoring batch after batch.
+SCORING_REPEATS = 3
+
+
+def timed_scoring(score: Callable[[], Any]) -> tuple[Any, float]:
+    """The scores of one call and the median seconds of `SCORING_REPEATS` calls."""
+    seconds = []
+    for _ in range(SCORING_REPEATS):
+        started = time.perf_counter()
+        scores = score()
+        seconds.append(time.perf_counter() - started)
+    return scores, float(np.median(seconds))
 
 
 def _isolation_forest(seed: int) -> tuple[Any, Callable[[Any, np.ndarray], np.ndarray]]:
@@ -124,10 +138,10 @@ def run_peer(name: str, train: pd.DataFrame, test: pd.DataFrame, seed: int) -> O
     scaler = StandardScaler().fit(train.to_numpy(dtype=np.float64))
     detector.fit(scaler.transform(train.to_numpy(dtype=np.float64)))
     fit_seconds = time.perf_counter() - started
-    started = time.perf_counter()
+    scores, score_seconds = timed_scoring(
+        lambda: score(detector, scaler.transform(test.to_numpy(dtype=np.float64)))
+    )
     x_test = scaler.transform(test.to_numpy(dtype=np.float64))
-    scores = score(detector, x_test)
-    score_seconds = time.perf_counter() - started
     flags = detector.predict(x_test) == (-1 if name == "IsolationForest" else 1)
     return Outcome(np.asarray(scores, dtype=np.float64), flags, fit_seconds, score_seconds)
 
