@@ -86,10 +86,9 @@ def _feature_nll(
     numeric_mean, logits = model.decode(z)
     # Imputed cells carry no information about the row; they do not count.
     numeric_nll = gaussian_nll(numeric, numeric_mean, model.bounded_log_scale()) * observed
-    if not logits:
+    if not model.category_sizes:
         return numeric_nll
-    categorical = [categorical_nll(codes[:, j], lg) for j, lg in enumerate(logits)]
-    return torch.cat([numeric_nll, *(c.unsqueeze(1) for c in categorical)], dim=1)
+    return torch.cat([numeric_nll, categorical_nll(codes, logits)], dim=1)
 
 
 # Rows per forward pass: small enough that a batch's activations stay in the core's cache. At

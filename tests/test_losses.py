@@ -46,10 +46,13 @@ def test_gaussian_nll_matches_torch_distribution() -> None:
     assert torch.allclose(gaussian_nll(X, X_HAT, log_scale), reference, atol=1e-6)
 
 
-def test_categorical_nll_is_cross_entropy() -> None:
-    logits = torch.tensor([[2.0, 0.0, -1.0]])
-    expected = -torch.log_softmax(logits, dim=1)[0, 1]
-    assert categorical_nll(torch.tensor([1]), logits).item() == pytest.approx(expected.item())
+def test_categorical_nll_is_cross_entropy_per_column_ignoring_padding() -> None:
+    logits = torch.tensor([[[2.0, 0.0, -1.0], [0.5, -0.5, -math.inf]]])  # 3 and 2 categories
+    nll = categorical_nll(torch.tensor([[1, 0]]), logits)
+    assert nll.shape == (1, 2)
+    assert nll[0, 0].item() == pytest.approx(-torch.log_softmax(logits[0, 0], 0)[1].item())
+    two = torch.tensor([0.5, -0.5])
+    assert nll[0, 1].item() == pytest.approx(-torch.log_softmax(two, 0)[0].item())
 
 
 def test_reparameterize_is_reproducible_with_a_generator() -> None:

@@ -9,12 +9,13 @@ Lightning.
 Example:
     >>> model = TabularVAE(n_numeric=4, n_indicators=0, category_sizes=[3], hidden=[16], latent=2)
     >>> out = model(torch.zeros(5, 4), torch.ones(5, 4), torch.zeros(5, 1, dtype=torch.long))
-    >>> out.numeric_mean.shape, out.logits[0].shape
-    (torch.Size([5, 4]), torch.Size([5, 3]))
+    >>> out.numeric_mean.shape, out.logits.shape
+    (torch.Size([5, 4]), torch.Size([5, 1, 3]))
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +37,7 @@ class TabularOutput:
     log_var: torch.Tensor
     numeric_mean: torch.Tensor
     log_scale: torch.Tensor
-    logits: list[torch.Tensor]
+    logits: torch.Tensor  # (n, n_categorical, most categories), padded with -inf
 
 
 def mlp(sizes: list[int], dropout: float, activation: str) -> nn.Sequential:
@@ -72,6 +73,18 @@ class TabularVAE(nn.Module):
             "indicator_columns",
             torch.tensor(indicator_columns or list(range(n_indicators)), dtype=torch.long),
         )
+        # Every categorical column at once, whatever their number: one scatter builds the
+        # one-hot inputs and one gather lays the logits out as (n, column, category), where a
+        # loop over columns cost a tensor operation each (a table of 50 dummies: 100 per batch).
+        # Derived from category_sizes, so not saved with the weights.
+        sizes = torch.tensor(category_sizes, dtype=torch.long)
+        starts = sizes.cumsum(0) - sizes
+        width = max(category_sizes, default=0)
+        pad = sum(category_sizes)  # the index of a -inf column appended to the logits
+        slots = starts[:, None] + torch.arange(width)
+        in_column = torch.arange(width) < sizes[:, None]
+        self.register_buffer("category_starts", starts[None, :], persistent=False)
+        self.register_buffer("category_slots", torch.where(in_column, slots, pad), persistent=False)
         n_in = n_numeric + n_indicators + sum(category_sizes)
         n_out = n_numeric + sum(category_sizes)
         self.encoder = mlp([n_in, *hidden, 2 * latent], dropout, activation)
@@ -82,18 +95,19 @@ class TabularVAE(nn.Module):
         self, numeric: torch.Tensor, observed: torch.Tensor, codes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [numeric, 1.0 - observed.index_select(1, self.indicator_columns)]
-        parts += [
-            F.one_hot(codes[:, j], size).to(numeric.dtype)
-            for j, size in enumerate(self.category_sizes)
-        ]
+        if self.category_sizes:
+            one_hot = numeric.new_zeros(len(codes), sum(self.category_sizes))
+            parts.append(one_hot.scatter_(1, codes + self.category_starts, 1.0))
         mu, log_var = self.encoder(torch.cat(parts, dim=1)).chunk(2, dim=1)
         return mu, log_var
 
-    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Numeric means (n, n_numeric) and category logits (n, n_categorical, most
+        categories), padded with -inf past each column's own categories."""
         out = self.decoder(z)
         numeric_mean = out[:, : self.n_numeric]
-        logits = list(out[:, self.n_numeric :].split(self.category_sizes, dim=1))
-        return numeric_mean, logits
+        padded = F.pad(out[:, self.n_numeric :], (0, 1), value=-math.inf)
+        return numeric_mean, padded[:, self.category_slots]
 
     def bounded_log_scale(self) -> torch.Tensor:
         return self.log_scale.clamp(*LOG_SCALE_BOUNDS)
