@@ -69,6 +69,30 @@ def test_unseen_and_rare_categories_share_the_unknown_bucket(frame) -> None:
     assert codes[1, 0] == 0 and codes[2, 0] == 0
 
 
+def test_two_valued_numeric_columns_become_categories_matched_as_numbers(frame) -> None:
+    flags = frame.assign(is_online=np.arange(len(frame)) % 3 == 0).astype({"is_online": int})
+    pre = _fit(flags)
+    assert "is_online" not in [c.name for c in pre.numeric]
+    online = pre.categorical[-1]
+    assert online.name == "is_online" and online.values == [0.0, 1.0]
+    # Scoring files may carry the flag as floats, or hold a value never seen in training.
+    scored = flags.head(4).astype({"is_online": float})
+    scored.loc[scored.index[3], "is_online"] = 7.0
+    codes = pre.transform(scored, "t").codes[:, -1]
+    assert codes.tolist() == [2, 1, 1, 0]
+    # A bad cell is named as in any numeric column.
+    with pytest.raises(InputError, match=r"column 'is_online', row 2: 'yes' is not a number"):
+        pre.transform(
+            flags.head(3).astype({"is_online": object}).assign(is_online=[1, "yes", 0]), "t"
+        )
+    # A user's explicit list of categorical columns is taken as it is.
+    explicit = TabularPreprocessor.fit(flags, list(flags.columns), ["merchant", "rare"])
+    assert "is_online" in [c.name for c in explicit.numeric]
+    # Round trip through the stored JSON keeps matching numbers.
+    again = TabularPreprocessor.from_dict(pre.to_dict())
+    assert np.array_equal(again.transform(scored, "t").codes, pre.transform(scored, "t").codes)
+
+
 def test_missing_values_are_imputed_with_an_indicator(frame) -> None:
     pre = _fit(frame)
     assert pre.missing_columns == [2]
