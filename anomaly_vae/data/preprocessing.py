@@ -135,17 +135,29 @@ class TabularPreprocessor:
             observed = np.ones(scaled.shape, dtype=np.float32)
         numeric = scaled.astype(np.float32, order="C")
         codes = np.zeros((n, len(self.categorical)), dtype=np.int64)
+        if self._two_valued:
+            codes[:, self._two_valued] = self._two_valued_codes(frame, source, row_offset)
         for j, column in enumerate(self.categorical):
-            series = frame[column.name]
-            if column.values is not None:
-                values = _as_float(series, column.name, source, row_offset)
-                _reject_infinite(values, column.name, source, row_offset)
-                for code, value in enumerate(column.values, start=1):
-                    codes[values == value, j] = code
-                continue
-            lookup = {value: i + 1 for i, value in enumerate(column.categories)}
-            codes[:, j] = [lookup.get(v, 0) for v in _category_strings(series)]
+            if column.values is None:
+                lookup = {value: i + 1 for i, value in enumerate(column.categories)}
+                codes[:, j] = [lookup.get(v, 0) for v in _category_strings(frame[column.name])]
         return EncodedTable(numeric=numeric, observed=observed, codes=codes)
+
+    def _two_valued_codes(self, frame: pd.DataFrame, source: str, row_offset: int) -> np.ndarray:
+        """Codes (n, k) of the two-valued columns, matched as numbers, all columns at once: a
+        loop over 52 dummies cost a third of scoring 5_campaign."""
+        names = [self.categorical[j].name for j in self._two_valued]
+        block = frame[names]
+        if all(map(_is_number_dtype, block.dtypes)):
+            values = block.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            values = np.column_stack([_as_float(block[c], c, source, row_offset) for c in names])
+        for j in np.flatnonzero(np.isinf(values).any(axis=0))[:1]:
+            _reject_infinite(values[:, j], names[j], source, row_offset)
+        # A missing or unseen value matches neither number: the unknown bucket, code 0.
+        codes = (values == self._two_values[:, 0]).astype(np.int64)
+        codes[values == self._two_values[:, 1]] = 2
+        return codes
 
     # Per-column constants as arrays, built once: rebuilding them from the column list on every
     # call cost as much as the arithmetic on small batches. The preprocessor is never mutated
@@ -161,6 +173,19 @@ class TabularPreprocessor:
     @cached_property
     def _scales(self) -> np.ndarray:
         return np.array([c.scale for c in self.numeric], dtype=np.float64)
+
+    @cached_property
+    def _two_valued(self) -> list[int]:
+        return [j for j, c in enumerate(self.categorical) if c.values is not None]
+
+    @cached_property
+    def _two_values(self) -> np.ndarray:
+        """(k, 2) numbers of the two-valued columns' codes 1 and 2; NaN where one was too rare."""
+        table = np.full((len(self._two_valued), 2), np.nan)
+        for row, j in enumerate(self._two_valued):
+            kept = self.categorical[j].values or []
+            table[row, : len(kept)] = kept
+        return table
 
     @cached_property
     def _may_miss(self) -> np.ndarray:
