@@ -8,18 +8,22 @@ The embedded default is a SQLite store at `mlruns/mlflow.db` with artifacts unde
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from anomaly_vae.errors import InputError, first_line
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 MODEL_ARTIFACT = "model"
@@ -110,24 +114,57 @@ def log_detector(
 
 def resolve_detector_dir(model_uri: str, tracking_uri: str | None = None) -> Path:
     """A local detector directory for a registry, run or local-path model URI."""
-    path = Path(model_uri)
     if not _MODEL_URI.match(model_uri):
-        if not path.exists():
-            raise InputError(f"model '{model_uri}': no such directory or models:/, runs:/ URI")
-        return _detector_in(path, model_uri)
+        return _local_detector_dir(model_uri)
+    return _detector_in(Path(_download_model(model_uri, tracking_uri, _download_root())), model_uri)
+
+
+@contextlib.contextmanager
+def detector_dir_lookup(
+    model_uri: str, tracking_uri: str | None = None
+) -> Iterator[Callable[[], Path]]:
+    """`resolve_detector_dir` on a second process while the caller imports torch.
+
+    A registry lookup imports MLflow and its SQLAlchemy store, two to three seconds on one core,
+    and needs nothing of torch, which takes as long again: side by side, scoring a small file
+    costs about what the slower import does. A process that has loaded either already, and a
+    local directory, gain nothing from it and resolve here. The callable waits for the
+    directory and raises what the lookup raised.
+    """
+    if not _MODEL_URI.match(model_uri) or {"torch", "mlflow"} & sys.modules.keys():
+        resolved = resolve_detector_dir(model_uri, tracking_uri)
+        yield lambda: resolved
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    # spawn: a fresh interpreter, whatever the caller has loaded or started by then
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as lookup:
+        download = lookup.submit(_download_model, model_uri, tracking_uri, _download_root())
+        yield lambda: _detector_in(Path(download.result()), model_uri)
+
+
+def _download_model(model_uri: str, tracking_uri: str | None, root: str) -> str:
+    """The model's files, copied from the registry or run into a new folder under `root`."""
     configure_tracking(tracking_uri)
     import mlflow
     from mlflow.exceptions import MlflowException
 
     try:
-        local = mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, dst_path=tempfile.mkdtemp(dir=_download_root())
+        return mlflow.artifacts.download_artifacts(
+            artifact_uri=model_uri, dst_path=tempfile.mkdtemp(dir=root)
         )
     except MlflowException as exc:
         raise InputError(
             f"model '{model_uri}' not found at {mlflow.get_tracking_uri()} ({first_line(exc)})"
         ) from None
-    return _detector_in(Path(local), model_uri)
+
+
+def _local_detector_dir(model_uri: str) -> Path:
+    path = Path(model_uri)
+    if not path.exists():
+        raise InputError(f"model '{model_uri}': no such directory or models:/, runs:/ URI")
+    return _detector_in(path, model_uri)
 
 
 @functools.cache

@@ -12,10 +12,12 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from anomaly_vae.errors import InputError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 BATCH_ROWS = 65536
 
@@ -37,10 +39,12 @@ class ScoreSummary:
 
 def load_model(model_uri: str, tracking_uri: str | None = None):  # noqa: ANN201
     """The detector behind a models:/, runs:/ or local-directory URI."""
-    from anomaly_vae.detector import load_detector
-    from anomaly_vae.tracking import resolve_detector_dir
+    from anomaly_vae.tracking import detector_dir_lookup
 
-    return load_detector(resolve_detector_dir(model_uri, tracking_uri))
+    with detector_dir_lookup(model_uri, tracking_uri) as detector_dir:
+        from anomaly_vae.detector import load_detector  # torch loads while MLflow looks up
+
+        return load_detector(detector_dir())
 
 
 def scored_batches(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import mlflow
@@ -126,6 +128,45 @@ def test_every_model_uri_form_gives_the_same_scores(
     pyfunc = mlflow.pyfunc.load_model(model_uri)
     frame = pd.read_parquet(test).drop(columns="label")
     assert np.allclose(pyfunc.predict(frame)["score"].to_numpy(), scores[0])
+
+
+def test_a_fresh_process_scores_while_a_second_one_looks_the_model_up(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    """As users start it, `score` has neither torch nor MLflow loaded: the lookup runs apart."""
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+
+    def command(model: str, out: Path) -> subprocess.CompletedProcess:
+        args = ["score", model, str(test), "-o", str(out), "--allow-extra-columns"]
+        return subprocess.run(
+            [sys.executable, "-m", "pipelines.cli", *args, "--tracking-uri", tracking],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+
+    fresh = command(model_uri, tmp_path / "fresh.parquet")
+    assert fresh.returncode == 0, fresh.stderr
+    here = run_cli(
+        "score",
+        model_uri,
+        test,
+        "-o",
+        tmp_path / "here.parquet",
+        "--allow-extra-columns",
+        "--tracking-uri",
+        tracking,
+    )
+    assert here.exit_code == 0, here.output
+    assert pd.read_parquet(tmp_path / "fresh.parquet").equals(
+        pd.read_parquet(tmp_path / "here.parquet")
+    )
+    missing = command("models:/no-such-model@champion", tmp_path / "missing.parquet")
+    assert missing.returncode == 1
+    (line,) = missing.stderr.strip().splitlines()
+    assert line.startswith(f"Error: model 'models:/no-such-model@champion' not found at {tracking}")
+    assert not (tmp_path / "missing.parquet").exists()
 
 
 def test_set_overrides_retrain_on_another_file(breast_cancer_files, tmp_path, tracking_uri) -> None:
