@@ -30,6 +30,8 @@ ESTIMATED_F1 = "estimated-f1"
 # Normal validation scores are kept as at most this many quantiles: the tail resolution of
 # 10,000 rows, in a detector file of a few hundred kilobytes whatever the validation size.
 REFERENCE_QUANTILES = 10_001
+# The quantile of the normal scores below which `NormalScores.anomaly_share` counts rows normal.
+SHARE_LAMBDA = 0.85
 _BOUND = re.compile(r"^(recall>=|precision>=|fpr<=|quantile=)([0-9]*\.?[0-9]+)$")
 
 
@@ -72,13 +74,17 @@ class NormalScores:
         return (len(self.quantiles) - below) / len(self.quantiles)
 
     def anomaly_share(self, scores: np.ndarray) -> float:
-        """Storey's estimate of the share of anomalies among `scores` (lambda = 1/2).
+        """Storey's estimate of the share of anomalies among `scores`, at lambda = 0.85.
 
-        Half of all normal rows score below the normal median, and anomalies rarely do, so
-        twice the share of rows below it estimates the share of normal rows.
+        A share lambda of normal rows scores below the normals' lambda-quantile, and anomalies
+        seldom do, so the rows below it over lambda estimate the normal rows. Storey's usual
+        lambda = 1/2 counts every anomaly that scores below the normal median as normal and
+        overestimated the share of 6_cardio 0.26 -> 0.40; over the nine benchmark tables and
+        six split seeds the F1 of the chosen threshold over the best was 0.836 at 1/2 and
+        0.850-0.862 at every lambda from 0.6 to 0.9.
         """
-        below_median = np.mean(scores < np.median(self.quantiles))
-        return float(max(0.0, 1.0 - 2.0 * below_median))
+        below = np.mean(scores < np.quantile(self.quantiles, SHARE_LAMBDA))
+        return float(max(0.0, 1.0 - below / SHARE_LAMBDA))
 
     def to_list(self) -> list[float]:
         return self.quantiles.tolist()

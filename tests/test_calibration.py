@@ -73,8 +73,14 @@ def test_label_strategies_need_both_classes(scored) -> None:
         choose_threshold(scores[~labels], labels[~labels], "f1")
 
 
-@pytest.mark.parametrize("share, shift", [(0.002, 4.0), (0.05, 3.0), (0.3, 1.5)])
-def test_estimated_f1_nears_the_best_f1_without_labels(share: float, shift: float) -> None:
+# Faint anomalies, N(1.5, 1) against N(0, 1), score below the normals' 85th percentile one
+# time in three and count as normal in the share estimate: it comes out near 0.19, not 0.3.
+@pytest.mark.parametrize(
+    "share, shift, share_error", [(0.002, 4.0, 0.05), (0.05, 3.0, 0.05), (0.3, 1.5, 0.13)]
+)
+def test_estimated_f1_nears_the_best_f1_without_labels(
+    share: float, shift: float, share_error: float
+) -> None:
     """One stored reference serves batches with one anomaly in 500 and one in three.
 
     A fixed false-positive budget cannot: it buries rare anomalies in false alarms and misses
@@ -90,7 +96,8 @@ def test_estimated_f1_nears_the_best_f1_without_labels(share: float, shift: floa
 
         chosen = choose_threshold(scores, None, "estimated-f1", normal=normal)
 
-        assert chosen.metrics["estimated_anomaly_share"] == pytest.approx(share, abs=0.05)
+        estimated = chosen.metrics["estimated_anomaly_share"]
+        assert estimated == pytest.approx(share, abs=share_error)
         reached.append(threshold_metrics(scores, labels, chosen.value)["f1"])
         ratios.append(reached[-1] / choose_threshold(scores, labels, "f1").metrics["f1"])
         budget = choose_threshold(normal.quantiles, None, "fpr<=0.01").value
