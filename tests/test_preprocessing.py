@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly_vae.data.preprocessing import TAIL_START, TabularPreprocessor
+from anomaly_vae.data.preprocessing import MIN_CATEGORY_COUNT, TAIL_START, TabularPreprocessor
 from anomaly_vae.errors import InputError
 
 
@@ -85,6 +85,11 @@ def test_two_valued_numeric_columns_become_categories_matched_as_numbers(frame) 
         pre.transform(
             flags.head(3).astype({"is_online": object}).assign(is_online=[1, "yes", 0]), "t"
         )
+    # Two values, one of them seen fewer than MIN_CATEGORY_COUNT times: numeric, outlier and all.
+    odd = np.zeros(len(flags))
+    odd[: MIN_CATEGORY_COUNT - 1] = 9.0
+    nearly_blank = _fit(flags.assign(pixel=odd))
+    assert "pixel" in [c.name for c in nearly_blank.numeric]
     # A user's explicit list of categorical columns is taken as it is.
     explicit = TabularPreprocessor.fit(flags, list(flags.columns), ["merchant", "rare"])
     assert "is_online" in [c.name for c in explicit.numeric]

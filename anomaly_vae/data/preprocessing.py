@@ -9,8 +9,9 @@ scoring reproduces training's encoding exactly without unpickling anything.
   logarithmic: extreme values stay extreme (and monotone) but cannot dominate the loss.
 - Categorical columns keep their frequent values; rare and unseen values share code 0, the
   unknown bucket, which training therefore sees too. A numeric column with exactly two values
-  in training (a flag, a one-hot dummy) is inferred to be categorical: scaled as a number, the
-  rarer value of a dummy sits many robust units out, and the model spends its capacity there.
+  in training, each seen at least `MIN_CATEGORY_COUNT` times (a flag, a one-hot dummy), is
+  inferred to be categorical: scaled as a number, the rarer value of a dummy sits many robust
+  units out, and the model spends its capacity there.
 - A numeric column that had missing values in training gets a 0/1 indicator input and its
   missing cells are imputed with the median and left out of the reconstruction loss. A missing
   value in a column that never had one is an error: the model has no notion of it.
@@ -265,19 +266,18 @@ def _fit_categorical(series: pd.Series, name: str) -> CategoricalColumn:
 
 
 def _has_two_values(series: pd.Series) -> bool:
-    return series.dropna().nunique() == 2
+    """Two values, each seen often enough to be a category: a nearly constant column with a
+    few odd values (a pixel that is almost always blank) stays numeric, where how far off an
+    odd value is still counts. As categories, 24_mnist's seven such pixels cost 0.006 AUROC."""
+    counts = series.value_counts()
+    return len(counts) == 2 and counts.min() >= MIN_CATEGORY_COUNT
 
 
 def _fit_two_valued(series: pd.Series, name: str) -> CategoricalColumn:
-    """A two-valued numeric column as categories; a value seen too rarely joins the unknown
-    bucket, as a rare category does."""
+    """A two-valued numeric column as two categories, matched as numbers."""
     values = _as_float(series, name, "training data", 0)
     _reject_infinite(values, name, "training data", 0)
-    distinct, counts = np.unique(values[~np.isnan(values)], return_counts=True)
-    kept = distinct[counts >= MIN_CATEGORY_COUNT]
-    if not len(kept):
-        kept = distinct
-    kept_values = [float(v) for v in kept]
+    kept_values = [float(v) for v in np.unique(values[~np.isnan(values)])]
     return CategoricalColumn(
         name=name, categories=[repr(v) for v in kept_values], values=kept_values
     )
