@@ -135,13 +135,43 @@ def detector_dir_lookup(
         resolved = resolve_detector_dir(model_uri, tracking_uri)
         yield lambda: resolved
         return
+    with _download_beside(model_uri, tracking_uri) as download:
+        yield lambda: _detector_in(Path(download()), model_uri)
+
+
+@contextlib.contextmanager
+def _download_beside(model_uri: str, tracking_uri: str | None) -> Iterator[Callable[[], str]]:
+    """`_download_model` on a spawned process; here instead where processes cannot start.
+
+    Some sandboxes and serverless runtimes have no shared memory for the pool's queues, and
+    a lookup process can die for reasons of its own (memory): the lookup then runs here.
+    """
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
 
-    # spawn: a fresh interpreter, whatever the caller has loaded or started by then
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as lookup:
-        download = lookup.submit(_download_model, model_uri, tracking_uri, _download_root())
-        yield lambda: _detector_in(Path(download.result()), model_uri)
+    def here() -> str:
+        return _download_model(model_uri, tracking_uri, _download_root())
+
+    def result() -> str:
+        try:
+            return pending.result()
+        except BrokenProcessPool:
+            return here()
+
+    try:
+        # spawn: a fresh interpreter, whatever the caller has loaded or started by then
+        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    except (OSError, NotImplementedError):
+        yield here
+        return
+    with pool:
+        try:
+            pending = pool.submit(_download_model, model_uri, tracking_uri, _download_root())
+        except (OSError, NotImplementedError):
+            yield here
+            return
+        yield result
 
 
 def _download_model(model_uri: str, tracking_uri: str | None, root: str) -> str:

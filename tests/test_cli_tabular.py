@@ -169,6 +169,38 @@ def test_a_fresh_process_scores_while_a_second_one_looks_the_model_up(
     assert not (tmp_path / "missing.parquet").exists()
 
 
+@pytest.mark.parametrize("failure", [None, "no processes", "lookup process died"])
+def test_the_lookup_runs_here_where_a_second_process_fails(
+    failure, breast_cancer_model, monkeypatch
+) -> None:
+    """Sandboxes without shared memory cannot start the lookup's process; scoring still works."""
+    import concurrent.futures
+    from concurrent.futures.process import BrokenProcessPool
+
+    from anomaly_vae.tracking import _download_beside
+
+    class NoProcesses:
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            raise OSError(38, "Function not implemented")
+
+    class DiedPool(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(1)
+
+        def submit(self, *args: object, **kwargs: object) -> concurrent.futures.Future:
+            died: concurrent.futures.Future = concurrent.futures.Future()
+            died.set_exception(BrokenProcessPool("the lookup process was killed"))
+            return died
+
+    pools = {"no processes": NoProcesses, "lookup process died": DiedPool}
+    if failure:
+        monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", pools[failure])
+    model_uri, tracking = breast_cancer_model
+    with _download_beside(model_uri, tracking) as download:
+        model_dir = Path(download())
+    assert (model_dir / "MLmodel").is_file()
+
+
 def test_set_overrides_retrain_on_another_file(breast_cancer_files, tmp_path, tracking_uri) -> None:
     train, _ = breast_cancer_files
     other = tmp_path / "other.parquet"
