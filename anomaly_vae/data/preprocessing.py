@@ -187,7 +187,8 @@ class TabularPreprocessor:
 
     @cached_property
     def _two_values(self) -> np.ndarray:
-        """(k, 2) numbers of the two-valued columns' codes 1 and 2; NaN where one was too rare."""
+        """(k, 2) numbers of the two-valued columns' codes 1 and 2. Detectors saved before
+        both values had to be frequent may keep one number for a column: NaN pads it."""
         table = np.full((len(self._two_valued), 2), np.nan)
         for row, j in enumerate(self._two_valued):
             kept = self.categorical[j].values or []
