@@ -81,7 +81,12 @@ def fit_vae(
     pl.seed_everything(training.seed, verbose=False)
     _quiet_lightning()
     module = VAETrainingModule(
-        model, loss_terms, beta, training.learning_rate, training.weight_decay
+        model,
+        loss_terms,
+        beta,
+        training.learning_rate,
+        training.weight_decay,
+        training.lr_schedule,
     )
     generator = torch.Generator().manual_seed(training.seed)
     train_loader = _loader(train_data, training.batch_size, shuffle=True, generator=generator)

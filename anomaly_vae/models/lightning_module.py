@@ -15,11 +15,14 @@ from collections.abc import Callable, Sequence
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities.types import OptimizerLRSchedulerConfig
 from torch import nn
 
 # (model, batch) -> per-sample reconstruction NLL (n,) and KL (n,), with z sampled.
 LossTerms = Callable[[nn.Module, Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]
 FUSED_ADAM_DEVICES = ("cpu", "cuda")
+# The cosine schedule's last learning rate, as a fraction of the first.
+COSINE_FLOOR = 0.01
 
 
 class VAETrainingModule(pl.LightningModule):
@@ -30,6 +33,7 @@ class VAETrainingModule(pl.LightningModule):
         beta: float = 1.0,
         learning_rate: float = 1e-3,
         weight_decay: float = 0.0,
+        lr_schedule: str = "constant",
     ) -> None:
         super().__init__()
         self.model = model
@@ -83,12 +87,23 @@ class VAETrainingModule(pl.LightningModule):
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig | torch.optim.Optimizer:
         # The fused kernel updates every parameter in one call; the default loops over the
         # parameters in Python, which on small networks took longer than the update itself.
-        return torch.optim.AdamW(
+        optimizer = torch.optim.AdamW(
             self.model.parameters(),
             lr=self.hparams.learning_rate,
             weight_decay=self.hparams.weight_decay,
             fused=True if self.device.type in FUSED_ADAM_DEVICES else None,
         )
+        if self.hparams.lr_schedule == "constant":
+            return optimizer
+        # Cosine decay over every step the trainer will take, to a hundredth of the peak: the
+        # early steps move fast at a high rate, the last ones settle at a low one, where a
+        # constant rate has to trade one against the other.
+        decay = torch.optim.lr_scheduler.CosineAnnealingLR(
+            optimizer,
+            T_max=max(1, int(self.trainer.estimated_stepping_batches)),
+            eta_min=self.hparams.learning_rate * COSINE_FLOOR,
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": decay, "interval": "step"}}

@@ -1,0 +1,53 @@
+"""The training module's learning-rate schedules, through a real Lightning fit."""
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from anomaly_vae.models.lightning_module import COSINE_FLOOR, VAETrainingModule
+from anomaly_vae.models.tabular_vae import TabularVAE
+from pipelines.train import tabular_loss_terms
+
+PEAK = 1e-2
+EPOCHS = 3
+
+
+def _fit(schedule: str) -> list[float]:
+    """Fits a small model and returns the learning rate each training step ran at."""
+    torch.manual_seed(0)
+    rows = 96
+    data = TensorDataset(torch.randn(rows, 4), torch.ones(rows, 4), torch.zeros(rows, 0).long())
+    model = TabularVAE(n_numeric=4, n_indicators=0, category_sizes=[], hidden=[8], latent=2)
+    module = VAETrainingModule(model, tabular_loss_terms, learning_rate=PEAK, lr_schedule=schedule)
+    rates: list[float] = []
+
+    class RecordRate(pl.Callback):
+        def on_train_batch_start(self, trainer: pl.Trainer, *args: object) -> None:
+            rates.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    trainer = pl.Trainer(
+        max_epochs=EPOCHS,
+        callbacks=[RecordRate()],
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    loader = DataLoader(data, batch_size=32)
+    trainer.fit(module, loader, loader)
+    return rates
+
+
+def test_cosine_schedule_decays_from_the_peak_to_the_floor_over_the_whole_fit() -> None:
+    rates = _fit("cosine")
+    assert len(rates) == EPOCHS * 3
+    assert rates[0] == pytest.approx(PEAK)
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False))
+    # One step before the end of the cosine: the last step runs just above the floor.
+    assert PEAK * COSINE_FLOOR < rates[-1] < 0.05 * PEAK
+
+
+def test_constant_schedule_keeps_the_rate() -> None:
+    rates = _fit("constant")
+    assert rates == [pytest.approx(PEAK)] * (EPOCHS * 3)
