@@ -47,10 +47,10 @@ def test_gaussian_nll_matches_torch_distribution() -> None:
 
 
 def test_categorical_nll_is_cross_entropy_per_column_ignoring_padding() -> None:
-    logits = torch.tensor([[[2.0, 0.0, -1.0], [0.5, -0.5, -math.inf]]])  # 3 and 2 categories
-    nll = categorical_nll(torch.tensor([[1, 0]]), logits)
+    columns = torch.tensor([[2.0, 0.0, -1.0], [0.5, -0.5, -math.inf]])  # 3 and 2 categories
+    nll = categorical_nll(torch.tensor([[1, 0]]), columns.T[None])  # (n, category, column)
     assert nll.shape == (1, 2)
-    assert nll[0, 0].item() == pytest.approx(-torch.log_softmax(logits[0, 0], 0)[1].item())
+    assert nll[0, 0].item() == pytest.approx(-torch.log_softmax(columns[0], 0)[1].item())
     two = torch.tensor([0.5, -0.5])
     assert nll[0, 1].item() == pytest.approx(-torch.log_softmax(two, 0)[0].item())
 

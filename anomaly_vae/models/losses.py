@@ -39,9 +39,9 @@ def bernoulli_nll(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
 
 
 def categorical_nll(codes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy (n, columns) of integer codes (n, columns) against logits (n, columns, k);
+    """Cross-entropy (n, columns) of integer codes (n, columns) against logits (n, k, columns);
     logits of -inf mark categories a column does not have."""
-    return F.cross_entropy(logits.transpose(1, 2), codes, reduction="none")
+    return F.cross_entropy(logits, codes, reduction="none")
 
 
 def kl_divergence(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
