@@ -104,6 +104,12 @@ class ImageConfig(_Section):
         "training.seed), for `evaluate --held-out-only`.",
     )
     augment: bool = Field(default=False, description="Random flips of training images.")
+    complexity_weight: float = Field(
+        default=0.5,
+        ge=0,
+        description="Nats the recon score subtracts per bit of the image's zlib-compressed "
+        "pixels (its input complexity); 0 scores the reconstruction alone.",
+    )
 
 
 class TrainerConfig(_Section):

@@ -248,7 +248,10 @@ class ImageDetector:
         """(items, pixels, scores) per batch; pixels at the model's size, in [0, 1]."""
         size, channels = self.image.size, self.image.channels
         for batch, pixels in iter_image_batches(items, size, channels, batch_size):
-            yield batch, pixels, score_images(self.model, pixels, self.samples)
+            scores = score_images(
+                self.model, pixels, self.samples, complexity_weight=self.image.complexity_weight
+            )
+            yield batch, pixels, scores
 
     def frame(self, items: list[ImageItem], scores: SampleScores) -> pd.DataFrame:
         out = pd.DataFrame({"path": [item.path for item in items]})
@@ -296,7 +299,8 @@ class ImageDetector:
     def from_state(cls, state: dict[str, Any], weights: dict[str, torch.Tensor]) -> ImageDetector:
         from anomaly_vae.config import ImageConfig
 
-        image = ImageConfig(**state["image"])
+        # Detectors saved before the complexity credit existed were calibrated without it.
+        image = ImageConfig(**{"complexity_weight": 0.0, **state["image"]})
         model = build_image_model(image, state["model"])
         model.load_state_dict(weights)
         return cls(

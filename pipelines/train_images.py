@@ -121,7 +121,12 @@ def train_images(
         fit_started = time.perf_counter()
         fit = fit_vae(model, loss_terms, train_data, val_data, config.training, config.model.beta)
         fit_seconds = time.perf_counter() - fit_started
-        val = score_images(model, val_pixels, config.scoring.samples)
+        val = score_images(
+            model,
+            val_pixels,
+            config.scoring.samples,
+            complexity_weight=config.image.complexity_weight,
+        )
         calibration = calibrate_and_log(
             config, val.score, split.validation_labels, fit, fit_seconds
         )

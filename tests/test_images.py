@@ -11,6 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
@@ -23,7 +24,9 @@ from anomaly_vae.data.images import (
     read_images,
     read_mask,
 )
+from anomaly_vae.detector import ImageDetector, build_image_model
 from anomaly_vae.errors import InputError
+from anomaly_vae.scoring import compressed_bits, score_images
 from tests.conftest import REPO, run_cli
 
 
@@ -364,3 +367,26 @@ def test_table_only_model_settings_are_refused_for_images(setting: str, tmp_path
                      "--set", setting, "--tracking-uri", tracking)  # fmt: skip
     name = setting.split("=")[0]
     assert result.exit_code != 0 and f"{name}: tabular models only" in result.stderr
+
+
+def test_recon_score_is_credited_with_the_input_complexity() -> None:
+    torch.manual_seed(0)
+    image = ImageConfig(size=16)
+    model = build_image_model(image, Config(data={"path": "x"}).model.model_dump())
+    blank = np.zeros((1, 1, 16, 16), np.float32)
+    noise = np.random.default_rng(0).random((1, 1, 16, 16), np.float32)
+    pixels = np.concatenate([blank, noise])
+    bits = compressed_bits(pixels)
+    assert bits[0] * 4 < bits[1]  # a blank image compresses; noise does not
+    plain = score_images(model, pixels)
+    credited = score_images(model, pixels, complexity_weight=0.5)
+    np.testing.assert_allclose(credited.recon, plain.recon - 0.5 * np.log(2) * bits)
+    np.testing.assert_array_equal(credited.kl, plain.kl)
+
+    # The weight travels with the detector; one saved before it existed scores without it.
+    detector = ImageDetector(model, image.model_copy(update={"complexity_weight": 0.25}), {})
+    state = detector.to_state() | {"model": Config(data={"path": "x"}).model.model_dump()}
+    weights = model.state_dict()
+    assert ImageDetector.from_state(state, weights).image.complexity_weight == 0.25
+    del state["image"]["complexity_weight"]
+    assert ImageDetector.from_state(state, weights).image.complexity_weight == 0.0
