@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import islice
 
 import torch
 import torch.nn.functional as F
@@ -73,8 +74,8 @@ class TabularVAE(nn.Module):
             "indicator_columns",
             torch.tensor(indicator_columns or list(range(n_indicators)), dtype=torch.long),
         )
-        # Every categorical column at once, whatever their number: one scatter builds the
-        # one-hot inputs and one gather lays the logits out as (n, category, column), where a
+        # Every categorical column at once, whatever their number: one embedding bag stands for
+        # the one-hot inputs and one gather lays the logits out as (n, category, column), where a
         # loop over columns cost a tensor operation each (a table of 50 dummies: 100 per batch).
         # Categories before columns, as `F.cross_entropy` wants them: (n, column, category)
         # needed a transposed copy, and the two passes cost a fifth of scoring 5_campaign.
@@ -99,11 +100,18 @@ class TabularVAE(nn.Module):
     def encode(
         self, numeric: torch.Tensor, observed: torch.Tensor, codes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [numeric, 1.0 - observed.index_select(1, self.indicator_columns)]
+        dense = torch.cat([numeric, 1.0 - observed.index_select(1, self.indicator_columns)], 1)
+        first = self.encoder[0]
+        hidden = F.linear(dense, first.weight[:, : dense.shape[1]], first.bias)
         if self.category_sizes:
-            one_hot = numeric.new_zeros(len(codes), sum(self.category_sizes))
-            parts.append(one_hot.scatter_(1, codes + self.category_starts, 1.0))
-        mu, log_var = self.encoder(torch.cat(parts, dim=1)).chunk(2, dim=1)
+            # The first layer's product with the one-hot inputs is the sum of one weight column
+            # per categorical column: an embedding bag. Building the one-hot matrix and
+            # multiplying by it took 4x as long on 5_campaign's 49 three-way columns.
+            columns = first.weight[:, dense.shape[1] :].T.contiguous()
+            hidden = hidden + F.embedding_bag(codes + self.category_starts, columns, mode="sum")
+        for layer in islice(self.encoder, 1, None):
+            hidden = layer(hidden)
+        mu, log_var = hidden.chunk(2, dim=1)
         return mu, log_var
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
