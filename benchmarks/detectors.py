@@ -83,18 +83,24 @@ def run_ours(
     return Outcome(scores, detector.is_anomaly(scores), fit_seconds, score_seconds, normal)
 
 
-# Scoring is timed as the fastest of this many calls, for every detector alike. A first call
-# pays one-off costs (ours: 2.5 ms instead of 1.7 on 6_cardio's 673 rows, 12 instead of 7.5 on
-# 24_mnist's 2,771) that say nothing about the throughput of scoring batch after batch, and on
-# two shared cores the median of three still moved by 1.5x between runs of the same code; the
-# fastest call is the steadiest estimate of what the code itself costs (as `timeit` advises).
-SCORING_REPEATS = 5
+# Scoring is timed as the fastest of several calls, for every detector alike: at least
+# `SCORING_MIN_CALLS`, then more until the calls add up to `SCORING_SECONDS` (at most
+# `SCORING_MAX_CALLS`), as `timeit`'s autorange does. A first call pays one-off costs (ours:
+# 2.5 ms instead of 1.7 on 6_cardio's 673 rows) that say nothing about scoring batch after
+# batch, and on two shared cores a call of a few milliseconds varies by 1.5x from run to run:
+# the fastest of many is the steadiest estimate of what the code costs. Calls of seconds (PyOD
+# on the largest tables) need few, and more would add minutes to the suite.
+SCORING_MIN_CALLS = 3
+SCORING_SECONDS = 1.0
+SCORING_MAX_CALLS = 50
 
 
 def timed_scoring(score: Callable[[], Any]) -> tuple[Any, float]:
-    """The scores of one call and the fewest seconds of `SCORING_REPEATS` calls."""
-    seconds = []
-    for _ in range(SCORING_REPEATS):
+    """The scores of one call and the fewest seconds any call took."""
+    seconds: list[float] = []
+    while len(seconds) < SCORING_MIN_CALLS or (
+        sum(seconds) < SCORING_SECONDS and len(seconds) < SCORING_MAX_CALLS
+    ):
         started = time.perf_counter()
         scores = score()
         seconds.append(time.perf_counter() - started)
