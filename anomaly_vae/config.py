@@ -126,7 +126,7 @@ class TrainingConfig(_Section):
     # (the benchmark tables, 3 seeds): mean AUROC 0.927 -> 0.930 at the same AP (0.805), with
     # 30_satellite, undertrained at the constant rate, 0.795 -> 0.807, and less fit time. Peaks
     # of 3e-3, 6e-3 and 1.5e-2 over 30 epochs gave AUROC 0.925, 0.928 and 0.927; 20 epochs
-    # 0.930 at AP 0.801. The image configs keep the constant rates they were tuned with.
+    # 0.930 at AP 0.801. configs/magnetic_tile.yaml keeps the constant rate it was tuned with.
     epochs: int = Field(default=24, gt=0)
     batch_size: int = Field(default=256, gt=0)
     learning_rate: float = Field(default=1e-2, gt=0)

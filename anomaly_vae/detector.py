@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 from anomaly_vae import __version__
 from anomaly_vae.calibration import NormalScores, Threshold
-from anomaly_vae.data.images import ImageItem, is_held_out, iter_image_batches, list_images
+from anomaly_vae.data.images import ImageItem, held_out_only, iter_image_batches, list_images
 from anomaly_vae.data.preprocessing import TabularPreprocessor
 from anomaly_vae.data.schema import check_columns
 from anomaly_vae.errors import InputError
@@ -239,8 +239,8 @@ class ImageDetector:
     def list_images(self, source: str | Path) -> list[ImageItem]:
         return list_images(source, self.image)
 
-    def held_out(self, item: ImageItem) -> bool:
-        return is_held_out(item, self.image.holdout_fraction, self.seed)
+    def held_out_only(self, items: list[ImageItem]) -> list[ImageItem]:
+        return held_out_only(items, self.image.holdout_fraction, self.seed)
 
     def scored_batches(
         self, items: list[ImageItem], batch_size: int = 256

@@ -38,7 +38,7 @@ def sweep_case(config_path: str, overrides: list[str], test: str, held_out: bool
     detector = load_model(train(config, tracking, echo=lambda line: None), tracking)
     items = detector.list_images(test)
     if held_out:
-        items = [item for item in items if item.label or detector.held_out(item)]
+        items = detector.held_out_only(items)
     scores, bits, labels = [], [], []
     for batch, pixels, batch_scores in detector.scored_batches(items):
         scores.append(batch_scores.score)

@@ -48,7 +48,7 @@ def pixel_split(
     echo: Callable[[str], None] = print,
 ) -> PixelSplit:
     """Flattened `size` x `size` pixels of the images `config` trains on and of the test set."""
-    from anomaly_vae.data.images import is_held_out, list_images, read_images
+    from anomaly_vae.data.images import held_out_only, list_images, read_images
     from anomaly_vae.errors import InputError
     from pipelines.train_images import split_images
 
@@ -64,10 +64,7 @@ def pixel_split(
     if any(item.label is None for item in test_items):
         raise InputError(f"{test_path}: unlabelled test images")
     if held_out_only:
-        fraction, seed = config.image.holdout_fraction, config.training.seed
-        test_items = [
-            item for item in test_items if item.label or is_held_out(item, fraction, seed)
-        ]
+        test_items = held_out_only(test_items, config.image.holdout_fraction, config.training.seed)
     channels = config.image.channels
     train = read_images(train_items, size, channels).reshape(len(train_items), -1)
     test = read_images(test_items, size, channels).reshape(len(test_items), -1)

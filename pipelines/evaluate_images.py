@@ -55,7 +55,7 @@ def evaluate_images(
     if held_out_only:
         if not detector.image.holdout_fraction:
             raise InputError(f"model '{model_uri}': trained with no image.holdout_fraction")
-        items = [item for item in items if item.label or detector.held_out(item)]
+        items = detector.held_out_only(items)
     with_masks = any(item.mask for item in items)
     size = detector.image.size
     scores, labels, pixel_scores, pixel_labels = [], [], [], []

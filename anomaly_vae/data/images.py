@@ -138,6 +138,12 @@ def is_held_out(item: ImageItem, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def held_out_only(items: list[ImageItem], fraction: float, seed: int) -> list[ImageItem]:
+    """The anomalies and the normal images `is_held_out` kept out of training: the test set of
+    `evaluate --held-out-only`, which the benchmarks' peers are judged on too."""
+    return [item for item in items if item.label or is_held_out(item, fraction, seed)]
+
+
 def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
     """One image file as float32 (channels, size, size) in [0, 1]."""
     try:
