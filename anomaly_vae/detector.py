@@ -191,6 +191,7 @@ def build_tabular_model(preprocessor: TabularPreprocessor, params: dict[str, Any
         n_indicators=len(preprocessor.missing_columns),
         indicator_columns=preprocessor.missing_columns,
         category_sizes=preprocessor.category_sizes,
+        unseen_nll=preprocessor.unseen_nll,
         hidden=params["hidden"],
         latent=params["latent"],
         learn_scale=params["likelihood"] == "gaussian",

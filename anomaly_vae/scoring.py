@@ -36,6 +36,7 @@ from anomaly_vae.models.conv_vae import ConvVAE
 from anomaly_vae.models.losses import (
     HALF_LOG_2PI,
     bernoulli_nll,
+    binary_nll,
     categorical_nll,
     gaussian_nll,
     kl_divergence,
@@ -92,11 +93,18 @@ def _feature_nll(
     codes: torch.Tensor,
 ) -> torch.Tensor:
     numeric_mean, logits = model.decode(z)
+    if model.n_binary:
+        n = model.n_numeric
+        gaussian = gaussian_nll(numeric[:, :n], numeric_mean[:, :n], model.bounded_log_scale())
+        binary = binary_nll(numeric[:, n:], numeric_mean[:, n:], model.unseen_nll)
+        terms = torch.cat([gaussian, binary], 1)
+    else:
+        terms = gaussian_nll(numeric, numeric_mean, model.bounded_log_scale())
     # Imputed cells carry no information about the row; they do not count.
-    numeric_nll = gaussian_nll(numeric, numeric_mean, model.bounded_log_scale()) * observed
+    terms = terms * observed
     if not model.category_sizes:
-        return numeric_nll
-    return torch.cat([numeric_nll, categorical_nll(codes, logits)], dim=1)
+        return terms
+    return torch.cat([terms, categorical_nll(codes, logits)], dim=1)
 
 
 # Rows per forward pass: small enough that a batch's activations stay in the core's cache. At
@@ -132,7 +140,9 @@ def score_tabular(
     scores = SampleScores(
         recon=np.empty(n),
         kl=np.empty(n),
-        contributions=np.empty((n, model.n_numeric + len(model.category_sizes)), np.float32)
+        contributions=np.empty(
+            (n, model.n_numeric + model.n_binary + len(model.category_sizes)), np.float32
+        )
         if contributions
         else None,
     )
@@ -156,7 +166,10 @@ def score_tabular(
         scores.kl[rows] = kl.numpy()
         if scores.contributions is not None:
             # nll - floor * observed, in place: the scores above already summed nll.
-            nll[:, : model.n_numeric].addcmul_(observed_rows, numeric_floor, value=-1)
+            # Binary and categorical terms are 0 at their best already.
+            nll[:, : model.n_numeric].addcmul_(
+                observed_rows[:, : model.n_numeric], numeric_floor, value=-1
+            )
             scores.contributions[rows] = nll.numpy()
 
     starts = range(0, n, rows_per_batch)

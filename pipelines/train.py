@@ -135,6 +135,7 @@ def train(
         "rows.validation_normal": int(val_normal.sum()),
         "rows.validation_anomaly": int((~val_normal).sum()),
         "features.numeric": len(preprocessor.numeric),
+        "features.binary": len(preprocessor.binary),
         "features.categorical": len(preprocessor.categorical),
     }
     with training_run(config, tracking_uri, Path(source).name, counts) as run:

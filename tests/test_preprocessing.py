@@ -1,5 +1,7 @@
 """Preprocessing fitted on training rows: scaling, categories, missing values, bad values."""
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -76,22 +78,28 @@ def test_unseen_and_rare_categories_share_the_unknown_bucket(frame) -> None:
     assert codes[1, 0] == 0 and codes[2, 0] == 0
 
 
-def test_two_valued_numeric_columns_become_categories_matched_as_numbers(frame) -> None:
+def test_two_valued_numeric_columns_become_binary_matched_as_numbers(frame) -> None:
     flags = frame.assign(is_online=np.arange(len(frame)) % 3 == 0).astype({"is_online": int})
     pre = _fit(flags)
-    assert "is_online" not in [c.name for c in pre.numeric]
-    online = pre.categorical[-1]
+    assert "is_online" not in [c.name for c in pre.numeric + pre.categorical]
+    (online,) = pre.binary
     assert online.name == "is_online" and online.values == [0.0, 1.0]
+    assert online.unseen_nll == pytest.approx(math.log(len(flags) + 2))
+    assert pre.feature_names[len(pre.numeric)] == "is_online"  # after the numeric features
     # Scoring files may carry the flag as floats, or hold a value never seen in training.
     scored = flags.head(4).astype({"is_online": float})
     scored.loc[scored.index[3], "is_online"] = 7.0
-    codes = pre.transform(scored, "t").codes[:, -1]
-    assert codes.tolist() == [2, 1, 1, 0]
-    # A bad cell is named as in any numeric column.
+    encoded = pre.transform(scored, "t")
+    column = len(pre.numeric)
+    np.testing.assert_array_equal(encoded.numeric[:, column], [1.0, 0.0, 0.0, np.nan])
+    assert (encoded.observed[:, column] == 1).all()
+    # A bad cell is named as in any numeric column, and so is a missing one.
     with pytest.raises(InputError, match=r"column 'is_online', row 2: 'yes' is not a number"):
         pre.transform(
             flags.head(3).astype({"is_online": object}).assign(is_online=[1, "yes", 0]), "t"
         )
+    with pytest.raises(InputError, match=r"column 'is_online', row 2: missing value"):
+        pre.transform(flags.head(3).assign(is_online=[1.0, np.nan, 0.0]), "t")
     # Two values, one of them seen fewer than MIN_CATEGORY_COUNT times: numeric, outlier and all.
     odd = np.zeros(len(flags))
     odd[: MIN_CATEGORY_COUNT - 1] = 9.0
@@ -102,7 +110,34 @@ def test_two_valued_numeric_columns_become_categories_matched_as_numbers(frame) 
     assert "is_online" in [c.name for c in explicit.numeric]
     # Round trip through the stored JSON keeps matching numbers.
     again = TabularPreprocessor.from_dict(pre.to_dict())
-    assert np.array_equal(again.transform(scored, "t").codes, pre.transform(scored, "t").codes)
+    np.testing.assert_array_equal(again.transform(scored, "t").numeric, encoded.numeric)
+
+
+def test_binary_columns_missing_in_training_get_an_indicator(frame) -> None:
+    flag = np.where(np.arange(len(frame)) % 2 == 0, 1.0, 0.0)
+    flag[::7] = np.nan
+    pre = _fit(frame.assign(flag=flag))
+    assert pre.binary[0].has_missing
+    column = len(pre.numeric)
+    assert column in pre.missing_columns
+    encoded = pre.transform(frame.assign(flag=flag), "t")
+    missing = np.isnan(flag)
+    assert (encoded.observed[missing, column] == 0).all()
+    assert (encoded.numeric[missing, column] == 0).all()
+    assert (encoded.numeric[~missing, column] == flag[~missing]).all()
+
+
+def test_detectors_saved_before_binary_columns_keep_their_two_valued_categories(frame) -> None:
+    """An older detector's network expects codes for a two-valued column: unknown 0, then its
+    two numbers as 1 and 2."""
+    state = _fit(frame).to_dict()
+    del state["binary"]
+    state["categorical"].append(
+        {"name": "is_online", "categories": ["0.0", "1.0"], "values": [0.0, 1.0]}
+    )
+    old = TabularPreprocessor.from_dict(state)
+    scored = frame.head(4).assign(is_online=[1.0, 0.0, 0.0, 7.0])
+    assert old.transform(scored, "t").codes[:, -1].tolist() == [2, 1, 1, 0]
 
 
 def test_missing_values_are_imputed_with_an_indicator(frame) -> None:

@@ -1,7 +1,8 @@
-"""TabularVAE's shortcuts for categorical columns against the plain one-hot network."""
+"""TabularVAE's shortcuts for categorical and binary columns against the plain network."""
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -56,3 +57,40 @@ def test_logits_are_laid_out_category_by_column_and_padded() -> None:
         torch.testing.assert_close(logits[:, :size, j], out[:, start : start + size])
         assert (logits[:, size:, j] == -math.inf).all()
         start += size
+
+
+def test_binary_columns_take_one_logit_and_unseen_values_their_cost() -> None:
+    """Two binary columns follow two numeric ones: encoded 0/1 (NaN where a value was neither
+    of the two), decoded to one Bernoulli logit each."""
+    from anomaly_vae.scoring import score_tabular, tabular_terms
+
+    torch.manual_seed(0)
+    unseen = [5.0, 7.0]
+    model = TabularVAE(
+        n_numeric=2, n_indicators=0, category_sizes=[3], hidden=[8], latent=2, unseen_nll=unseen
+    ).eval()
+    assert model.decoder[-1].out_features == 2 + 2 + 3
+    numeric = torch.tensor([[0.1, -1.0, 1.0, 0.0], [2.0, 0.5, math.nan, 1.0]])
+    observed = torch.ones(2, 4)
+    codes = torch.tensor([[1], [2]])
+
+    # The encoder reads an unseen value as halfway between the two.
+    inputs = torch.cat([numeric.nan_to_num(0.5), F.one_hot(codes[:, 0], 3).float()], 1)
+    expected_mu, _ = model.encoder(inputs).chunk(2, dim=1)
+    mu, _ = model.encode(numeric, observed, codes)
+    torch.testing.assert_close(mu, expected_mu)
+
+    with torch.no_grad():
+        nll, _ = tabular_terms(model, numeric, observed, codes)
+        outputs, _ = model.decode(mu)
+    bce = F.binary_cross_entropy_with_logits(
+        outputs[:, 2:4], numeric[:, 2:].nan_to_num(0.0), reduction="none"
+    )
+    torch.testing.assert_close(nll[0, 2:4], bce[0])
+    assert nll[1, 2] == unseen[0]
+    torch.testing.assert_close(nll[1, 3], bce[1, 1])
+
+    # A binary term's best is 0: contributions are the terms themselves.
+    scores = score_tabular(model, numeric.numpy(), observed.numpy(), codes.numpy())
+    np.testing.assert_allclose(scores.contributions[:, 2:4], nll[:, 2:4].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(scores.recon, nll.sum(1).numpy(), rtol=1e-5)

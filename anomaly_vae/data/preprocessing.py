@@ -8,17 +8,21 @@ scoring reproduces training's encoding exactly without unpickling anything.
   squash every other value towards zero. Beyond `TAIL_START` robust units the scale turns
   logarithmic: extreme values stay extreme (and monotone) but cannot dominate the loss.
 - Categorical columns keep their frequent values; rare and unseen values share code 0, the
-  unknown bucket, which training therefore sees too. A numeric column with exactly two values
-  in training, each seen at least `MIN_CATEGORY_COUNT` times (a flag, a one-hot dummy), is
-  inferred to be categorical: scaled as a number, the rarer value of a dummy sits many robust
-  units out, and the model spends its capacity there.
-- A numeric column that had missing values in training gets a 0/1 indicator input and its
-  missing cells are imputed with the median and left out of the reconstruction loss. A missing
-  value in a column that never had one is an error: the model has no notion of it.
+  unknown bucket, which training therefore sees too.
+- A numeric column with exactly two values in training, each seen at least
+  `MIN_CATEGORY_COUNT` times (a flag, a one-hot dummy), is binary: encoded 0/1 and modelled
+  with one Bernoulli logit. Scaled as a number, the rarer value of a dummy sits many robust
+  units out and the model spends its capacity there. A value that is neither of the two
+  is encoded NaN; the model charges it what training's counts allow an unseen value
+  (`BinaryColumn.unseen_nll`).
+- A numeric or binary column that had missing values in training gets a 0/1 indicator input
+  and its missing cells are imputed (median; 0) and left out of the reconstruction loss. A
+  missing value in a column that never had one is an error: the model has no notion of it.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property, lru_cache
@@ -49,11 +53,22 @@ class NumericColumn:
 
 
 @dataclass
+class BinaryColumn:
+    name: str
+    values: list[float]  # encoded 0 and 1, matched as numbers (the strings of 1 and 1.0 differ)
+    has_missing: bool
+    # -log P(a value never seen in training), by the rule of succession over the n values
+    # training held: log(n + 2). Two values cannot sum to less than probability one, so an
+    # unseen value gets no probability from the model itself.
+    unseen_nll: float
+
+
+@dataclass
 class CategoricalColumn:
     name: str
     categories: list[str]  # code i + 1 is categories[i]; code 0 is the unknown bucket
-    # A two-valued numeric column: its categories' numbers, matched as numbers (the strings of
-    # 1 and 1.0 differ, and turning every cell into a string is slow on wide tables).
+    # Detectors saved before binary columns existed kept a two-valued numeric column as a
+    # category of its two numbers, matched as numbers; their networks still expect that.
     values: list[float] | None = None
 
     @property
@@ -65,8 +80,8 @@ class CategoricalColumn:
 class EncodedTable:
     """Model-ready arrays for a batch of rows."""
 
-    numeric: np.ndarray  # float32 (n, n_numeric), scaled
-    observed: np.ndarray  # float32 (n, n_numeric), 0 where the value was missing
+    numeric: np.ndarray  # float32 (n, n_numeric + n_binary): scaled, then 0/1 (NaN: unseen)
+    observed: np.ndarray  # float32, as `numeric`: 0 where the value was missing
     codes: np.ndarray  # int64 (n, n_categorical)
 
     def __len__(self) -> int:
@@ -79,11 +94,13 @@ class TabularPreprocessor:
     categorical: list[CategoricalColumn] = field(default_factory=list)
     # Stored with the model: a model keeps scoring as it was trained if the default changes.
     tail_start: float = TAIL_START
+    binary: list[BinaryColumn] = field(default_factory=list)
 
     @property
     def feature_names(self) -> list[str]:
         """Feature columns in the order the model's reconstruction terms use."""
-        return [c.name for c in self.numeric] + [c.name for c in self.categorical]
+        columns = [*self.numeric, *self.binary, *self.categorical]
+        return [c.name for c in columns]
 
     @property
     def category_sizes(self) -> list[int]:
@@ -91,8 +108,12 @@ class TabularPreprocessor:
 
     @property
     def missing_columns(self) -> list[int]:
-        """Indices of numeric columns that get a missing-value indicator input."""
-        return [i for i, c in enumerate(self.numeric) if c.has_missing]
+        """Indices of numeric and binary columns that get a missing-value indicator input."""
+        return [i for i, c in enumerate([*self.numeric, *self.binary]) if c.has_missing]
+
+    @property
+    def unseen_nll(self) -> list[float]:
+        return [c.unseen_nll for c in self.binary]
 
     @classmethod
     def fit(
@@ -111,27 +132,29 @@ class TabularPreprocessor:
             for c in features
             if c not in categorical and c not in two_valued
         ]
-        cats = [
-            _fit_two_valued(frame[c], c) if c in two_valued else _fit_categorical(frame[c], c)
-            for c in features
-            if c in categorical or c in two_valued
-        ]
-        if not numeric and not cats:
+        binary = [_fit_binary(frame[c], c) for c in features if c in two_valued]
+        cats = [_fit_categorical(frame[c], c) for c in features if c in categorical]
+        if not numeric and not binary and not cats:
             raise InputError("training data: no feature columns left to train on")
-        return cls(numeric=numeric, categorical=cats)
+        return cls(numeric=numeric, categorical=cats, binary=binary)
 
     def transform(self, frame: pd.DataFrame, source: str, row_offset: int = 0) -> EncodedTable:
         """Encode rows; bad values raise an error naming `source`, the column and the row."""
         n = len(frame)
-        # Numeric and two-valued columns are converted together: one pass over the frame.
+        # Numeric, binary and two-valued columns are converted together: one pass over the frame.
         numbers = _float_columns(frame, self._number_names)
         values = self._numeric_matrix(frame, numbers, source, row_offset)
+        n_numeric = len(self.numeric)
         # Whole-matrix operations: a loop over columns cost more than the network on wide tables.
         # Scaled straight into the network's float32: a float64 result and a cast took two more
         # passes over the matrix.
         numeric = np.empty(values.shape, dtype=np.float32)
-        np.subtract(values, self._centers, out=numeric, casting="same_kind")
-        numeric /= self._scales
+        scaled = numeric[:, :n_numeric]
+        np.subtract(values[:, :n_numeric], self._centers, out=scaled, casting="same_kind")
+        scaled /= self._scales
+        if self.binary:
+            numeric[:, n_numeric:] = self._binary_values(values[:, n_numeric:])
+        # Binary cells (0, 1 or NaN) are never in the tail.
         _compress_tails_inplace(numeric, self.tail_start)
         if self._may_miss.any():
             missing = np.isnan(values)
@@ -148,15 +171,25 @@ class TabularPreprocessor:
                 codes[:, j] = [lookup.get(v, 0) for v in _category_strings(frame[column.name])]
         return EncodedTable(numeric=numeric, observed=observed, codes=codes)
 
+    def _binary_values(self, values: np.ndarray) -> np.ndarray:
+        """The binary columns' numbers (n, k) as 0 and 1, NaN where a value is neither of the
+        two seen in training (a missing cell stays NaN for the caller to impute)."""
+        low, high = self._binary_numbers[:, 0], self._binary_numbers[:, 1]
+        encoded = (values == high).astype(np.float32)
+        encoded[(values != low) & (values != high)] = np.nan
+        return encoded
+
     def _two_valued_codes(
         self, frame: pd.DataFrame, numbers: np.ndarray | None, source: str, row_offset: int
     ) -> np.ndarray:
-        """Codes (n, k) of the two-valued columns, matched as numbers, all columns at once: a
-        loop over 52 dummies cost a third of scoring 5_campaign. `numbers` is
-        `_float_columns` of `_number_names`, or None to convert column by column."""
-        names = self._number_names[len(self.numeric) :]
+        """Codes (n, k) of an older detector's two-valued categorical columns, matched as
+        numbers, all columns at once: a loop over 52 dummies cost a third of scoring
+        5_campaign. `numbers` is `_float_columns` of `_number_names`, or None to convert
+        column by column."""
+        first = len(self.numeric) + len(self.binary)
+        names = self._number_names[first:]
         if numbers is not None:
-            values = numbers[:, len(self.numeric) :]
+            values = numbers[:, first:]
         else:
             block = frame[list(names)]
             values = np.column_stack([_as_float(block[c], c, source, row_offset) for c in names])
@@ -172,10 +205,14 @@ class TabularPreprocessor:
     # after `fit` or `from_dict`, so caching them is safe.
     @cached_property
     def _number_names(self) -> tuple[str, ...]:
-        """The numeric features, then the two-valued columns: every column read as numbers."""
-        return tuple(
-            [c.name for c in self.numeric] + [self.categorical[j].name for j in self._two_valued]
-        )
+        """The numeric, binary and two-valued columns: every column read as numbers."""
+        two_valued = [self.categorical[j] for j in self._two_valued]
+        return tuple(c.name for c in [*self.numeric, *self.binary, *two_valued])
+
+    @cached_property
+    def _binary_numbers(self) -> np.ndarray:
+        """(k, 2): the numbers each binary column encodes as 0 and as 1."""
+        return np.array([c.values for c in self.binary], dtype=np.float64).reshape(-1, 2)
 
     @cached_property
     def _centers(self) -> np.ndarray:
@@ -201,25 +238,30 @@ class TabularPreprocessor:
 
     @cached_property
     def _may_miss(self) -> np.ndarray:
-        return np.array([c.has_missing for c in self.numeric], dtype=bool)
+        return np.array([c.has_missing for c in self._number_columns], dtype=bool)
+
+    @cached_property
+    def _number_columns(self) -> list[NumericColumn | BinaryColumn]:
+        return [*self.numeric, *self.binary]
 
     def _numeric_matrix(
         self, frame: pd.DataFrame, numbers: np.ndarray | None, source: str, row_offset: int
     ) -> np.ndarray:
-        """The numeric features as float64 (n, n_numeric), checked for infinite and missing;
-        `numbers` as for `_two_valued_codes`."""
+        """The numeric and binary features as float64 (n, n_numeric + n_binary), checked for
+        infinite and missing values; `numbers` as for `_two_valued_codes`."""
+        columns = self._number_columns
         if numbers is None:
             return np.column_stack(
-                [_numeric_values(frame[c.name], c, source, row_offset) for c in self.numeric]
+                [_numeric_values(frame[c.name], c, source, row_offset) for c in columns]
             )
-        values = numbers[:, : len(self.numeric)]
+        values = numbers[:, : len(columns)]
         # One check that passes on clean data; only a failing column is checked again on its
         # own, for the error message.
         finite = np.isfinite(values)
         if not finite.all():
             bad = ~finite & ~(np.isnan(values) & self._may_miss)
             for j in np.flatnonzero(bad.any(axis=0))[:1]:
-                _check_values(values[:, j], self.numeric[j], source, row_offset)
+                _check_values(values[:, j], columns[j], source, row_offset)
         return values
 
     def to_dict(self) -> dict:
@@ -227,6 +269,7 @@ class TabularPreprocessor:
             "numeric": [asdict(c) for c in self.numeric],
             "categorical": [asdict(c) for c in self.categorical],
             "tail_start": self.tail_start,
+            "binary": [asdict(c) for c in self.binary],
         }
 
     @classmethod
@@ -235,6 +278,7 @@ class TabularPreprocessor:
             numeric=[NumericColumn(**c) for c in state["numeric"]],
             categorical=[CategoricalColumn(**c) for c in state["categorical"]],
             tail_start=state["tail_start"],
+            binary=[BinaryColumn(**c) for c in state.get("binary", [])],
         )
 
 
@@ -278,13 +322,17 @@ def _has_two_values(series: pd.Series) -> bool:
     return len(counts) == 2 and counts.min() >= MIN_CATEGORY_COUNT
 
 
-def _fit_two_valued(series: pd.Series, name: str) -> CategoricalColumn:
-    """A two-valued numeric column as two categories, matched as numbers."""
+def _fit_binary(series: pd.Series, name: str) -> BinaryColumn:
+    """A two-valued numeric column: its smaller number encodes 0, the larger 1."""
     values = _as_float(series, name, "training data", 0)
     _reject_infinite(values, name, "training data", 0)
-    kept_values = [float(v) for v in np.unique(values[~np.isnan(values)])]
-    return CategoricalColumn(
-        name=name, categories=[repr(v) for v in kept_values], values=kept_values
+    missing = np.isnan(values)
+    present = values[~missing]
+    return BinaryColumn(
+        name=name,
+        values=[float(v) for v in np.unique(present)],
+        has_missing=bool(missing.any()),
+        unseen_nll=math.log(len(present) + 2),
     )
 
 
@@ -338,14 +386,16 @@ def _is_number_dtype(dtype: object) -> bool:
 
 
 def _numeric_values(
-    series: pd.Series, column: NumericColumn, source: str, row_offset: int
+    series: pd.Series, column: NumericColumn | BinaryColumn, source: str, row_offset: int
 ) -> np.ndarray:
     values = _as_float(series, column.name, source, row_offset)
     _check_values(values, column, source, row_offset)
     return values
 
 
-def _check_values(values: np.ndarray, column: NumericColumn, source: str, row_offset: int) -> None:
+def _check_values(
+    values: np.ndarray, column: NumericColumn | BinaryColumn, source: str, row_offset: int
+) -> None:
     """Reject infinite values, and missing ones in a column that had none in training."""
     _reject_infinite(values, column.name, source, row_offset)
     if not column.has_missing:

@@ -38,6 +38,13 @@ def bernoulli_nll(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none")
 
 
+def binary_nll(x: torch.Tensor, logits: torch.Tensor, unseen_nll: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of 0/1 values x (n, columns) against logits; a NaN in x, a value
+    neither 0 nor 1, costs its column's `unseen_nll` instead."""
+    nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")
+    return torch.where(torch.isnan(x), unseen_nll, nll)
+
+
 def categorical_nll(codes: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy (n, columns) of integer codes (n, columns) against logits (n, k, columns);
     logits of -inf mark categories a column does not have."""

@@ -1,10 +1,10 @@
 """TabularVAE: a variational autoencoder for mixed numeric and categorical rows.
 
-The encoder is an MLP over scaled numeric values, missing-value indicators and one-hot
-categories, ending in the mean and log-variance of a diagonal Gaussian posterior. The decoder
-maps a latent code back to a Gaussian mean per numeric column (with one learned scale per
-column) and logits per categorical column. A plain `nn.Module`: scoring never imports
-Lightning.
+The encoder is an MLP over scaled numeric values, 0/1 binary values, missing-value indicators
+and one-hot categories, ending in the mean and log-variance of a diagonal Gaussian posterior.
+The decoder maps a latent code back to a Gaussian mean per numeric column (with one learned
+scale per column), one Bernoulli logit per binary column and logits per categorical column. A
+plain `nn.Module`: scoring never imports Lightning.
 
 Example:
     >>> model = TabularVAE(n_numeric=4, n_indicators=0, category_sizes=[3], hidden=[16], latent=2)
@@ -36,7 +36,7 @@ LOG_SCALE_BOUNDS = (-4.0, 2.0)
 class TabularOutput:
     mu: torch.Tensor
     log_var: torch.Tensor
-    numeric_mean: torch.Tensor
+    numeric_mean: torch.Tensor  # (n, n_numeric + n_binary): means, then binary logits
     log_scale: torch.Tensor
     logits: torch.Tensor  # (n, most categories, n_categorical), padded with -inf
 
@@ -65,9 +65,19 @@ class TabularVAE(nn.Module):
         dropout: float = 0.0,
         indicator_columns: list[int] | None = None,
         activation: str = "leaky-relu",
+        unseen_nll: list[float] | None = None,
     ) -> None:
+        """`unseen_nll` holds one value per binary column, which follow the numeric ones in
+        the `numeric` inputs: what a value that is neither of the column's two (a NaN input)
+        costs. Binary columns take one logit each where a category of two (and its unknown
+        bucket) took three: scoring 5_campaign's 49 dummies took half the time."""
         super().__init__()
         self.n_numeric = n_numeric
+        # Derived from the preprocessor, like the category layout below: not saved.
+        self.register_buffer(
+            "unseen_nll", torch.tensor(unseen_nll or [], dtype=torch.float32), persistent=False
+        )
+        self.n_binary = len(self.unseen_nll)
         self.category_sizes = list(category_sizes)
         self.latent = latent
         self.register_buffer(
@@ -91,8 +101,8 @@ class TabularVAE(nn.Module):
         self.register_buffer(
             "category_slots", torch.where(in_column, slots, pad).T.flatten(), persistent=False
         )
-        n_in = n_numeric + n_indicators + sum(category_sizes)
-        n_out = n_numeric + sum(category_sizes)
+        n_in = n_numeric + self.n_binary + n_indicators + sum(category_sizes)
+        n_out = n_numeric + self.n_binary + sum(category_sizes)
         self.encoder = mlp([n_in, *hidden, 2 * latent], dropout, activation)
         self.decoder = mlp([latent, *reversed(hidden), n_out], dropout, activation)
         self.log_scale = nn.Parameter(torch.zeros(n_numeric), requires_grad=learn_scale)
@@ -100,7 +110,13 @@ class TabularVAE(nn.Module):
     def encode(
         self, numeric: torch.Tensor, observed: torch.Tensor, codes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        dense = torch.cat([numeric, 1.0 - observed.index_select(1, self.indicator_columns)], 1)
+        indicators = 1.0 - observed.index_select(1, self.indicator_columns)
+        if self.n_binary:
+            # An unseen binary value (NaN) reads as halfway between the two the model knows.
+            binary = torch.nan_to_num(numeric[:, self.n_numeric :], nan=0.5)
+            dense = torch.cat([numeric[:, : self.n_numeric], binary, indicators], 1)
+        else:
+            dense = torch.cat([numeric, indicators], 1)
         first = self.encoder[0]
         hidden = F.linear(dense, first.weight[:, : dense.shape[1]], first.bias)
         if self.category_sizes:
@@ -115,11 +131,15 @@ class TabularVAE(nn.Module):
         return mu, log_var
 
     def decode(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Numeric means (n, n_numeric) and category logits (n, most categories,
-        n_categorical), padded with -inf past each column's own categories."""
+        """Numeric means and binary logits (n, n_numeric + n_binary), and category logits
+        (n, most categories, n_categorical), padded with -inf past each column's own
+        categories."""
         out = self.decoder(z)
-        numeric_mean = out[:, : self.n_numeric]
-        padded = F.pad(out[:, self.n_numeric :], (0, 1), value=-math.inf)
+        n_dense = self.n_numeric + self.n_binary
+        numeric_mean = out[:, :n_dense]
+        if not self.category_sizes:
+            return numeric_mean, out[:, n_dense:].view(len(z), 0, 0)
+        padded = F.pad(out[:, n_dense:], (0, 1), value=-math.inf)
         logits = padded.index_select(1, self.category_slots)
         return numeric_mean, logits.view(len(z), self.category_width, len(self.category_sizes))
 
