@@ -170,8 +170,8 @@ def _scores_and_labels(
             )
         scores.append(scored["score"].to_numpy())
         offset += len(batch)
-    numeric = detector.preprocessor.numeric
-    example = example.astype({c.name: "float64" for c in numeric if c.name in example.columns})
+    numbers = detector.preprocessor.number_columns
+    example = example.astype({c.name: "float64" for c in numbers if c.name in example.columns})
     return np.concatenate(scores), np.concatenate(labels) if label else None, example
 
 

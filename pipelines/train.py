@@ -167,12 +167,13 @@ def train(
             probability=calibration.probability,
             normal=calibration.normal,
         )
-        # Numeric features are doubles in the signature: CSV readers and JSON payloads turn
-        # integers into floats as soon as a value is missing, and MLflow would refuse those.
+        # Numeric and binary features are doubles in the signature: CSV readers and JSON
+        # payloads turn integers into floats as soon as a value is missing, and MLflow would
+        # refuse those.
         example = (
             split.train[[*config.data.id_columns, *split.features]]
             .head(5)
-            .astype({c.name: "float64" for c in preprocessor.numeric})
+            .astype({c.name: "float64" for c in preprocessor.number_columns})
         )
         uri = register_detector(config, detector, example)
     total = time.perf_counter() - started

@@ -238,10 +238,11 @@ class TabularPreprocessor:
 
     @cached_property
     def _may_miss(self) -> np.ndarray:
-        return np.array([c.has_missing for c in self._number_columns], dtype=bool)
+        return np.array([c.has_missing for c in self.number_columns], dtype=bool)
 
     @cached_property
-    def _number_columns(self) -> list[NumericColumn | BinaryColumn]:
+    def number_columns(self) -> list[NumericColumn | BinaryColumn]:
+        """The numeric and binary columns: the model's `numeric` inputs, in order."""
         return [*self.numeric, *self.binary]
 
     def _numeric_matrix(
@@ -249,7 +250,7 @@ class TabularPreprocessor:
     ) -> np.ndarray:
         """The numeric and binary features as float64 (n, n_numeric + n_binary), checked for
         infinite and missing values; `numbers` as for `_two_valued_codes`."""
-        columns = self._number_columns
+        columns = self.number_columns
         if numbers is None:
             return np.column_stack(
                 [_numeric_values(frame[c.name], c, source, row_offset) for c in columns]
