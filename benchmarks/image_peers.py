@@ -48,7 +48,7 @@ def pixel_split(
     echo: Callable[[str], None] = print,
 ) -> PixelSplit:
     """Flattened `size` x `size` pixels of the images `config` trains on and of the test set."""
-    from anomaly_vae.data.images import held_out_only, list_images, read_images
+    from anomaly_vae.data import images
     from anomaly_vae.errors import InputError
     from pipelines.train_images import split_images
 
@@ -60,14 +60,15 @@ def pixel_split(
         if not anomalous
     ]
     train_items = [*split.train, *normal_validation]
-    test_items = list_images(test_path, config.image)
+    test_items = images.list_images(test_path, config.image)
     if any(item.label is None for item in test_items):
         raise InputError(f"{test_path}: unlabelled test images")
     if held_out_only:
-        test_items = held_out_only(test_items, config.image.holdout_fraction, config.training.seed)
+        fraction, seed = config.image.holdout_fraction, config.training.seed
+        test_items = images.held_out_only(test_items, fraction, seed)
     channels = config.image.channels
-    train = read_images(train_items, size, channels).reshape(len(train_items), -1)
-    test = read_images(test_items, size, channels).reshape(len(test_items), -1)
+    train = images.read_images(train_items, size, channels).reshape(len(train_items), -1)
+    test = images.read_images(test_items, size, channels).reshape(len(test_items), -1)
     labels = np.array([bool(item.label) for item in test_items])
     return PixelSplit(train, test, labels, time.perf_counter() - started)
 

@@ -107,6 +107,10 @@ def test_image_peers_train_on_the_images_our_model_trains_on_and_fill_the_table(
         assert m["pixel_auroc"] is None and m["images_scored"] == len(kept)
         assert 0 <= m["average_precision"] <= 1 and m["train_s"] > 0
 
+    # Without held-out normals (MNIST: a separate test file), every test image counts.
+    whole = pixel_split(config, str(tmp_path), size=4, held_out_only=False, echo=print)
+    assert whole.test.shape == (len(everything), 16) and not whole.labels.all()
+
     lines = results_table([(case, n, m) for case in ("a", "b") for n, m in rows])
     assert lines[0].startswith("| case | detector | auroc | average_precision | pixel_auroc |")
     assert lines[2].startswith("| a | IsolationForest | ") and " | - | " in lines[2]
