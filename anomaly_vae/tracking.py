@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from anomaly_vae.errors import InputError, first_line
 
 if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+
     import pandas as pd
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -143,35 +145,54 @@ def detector_dir_lookup(
 def _download_beside(model_uri: str, tracking_uri: str | None) -> Iterator[Callable[[], str]]:
     """`_download_model` on a spawned process; here instead where processes cannot start.
 
-    Some sandboxes and serverless runtimes have no shared memory for the pool's queues, and
-    a lookup process can die for reasons of its own (memory): the lookup then runs here.
+    Some sandboxes and serverless runtimes cannot start one, and a lookup process can die for
+    reasons of its own (memory): the lookup then runs here. Once it has answered, the process
+    is stopped rather than awaited: its interpreter's teardown (MLflow, SQLAlchemy) took a
+    second on one core, a fifth of scoring a small file.
     """
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
 
     def here() -> str:
         return _download_model(model_uri, tracking_uri, _download_root())
 
-    def result() -> str:
-        try:
-            return pending.result()
-        except BrokenProcessPool:
-            return here()
-
+    # spawn: a fresh interpreter, whatever the caller has loaded or started by then
+    context = multiprocessing.get_context("spawn")
     try:
-        # spawn: a fresh interpreter, whatever the caller has loaded or started by then
-        pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+        answer, sender = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_send_download,
+            args=(sender, model_uri, tracking_uri, _download_root()),
+            daemon=True,
+        )
+        process.start()
     except (OSError, NotImplementedError):
         yield here
         return
-    with pool:
+    sender.close()  # the child holds its own end: a child that dies leaves EOF here
+
+    def result() -> str:
         try:
-            pending = pool.submit(_download_model, model_uri, tracking_uri, _download_root())
-        except (OSError, NotImplementedError):
-            yield here
-            return
+            succeeded, value = answer.recv()
+        except EOFError:
+            return here()
+        if not succeeded:
+            raise value
+        return value
+
+    try:
         yield result
+    finally:
+        process.terminate()
+        process.join()
+        answer.close()
+
+
+def _send_download(sender: Connection, model_uri: str, tracking_uri: str | None, root: str) -> None:
+    """The lookup process: `_download_model`'s folder, or the error it raised."""
+    try:
+        sender.send((True, _download_model(model_uri, tracking_uri, root)))
+    except InputError as exc:
+        sender.send((False, exc))
 
 
 def _download_model(model_uri: str, tracking_uri: str | None, root: str) -> str:

@@ -13,6 +13,8 @@ import pytest
 import yaml
 from conftest import run_cli
 
+from anomaly_vae.errors import InputError
+
 # The session model is trained with labelled anomalies, so it has a calibrated probability.
 SCORE_COLUMNS = ["recon_score", "kl_score", "score", "is_anomaly", "probability", "top_features"]
 
@@ -174,31 +176,48 @@ def test_the_lookup_runs_here_where_a_second_process_fails(
     failure, breast_cancer_model, monkeypatch
 ) -> None:
     """Sandboxes without shared memory cannot start the lookup's process; scoring still works."""
-    import concurrent.futures
-    from concurrent.futures.process import BrokenProcessPool
+    import multiprocessing
 
     from anomaly_vae.tracking import _download_beside
 
-    class NoProcesses:
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            raise OSError(38, "Function not implemented")
+    spawn = multiprocessing.get_context("spawn")
 
-    class DiedPool(concurrent.futures.ThreadPoolExecutor):
-        def __init__(self, *args: object, **kwargs: object) -> None:
-            super().__init__(1)
+    class Failing:
+        """A spawn context whose process cannot start, or starts and dies without answering."""
 
-        def submit(self, *args: object, **kwargs: object) -> concurrent.futures.Future:
-            died: concurrent.futures.Future = concurrent.futures.Future()
-            died.set_exception(BrokenProcessPool("the lookup process was killed"))
-            return died
+        Pipe = staticmethod(spawn.Pipe)
 
-    pools = {"no processes": NoProcesses, "lookup process died": DiedPool}
+        class Process:
+            def __init__(self, *args: object, **kwargs: object) -> None:
+                pass
+
+            def start(self) -> None:
+                if failure == "no processes":
+                    raise OSError(38, "Function not implemented")
+
+            def terminate(self) -> None:
+                pass
+
+            def join(self) -> None:
+                pass
+
     if failure:
-        monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", pools[failure])
+        monkeypatch.setattr(multiprocessing, "get_context", lambda method: Failing)
     model_uri, tracking = breast_cancer_model
     with _download_beside(model_uri, tracking) as download:
         model_dir = Path(download())
     assert (model_dir / "MLmodel").is_file()
+
+
+def test_the_lookup_process_reports_a_missing_model(breast_cancer_model) -> None:
+    from anomaly_vae.tracking import _download_beside
+
+    _, tracking = breast_cancer_model
+    with (
+        pytest.raises(InputError, match="model 'models:/no-such-model@champion' not found"),
+        _download_beside("models:/no-such-model@champion", tracking) as download,
+    ):
+        download()
 
 
 def test_set_overrides_retrain_on_another_file(breast_cancer_files, tmp_path, tracking_uri) -> None:
