@@ -84,23 +84,22 @@ def run_ours(
 
 
 # Scoring is timed as the fastest of several calls, for every detector alike: at least
-# `SCORING_MIN_CALLS`, then more until the calls add up to `SCORING_SECONDS` (at most
-# `SCORING_MAX_CALLS`), as `timeit`'s autorange does. A first call pays one-off costs (ours:
-# 2.5 ms instead of 1.7 on 6_cardio's 673 rows) that say nothing about scoring batch after
-# batch, and on two shared cores a call of a few milliseconds varies by 1.5x from run to run:
-# the fastest of many is the steadiest estimate of what the code costs. Calls of seconds (PyOD
-# on the largest tables) need few, and more would add minutes to the suite.
+# `SCORING_MIN_CALLS`, then more until the calls add up to `SCORING_SECONDS`, as `timeit`'s
+# autorange does. A first call pays one-off costs (ours: 2.5 ms instead of 1.7 on 6_cardio's
+# 673 rows) that say nothing about scoring batch after batch, and on two shared cores a call of
+# a few milliseconds varies by 1.5x from run to run: the fastest of many is the steadiest
+# estimate of what the code costs. Calls of seconds (PyOD on the largest tables) need few, and
+# more would add minutes to the suite. Every detector gets the same second: a cap of 50 calls
+# gave a 1.5 ms detector 75 ms, still warming up (6_cardio, ours: fastest of calls 3-50
+# 1.49 ms, of calls 50-400 1.19 ms, one pinned core), against PyOD's whole second.
 SCORING_MIN_CALLS = 3
 SCORING_SECONDS = 1.0
-SCORING_MAX_CALLS = 50
 
 
 def timed_scoring(score: Callable[[], Any]) -> tuple[Any, float]:
     """The scores of one call and the fewest seconds any call took."""
     seconds: list[float] = []
-    while len(seconds) < SCORING_MIN_CALLS or (
-        sum(seconds) < SCORING_SECONDS and len(seconds) < SCORING_MAX_CALLS
-    ):
+    while len(seconds) < SCORING_MIN_CALLS or sum(seconds) < SCORING_SECONDS:
         started = time.perf_counter()
         scores = score()
         seconds.append(time.perf_counter() - started)
