@@ -93,13 +93,11 @@ def _feature_nll(
     codes: torch.Tensor,
 ) -> torch.Tensor:
     numeric_mean, logits = model.decode(z)
+    n = model.n_numeric
+    terms = gaussian_nll(numeric[:, :n], numeric_mean[:, :n], model.bounded_log_scale())
     if model.n_binary:
-        n = model.n_numeric
-        gaussian = gaussian_nll(numeric[:, :n], numeric_mean[:, :n], model.bounded_log_scale())
         binary = binary_nll(numeric[:, n:], numeric_mean[:, n:], model.unseen_nll)
-        terms = torch.cat([gaussian, binary], 1)
-    else:
-        terms = gaussian_nll(numeric, numeric_mean, model.bounded_log_scale())
+        terms = torch.cat([terms, binary], 1)
     # Imputed cells carry no information about the row; they do not count.
     terms = terms * observed
     if not model.category_sizes:

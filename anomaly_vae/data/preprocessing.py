@@ -109,7 +109,7 @@ class TabularPreprocessor:
     @property
     def missing_columns(self) -> list[int]:
         """Indices of numeric and binary columns that get a missing-value indicator input."""
-        return [i for i, c in enumerate([*self.numeric, *self.binary]) if c.has_missing]
+        return [i for i, c in enumerate(self.number_columns) if c.has_missing]
 
     @property
     def unseen_nll(self) -> list[float]:

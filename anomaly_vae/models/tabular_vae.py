@@ -110,13 +110,12 @@ class TabularVAE(nn.Module):
     def encode(
         self, numeric: torch.Tensor, observed: torch.Tensor, codes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        indicators = 1.0 - observed.index_select(1, self.indicator_columns)
+        parts = [numeric, 1.0 - observed.index_select(1, self.indicator_columns)]
         if self.n_binary:
             # An unseen binary value (NaN) reads as halfway between the two the model knows.
             binary = torch.nan_to_num(numeric[:, self.n_numeric :], nan=0.5)
-            dense = torch.cat([numeric[:, : self.n_numeric], binary, indicators], 1)
-        else:
-            dense = torch.cat([numeric, indicators], 1)
+            parts[:1] = [numeric[:, : self.n_numeric], binary]
+        dense = torch.cat(parts, 1)
         first = self.encoder[0]
         hidden = F.linear(dense, first.weight[:, : dense.shape[1]], first.bias)
         if self.category_sizes:
@@ -137,8 +136,6 @@ class TabularVAE(nn.Module):
         out = self.decoder(z)
         n_dense = self.n_numeric + self.n_binary
         numeric_mean = out[:, :n_dense]
-        if not self.category_sizes:
-            return numeric_mean, out[:, n_dense:].view(len(z), 0, 0)
         padded = F.pad(out[:, n_dense:], (0, 1), value=-math.inf)
         logits = padded.index_select(1, self.category_slots)
         return numeric_mean, logits.view(len(z), self.category_width, len(self.category_sizes))
