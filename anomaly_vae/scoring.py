@@ -98,8 +98,11 @@ def _feature_nll(
     if model.n_binary:
         binary = binary_nll(numeric[:, n:], numeric_mean[:, n:], model.unseen_nll)
         terms = torch.cat([terms, binary], 1)
-    # Imputed cells carry no information about the row; they do not count.
-    terms = terms * observed
+    # Imputed cells carry no information about the row; they do not count. Only columns with
+    # indicator inputs can have them (elsewhere a missing value is an input error), so a table
+    # without any skips a pass over its terms.
+    if len(model.indicator_columns):
+        terms = terms * observed
     if not model.category_sizes:
         return terms
     return torch.cat([terms, categorical_nll(codes, logits)], dim=1)

@@ -19,18 +19,15 @@ import torch.nn.functional as F
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 
 
-def squared_error(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-    """Element-wise squared error."""
-    return (x - x_hat) ** 2
-
-
 def gaussian_nll(x: torch.Tensor, mean: torch.Tensor, log_scale: torch.Tensor) -> torch.Tensor:
     """Element-wise negative log-density of x under N(mean, exp(log_scale)^2).
 
-    The per-feature factors are combined before they meet the (n, features) errors: four
-    passes over them instead of six, a tenth of scoring a wide table."""
+    The per-feature factors are combined before they meet the (n, features) errors, and the
+    last multiply and add are one `addcmul`: three passes over them where the plain formula
+    takes six."""
     half_precision = 0.5 * torch.exp(-2 * log_scale)
-    return squared_error(x, mean) * half_precision + (log_scale + HALF_LOG_2PI)
+    error = x - mean
+    return torch.addcmul(log_scale + HALF_LOG_2PI, error, error * half_precision)
 
 
 def bernoulli_nll(x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:

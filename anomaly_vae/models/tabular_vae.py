@@ -110,12 +110,15 @@ class TabularVAE(nn.Module):
     def encode(
         self, numeric: torch.Tensor, observed: torch.Tensor, codes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        parts = [numeric, 1.0 - observed.index_select(1, self.indicator_columns)]
+        parts = [numeric]
         if self.n_binary:
             # An unseen binary value (NaN) reads as halfway between the two the model knows.
             binary = torch.nan_to_num(numeric[:, self.n_numeric :], nan=0.5)
-            parts[:1] = [numeric[:, : self.n_numeric], binary]
-        dense = torch.cat(parts, 1)
+            parts = [numeric[:, : self.n_numeric], binary]
+        if len(self.indicator_columns):
+            parts.append(1.0 - observed.index_select(1, self.indicator_columns))
+        # Joining a single part would only copy it: a pass over the input on every batch.
+        dense = torch.cat(parts, 1) if len(parts) > 1 else numeric
         first = self.encoder[0]
         hidden = F.linear(dense, first.weight[:, : dense.shape[1]], first.bias)
         if self.category_sizes:
