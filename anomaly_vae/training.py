@@ -15,10 +15,12 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from anomaly_vae.config import TrainingConfig
+from anomaly_vae.errors import InputError, first_line
 from anomaly_vae.models.lightning_module import LossTerms, VAETrainingModule
 
 
@@ -97,24 +99,34 @@ def fit_vae(
         callbacks.append(
             EarlyStopping(monitor="val_loss", patience=training.early_stopping_patience)
         )
-    trainer = pl.Trainer(
-        max_epochs=training.epochs,
-        accelerator=training.trainer.accelerator,
-        devices=training.trainer.devices,
-        strategy=training.trainer.strategy,
-        precision=training.trainer.precision,
-        callbacks=callbacks,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=sys.stderr.isatty(),
-        num_sanity_val_steps=0,
-        deterministic=True,
-    )
+    trainer = _trainer(training, callbacks)
     trainer.fit(module, train_loader, val_loader)
     return FitResult(
         epochs=trainer.current_epoch, best_val_loss=best.best, processes=trainer.world_size
     )
+
+
+def _trainer(training: TrainingConfig, callbacks: list[pl.Callback]) -> pl.Trainer:
+    """Lightning's `Trainer` for the config; an unusable `training.trainer` section (an
+    accelerator this machine lacks, a misspelt precision) is the user's to fix, in one line."""
+    settings = training.trainer
+    try:
+        return pl.Trainer(
+            max_epochs=training.epochs,
+            accelerator=settings.accelerator,
+            devices=settings.devices,
+            strategy=settings.strategy,
+            precision=settings.precision,
+            callbacks=callbacks,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=sys.stderr.isatty(),
+            num_sanity_val_steps=0,
+            deterministic=True,
+        )
+    except (MisconfigurationException, ValueError, TypeError) as exc:
+        raise InputError(f"training.trainer: {first_line(exc)}") from exc
 
 
 class _TensorBatches(TensorDataset):

@@ -350,6 +350,21 @@ def test_config_typo_fails_before_training(tmp_path, tracking_uri) -> None:
     assert result.stderr.strip() == f"Error: {config}: unknown key 'training.epoch'"
 
 
+def test_an_accelerator_lightning_cannot_use_fails_in_one_line(
+    breast_cancer_files, tmp_path, tracking_uri
+) -> None:
+    train, _ = breast_cancer_files
+    config = tmp_path / "gpu.yaml"
+    config.write_text(yaml.safe_dump({"data": {"path": str(train), "label": "label"}}))
+    result = run_cli("train", config, "--set", "training.trainer.accelerator=gpuu")
+    assert result.exit_code != 0
+    # One line; the accelerators Lightning lists after it depend on the machine.
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(
+        "Error: training.trainer: You selected an invalid accelerator name: `accelerator='gpuu'`"
+    )
+
+
 # ---------------------------------------------------------------- real data from ../shared
 
 
