@@ -108,6 +108,31 @@ def test_estimated_f1_nears_the_best_f1_without_labels(
         assert np.mean(budgeted) < 0.6 * np.mean(reached)
 
 
+def test_anomalies_in_the_tail_count_where_the_bulk_sits_below_the_reference() -> None:
+    """Batch normals a little below the reference fill its lower 85% more than they should,
+    and Storey's estimate reads a share of 0; the tail still shows the 2% of anomalies."""
+    rng = np.random.default_rng(0)
+    normal = NormalScores.from_scores(rng.normal(0, 1, 5_000))
+    scores = np.concatenate([rng.normal(-0.1, 1, 19_600), rng.normal(8, 1, 400)])
+    storey = 1 - np.mean(scores < np.quantile(normal.quantiles, 0.85)) / 0.85
+    assert storey <= 0
+    assert 0.015 < normal.anomaly_share(scores) <= 0.02
+    # A batch of normals alone has no tail to speak of.
+    assert normal.excess_share(rng.normal(0, 1, 20_000)) < 0.002
+
+
+def test_one_extreme_reference_normal_does_not_choose_the_threshold() -> None:
+    """Validation normals of 1,000 rows with one far outlier: past the anomalies, where the
+    plain estimate sees the outlier's exceedance, a handful of batch rows would decide."""
+    rng = np.random.default_rng(1)
+    normal = NormalScores.from_scores(np.r_[rng.normal(0, 1, 999), 40.0])
+    scores = np.concatenate([rng.normal(0, 1, 20_000), rng.normal(6, 1, 300)])
+    labels = np.arange(len(scores)) >= 20_000
+    chosen = choose_threshold(scores, None, "estimated-f1", normal=normal)
+    best = choose_threshold(scores, labels, "f1").metrics["f1"]
+    assert threshold_metrics(scores, labels, chosen.value)["f1"] >= 0.9 * best
+
+
 def test_estimated_f1_needs_the_normal_reference(scored) -> None:
     scores, _ = scored
     with pytest.raises(InputError, match="normal validation scores"):
