@@ -49,6 +49,23 @@ def test_heavy_tails_do_not_squash_ordinary_values(frame) -> None:
     assert amount[:4].max() < TAIL_START + 15
 
 
+def test_a_column_piled_on_one_value_is_scaled_by_its_ordinary_spread() -> None:
+    """32_shuttle's x1: zero in most rows (an IQR of 0), small values in the rest and a few
+    rows in the thousands, whose deviation would make a value of -50 look ordinary."""
+    rng = np.random.default_rng(0)
+    n = 5_000
+    values = np.where(rng.random(n) < 0.6, 0.0, rng.integers(-5, 6, n)).astype(float)
+    values[:40] = rng.choice([-2460.0, -1865.0, 1500.0], 40)
+    train = pd.DataFrame({"x": values, "constant": 7.0})
+    pre = _fit(train)
+    x, constant = pre.numeric
+    assert values.std() > 100
+    assert 1 < x.scale < 5  # the deviation of 0 mixed with -5..5
+    assert constant.scale == 1.0
+    odd = pre.transform(pd.DataFrame({"x": [-50.0], "constant": [7.0]}), "t").numeric
+    assert abs(odd[0, 0]) > 10
+
+
 def test_encoding_ignores_other_columns_and_their_order(frame) -> None:
     numeric = frame[["amount", "hour", "balance"]]
     pre = TabularPreprocessor.fit(numeric, list(numeric.columns), categorical=None)
