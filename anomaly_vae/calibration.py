@@ -113,12 +113,11 @@ class NormalScores:
         thresholds. The reference counts as `len(quantiles)` rows: where it summarises more,
         the band is a little wider than it need be.
         """
-        ranked = np.sort(np.asarray(scores, dtype=np.float64))
-        thresholds = np.unique(ranked)
-        batch = (len(ranked) - np.searchsorted(ranked, thresholds, side="left")) / len(ranked)
+        thresholds, flagged = _flagged_at_each_score(scores)
+        batch = flagged / len(scores)
         normal = self.exceedance(thresholds)
         error = np.sqrt(
-            normal * (1 - normal) / len(self.quantiles) + batch * (1 - batch) / len(ranked)
+            normal * (1 - normal) / len(self.quantiles) + batch * (1 - batch) / len(scores)
         )
         tail = normal < 1
         excess = (batch - normal - SHARE_Z * error)[tail] / (1 - normal[tail])
@@ -251,8 +250,7 @@ def estimated_f1_threshold(
     """
     n = len(scores)
     share = normal.anomaly_share(scores)
-    candidates = np.unique(scores)
-    flagged = n - np.searchsorted(np.sort(scores), candidates, side="left")
+    candidates, flagged = _flagged_at_each_score(scores)
     exceedance = normal.exceedance(candidates)
     false_alarms = (1.0 - share) * n * exceedance
     error = np.sqrt(false_alarms + n**2 * exceedance * (1 - exceedance) / len(normal.quantiles))
@@ -270,6 +268,13 @@ def estimated_f1_threshold(
         "estimated_f1": float(f1_at(caught)[best]),
         "estimated_precision": float(caught[best] / flagged[best]),
     }
+
+
+def _flagged_at_each_score(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The batch's distinct scores, ascending, as thresholds, and the rows each one flags."""
+    ranked = np.sort(scores)
+    thresholds = np.unique(ranked)
+    return thresholds, len(ranked) - np.searchsorted(ranked, thresholds, side="left")
 
 
 def expected_cost(scores: np.ndarray, labels: np.ndarray, threshold: float, costs: Costs) -> float:

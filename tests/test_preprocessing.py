@@ -60,7 +60,7 @@ def test_a_column_piled_on_one_value_is_scaled_by_its_ordinary_spread() -> None:
     pre = _fit(train)
     x, constant = pre.numeric
     assert values.std() > 100
-    assert 1 < x.scale < 5  # the deviation of 0 mixed with -5..5
+    assert 1 < x.scale < 5  # the 10-90 percentile range, -3 to 3
     assert constant.scale == 1.0
     odd = pre.transform(pd.DataFrame({"x": [-50.0], "constant": [7.0]}), "t").numeric
     assert abs(odd[0, 0]) > 10
