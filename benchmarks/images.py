@@ -44,16 +44,17 @@ def run_case(config_path: str, overrides: list[str], test_path: Path, held_out: 
     from pipelines.score import score_file
     from pipelines.train import train
 
-    tracking = f"sqlite:///{tempfile.mkdtemp(prefix='bench-images-')}/mlflow.db"
     config = load_config(config_path, overrides)
-    started = time.perf_counter()
-    uri = train(config, tracking, echo=lambda line: _echo("  " + line))
-    train_seconds = time.perf_counter() - started
-    with tempfile.TemporaryDirectory() as tmp:
+    # One store per case (cases may run in parallel processes), removed with its models after.
+    with tempfile.TemporaryDirectory(prefix="bench-images-") as tmp:
+        tracking = f"sqlite:///{tmp}/mlflow.db"
+        started = time.perf_counter()
+        uri = train(config, tracking, echo=lambda line: _echo("  " + line))
+        train_seconds = time.perf_counter() - started
         started = time.perf_counter()
         summary = score_file(uri, test_path, Path(tmp) / "scores.csv", tracking_uri=tracking)
         score_seconds = time.perf_counter() - started
-    evaluation = evaluate_file(uri, test_path, tracking_uri=tracking, held_out_only=held_out)
+        evaluation = evaluate_file(uri, test_path, tracking_uri=tracking, held_out_only=held_out)
     return {
         **evaluation.metrics,
         "train_s": train_seconds,
