@@ -104,6 +104,12 @@ def train(
 
         return train_images(config, tracking_uri, echo)
 
+    if config.model.likelihood in ("bernoulli", "ssim"):
+        # The tabular model would train as if with unit-gaussian: not what the config says.
+        raise InputError(
+            f"model.likelihood: {config.model.likelihood} is for images; tables use gaussian "
+            "or unit-gaussian"
+        )
     import torch
 
     from anomaly_vae.data.preprocessing import TabularPreprocessor

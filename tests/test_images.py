@@ -390,3 +390,67 @@ def test_recon_score_is_credited_with_the_input_complexity() -> None:
     assert ImageDetector.from_state(state, weights).image.complexity_weight == 0.25
     del state["image"]["complexity_weight"]
     assert ImageDetector.from_state(state, weights).image.complexity_weight == 0.0
+
+
+def test_structural_dissimilarity_matches_ssim_computed_by_hand() -> None:
+    """1 - SSIM at an interior pixel from the Gaussian-weighted window written out in NumPy,
+    and the luminance-only closed form for two flat images."""
+    from anomaly_vae.scoring import SSIM_C1, SSIM_C2, structural_dissimilarity
+
+    rng = np.random.default_rng(0)
+    x = rng.random((2, 1, 16, 16)).astype(np.float32)
+    y = np.clip(x + rng.normal(0, 0.2, x.shape), 0, 1).astype(np.float32)
+    sigma, row, col = 1.5, 8, 7  # the window (radius 5) lies inside the image
+    got = structural_dissimilarity(torch.from_numpy(x), torch.from_numpy(y), sigma)
+    assert got.shape == x.shape
+
+    offsets = np.arange(-5, 6)
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    window = np.outer(weights, weights) / weights.sum() ** 2
+    a = x[1, 0, row - 5 : row + 6, col - 5 : col + 6].astype(np.float64)
+    b = y[1, 0, row - 5 : row + 6, col - 5 : col + 6].astype(np.float64)
+    mean_a, mean_b = (window * a).sum(), (window * b).sum()
+    var_a = (window * (a - mean_a) ** 2).sum()
+    var_b = (window * (b - mean_b) ** 2).sum()
+    cov = (window * (a - mean_a) * (b - mean_b)).sum()
+    ssim = ((2 * mean_a * mean_b + SSIM_C1) * (2 * cov + SSIM_C2)) / (
+        (mean_a**2 + mean_b**2 + SSIM_C1) * (var_a + var_b + SSIM_C2)
+    )
+    assert float(got[1, 0, row, col]) == pytest.approx(1 - ssim, abs=1e-5)
+
+    flat_x, flat_y = torch.full((1, 1, 8, 8), 0.2), torch.full((1, 1, 8, 8), 0.6)
+    luminance = (2 * 0.2 * 0.6 + SSIM_C1) / (0.2**2 + 0.6**2 + SSIM_C1)
+    # float32: the local variances of a flat image come out near 1e-8, not 0
+    got = structural_dissimilarity(flat_x, flat_y, 1.0)
+    np.testing.assert_allclose(got, 1 - luminance, atol=1e-4)
+    assert float(structural_dissimilarity(flat_x, flat_x, 1.0).abs().max()) < 1e-6
+
+
+def test_an_ssim_model_trains_scores_and_maps_the_digits(tmp_path: Path) -> None:
+    """model.likelihood=ssim end to end: other digits score higher, a perfect reconstruction
+    is the maps' zero, and the tabular trainer refuses the image-only likelihood."""
+    from pipelines.demo import write_digits
+    from pipelines.score import load_model
+
+    train_dir, test_dir = write_digits(tmp_path)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = run_cli("train", REPO / "configs" / "digits.yaml", "--set", f"data.path={train_dir}",
+                     "--set", "model.likelihood=ssim", "--set", "training.epochs=50",
+                     "--tracking-uri", tracking)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    detector = load_model(result.stdout.strip().splitlines()[-1], tracking)
+    assert detector.model.likelihood == "ssim"
+    items = detector.list_images(test_dir)
+    batches = list(detector.scored_batches(items))
+    scores = np.concatenate([s.score for _, _, s in batches])
+    anomalous = np.array([i.label for i in items], dtype=bool)
+    assert roc_auc_score(anomalous, scores) > 0.9
+    maps = np.concatenate([s.maps for _, _, s in batches])
+    assert maps.min() >= -1e-6  # 1 - SSIM >= 0, so a map is the dissimilarity itself
+
+    table = tmp_path / "table.csv"
+    pd.DataFrame({"a": np.arange(40.0), "b": np.arange(40.0) % 3}).to_csv(table, index=False)
+    refused = run_cli("train", REPO / "configs" / "digits.yaml", "--set", f"data.path={table}",
+                      "--set", "model.likelihood=ssim", "--tracking-uri", tracking)  # fmt: skip
+    assert refused.exit_code != 0
+    assert "model.likelihood: ssim is for images" in refused.stderr

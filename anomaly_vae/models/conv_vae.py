@@ -4,7 +4,8 @@ The encoder is a stack of stride-2 convolutions (each halves the side) ending in
 log-variance of a diagonal Gaussian posterior; the decoder mirrors it with transposed
 convolutions back to (channels, size, size). Its output is per-pixel logits: for a Bernoulli
 likelihood they are the logits of p(x | z), for a Gaussian one their sigmoid is the mean, with
-one learned scale shared by all pixels. A plain `nn.Module`: scoring never imports Lightning.
+one learned scale shared by all pixels; for ssim their sigmoid is the reconstruction that SSIM
+compares with the input. A plain `nn.Module`: scoring never imports Lightning.
 
 Example:
     >>> model = ConvVAE(channels=1, size=28, conv_channels=[32, 64], latent=2)
