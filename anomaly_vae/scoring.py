@@ -238,9 +238,9 @@ def local_sigma(size: int) -> float:
 # structural similarity to autoencoders", VISAPP 2019) charges SSIM_NATS per pixel per unit of
 # 1 - SSIM. Squared error spreads a broad, low-contrast defect (uneven brightness, fraying) thin
 # over many pixels, each barely off; SSIM compares local brightness, contrast and structure,
-# and sees it. On the magnetic tiles (seed 0) it raised pixel AUROC 0.710 -> 0.754 and image
-# AUROC 0.845 -> 0.882 (benchmarks/results/image-tuning.md). The weight sets the term against
-# the KL term, in training and in the score; 10 is the one value trained.
+# and sees it. On the magnetic tiles (make bench, 3 seeds) it raised pixel AUROC 0.716 -> 0.754
+# and image AUROC 0.854 -> 0.892 (benchmarks/results/image-tuning.md). The weight sets the term
+# against the KL term, in training and in the score; 10 is the one value trained.
 SSIM_NATS = 10.0
 # Wang et al. 2004's stabilising constants, (0.01 L)^2 and (0.03 L)^2 for pixels in [0, 1].
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
