@@ -104,12 +104,7 @@ def train(
 
         return train_images(config, tracking_uri, echo)
 
-    if config.model.likelihood in ("bernoulli", "ssim"):
-        # The tabular model would train as if with unit-gaussian: not what the config says.
-        raise InputError(
-            f"model.likelihood: {config.model.likelihood} is for images; tables use gaussian "
-            "or unit-gaussian"
-        )
+    config.model.check_likelihood("table")
     import torch
 
     from anomaly_vae.data.preprocessing import TabularPreprocessor

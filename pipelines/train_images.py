@@ -83,8 +83,7 @@ def train_images(
     from anomaly_vae.scoring import image_terms, score_images
     from anomaly_vae.training import fit_vae, is_ddp_worker
 
-    if config.model.likelihood == "unit-gaussian":
-        raise InputError("model.likelihood: image models use gaussian, bernoulli or ssim")
+    config.model.check_likelihood("image")
     table_only = sorted({"hidden", "dropout", "activation"} & config.model.model_fields_set)
     if table_only:
         # Silently ignoring them would train a different model than the config describes.
