@@ -8,6 +8,7 @@ applied before validation so they get the same checks.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -210,11 +211,36 @@ class Config(_Section):
     name: str | None = Field(default=None, description="Default experiment and model name.")
 
 
+class _Yaml12Booleans(yaml.SafeLoader):
+    """A safe loader whose booleans are YAML 1.2's, true and false alone.
+
+    PyYAML follows YAML 1.1, where yes, no, on and off are booleans too: `anomaly_value: yes`
+    (the bank data's label) would reach the config as True and fail as "not a valid string".
+    Boolean keys lose nothing: pydantic still reads "yes" or "on" as true there.
+    """
+
+
+_Yaml12Booleans.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Booleans.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def read_yaml(text: str) -> Any:
+    """A config file's or `--set` value's YAML, with YAML 1.2 booleans."""
+    return yaml.load(text, Loader=_Yaml12Booleans)  # noqa: S506 - a SafeLoader subclass
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML config, apply `key.sub=value` overrides and validate the result."""
     path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = read_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise InputError(f"{path}: config file not found") from None
     except yaml.YAMLError as exc:
@@ -252,4 +278,4 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise InputError(f"--set {override!r}: '{part}' is not a section")
-    node[parts[-1]] = yaml.safe_load(value) if value else None
+    node[parts[-1]] = read_yaml(value) if value else None

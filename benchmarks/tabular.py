@@ -17,8 +17,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pandas as pd
-import yaml
 
+from anomaly_vae.config import read_yaml
 from benchmarks.detectors import OURS, peers_available, run_ours, run_peer
 from benchmarks.protocol import Table, available_tables, load_table, protocol_split
 from benchmarks.report import (
@@ -109,7 +109,7 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, dict[str, Any]]:
     for pair in pairs:
         key, _, value = pair.partition("=")
         section, _, field = key.partition(".")
-        overrides.setdefault(section, {})[field] = yaml.safe_load(value)
+        overrides.setdefault(section, {})[field] = read_yaml(value)
     return overrides
 
 

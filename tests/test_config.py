@@ -34,6 +34,18 @@ def test_overrides_are_parsed_and_validated(tmp_path: Path) -> None:
         load_config(path, ["training.epochs=-1"])
 
 
+def test_yes_and_no_are_label_values_not_booleans(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML's default) reads yes/no/on/off as booleans, and the string key refused
+    # them; the bank data's label is "yes".
+    path = _write(tmp_path, "data:\n  path: t.parquet\n  label: y\n  anomaly_value: yes\n")
+    assert load_config(path).data.anomaly_value == "yes"
+    assert load_config(path, ["data.anomaly_value=no"]).data.anomaly_value == "no"
+    config = load_config(path, ["image.augment=yes", "data.categorical=[on, off]"])
+    assert config.image.augment is True  # boolean keys still read yes as true
+    assert config.data.categorical == ["on", "off"]
+    assert load_config(path, ["image.augment=false"]).image.augment is False
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
