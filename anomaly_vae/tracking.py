@@ -16,6 +16,7 @@ import re
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -88,24 +89,28 @@ def log_detector(
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema
 
-    inferred = infer_signature(input_example, output_example)
-    # Columns the detector echoes back (a table's ids, an image's path) are left for the
-    # detector to check: like `anomaly-vae score`, REST and Spark then take rows without ids.
-    echoed = set(input_example.columns) & set(output_example.columns)
-    inputs = [
-        ColSpec(spec.type, spec.name, required=spec.name not in echoed)
-        for spec in inferred.inputs.inputs
-    ]
-    signature = ModelSignature(Schema(inputs), inferred.outputs)
-    info = mlflow.pyfunc.log_model(
-        name=MODEL_ARTIFACT,
-        python_model=str(_PYFUNC_CODE),
-        artifacts={DETECTOR_ARTIFACT: str(detector_dir)},
-        signature=signature,
-        input_example=input_example,
-        pip_requirements=_pip_requirements(),
-        registered_model_name=registered_model,
-    )
+    with warnings.catch_warnings():
+        # MLflow's hint that integer columns cannot hold missing values: features are declared
+        # doubles (pipelines.train), which leaves the id columns, and those are never missing.
+        warnings.filterwarnings("ignore", "Hint: Inferred schema contains integer", UserWarning)
+        inferred = infer_signature(input_example, output_example)
+        # Columns the detector echoes back (a table's ids, an image's path) are left for the
+        # detector to check: like `anomaly-vae score`, REST and Spark then take rows without ids.
+        echoed = set(input_example.columns) & set(output_example.columns)
+        inputs = [
+            ColSpec(spec.type, spec.name, required=spec.name not in echoed)
+            for spec in inferred.inputs.inputs
+        ]
+        signature = ModelSignature(Schema(inputs), inferred.outputs)
+        info = mlflow.pyfunc.log_model(
+            name=MODEL_ARTIFACT,
+            python_model=str(_PYFUNC_CODE),
+            artifacts={DETECTOR_ARTIFACT: str(detector_dir)},
+            signature=signature,
+            input_example=input_example,
+            pip_requirements=_pip_requirements(),
+            registered_model_name=registered_model,
+        )
     version = info.registered_model_version
     mlflow.set_tag("registered_model_version", f"{registered_model}/{version}")
     if not promote:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -231,6 +232,27 @@ def test_set_overrides_retrain_on_another_file(breast_cancer_files, tmp_path, tr
     result = run_cli("train", config, "--set", f"data.path={other}", "--set", "training.epochs=3")
     assert result.exit_code == 0, result.output
     assert result.stdout.strip().splitlines()[-1] == "models:/minimal@champion"
+
+
+def test_yes_labels_and_integer_ids_train_without_warnings(
+    breast_cancer_files, tmp_path, tracking_uri
+) -> None:
+    train, _ = breast_cancer_files
+    frame = pd.read_parquet(train)
+    frame["label"] = frame["label"].map({0: "no", 1: "yes"})
+    path = tmp_path / "yes_no.parquet"
+    frame.to_parquet(path)  # the integer id column stays
+    config = tmp_path / "yes_no.yaml"
+    config.write_text(f"data:\n  path: {path}\n  label: label\n  id_columns: [id]\n")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = run_cli(
+            "train", config, "--set", "data.anomaly_value=yes", "--set", "training.epochs=3"
+        )
+    assert result.exit_code == 0, result.output
+    assert "by f1" in result.stderr  # the "yes" rows calibrated the threshold as anomalies
+    # MLflow's hint on integer columns (here the ids, which are never missing) is not shown.
+    assert not [w for w in caught if "Inferred schema" in str(w.message)]
 
 
 # ---------------------------------------------------------------- bad input
