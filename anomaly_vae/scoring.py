@@ -264,7 +264,7 @@ def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = math.ceil(3 * sigma)
     if radius < 1:
         return maps
-    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype)
+    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
     kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
     kernel = kernel / kernel.sum()
     x = F.pad(maps.unsqueeze(1), (radius, radius, radius, radius), mode="replicate")
