@@ -272,9 +272,9 @@ def estimated_f1_threshold(
 
 def _flagged_at_each_score(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The batch's distinct scores, ascending, as thresholds, and the rows each one flags."""
-    ranked = np.sort(scores)
-    thresholds = np.unique(ranked)
-    return thresholds, len(ranked) - np.searchsorted(ranked, thresholds, side="left")
+    thresholds, counts = np.unique(scores, return_counts=True)
+    below = np.cumsum(counts) - counts  # rows under each threshold
+    return thresholds, len(scores) - below
 
 
 def expected_cost(scores: np.ndarray, labels: np.ndarray, threshold: float, costs: Costs) -> float:
