@@ -301,11 +301,10 @@ def _fit_numeric(series: pd.Series, name: str, source: str) -> NumericColumn:
     if not len(finite):
         raise InputError(f"{source}: column '{name}' has no values")
     # The narrowest range that spreads, then the deviation, then 1 for a constant column.
-    spreads = [
-        np.subtract(*np.percentile(finite, [high, low])) / width
-        for low, high, width in SPREAD_RANGES
-    ]
-    scale = next((s for s in [*spreads, finite.std()] if s > 0), 1.0)
+    lows, highs, widths = np.array(SPREAD_RANGES).T
+    levels = np.percentile(finite, [*highs, *lows])  # one partial sort for all six
+    spreads = (levels[: len(highs)] - levels[len(highs) :]) / widths
+    scale = next((s for s in spreads if s > 0), None) or finite.std() or 1.0
     return NumericColumn(
         name=name,
         center=float(np.median(finite)),
