@@ -189,3 +189,30 @@ def test_bad_values_name_file_column_and_row(frame, column, value, message) -> N
     with pytest.raises(InputError, match=message) as info:
         pre.transform(bad, "new.csv", row_offset=0)
     assert str(info.value).startswith("new.csv: ")
+
+
+@pytest.mark.parametrize(
+    ("dates", "message"),
+    [
+        (pd.date_range("2026-01-01", periods=400, freq="h"), "dates or times"),
+        (pd.date_range("2026-01-01", periods=400, freq="h", tz="UTC"), "dates or times"),
+        (pd.period_range("2026-01", periods=400, freq="M"), "dates or times"),
+        # CSV readers leave dates as text: ISO 8601 and US-style.
+        ([f"2026-01-{1 + i % 28:02d}T10:{i % 60:02d}:00Z" for i in range(400)], "dates or times"),
+        ([f"2026-{1 + i % 12:02d}-15" for i in range(400)], "dates or times"),
+        ([f"{1 + i % 12}/15/2026 10:{i % 60:02d} PM" for i in range(400)], "dates or times"),
+        (pd.to_timedelta(np.arange(400), unit="s"), "durations; convert them to a number"),
+    ],
+)
+def test_date_time_and_duration_columns_are_refused(frame, dates, message) -> None:
+    # As categories, every date after training would be unseen: each new row an anomaly.
+    with pytest.raises(InputError, match=message) as info:
+        _fit(frame.assign(when=dates))
+    assert "column 'when'" in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_text_that_only_contains_digits_or_dashes_stays_categorical(frame) -> None:
+    codes = np.resize(["2026", "A-12", "12/x", "2026-01-15 and later"], len(frame))
+    pre = _fit(frame.assign(code=codes))
+    assert "code" in [c.name for c in pre.categorical]

@@ -19,11 +19,15 @@ scoring reproduces training's encoding exactly without unpickling anything.
 - A numeric or binary column that had missing values in training gets a 0/1 indicator input
   and its missing cells are imputed (median; 0) and left out of the reconstruction loss. A
   missing value in a column that never had one is an error: the model has no notion of it.
+- Date, time and duration columns are refused: the user decides what of them repeats (the
+  hour, the weekday) and so can be learnt from past rows.
 """
 
 from __future__ import annotations
 
+import datetime
 import math
+import re
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property, lru_cache
@@ -128,6 +132,8 @@ class TabularPreprocessor:
     ) -> TabularPreprocessor:
         """Learn scaling and categories from training rows; `categorical=None` infers them."""
         two_valued: set[str] = set()
+        for name in features:
+            _reject_dates(frame[name], name)
         if categorical is None:
             categorical = [c for c in features if not _is_numeric_column(frame[c])]
             two_valued = {c for c in features if c not in categorical and _has_two_values(frame[c])}
@@ -288,6 +294,46 @@ class TabularPreprocessor:
             tail_start=state["tail_start"],
             binary=[BinaryColumn(**c) for c in state.get("binary", [])],
         )
+
+
+# Dates and times written as text: ISO 8601 (2026-11-25, 2026-11-25T10:00:00Z) and US-style
+# (11/25/2026 10:00 PM), which CSV readers leave as strings.
+_DATE_TEXT = re.compile(
+    r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?"
+    r"|\d{1,2}/\d{1,2}/\d{2,4}( \d{1,2}:\d{2}(:\d{2})?( ?[AaPp][Mm])?)?"
+)
+DATE_SAMPLE_ROWS = 1000
+
+
+def _reject_dates(series: pd.Series, name: str) -> None:
+    """Refuse a date, time or duration column: as categories, every later date would be one
+    training never saw, and every new row would look anomalous for it. The user chooses what
+    of it is stationary (hour, weekday, seconds since the account opened)."""
+    dtype = series.dtype
+    if pd.api.types.is_timedelta64_dtype(dtype):
+        raise InputError(
+            f"training data: column '{name}' holds durations; convert them to a number first, "
+            "such as seconds"
+        )
+    if isinstance(dtype, pd.PeriodDtype) or pd.api.types.is_datetime64_any_dtype(dtype):
+        dates = True
+    elif pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
+        sample = series.dropna().head(DATE_SAMPLE_ROWS).to_numpy(dtype=object)
+        dates = len(sample) > 0 and all(_is_date_value(v) for v in sample)
+    else:
+        dates = False
+    if dates:
+        raise InputError(
+            f"training data: column '{name}' holds dates or times: as categories, every later "
+            "one would be unseen. Drop it (data.drop) or derive stationary features from it "
+            "first, such as the hour or the weekday"
+        )
+
+
+def _is_date_value(value: object) -> bool:
+    if isinstance(value, (datetime.date, datetime.time, pd.Timestamp)):
+        return True
+    return isinstance(value, str) and _DATE_TEXT.fullmatch(value.strip()) is not None
 
 
 def _is_numeric_column(series: pd.Series) -> bool:
