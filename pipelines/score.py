@@ -94,7 +94,7 @@ def score_file(
 ) -> ScoreSummary:
     """Score a table, or a folder / IDX file of images (`maps_dir`: heatmaps, images only)."""
     from anomaly_vae.data.images import is_image_source
-    from anomaly_vae.data.tables import AtomicTableWriter, table_format
+    from anomaly_vae.data.tables import AtomicTableWriter, input_table_format
 
     if is_image_source(input_path):
         from pipelines.score_images import score_images_file
@@ -102,7 +102,7 @@ def score_file(
         return score_images_file(model_uri, input_path, output_path, maps_dir, tracking_uri)
     if maps_dir:
         raise InputError(f"{input_path}: --maps is for images (a folder or an IDX file)")
-    table_format(input_path)
+    input_table_format(input_path)
     writer = AtomicTableWriter(output_path)  # checks the output's extension and folder first
     detector = load_model(model_uri, tracking_uri)
     started = time.perf_counter()

@@ -348,6 +348,9 @@ def test_a_bad_row_in_a_later_batch_leaves_no_output(
         (["score", "models:/config/99", "IN", "-o", "OUT"], "not found"),
         (["score", "/no/such/model", "IN", "-o", "OUT"], "no such directory"),
         (["score", "MODEL", "IN", "-o", "out.txt"], "unknown extension '.txt'"),
+        # A mistyped name has no extension: it is missing, not of an unknown kind.
+        (["score", "MODEL", "scored_yesterday", "-o", "OUT"], "scored_yesterday: file not found"),
+        (["evaluate", "MODEL", "no_such.csv", "--label", "label"], "no_such.csv: file not found"),
         (["evaluate", "MODEL", "IN", "--label", "nolabel"], "missing label column 'nolabel'"),
     ],
 )

@@ -36,6 +36,18 @@ def table_format(path: str | Path) -> str:
         ) from None
 
 
+def input_table_format(path: str | Path) -> str:
+    """`table_format` of a file to read; a path that is missing or a folder is named as such,
+    before its extension (a mistyped folder name has none)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: file not found")
+    fmt = table_format(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a {fmt.upper()} file")
+    return fmt
+
+
 def read_table(path: str | Path) -> pd.DataFrame:
     """Read a whole table; training needs all rows at once to split and fit the scalers."""
     batches = list(iter_table_batches(path))
@@ -52,11 +64,7 @@ def count_rows(path: str | Path) -> int | None:
 def iter_table_batches(path: str | Path, batch_rows: int = 65536) -> Iterator[pd.DataFrame]:
     """Yield the table in batches of at most `batch_rows` rows; an empty table is an error."""
     path = Path(path)
-    fmt = table_format(path)
-    if not path.exists():
-        raise InputError(f"{path}: file not found")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected a {fmt.upper()} file")
+    fmt = input_table_format(path)
     batches = _parquet_batches(path, batch_rows) if fmt == "parquet" else _csv_batches(path)
     seen_rows = 0
     try:
