@@ -71,6 +71,25 @@ def test_scores_are_deterministic_and_csv_works(
     assert np.allclose(outputs[0]["score"], outputs[1]["score"])
 
 
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_csv_separated_by_semicolons_tabs_or_pipes_scores_the_same(
+    delimiter, breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    # European spreadsheets export CSV with semicolons (their decimal mark is the comma).
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    frame = pd.read_parquet(test).drop(columns="label")
+    scores = {}
+    for name, sep in (("comma.csv", ","), ("other.csv", delimiter)):
+        frame.to_csv(tmp_path / name, sep=sep, index=False)
+        out = tmp_path / f"scored_{name}"
+        result = run_cli("score", model_uri, tmp_path / name, "-o", out, "--tracking-uri", tracking)
+        assert result.exit_code == 0, result.output
+        scores[name] = pd.read_csv(out)
+    assert scores["other.csv"]["id"].tolist() == frame["id"].tolist()
+    assert np.allclose(scores["other.csv"]["score"], scores["comma.csv"]["score"])
+
+
 def test_keep_columns_keeps_every_input_column(
     breast_cancer_model, breast_cancer_files, tmp_path
 ) -> None:

@@ -8,6 +8,7 @@ when every batch succeeded: a failed run never leaves a partial output behind.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -95,8 +96,9 @@ def _csv_batches(path: Path) -> Iterator[pa.RecordBatch]:
     """Stream a CSV; integer columns are read as floats so a later block with decimals parses."""
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
+    parse = pacsv.ParseOptions(delimiter=_csv_delimiter(path))
     try:
-        first = pacsv.open_csv(path)
+        first = pacsv.open_csv(path, parse_options=parse)
         schema = first.schema
         first.close()
     except pa.ArrowInvalid as exc:
@@ -107,8 +109,24 @@ def _csv_batches(path: Path) -> Iterator[pa.RecordBatch]:
         else field.type
         for field in schema
     }
-    reader = pacsv.open_csv(path, convert_options=pacsv.ConvertOptions(column_types=column_types))
-    yield from reader
+    convert = pacsv.ConvertOptions(column_types=column_types)
+    yield from pacsv.open_csv(path, parse_options=parse, convert_options=convert)
+
+
+# Spreadsheets in many European locales export CSV separated by semicolons (the comma is their
+# decimal mark), and databases often by tabs or pipes.
+CSV_DELIMITERS = (",", ";", "\t", "|")
+HEADER_BYTES = 1 << 16
+
+
+def _csv_delimiter(path: Path) -> str:
+    """The delimiter the header line uses most, outside quoted names; a comma by default."""
+    with path.open("rb") as file:
+        header = file.read(HEADER_BYTES).split(b"\n", 1)[0].decode("utf-8", errors="replace")
+    unquoted = re.sub(r'"[^"]*"', "", header)
+    counts = {delimiter: unquoted.count(delimiter) for delimiter in CSV_DELIMITERS}
+    best = max(CSV_DELIMITERS, key=lambda delimiter: counts[delimiter])  # ties: the first
+    return best if counts[best] else ","
 
 
 class AtomicTableWriter:
