@@ -53,6 +53,8 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
     roles = ColumnRoles(data.id_columns, data.label, data.drop)
     check_columns(list(frame.columns), roles.known, (), source, allow_extra=True)
     features = [c for c in frame.columns if c not in set(roles.known)]
+    for name in features:
+        _reject_row_counter(frame[name], name, source)
     if data.label:
         labels = anomaly_labels(frame[data.label], data.anomaly_value, source)
     else:
@@ -69,6 +71,25 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
         validation_labels=labels[val_rows],
         features=features,
     )
+
+
+def _reject_row_counter(column: pd.Series, name: str, source: str) -> None:
+    """Refuse a feature that counts the rows (a saved pandas index, a sequence number): as a
+    feature it ranks later files by their row numbers, not by their transactions."""
+    if len(column) < MIN_NORMAL_ROWS or not pd.api.types.is_numeric_dtype(column):
+        return
+    steps = np.diff(column.to_numpy(dtype=np.float64))
+    if abs(steps[0]) == 1 and (steps == steps[0]).all():
+        counts = f"counts the rows ({column.iloc[0]:g}, {column.iloc[1]:g}, ...)"
+        if name:
+            raise InputError(
+                f"{source}: column '{name}' {counts}: list it in data.id_columns (or "
+                "data.drop) rather than learn from it"
+            )
+        raise InputError(
+            f"{source}: the unnamed column {counts}, a saved index: list '' in data.drop, or "
+            "write the file without it (pandas: index=False)"
+        )
 
 
 def tabular_dataset(encoded: EncodedTable, rows: np.ndarray | slice = slice(None)) -> TensorDataset:

@@ -274,6 +274,34 @@ def test_yes_labels_and_integer_ids_train_without_warnings(
     assert not [w for w in caught if "Inferred schema" in str(w.message)]
 
 
+def test_a_saved_row_index_is_refused_as_a_feature_and_trains_as_an_id(
+    breast_cancer_files, tmp_path, tracking_uri
+) -> None:
+    # pandas' to_csv writes its index as a first column without a name; a sequence number does
+    # the same as a named column. As features, later files would rank by their row numbers.
+    train, _ = breast_cancer_files
+    frame = pd.read_parquet(train).drop(columns="id")
+    path = tmp_path / "with_index.csv"
+    frame.to_csv(path)
+    config = tmp_path / "indexed.yaml"
+    config.write_text(f"data:\n  path: {path}\n  label: label\n")
+    result = run_cli("train", config, "--set", "training.epochs=2")
+    assert result.exit_code != 0 and len(result.stderr.strip().splitlines()) == 1
+    assert "the unnamed column counts the rows (0, 1, ...), a saved index" in result.stderr
+    assert (
+        run_cli("train", config, "--set", "data.drop=['']", "--set", "training.epochs=2").exit_code
+        == 0
+    )
+    frame.insert(0, "sequence", np.arange(7, 7 + len(frame)))
+    frame.to_csv(path, index=False)
+    result = run_cli("train", config, "--set", "training.epochs=2")
+    assert (
+        "column 'sequence' counts the rows (7, 8, ...): list it in data.id_columns" in result.stderr
+    )
+    fixed = ["--set", "data.id_columns=[sequence]", "--set", "training.epochs=2"]
+    assert run_cli("train", config, *fixed).exit_code == 0
+
+
 # ---------------------------------------------------------------- bad input
 
 
