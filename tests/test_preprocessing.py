@@ -216,3 +216,24 @@ def test_text_that_only_contains_digits_or_dashes_stays_categorical(frame) -> No
     codes = np.resize(["2026", "A-12", "12/x", "2026-01-15 and later"], len(frame))
     pre = _fit(frame.assign(code=codes))
     assert "code" in [c.name for c in pre.categorical]
+
+
+def test_number_coded_categories_match_across_integer_and_float_columns() -> None:
+    # A merchant category code read from Parquet (int64) and from CSV (float64, as our CSV
+    # reader reads integers) must give the same codes: "5411.0" once missed "5411".
+    mcc = np.resize([5411, 5812, 4111], 60)
+    as_int = pd.DataFrame({"mcc": mcc, "amount": np.linspace(1, 2, 60)})
+    as_float = as_int.astype({"mcc": "float64"})
+    for training in (as_int, as_float):
+        pre = TabularPreprocessor.fit(training, ["mcc", "amount"], categorical=["mcc"])
+        assert pre.categorical[0].categories == ["4111", "5411", "5812"]
+        for scored in (as_int, as_float):
+            assert (pre.transform(scored, "s").codes[:, 0] > 0).all()
+    # A detector saved with the old spelling keeps matching both.
+    old = pre.to_dict()
+    old["categorical"][0]["categories"] = ["4111.0", "5411.0", "5812.0"]
+    restored = TabularPreprocessor.from_dict(old)
+    for scored in (as_int, as_float):
+        np.testing.assert_array_equal(
+            restored.transform(scored, "s").codes, pre.transform(as_int, "s").codes
+        )

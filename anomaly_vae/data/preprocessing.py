@@ -44,6 +44,7 @@ TAIL_START = 20.0
 MIN_CATEGORY_COUNT = 5
 MAX_CATEGORIES = 100
 MISSING_CATEGORY = "<missing>"
+_OLD_WHOLE_NUMBER = re.compile(r"-?\d+\.0")
 # Robust units: a central range of the training values over the width of the same range under
 # a standard normal (the IQR: 1.349), so Gaussian-looking columns get unit spread. Where the
 # values pile up on one number the IQR is 0, and the next wider range that is not stands in,
@@ -85,6 +86,16 @@ class CategoricalColumn:
     @property
     def size(self) -> int:
         return len(self.categories) + 1
+
+    @cached_property
+    def lookup(self) -> dict[str, int]:
+        """Category string -> code. Detectors saved before whole numbers were written without
+        a decimal point hold "5411.0" where `_category_strings` now gives "5411": both match."""
+        codes = {value: i + 1 for i, value in enumerate(self.categories)}
+        for value, code in list(codes.items()):
+            if _OLD_WHOLE_NUMBER.fullmatch(value):
+                codes.setdefault(value[:-2], code)
+        return codes
 
 
 @dataclass
@@ -180,8 +191,9 @@ class TabularPreprocessor:
             codes[:, self._two_valued] = self._two_valued_codes(frame, numbers, source, row_offset)
         for j, column in enumerate(self.categorical):
             if column.values is None:
-                lookup = {value: i + 1 for i, value in enumerate(column.categories)}
-                codes[:, j] = [lookup.get(v, 0) for v in _category_strings(frame[column.name])]
+                codes[:, j] = [
+                    column.lookup.get(v, 0) for v in _category_strings(frame[column.name])
+                ]
         return EncodedTable(numeric=numeric, observed=observed, codes=codes)
 
     def _binary_values(self, values: np.ndarray) -> np.ndarray:
@@ -390,7 +402,15 @@ def _fit_binary(series: pd.Series, name: str) -> BinaryColumn:
 
 
 def _category_strings(series: pd.Series) -> list[str]:
-    return [MISSING_CATEGORY if pd.isna(v) else str(v) for v in series.to_numpy(dtype=object)]
+    """Category values as text; a whole number reads the same from an integer column (a
+    Parquet file) and a float one (CSV, where integers are read as floats): 5411, not 5411.0."""
+    values = series.to_numpy(dtype=object)
+    if pd.api.types.is_float_dtype(series.dtype):
+        return [
+            MISSING_CATEGORY if v != v else str(int(v)) if v.is_integer() else str(v)
+            for v in values
+        ]
+    return [MISSING_CATEGORY if pd.isna(v) else str(v) for v in values]
 
 
 def _float_columns(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray | None:
