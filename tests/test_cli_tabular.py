@@ -333,6 +333,10 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
     inf = good.copy()
     inf.loc[5, "mean radius"] = np.inf
     add("inf.parquet", inf, "column 'mean radius', row 6: infinite value")
+    # Past pyarrow's first block (1 MiB), whose types the later blocks must fit.
+    late = pd.concat([good] * 100, ignore_index=True).astype({"mean area": object})
+    late.loc[20000, "mean area"] = "12,5"
+    add("late_text.csv", late, "column 'mean area', row 20001: '12,5' is not a number")
     add("empty.csv", None, "empty", text="")
     add("no_rows.parquet", good.head(0), "holds no rows")
     add("corrupt.parquet", None, "not a readable Parquet file", text="PAR1 this is not parquet")
@@ -346,6 +350,7 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
         "missing.parquet",
         "extra.parquet",
         "text.csv",
+        "late_text.csv",
         "nan.parquet",
         "inf.parquet",
         "empty.csv",

@@ -16,6 +16,7 @@ from types import TracebackType
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -110,7 +111,39 @@ def _csv_batches(path: Path) -> Iterator[pa.RecordBatch]:
         for field in schema
     }
     convert = pacsv.ConvertOptions(column_types=column_types)
-    yield from pacsv.open_csv(path, parse_options=parse, convert_options=convert)
+    try:
+        yield from pacsv.open_csv(path, parse_options=parse, convert_options=convert)
+    except pa.ArrowInvalid as exc:
+        raise InputError(_conversion_error(path, parse, exc, schema.names)) from None
+
+
+# pyarrow reads a CSV in blocks with the column types of its first block; a later value that
+# does not fit fails its block, naming the column's position and the value but not the row.
+_CSV_CONVERSION = re.compile(
+    r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'"
+)
+
+
+def _conversion_error(
+    path: Path, parse: pacsv.ParseOptions, exc: pa.ArrowInvalid, names: list[str]
+) -> str:
+    """A failed block's error as the other bad values are reported: file, column, row."""
+    found = _CSV_CONVERSION.search(str(exc))
+    if not found:
+        return f"{path}: cannot read ({first_line(exc)})"
+    position, kind, value = found.groups()
+    name = names[int(position)]
+    expected = {"bool": "true or false", "timestamp": "a date and time"}.get(kind, "a number")
+    # The row costs one more pass, over that column as text; only a failing file pays it.
+    as_text = pacsv.ConvertOptions(column_types={name: pa.string()}, include_columns=[name])
+    rows = 0
+    for batch in pacsv.open_csv(path, parse_options=parse, convert_options=as_text):
+        matches = pc.equal(batch.column(0), value)
+        first = pc.index(matches, True).as_py()
+        if first >= 0:
+            return f"{path}: column '{name}', row {rows + first + 1}: {value!r} is not {expected}"
+        rows += batch.num_rows
+    return f"{path}: column '{name}': {value!r} is not {expected}"
 
 
 # Spreadsheets in many European locales export CSV separated by semicolons (the comma is their
