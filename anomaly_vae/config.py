@@ -42,10 +42,18 @@ class DataConfig(_Section):
         description="Label value that marks an anomaly; default: any non-zero number or true.",
     )
     id_columns: list[str] = []
+
     categorical: list[str] | None = Field(
         default=None, description="Categorical columns; default: inferred from the dtype."
     )
     drop: list[str] = []
+
+    @field_validator("anomaly_value", mode="before")
+    @classmethod
+    def _label_value_as_text(cls, value: Any) -> Any:
+        """`anomaly_value: 2` is a number in YAML; labels are compared with it as numbers or
+        as text (`anomaly_vae.data.schema.anomaly_labels`), so it is kept as text."""
+        return str(value) if isinstance(value, (bool, int, float)) else value
 
 
 # The likelihoods each kind of model can be built with.

@@ -44,6 +44,8 @@ def test_yes_and_no_are_label_values_not_booleans(tmp_path: Path) -> None:
     assert config.image.augment is True  # boolean keys still read yes as true
     assert config.data.categorical == ["on", "off"]
     assert load_config(path, ["image.augment=false"]).image.augment is False
+    # A number (a class code) is kept as the text it was written as.
+    assert load_config(path, ["data.anomaly_value=2"]).data.anomaly_value == "2"
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,8 @@ def anomaly_labels(
 ) -> np.ndarray:
     """Boolean anomaly flags from a label column.
 
-    With `anomaly_value` the rows equal to it (compared as text) are anomalies. Without it,
+    With `anomaly_value` the rows equal to it (as numbers in a number column, else as text)
+    are anomalies. Without it,
     numbers are anomalous when non-zero and text must read as a yes/no word, so a label column
     of "fraud"/"ok" is not silently misread.
     """
@@ -51,7 +52,7 @@ def anomaly_labels(
             f"{source}: label column '{name}', row {row_offset + missing[0] + 1}: missing label"
         )
     if anomaly_value is not None:
-        return (series.astype(str).str.strip() == str(anomaly_value)).to_numpy()
+        return _equal_to(series, anomaly_value, source)
     if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
         return series.to_numpy(dtype=np.float64) != 0
     text = series.astype(str).str.strip().str.lower()
@@ -63,6 +64,21 @@ def anomaly_labels(
             "as normal or anomaly (set data.anomaly_value to the value that marks an anomaly)"
         )
     return text.isin(_TRUE_STRINGS).to_numpy()
+
+
+def _equal_to(series: pd.Series, anomaly_value: str, source: str) -> np.ndarray:
+    """Rows whose label is `anomaly_value`: as numbers in a number column (a CSV reads 2 as
+    2.0, which as text would never equal "2"), else as text."""
+    if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
+        return (series.astype(str).str.strip() == anomaly_value).to_numpy()
+    try:
+        number = float(anomaly_value)
+    except ValueError:
+        raise InputError(
+            f"{source}: label column '{series.name}' holds numbers; data.anomaly_value "
+            f"{anomaly_value!r} is not one"
+        ) from None
+    return series.to_numpy(dtype=np.float64) == number
 
 
 def _names(columns: Sequence[str]) -> str:
