@@ -41,9 +41,8 @@ def anomaly_labels(
     """Boolean anomaly flags from a label column.
 
     With `anomaly_value` the rows equal to it (as numbers in a number column, else as text)
-    are anomalies. Without it,
-    numbers are anomalous when non-zero and text must read as a yes/no word, so a label column
-    of "fraud"/"ok" is not silently misread.
+    are anomalies. Without it, numbers are anomalous when non-zero and text must read as a
+    yes/no word, so a label column of "fraud"/"ok" is not silently misread.
     """
     name = series.name
     missing = np.flatnonzero(series.isna().to_numpy())
