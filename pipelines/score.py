@@ -63,7 +63,8 @@ def scored_batches(
     with tqdm(
         total=count_rows(input_path), unit="rows", disable=not sys.stderr.isatty(), leave=False
     ) as progress:
-        for batch in _prefetched(iter_table_batches(input_path, BATCH_ROWS)):
+        batches = iter_table_batches(input_path, BATCH_ROWS, detector.roles.id_columns)
+        for batch in _prefetched(batches):
             scored = detector.score_frame(batch, source, offset, keep_columns, allow_extra)
             offset += len(batch)
             progress.update(len(batch))

@@ -135,7 +135,7 @@ def train(
     from anomaly_vae.training import fit_vae, is_ddp_worker
 
     started = time.perf_counter()
-    frame = read_table(config.data.path)
+    frame = read_table(config.data.path, config.data.id_columns)
     split = split_table(frame, config)
     source = config.data.path
     preprocessor = TabularPreprocessor.fit(split.train, split.features, config.data.categorical)

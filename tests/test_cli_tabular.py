@@ -71,6 +71,32 @@ def test_scores_are_deterministic_and_csv_works(
     assert np.allclose(outputs[0]["score"], outputs[1]["score"])
 
 
+def test_csv_ids_come_back_exactly_as_written(tmp_path, tracking_uri) -> None:
+    # 19-digit transaction ids and zero-padded codes: read as numbers, the first lost its last
+    # digit (9007199254740993 -> 9.007199254740992e+15) and the second its zeros.
+    rng = np.random.default_rng(0)
+    ids = [str(9007199254740993 + 1000003 * i) for i in range(200)]
+    frame = pd.DataFrame({"txn": ids, "a": rng.normal(size=200), "b": rng.normal(size=200)})
+    path = tmp_path / "txns.csv"
+    frame.to_csv(path, index=False)
+    config = tmp_path / "txns.yaml"
+    config.write_text(f"data:\n  path: {path}\n  id_columns: [txn]\n")
+    result = run_cli("train", config, "--set", "training.epochs=2")
+    assert result.exit_code == 0, result.output
+    model = result.stdout.strip().splitlines()[-1]
+    padded = frame.assign(txn=[f"{i:06d}" for i in range(200)])
+    padded.to_csv(path, index=False)
+    for out in (tmp_path / "scored.csv", tmp_path / "scored.parquet"):
+        assert run_cli("score", model, path, "-o", out).exit_code == 0
+        scored = (
+            pd.read_csv(out, dtype={"txn": str}) if out.suffix == ".csv" else pd.read_parquet(out)
+        )
+        assert scored["txn"].tolist() == padded["txn"].tolist()
+    frame.to_csv(path, index=False)
+    assert run_cli("score", model, path, "-o", tmp_path / "big.csv").exit_code == 0
+    assert pd.read_csv(tmp_path / "big.csv", dtype={"txn": str})["txn"].tolist() == ids
+
+
 @pytest.mark.parametrize("delimiter", [";", "\t", "|"])
 def test_csv_separated_by_semicolons_tabs_or_pipes_scores_the_same(
     delimiter, breast_cancer_model, breast_cancer_files, tmp_path

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from types import TracebackType
 
@@ -50,9 +50,9 @@ def input_table_format(path: str | Path) -> str:
     return fmt
 
 
-def read_table(path: str | Path) -> pd.DataFrame:
+def read_table(path: str | Path, text_columns: Collection[str] = ()) -> pd.DataFrame:
     """Read a whole table; training needs all rows at once to split and fit the scalers."""
-    batches = list(iter_table_batches(path))
+    batches = list(iter_table_batches(path, text_columns=text_columns))
     return pd.concat(batches, ignore_index=True) if len(batches) > 1 else batches[0]
 
 
@@ -63,11 +63,21 @@ def count_rows(path: str | Path) -> int | None:
     return _open_parquet(Path(path)).metadata.num_rows
 
 
-def iter_table_batches(path: str | Path, batch_rows: int = 65536) -> Iterator[pd.DataFrame]:
-    """Yield the table in batches of at most `batch_rows` rows; an empty table is an error."""
+def iter_table_batches(
+    path: str | Path, batch_rows: int = 65536, text_columns: Collection[str] = ()
+) -> Iterator[pd.DataFrame]:
+    """Yield the table in batches of at most `batch_rows` rows; an empty table is an error.
+
+    `text_columns` (ids) are read from a CSV as the text they hold, to be written back as
+    they came: as numbers, a 19-digit transaction id would lose its last digits and print as
+    9.007199254740992e+15."""
     path = Path(path)
     fmt = input_table_format(path)
-    batches = _parquet_batches(path, batch_rows) if fmt == "parquet" else _csv_batches(path)
+    batches = (
+        _parquet_batches(path, batch_rows)
+        if fmt == "parquet"
+        else _csv_batches(path, set(text_columns))
+    )
     seen_rows = 0
     try:
         for batch in batches:
@@ -93,8 +103,9 @@ def _open_parquet(path: Path) -> pq.ParquetFile:
         raise InputError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
 
 
-def _csv_batches(path: Path) -> Iterator[pa.RecordBatch]:
-    """Stream a CSV; integer columns are read as floats so a later block with decimals parses."""
+def _csv_batches(path: Path, text_columns: set[str]) -> Iterator[pa.RecordBatch]:
+    """Stream a CSV; integer columns are read as floats so a later block with decimals parses,
+    `text_columns` as text."""
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
     parse = pacsv.ParseOptions(delimiter=_csv_delimiter(path))
@@ -105,7 +116,9 @@ def _csv_batches(path: Path) -> Iterator[pa.RecordBatch]:
     except pa.ArrowInvalid as exc:
         raise InputError(f"{path}: not a readable CSV file ({first_line(exc)})") from None
     column_types = {
-        field.name: pa.float64()
+        field.name: pa.string()
+        if field.name in text_columns
+        else pa.float64()
         if pa.types.is_integer(field.type) or pa.types.is_null(field.type)
         else field.type
         for field in schema
