@@ -42,7 +42,6 @@ class DataConfig(_Section):
         description="Label value that marks an anomaly; default: any non-zero number or true.",
     )
     id_columns: list[str] = []
-
     categorical: list[str] | None = Field(
         default=None, description="Categorical columns; default: inferred from the dtype."
     )

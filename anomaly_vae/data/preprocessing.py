@@ -44,7 +44,6 @@ TAIL_START = 20.0
 MIN_CATEGORY_COUNT = 5
 MAX_CATEGORIES = 100
 MISSING_CATEGORY = "<missing>"
-_OLD_WHOLE_NUMBER = re.compile(r"-?\d+\.0")
 # Robust units: a central range of the training values over the width of the same range under
 # a standard normal (the IQR: 1.349), so Gaussian-looking columns get unit spread. Where the
 # values pile up on one number the IQR is 0, and the next wider range that is not stands in,
@@ -73,6 +72,10 @@ class BinaryColumn:
     # training held: log(n + 2). Two values cannot sum to less than probability one, so an
     # unseen value gets no probability from the model itself.
     unseen_nll: float
+
+
+# How detectors saved before whole-number categories lost their ".0" spelled them.
+_OLD_WHOLE_NUMBER = re.compile(r"-?\d+\.0")
 
 
 @dataclass
