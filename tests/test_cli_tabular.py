@@ -97,17 +97,19 @@ def test_csv_ids_come_back_exactly_as_written(tmp_path, tracking_uri) -> None:
     assert pd.read_csv(tmp_path / "big.csv", dtype={"txn": str})["txn"].tolist() == ids
 
 
-@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+@pytest.mark.parametrize(
+    ("delimiter", "decimal"), [(";", ","), (";", "."), ("\t", "."), ("|", ".")]
+)
 def test_csv_separated_by_semicolons_tabs_or_pipes_scores_the_same(
-    delimiter, breast_cancer_model, breast_cancer_files, tmp_path
+    delimiter, decimal, breast_cancer_model, breast_cancer_files, tmp_path
 ) -> None:
-    # European spreadsheets export CSV with semicolons (their decimal mark is the comma).
+    # European spreadsheets export CSV with semicolons and decimal commas (13,66).
     model_uri, tracking = breast_cancer_model
     _, test = breast_cancer_files
     frame = pd.read_parquet(test).drop(columns="label")
     scores = {}
-    for name, sep in (("comma.csv", ","), ("other.csv", delimiter)):
-        frame.to_csv(tmp_path / name, sep=sep, index=False)
+    for name, sep, mark in (("comma.csv", ",", "."), ("other.csv", delimiter, decimal)):
+        frame.to_csv(tmp_path / name, sep=sep, decimal=mark, index=False)
         out = tmp_path / f"scored_{name}"
         result = run_cli("score", model_uri, tmp_path / name, "-o", out, "--tracking-uri", tracking)
         assert result.exit_code == 0, result.output

@@ -108,9 +108,14 @@ def _csv_batches(path: Path, text_columns: set[str]) -> Iterator[pa.RecordBatch]
     `text_columns` as text."""
     if path.stat().st_size == 0:
         raise InputError(f"{path}: the file is empty")
-    parse = pacsv.ParseOptions(delimiter=_csv_delimiter(path))
+    delimiter, decimal_point = _csv_dialect(path)
+    parse = pacsv.ParseOptions(delimiter=delimiter)
     try:
-        first = pacsv.open_csv(path, parse_options=parse)
+        first = pacsv.open_csv(
+            path,
+            parse_options=parse,
+            convert_options=pacsv.ConvertOptions(decimal_point=decimal_point),
+        )
         schema = first.schema
         first.close()
     except pa.ArrowInvalid as exc:
@@ -123,7 +128,7 @@ def _csv_batches(path: Path, text_columns: set[str]) -> Iterator[pa.RecordBatch]
         else field.type
         for field in schema
     }
-    convert = pacsv.ConvertOptions(column_types=column_types)
+    convert = pacsv.ConvertOptions(column_types=column_types, decimal_point=decimal_point)
     try:
         yield from pacsv.open_csv(path, parse_options=parse, convert_options=convert)
     except pa.ArrowInvalid as exc:
@@ -159,20 +164,26 @@ def _conversion_error(
     return f"{path}: column '{name}': {value!r} is not {expected}"
 
 
-# Spreadsheets in many European locales export CSV separated by semicolons (the comma is their
-# decimal mark), and databases often by tabs or pipes.
+# Spreadsheets in many European locales export CSV separated by semicolons, with decimal
+# commas; databases often separate by tabs or pipes.
 CSV_DELIMITERS = (",", ";", "\t", "|")
-HEADER_BYTES = 1 << 16
+HEAD_BYTES = 1 << 16
 
 
-def _csv_delimiter(path: Path) -> str:
-    """The delimiter the header line uses most, outside quoted names; a comma by default."""
+def _csv_dialect(path: Path) -> tuple[str, str]:
+    """The delimiter the header line uses most, outside quoted names (a comma when it has
+    none), and the decimal mark: a comma in a file not separated by commas whose first rows
+    hold more numbers written 1,5 than 1.5."""
     with path.open("rb") as file:
-        header = file.read(HEADER_BYTES).split(b"\n", 1)[0].decode("utf-8", errors="replace")
+        head = file.read(HEAD_BYTES).decode("utf-8", errors="replace")
+    header, _, rows = head.partition("\n")
     unquoted = re.sub(r'"[^"]*"', "", header)
     counts = {delimiter: unquoted.count(delimiter) for delimiter in CSV_DELIMITERS}
     best = max(CSV_DELIMITERS, key=lambda delimiter: counts[delimiter])  # ties: the first
-    return best if counts[best] else ","
+    if not counts[best] or best == ",":
+        return ",", "."
+    decimal_commas = len(re.findall(r"\d,\d", rows))
+    return best, "," if decimal_commas > len(re.findall(r"\d\.\d", rows)) else "."
 
 
 class AtomicTableWriter:
