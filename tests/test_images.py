@@ -93,8 +93,10 @@ def test_folders_of_grayscale_and_rgb_images_of_any_size(tmp_path: Path) -> None
         read_mask(names["c.bmp"].mask, 10)[:, :4].all()
         and not read_mask(names["c.bmp"].mask, 10)[:, 4:].any()
     )
-    with pytest.raises(InputError, match="b.jpg: a colour image"):
+    with pytest.raises(InputError, match="b.jpg: a colour image") as info:
         read_images(items, size=8, channels=1)
+    assert "unreadable" not in str(info.value)  # it was read; it has the wrong channels
+    assert "image.channels: 3" in str(info.value)
 
 
 def test_holdout_is_a_deterministic_choice_by_file_name(tmp_path: Path) -> None:

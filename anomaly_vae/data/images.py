@@ -150,6 +150,8 @@ def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
         with Image.open(path) as img:
             img.load()
             pixels = _to_float(img, path, channels)
+    except InputError:
+        raise
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         raise InputError(f"{path}: unreadable image ({first_line(exc)})") from None
     return resize(pixels, size)
@@ -158,7 +160,10 @@ def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
 def _to_float(img: Image.Image, path: str | Path, channels: int) -> np.ndarray:
     gray = img.mode in _GRAY_MODES
     if not gray and channels == 1:
-        raise InputError(f"{path}: a colour image ({img.mode}) but the model reads grayscale")
+        raise InputError(
+            f"{path}: a colour image ({img.mode}), but the model reads grayscale; train with "
+            "image.channels: 3 for colour images"
+        )
     if img.mode.startswith("I"):
         pixels = np.asarray(img, dtype=np.float32)[..., None] / 65535.0
     elif img.mode == "F":
