@@ -28,12 +28,13 @@ class ScoreSummary:
     anomalies: int
     seconds: float
     output: Path
+    unit: str = "rows"  # what a row of the output stands for: "images" for images
 
     def line(self) -> str:
         share = self.anomalies / self.rows if self.rows else 0.0
         return (
-            f"scored {self.rows:,} rows, {self.anomalies:,} flagged as anomalies ({share:.2%}), "
-            f"in {self.seconds:.1f} s -> {self.output}"
+            f"scored {self.rows:,} {self.unit}, {self.anomalies:,} flagged as anomalies "
+            f"({share:.2%}), in {self.seconds:.1f} s -> {self.output}"
         )
 
 

@@ -69,7 +69,7 @@ def score_images_file(
             if maps:
                 maps.write(batch, pixels, scores.maps, detector.map_scale)
     return ScoreSummary(
-        writer.rows_written, anomalies, time.perf_counter() - started, Path(output_path)
+        writer.rows_written, anomalies, time.perf_counter() - started, Path(output_path), "images"
     )
 
 

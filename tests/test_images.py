@@ -159,6 +159,7 @@ def test_digits_score_one_row_per_image_and_separate_other_digits(digits_model, 
     scored = pd.read_parquet(out)
     files = sorted(str(p) for p in test_dir.rglob("*.png"))
     assert sorted(scored["path"]) == files
+    assert f"scored {len(files)} images" in result.stderr
     assert list(scored.columns) == ["path", "recon_score", "kl_score", "score", "is_anomaly"]
     anomalous = ~scored["path"].str.contains("/good/")
     assert roc_auc_score(anomalous, scored["score"]) > 0.9
