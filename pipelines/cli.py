@@ -89,7 +89,7 @@ def train(config_path: str, overrides: tuple[str, ...], tracking_uri: str | None
     "output_path",
     required=True,
     type=click.Path(dir_okay=False),
-    help="Output CSV or Parquet file (with --engine spark: a new folder of Parquet parts).",
+    help="Output CSV (.csv, or compressed: .csv.gz, .csv.bz2, .csv.zst) or Parquet file (with --engine spark: a new folder of Parquet parts).",
 )
 @click.option(
     "--keep-columns", is_flag=True, help="Keep all input columns, not just the id columns."
@@ -122,7 +122,7 @@ def score(
     maps_dir: str | None,
     tracking_uri: str | None,
 ) -> None:
-    """Score a CSV or Parquet file, or a folder or IDX file of images, with MODEL (models:/name@alias, models:/name/N, runs:/..., or a directory)."""
+    """Score a CSV (plain, .csv.gz, .csv.bz2 or .csv.zst) or Parquet file, or a folder or IDX file of images, with MODEL (models:/name@alias, models:/name/N, runs:/..., or a directory)."""
     if engine == "spark":
         if maps_dir:
             raise click.UsageError("--maps needs --engine local: Spark scores tables")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
 import warnings
@@ -10,6 +11,8 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 import pytest
 import yaml
 from conftest import run_cli
@@ -116,6 +119,29 @@ def test_csv_separated_by_semicolons_tabs_or_pipes_scores_the_same(
         scores[name] = pd.read_csv(out)
     assert scores["other.csv"]["id"].tolist() == frame["id"].tolist()
     assert np.allclose(scores["other.csv"]["score"], scores["comma.csv"]["score"])
+
+
+def test_compressed_csv_reads_and_writes_like_plain_csv(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    # Daily exports often arrive as transactions.csv.gz; the scores should too, if asked.
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    frame = pd.read_parquet(test).drop(columns="label")
+    magic = {"csv": b'"id"', "gz": b"\x1f\x8b", "bz2": b"BZh", "zst": b"\x28\xb5\x2f\xfd"}
+    scores = {}
+    for name in ("plain.csv", "packed.csv.gz", "packed.csv.bz2", "packed.csv.zst"):
+        # pyarrow compresses by the extension (pandas would need zstandard for .zst).
+        with pa.output_stream(tmp_path / name) as file:
+            file.write(frame.to_csv(index=False).encode())
+        out = tmp_path / f"scored_{name}"
+        result = run_cli("score", model_uri, tmp_path / name, "-o", out, "--tracking-uri", tracking)
+        assert result.exit_code == 0, result.output
+        assert out.read_bytes().startswith(magic[name.rsplit(".", 1)[1]]), name
+        scores[name] = pacsv.read_csv(out).to_pandas()
+    for name, scored in scores.items():
+        assert scored["id"].tolist() == frame["id"].tolist(), name
+        assert np.array_equal(scored["score"], scores["plain.csv"]["score"]), name
 
 
 def test_keep_columns_keeps_every_input_column(
@@ -369,6 +395,9 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
     add("no_rows.parquet", good.head(0), "holds no rows")
     add("corrupt.parquet", None, "not a readable Parquet file", text="PAR1 this is not parquet")
     add("table.xlsx", None, "unknown extension '.xlsx'", text="x")
+    add("corrupt.csv.gz", None, "cannot read (zlib inflate failed", text="not gzip data")
+    (tmp_path / "empty.csv.gz").write_bytes(gzip.compress(b""))
+    files["empty.csv.gz"] = (tmp_path / "empty.csv.gz", "the file is empty")
     return files
 
 
@@ -385,6 +414,8 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
         "no_rows.parquet",
         "corrupt.parquet",
         "table.xlsx",
+        "corrupt.csv.gz",
+        "empty.csv.gz",
     ],
 )
 def test_bad_input_files_fail_cleanly(name, bad_inputs, breast_cancer_model, tmp_path) -> None:

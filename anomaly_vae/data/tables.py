@@ -24,18 +24,31 @@ from anomaly_vae.errors import InputError, first_line
 
 READ_BUFFER_BYTES = 1 << 20
 TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+# Exports are often shipped compressed (transactions.csv.gz): pyarrow decompresses on reading,
+# and compresses on writing, by these extensions; Parquet compresses inside the file.
+CSV_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 
 
 def table_format(path: str | Path) -> str:
     """The format implied by a file's extension, or an error naming the ones we read."""
+    if csv_compression(path):
+        return "csv"
     suffix = Path(path).suffix.lower()
     try:
         return TABLE_FORMATS[suffix]
     except KeyError:
-        known = ", ".join(sorted(TABLE_FORMATS))
+        known = ", ".join([*TABLE_FORMATS, *(f".csv{c}" for c in CSV_COMPRESSIONS)])
         raise InputError(
             f"{path}: unknown extension '{suffix}' (expected one of {known})"
         ) from None
+
+
+def csv_compression(path: str | Path) -> str | None:
+    """The codec of a compressed CSV (`.csv.gz`, ...), None for any other file."""
+    suffixes = [suffix.lower() for suffix in Path(path).suffixes[-2:]]
+    if len(suffixes) == 2 and suffixes[0] == ".csv":
+        return CSV_COMPRESSIONS.get(suffixes[1])
+    return None
 
 
 def input_table_format(path: str | Path) -> str:
@@ -174,8 +187,10 @@ def _csv_dialect(path: Path) -> tuple[str, str]:
     """The delimiter the header line uses most, outside quoted names (a comma when it has
     none), and the decimal mark: a comma in a file not separated by commas whose first rows
     hold more numbers written 1,5 than 1.5."""
-    with path.open("rb") as file:
+    with pa.input_stream(str(path)) as file:  # decompressed, by the path's extension
         head = file.read(HEAD_BYTES).decode("utf-8", errors="replace")
+    if not head:
+        raise InputError(f"{path}: the file is empty")
     header, _, rows = head.partition("\n")
     unquoted = re.sub(r'"[^"]*"', "", header)
     counts = {delimiter: unquoted.count(delimiter) for delimiter in CSV_DELIMITERS}
@@ -196,6 +211,7 @@ class AtomicTableWriter:
             raise InputError(f"{self.path}: folder '{self.path.parent}' does not exist")
         self._tmp_path: Path | None = None
         self._writer: pq.ParquetWriter | pacsv.CSVWriter | None = None
+        self._sink: pa.NativeFile | None = None
         self.rows_written = 0
 
     def __enter__(self) -> AtomicTableWriter:
@@ -214,10 +230,19 @@ class AtomicTableWriter:
                     self._tmp_path, table.schema, use_dictionary=_dictionary_columns(table.schema)
                 )
                 if self.format == "parquet"
-                else pacsv.CSVWriter(self._tmp_path, table.schema)
+                else pacsv.CSVWriter(self._csv_sink(), table.schema)
             )
         self._writer.write_table(table)
         self.rows_written += len(frame)
+
+    def _csv_sink(self) -> pa.NativeFile:
+        """The temporary file, compressed as the output's extension asks."""
+        assert self._tmp_path is not None
+        self._sink = pa.output_stream(str(self._tmp_path), compression=None)
+        codec = csv_compression(self.path)
+        if codec:
+            self._sink = pa.CompressedOutputStream(self._sink, codec)
+        return self._sink
 
     def __exit__(
         self,
@@ -228,6 +253,8 @@ class AtomicTableWriter:
         assert self._tmp_path is not None
         if self._writer is not None:
             self._writer.close()
+        if self._sink is not None:
+            self._sink.close()  # a compressed stream writes its last block here
         if exc_type is None and self._writer is not None:
             os.replace(self._tmp_path, self.path)
         else:
