@@ -34,7 +34,8 @@ class DataConfig(_Section):
     path: str
     kind: Literal["auto", "table", "image"] = Field(
         default="auto",
-        description="auto: images for a folder or an *-idx3-ubyte(.gz) file, else a table.",
+        description="auto: images for an *-idx3-ubyte(.gz) file or a folder without Parquet "
+        "files, else a table.",
     )
     label: str | None = None
     anomaly_value: str | None = Field(

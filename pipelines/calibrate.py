@@ -150,26 +150,28 @@ def _scores_and_labels(
     from anomaly_vae.errors import InputError
     from pipelines.score import scored_batches
 
-    source = str(input_path)
     explicit = label is not None
     label = label or detector.roles.label
     scores, labels, example = [], [], None
-    offset = 0
-    for batch, scored in scored_batches(detector, input_path, allow_extra=True):
+    for part, scored in scored_batches(detector, input_path, allow_extra=True):
+        batch = part.frame
         if example is None:
             if label and label not in batch.columns:
                 if explicit:
-                    raise InputError(f"{source}: missing label column '{label}'")
+                    raise InputError(f"{part.source}: missing label column '{label}'")
                 label = None  # the model's label column is optional here
             known = [*detector.roles.id_columns, *detector.feature_names]
             example = batch[[c for c in known if c in batch.columns]].head(5)
-        detector.check_columns([c for c in batch.columns if c != label], source, allow_extra)
+        detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
         if label:
+            if label not in batch.columns:  # a later part of a folder without it
+                raise InputError(f"{part.source}: missing label column '{label}'")
             labels.append(
-                anomaly_labels(batch[label], detector.roles.anomaly_value, source, offset)
+                anomaly_labels(
+                    batch[label], detector.roles.anomaly_value, part.source, part.first_row
+                )
             )
         scores.append(scored["score"].to_numpy())
-        offset += len(batch)
     numbers = detector.preprocessor.number_columns
     example = example.astype({c.name: "float64" for c in numbers if c.name in example.columns})
     return np.concatenate(scores), np.concatenate(labels) if label else None, example

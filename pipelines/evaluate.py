@@ -122,14 +122,15 @@ def evaluate_file(
     source = str(input_path)
     scores, labels = [], []
     top_rows = pd.DataFrame()
-    offset = 0
-    for batch, scored in scored_batches(detector, input_path, allow_extra=True):
+    for part, scored in scored_batches(detector, input_path, allow_extra=True):
+        batch = part.frame
         if label not in batch.columns:
-            raise InputError(f"{source}: missing label column '{label}'")
-        detector.check_columns([c for c in batch.columns if c != label], source, allow_extra)
-        labels.append(anomaly_labels(batch[label], detector.roles.anomaly_value, source, offset))
+            raise InputError(f"{part.source}: missing label column '{label}'")
+        detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
+        labels.append(
+            anomaly_labels(batch[label], detector.roles.anomaly_value, part.source, part.first_row)
+        )
         scores.append(scored["score"].to_numpy())
-        offset += len(batch)
         scored.insert(0, label, batch[label].to_numpy())
         top_rows = pd.concat([top_rows, scored.nlargest(TOP_ROWS, "score")]).nlargest(
             TOP_ROWS, "score"

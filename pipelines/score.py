@@ -1,4 +1,4 @@
-"""Score: a model URI and a CSV or Parquet file in, the same rows with scores out.
+"""Score: a model URI and a CSV or Parquet file (or folder) in, the same rows with scores out.
 
 The file streams through in batches, so memory stays flat whatever its size; the output is
 written to a temporary file and renamed into place only once every row has scored.
@@ -18,6 +18,8 @@ from anomaly_vae.errors import InputError
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from anomaly_vae.data.tables import TableBatch
 
 BATCH_ROWS = 65536
 
@@ -53,26 +55,25 @@ def scored_batches(
     input_path: str | Path,
     keep_columns: bool = False,
     allow_extra: bool = False,
-) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+) -> Iterator[tuple[TableBatch, pd.DataFrame]]:
     """(input batch, scored batch) pairs, with a progress bar on a terminal."""
     from tqdm import tqdm
 
     from anomaly_vae.data.tables import count_rows, iter_table_batches
 
-    source = str(input_path)
-    offset = 0
     with tqdm(
         total=count_rows(input_path), unit="rows", disable=not sys.stderr.isatty(), leave=False
     ) as progress:
         batches = iter_table_batches(input_path, BATCH_ROWS, detector.roles.id_columns)
         for batch in _prefetched(batches):
-            scored = detector.score_frame(batch, source, offset, keep_columns, allow_extra)
-            offset += len(batch)
-            progress.update(len(batch))
+            scored = detector.score_frame(
+                batch.frame, batch.source, batch.first_row, keep_columns, allow_extra
+            )
+            progress.update(len(batch.frame))
             yield batch, scored
 
 
-def _prefetched(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+def _prefetched(batches: Iterator[TableBatch]) -> Iterator[TableBatch]:
     """The same batches, each read on a background thread while the one before it scores.
 
     pyarrow decodes without holding the GIL, so reading overlaps scoring; one batch ahead

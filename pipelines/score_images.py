@@ -32,7 +32,11 @@ def image_detector(model_uri: str, input_path: str | Path, tracking_uri: str | N
 
     detector = load_model(model_uri, tracking_uri)
     if detector.kind != "image":
-        raise InputError(f"{input_path}: images, but model '{model_uri}' was trained on a table")
+        what = "an IDX file of images" if is_idx(input_path) else "a folder without Parquet files"
+        raise InputError(
+            f"{input_path}: {what}, but model '{model_uri}' was trained on a table: give a CSV "
+            "or Parquet file, or a folder of Parquet files"
+        )
     return detector
 
 

@@ -144,6 +144,38 @@ def test_compressed_csv_reads_and_writes_like_plain_csv(
         assert np.array_equal(scored["score"], scores["plain.csv"]["score"]), name
 
 
+def test_a_folder_of_parquet_parts_scores_as_one_table(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    # As Spark, Hive and Dask write a table (and `score --engine spark` does): part files,
+    # partition folders, a _SUCCESS marker.
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    frame = pd.read_parquet(test)
+    folder = tmp_path / "table.parquet"
+    for part, rows in enumerate([slice(0, 100), slice(100, 150), slice(150, None)]):
+        (folder / f"day={part}").mkdir(parents=True)
+        frame.iloc[rows].to_parquet(folder / f"day={part}" / f"part-{part}.parquet", index=False)
+    (folder / "_SUCCESS").touch()
+    out = tmp_path / "scored.parquet"
+    result = run_cli("score", model_uri, folder, "-o", out, "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+    whole = tmp_path / "whole.parquet"
+    assert run_cli("score", model_uri, test, "-o", whole, "--tracking-uri", tracking).exit_code == 0
+    assert pd.read_parquet(out).equals(pd.read_parquet(whole))
+    result = run_cli("evaluate", model_uri, folder, "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+
+    # A bad row names its part file and its row there, not the folder's.
+    broken = frame.iloc[150:].reset_index(drop=True)
+    broken.loc[3, "mean radius"] = np.nan
+    broken.to_parquet(folder / "day=2" / "part-2.parquet", index=False)
+    out.unlink()
+    result = run_cli("score", model_uri, folder, "-o", out, "--tracking-uri", tracking)
+    assert result.exit_code != 0 and not out.exists()
+    assert "part-2.parquet: column 'mean radius', row 4: missing value" in result.stderr
+
+
 def test_keep_columns_keeps_every_input_column(
     breast_cancer_model, breast_cancer_files, tmp_path
 ) -> None:
@@ -395,6 +427,9 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
     add("no_rows.parquet", good.head(0), "holds no rows")
     add("corrupt.parquet", None, "not a readable Parquet file", text="PAR1 this is not parquet")
     add("table.xlsx", None, "unknown extension '.xlsx'", text="x")
+    (tmp_path / "no_tables").mkdir()
+    (tmp_path / "no_tables" / "notes.txt").write_text("x")
+    files["no_tables"] = (tmp_path / "no_tables", "a folder without Parquet files")
     add("corrupt.csv.gz", None, "cannot read (zlib inflate failed", text="not gzip data")
     (tmp_path / "empty.csv.gz").write_bytes(gzip.compress(b""))
     files["empty.csv.gz"] = (tmp_path / "empty.csv.gz", "the file is empty")
@@ -416,6 +451,7 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
         "table.xlsx",
         "corrupt.csv.gz",
         "empty.csv.gz",
+        "no_tables",
     ],
 )
 def test_bad_input_files_fail_cleanly(name, bad_inputs, breast_cancer_model, tmp_path) -> None:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from anomaly_vae.data.tables import parquet_parts
 from anomaly_vae.errors import InputError, first_line
 
 if TYPE_CHECKING:
@@ -44,11 +45,12 @@ class ImageItem:
 
 
 def is_image_source(path: str | Path, kind: str = "auto") -> bool:
-    """Images for `kind: image`, or under `auto` a folder or an *-idx3-ubyte(.gz) file."""
+    """Images for `kind: image`, or under `auto` an *-idx3-ubyte(.gz) file or a folder, unless
+    the folder holds Parquet files: then it is a table in parts."""
     if kind != "auto":
         return kind == "image"
     path = Path(path)
-    return path.is_dir() or is_idx(path)
+    return (path.is_dir() and not parquet_parts(path)) or is_idx(path)
 
 
 def is_idx(path: str | Path) -> bool:

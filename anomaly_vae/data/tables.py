@@ -11,6 +11,7 @@ import os
 import re
 import tempfile
 from collections.abc import Collection, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -24,6 +25,7 @@ from anomaly_vae.errors import InputError, first_line
 
 READ_BUFFER_BYTES = 1 << 20
 TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+PARQUET_SUFFIXES = {suffix for suffix, fmt in TABLE_FORMATS.items() if fmt == "parquet"}
 # Exports are often shipped compressed (transactions.csv.gz): pyarrow decompresses on reading,
 # and compresses on writing, by these extensions; Parquet compresses inside the file.
 CSV_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
@@ -52,33 +54,62 @@ def csv_compression(path: str | Path) -> str | None:
 
 
 def input_table_format(path: str | Path) -> str:
-    """`table_format` of a file to read; a path that is missing or a folder is named as such,
-    before its extension (a mistyped folder name has none)."""
+    """`table_format` of a file or Parquet folder to read; a path that is missing, or a folder
+    without Parquet files, is named as such before its extension (a mistyped folder name has
+    none)."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: file not found")
-    fmt = table_format(path)
     if path.is_dir():
-        raise InputError(f"{path}: is a folder, expected a {fmt.upper()} file")
-    return fmt
+        if parquet_parts(path):
+            return "parquet"
+        raise InputError(f"{path}: is a folder without Parquet files, expected a table file")
+    return table_format(path)
+
+
+def parquet_parts(folder: str | Path) -> list[Path]:
+    """The Parquet files below a folder, in path order: one table as Spark, Hive or Dask write
+    it (and `score --engine spark` does), their `_SUCCESS` markers and hidden files skipped.
+    Partition folders (date=2026-11-25/) are not read back as columns."""
+    folder = Path(folder)
+    return sorted(
+        file
+        for file in folder.rglob("*")
+        if file.suffix.lower() in PARQUET_SUFFIXES
+        and not any(name.startswith((".", "_")) for name in file.relative_to(folder).parts)
+        and file.is_file()
+    )
+
+
+@dataclass(frozen=True)
+class TableBatch:
+    """Rows of a table and where they lie, so that errors name the file and row: in a folder
+    table, the part file and the row within it."""
+
+    frame: pd.DataFrame
+    source: str
+    first_row: int  # 0-based, within `source`
 
 
 def read_table(path: str | Path, text_columns: Collection[str] = ()) -> pd.DataFrame:
     """Read a whole table; training needs all rows at once to split and fit the scalers."""
-    batches = list(iter_table_batches(path, text_columns=text_columns))
-    return pd.concat(batches, ignore_index=True) if len(batches) > 1 else batches[0]
+    frames = [batch.frame for batch in iter_table_batches(path, text_columns=text_columns)]
+    return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
 
 
 def count_rows(path: str | Path) -> int | None:
-    """Rows in a Parquet file from its footer (for progress bars); None for CSV."""
+    """Rows in a Parquet file or folder from the footers (for progress bars); None for CSV."""
+    path = Path(path)
+    if path.is_dir():
+        return sum(_open_parquet(part).metadata.num_rows for part in parquet_parts(path))
     if table_format(path) != "parquet":
         return None
-    return _open_parquet(Path(path)).metadata.num_rows
+    return _open_parquet(path).metadata.num_rows
 
 
 def iter_table_batches(
     path: str | Path, batch_rows: int = 65536, text_columns: Collection[str] = ()
-) -> Iterator[pd.DataFrame]:
+) -> Iterator[TableBatch]:
     """Yield the table in batches of at most `batch_rows` rows; an empty table is an error.
 
     `text_columns` (ids) are read from a CSV as the text they hold, to be written back as
@@ -86,21 +117,24 @@ def iter_table_batches(
     9.007199254740992e+15."""
     path = Path(path)
     fmt = input_table_format(path)
-    batches = (
-        _parquet_batches(path, batch_rows)
-        if fmt == "parquet"
-        else _csv_batches(path, set(text_columns))
-    )
     seen_rows = 0
-    try:
-        for batch in batches:
-            if batch.num_rows:
-                seen_rows += batch.num_rows
-                yield batch.to_pandas()
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise InputError(f"{path}: cannot read ({first_line(exc)})") from None
+    for file in parquet_parts(path) if path.is_dir() else [path]:
+        batches = (
+            _parquet_batches(file, batch_rows)
+            if fmt == "parquet"
+            else _csv_batches(file, set(text_columns))
+        )
+        first_row = 0
+        try:
+            for batch in batches:
+                if batch.num_rows:
+                    yield TableBatch(batch.to_pandas(), str(file), first_row)
+                    first_row += batch.num_rows
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputError(f"{file}: cannot read ({first_line(exc)})") from None
+        seen_rows += first_row
     if not seen_rows:
-        raise InputError(f"{path}: the file holds no rows")
+        raise InputError(f"{path}: the {'folder' if path.is_dir() else 'file'} holds no rows")
 
 
 def _parquet_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
