@@ -71,21 +71,25 @@ def test_folders_of_grayscale_and_rgb_images_of_any_size(tmp_path: Path) -> None
     mask[:, :2] = 255
     Image.fromarray(mask, "L").save(tmp_path / "scratch" / "c.png")  # c.bmp's mask
     Image.fromarray(rng.integers(0, 256, (6, 6), dtype=np.uint8), "L").save(tmp_path / "d.tiff")
+    Image.fromarray(rng.integers(0, 256, (7, 7, 3), dtype=np.uint8), "RGB").save(
+        tmp_path / "good" / "e.webp"
+    )
     (tmp_path / "notes.txt").write_text("not an image")
 
     items = list_images(tmp_path, ImageConfig(normal=["good"]))
 
     names = {Path(item.path).name: item for item in items}
-    assert sorted(names) == ["a.png", "b.jpg", "c.bmp", "d.tiff"]  # the mask is no image
-    assert [names[n].label for n in ("a.png", "b.jpg", "c.bmp", "d.tiff")] == [
+    assert sorted(names) == ["a.png", "b.jpg", "c.bmp", "d.tiff", "e.webp"]  # the mask is none
+    assert [names[n].label for n in ("a.png", "b.jpg", "c.bmp", "d.tiff", "e.webp")] == [
         False,
         False,
         True,
         True,
+        False,
     ]
     assert names["c.bmp"].mask == (tmp_path / "scratch" / "c.png").resolve()
     pixels = read_images(items, size=8, channels=3)
-    assert pixels.shape == (4, 3, 8, 8) and pixels.dtype == np.float32
+    assert pixels.shape == (5, 3, 8, 8) and pixels.dtype == np.float32
     assert pixels.min() >= 0 and pixels.max() <= 1
     grey = pixels[[i for i, item in enumerate(items) if item.path.endswith("a.png")][0]]
     assert np.array_equal(grey[0], grey[1])  # grayscale replicated into the RGB channels

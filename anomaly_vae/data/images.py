@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     # scoring a table (which asks this module whether its input is images) should not pay.
     from anomaly_vae.config import ImageConfig
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 _IDX_IMAGES = re.compile(r"-images-idx3-ubyte(\.gz)?$")
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}
