@@ -19,6 +19,7 @@ from anomaly_vae.config import Config, ImageConfig
 from anomaly_vae.data.images import (
     ImageItem,
     is_held_out,
+    is_image_source,
     list_images,
     read_idx,
     read_images,
@@ -101,6 +102,21 @@ def test_folders_of_grayscale_and_rgb_images_of_any_size(tmp_path: Path) -> None
         read_images(items, size=8, channels=1)
     assert "unreadable" not in str(info.value)  # it was read; it has the wrong channels
     assert "image.channels: 3" in str(info.value)
+
+
+def test_a_folder_is_images_unless_it_holds_parquet_files_and_no_images(tmp_path: Path) -> None:
+    table = tmp_path / "table"
+    (table / "day=1").mkdir(parents=True)
+    pd.DataFrame({"a": [1.0]}).to_parquet(table / "day=1" / "part-0.parquet")
+    assert not is_image_source(table)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8), "L").save(photos / "a.png")
+    assert is_image_source(photos)
+    pd.DataFrame({"score": [1.0]}).to_parquet(photos / "scores.parquet")  # an output put there
+    assert is_image_source(photos)
+    (tmp_path / "empty").mkdir()
+    assert is_image_source(tmp_path / "empty")  # whose error then says what it expected
 
 
 def test_holdout_is_a_deterministic_choice_by_file_name(tmp_path: Path) -> None:

@@ -46,11 +46,16 @@ class ImageItem:
 
 def is_image_source(path: str | Path, kind: str = "auto") -> bool:
     """Images for `kind: image`, or under `auto` an *-idx3-ubyte(.gz) file or a folder, unless
-    the folder holds Parquet files: then it is a table in parts."""
+    the folder holds Parquet files and no images: then it is a table in parts. (A scores file
+    written into a folder of images leaves it a folder of images.)"""
     if kind != "auto":
         return kind == "image"
     path = Path(path)
-    return (path.is_dir() and not parquet_parts(path)) or is_idx(path)
+    if path.is_dir():
+        return not parquet_parts(path) or any(
+            file.suffix.lower() in IMAGE_SUFFIXES for file in path.rglob("*")
+        )
+    return is_idx(path)
 
 
 def is_idx(path: str | Path) -> bool:
