@@ -360,6 +360,32 @@ def test_yes_labels_and_integer_ids_train_without_warnings(
     assert not [w for w in caught if "Inferred schema" in str(w.message)]
 
 
+def test_python_scoring_takes_integer_columns_where_the_pyfunc_needs_doubles(
+    tmp_path, tracking_uri
+) -> None:
+    # The README's "Scoring in Python": counts and ages arrive as int64 from Parquet.
+    from pipelines.score import load_model
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"age": rng.integers(18, 90, 300), "visits": rng.poisson(3, 300), "x": rng.normal(size=300)}
+    )
+    path = tmp_path / "ints.parquet"
+    frame.to_parquet(path)
+    config = tmp_path / "ints.yaml"
+    config.write_text(f"data:\n  path: {path}\n")
+    result = run_cli("train", config, "--set", "training.epochs=2")
+    assert result.exit_code == 0, result.output
+    model_uri = result.stdout.strip().splitlines()[-1]
+    as_floats = frame.astype("float64")
+    scored = load_model(model_uri, tracking_uri).score_frame(frame)
+    assert scored.equals(load_model(model_uri, tracking_uri).score_frame(as_floats))
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    with pytest.raises(mlflow.exceptions.MlflowException, match="int64 to float64"):
+        pyfunc.predict(frame)
+    assert np.array_equal(pyfunc.predict(as_floats)["score"], scored["score"])
+
+
 def test_a_saved_row_index_is_refused_as_a_feature_and_trains_as_an_id(
     breast_cancer_files, tmp_path, tracking_uri
 ) -> None:
