@@ -156,16 +156,14 @@ def _scores_and_labels(
     for part, scored in scored_batches(detector, input_path, allow_extra=True):
         batch = part.frame
         if example is None:
-            if label and label not in batch.columns:
-                if explicit:
-                    raise InputError(f"{part.source}: missing label column '{label}'")
+            if label and label not in batch.columns and not explicit:
                 label = None  # the model's label column is optional here
             known = [*detector.roles.id_columns, *detector.feature_names]
             example = batch[[c for c in known if c in batch.columns]].head(5)
+        if label and label not in batch.columns:  # asked for, or absent from a later part
+            raise InputError(f"{part.source}: missing label column '{label}'")
         detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
         if label:
-            if label not in batch.columns:  # a later part of a folder without it
-                raise InputError(f"{part.source}: missing label column '{label}'")
             labels.append(
                 anomaly_labels(
                     batch[label], detector.roles.anomaly_value, part.source, part.first_row

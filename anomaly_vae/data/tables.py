@@ -54,17 +54,22 @@ def csv_compression(path: str | Path) -> str | None:
 
 
 def input_table_format(path: str | Path) -> str:
-    """`table_format` of a file or Parquet folder to read; a path that is missing, or a folder
-    without Parquet files, is named as such before its extension (a mistyped folder name has
-    none)."""
-    path = Path(path)
+    """`table_format` of a file or Parquet folder to read, or the error reading it would give."""
+    return _table_files(Path(path))[0]
+
+
+def _table_files(path: Path) -> tuple[str, list[Path]]:
+    """The format and files of a table to read: the file itself, or a folder's Parquet parts.
+    A path that is missing, or a folder without Parquet files, is named as such before its
+    extension (a mistyped folder name has none)."""
     if not path.exists():
         raise InputError(f"{path}: file not found")
-    if path.is_dir():
-        if parquet_parts(path):
-            return "parquet"
+    if not path.is_dir():
+        return table_format(path), [path]
+    parts = parquet_parts(path)
+    if not parts:
         raise InputError(f"{path}: is a folder without Parquet files, expected a table file")
-    return table_format(path)
+    return "parquet", parts
 
 
 def parquet_parts(folder: str | Path) -> list[Path]:
@@ -99,12 +104,10 @@ def read_table(path: str | Path, text_columns: Collection[str] = ()) -> pd.DataF
 
 def count_rows(path: str | Path) -> int | None:
     """Rows in a Parquet file or folder from the footers (for progress bars); None for CSV."""
-    path = Path(path)
-    if path.is_dir():
-        return sum(_open_parquet(part).metadata.num_rows for part in parquet_parts(path))
-    if table_format(path) != "parquet":
+    fmt, files = _table_files(Path(path))
+    if fmt != "parquet":
         return None
-    return _open_parquet(path).metadata.num_rows
+    return sum(_open_parquet(file).metadata.num_rows for file in files)
 
 
 def iter_table_batches(
@@ -116,9 +119,9 @@ def iter_table_batches(
     they came: as numbers, a 19-digit transaction id would lose its last digits and print as
     9.007199254740992e+15."""
     path = Path(path)
-    fmt = input_table_format(path)
+    fmt, files = _table_files(path)
     seen_rows = 0
-    for file in parquet_parts(path) if path.is_dir() else [path]:
+    for file in files:
         batches = (
             _parquet_batches(file, batch_rows)
             if fmt == "parquet"
@@ -153,9 +156,7 @@ def _open_parquet(path: Path) -> pq.ParquetFile:
 def _csv_batches(path: Path, text_columns: set[str]) -> Iterator[pa.RecordBatch]:
     """Stream a CSV; integer columns are read as floats so a later block with decimals parses,
     `text_columns` as text."""
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: the file is empty")
-    delimiter, decimal_point = _csv_dialect(path)
+    delimiter, decimal_point = _csv_dialect(path)  # an empty file stops here
     parse = pacsv.ParseOptions(delimiter=delimiter)
     try:
         first = pacsv.open_csv(
@@ -272,10 +273,7 @@ class AtomicTableWriter:
     def _csv_sink(self) -> pa.NativeFile:
         """The temporary file, compressed as the output's extension asks."""
         assert self._tmp_path is not None
-        self._sink = pa.output_stream(str(self._tmp_path), compression=None)
-        codec = csv_compression(self.path)
-        if codec:
-            self._sink = pa.CompressedOutputStream(self._sink, codec)
+        self._sink = pa.output_stream(str(self._tmp_path), compression=csv_compression(self.path))
         return self._sink
 
     def __exit__(
