@@ -1,0 +1,64 @@
+"""Tabular scoring in batches: how rows are cut, and that the batches' threads give the same
+scores as one pass, in this process and in a forked child."""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from anomaly_vae.models.tabular_vae import TabularVAE
+from anomaly_vae.scoring import _rows_per_batch, score_tabular
+
+
+@pytest.mark.parametrize("n", [1, 300, 4096, 4097, 10_000, 100_003])
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_batches_are_equal_and_keep_every_worker_busy(n: int, workers: int) -> None:
+    batch_size = 4096
+    rows = _rows_per_batch(n, batch_size, workers)
+    batches = math.ceil(n / rows)
+    assert rows <= batch_size
+    # Equal but for the last, which is short by less than one row per batch.
+    assert n - (batches - 1) * rows > rows - batches
+    assert batches == 1 if n <= batch_size else batches % workers == 0
+
+
+@pytest.fixture
+def rows() -> tuple[TabularVAE, np.ndarray, np.ndarray, np.ndarray]:
+    torch.manual_seed(0)
+    model = TabularVAE(n_numeric=5, n_indicators=0, category_sizes=[3], hidden=[16], latent=2)
+    numeric = np.random.default_rng(0).normal(size=(3000, 5)).astype(np.float32)
+    codes = np.random.default_rng(1).integers(0, 3, size=(3000, 1))
+    return model.eval(), numeric, np.ones_like(numeric), codes
+
+
+def test_parallel_batches_score_as_one_pass(rows, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # three workers on any machine
+    batched = score_tabular(*rows, batch_size=700)
+    whole = score_tabular(*rows, batch_size=len(rows[1]))
+    np.testing.assert_allclose(batched.recon, whole.recon, rtol=1e-5)
+    np.testing.assert_allclose(batched.kl, whole.kl, rtol=1e-5)
+    np.testing.assert_allclose(batched.contributions, whole.contributions, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
+def test_a_forked_child_scores_with_threads_of_its_own(rows, monkeypatch) -> None:
+    """The parent's scoring threads do not exist in a child forked after them."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    expected = score_tabular(*rows, batch_size=700).score  # starts the parent's threads
+    pid = os.fork()
+    if pid == 0:  # the child: exit 0 only if it scores, and scores the same
+        same = np.array_equal(score_tabular(*rows, batch_size=700).score, expected)
+        os._exit(0 if same else 1)
+    deadline = time.monotonic() + 30
+    while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if done[0] == 0:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the forked child never finished scoring")
+    assert os.waitstatus_to_exitcode(done[1]) == 0
