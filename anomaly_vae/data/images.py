@@ -52,9 +52,11 @@ def is_image_source(path: str | Path, kind: str = "auto") -> bool:
         return kind == "image"
     path = Path(path)
     if path.is_dir():
-        return not parquet_parts(path) or any(
+        # Images first: a folder of images stops at its first one, where looking for Parquet
+        # parts walked all of it.
+        return any(
             file.suffix.lower() in IMAGE_SUFFIXES for file in path.rglob("*")
-        )
+        ) or not parquet_parts(path)
     return is_idx(path)
 
 
