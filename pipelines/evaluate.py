@@ -107,15 +107,11 @@ def evaluate_file(
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import common_sections, top_anomaly_sections
     from anomaly_vae.tracking import configure_tracking, use_experiment
-    from pipelines.score import load_model, scored_batches
+    from pipelines.score import scored_batches, table_detector
 
     if report_path is not None:
         check_report_path(report_path)
-    detector = load_model(model_uri, tracking_uri)
-    if detector.kind == "image":
-        raise InputError(
-            f"{input_path}: model '{model_uri}' reads images: give a folder or IDX file"
-        )
+    detector = table_detector(model_uri, input_path, tracking_uri)
     label = label or detector.roles.label
     if not label:
         raise InputError("evaluate needs --label: the model's config names no label column")

@@ -50,6 +50,16 @@ def load_model(model_uri: str, tracking_uri: str | None = None):  # noqa: ANN201
         return load_detector(detector_dir())
 
 
+def table_detector(model_uri: str, input_path: str | Path, tracking_uri: str | None = None):  # noqa: ANN201
+    """The model behind `model_uri`, checked to be a table model."""
+    detector = load_model(model_uri, tracking_uri)
+    if detector.kind == "image":
+        raise InputError(
+            f"{input_path}: model '{model_uri}' reads images: give a folder or IDX file"
+        )
+    return detector
+
+
 def scored_batches(
     detector,  # noqa: ANN001 - any detector kind
     input_path: str | Path,
@@ -107,7 +117,7 @@ def score_file(
         raise InputError(f"{input_path}: --maps is for images (a folder or an IDX file)")
     input_table_format(input_path)
     writer = AtomicTableWriter(output_path)  # checks the output's extension and folder first
-    detector = load_model(model_uri, tracking_uri)
+    detector = table_detector(model_uri, input_path, tracking_uri)
     started = time.perf_counter()
     anomalies = 0
     with writer:

@@ -318,6 +318,21 @@ def test_evaluation_mistakes_are_one_line_errors(digits_model, tmp_path) -> None
     assert result.exit_code != 0 and "both normal and anomalous" in result.stderr
 
 
+def test_a_table_given_to_an_image_model_is_one_line_and_writes_nothing(
+    digits_model, tmp_path
+) -> None:
+    model_uri, tracking, _ = digits_model
+    table = tmp_path / "rows.csv"
+    pd.DataFrame({"a": [1.0, 2.0], "label": [0, 1]}).to_csv(table, index=False)
+    for command in (["score", "-o", tmp_path / "s.csv"], ["evaluate", "--label", "label"]):
+        result = run_cli(command[0], model_uri, table, *command[1:], "--tracking-uri", tracking)
+        assert result.exit_code != 0, command
+        assert result.stderr.strip() == (
+            f"Error: {table}: model '{model_uri}' reads images: give a folder or IDX file"
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]
+
+
 def test_image_report_shows_the_worst_images_with_heatmaps(digits_model, tmp_path) -> None:
     model_uri, tracking, test_dir = digits_model
     report = tmp_path / "report.html"
