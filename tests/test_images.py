@@ -285,7 +285,7 @@ def test_empty_folder_and_colour_images_for_a_grayscale_model(digits_model, tmp_
     result = run_cli(
         "score", model_uri, tmp_path / "empty", "-o", tmp_path / "s.csv", "--tracking-uri", tracking
     )
-    assert result.exit_code != 0 and "no PNG, JPEG, BMP or TIFF images" in result.stderr
+    assert result.exit_code != 0 and "no PNG, JPEG, BMP, TIFF or WebP images" in result.stderr
 
     (tmp_path / "colour").mkdir()
     Image.fromarray(np.zeros((8, 8, 3), np.uint8), "RGB").save(tmp_path / "colour" / "red.png")

@@ -1,4 +1,4 @@
-"""Reading images: folders of PNG/JPEG/BMP/TIFF files or MNIST-style IDX files.
+"""Reading images: folders of PNG/JPEG/BMP/TIFF/WebP files or MNIST-style IDX files.
 
 An image source is a list of `ImageItem`s (where each image comes from, its label when known,
 its mask file when there is one); pixels are read only when a batch needs them, so scoring a
@@ -85,7 +85,7 @@ def list_images(source: str | Path, image: ImageConfig) -> list[ImageItem]:
         if p.resolve() not in mask_files
     ]
     if not items:
-        raise InputError(f"{source}: no PNG, JPEG, BMP or TIFF images in this folder")
+        raise InputError(f"{source}: no PNG, JPEG, BMP, TIFF or WebP images in this folder")
     return items
 
 
