@@ -99,12 +99,9 @@ class TabularDetector:
     ) -> SampleScores:
         """Scores of the rows; `contributions=True` adds the per-feature terms, which cost time
         and memory that callers wanting only scores should not pay."""
-        encoded = self.preprocessor.transform(frame, source, row_offset)
         return score_tabular(
             self.model,
-            encoded.numeric,
-            encoded.observed,
-            encoded.codes,
+            self.preprocessor.check(frame, source, row_offset),
             samples=self.samples,
             contributions=contributions,
         )

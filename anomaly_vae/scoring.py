@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anomaly_vae.data.preprocessing import TabularRows
 from anomaly_vae.models.conv_vae import ConvVAE
 from anomaly_vae.models.losses import (
     HALF_LOG_2PI,
@@ -124,14 +125,13 @@ SCORING_BATCH_ROWS = 4096
 
 def score_tabular(
     model: TabularVAE,
-    numeric: np.ndarray,
-    observed: np.ndarray,
-    codes: np.ndarray,
+    table: TabularRows,
     samples: int = 0,
     batch_size: int = SCORING_BATCH_ROWS,
     contributions: bool = True,
 ) -> SampleScores:
-    """Scores for encoded rows, in batches to bound memory.
+    """Scores for rows, in batches to bound memory; `CheckedRows` are encoded batch by batch
+    on the thread that scores them.
 
     Several batches run on parallel Python threads with one torch thread each: torch's own
     threads wait for each other after every operation, and on two shared, busy cores that made
@@ -143,7 +143,7 @@ def score_tabular(
     if model.training:  # eval() walks every submodule, a cost on small batches
         model.eval()
     workers = 1 if samples else torch.get_num_threads()
-    n = len(numeric)
+    n = len(table)
     rows_per_batch = _rows_per_batch(n, batch_size, workers)
     scores = SampleScores(
         recon=np.empty(n),
@@ -156,23 +156,24 @@ def score_tabular(
     )
     generator = torch.Generator().manual_seed(SAMPLING_SEED) if samples else None
     # The smallest value each numeric term can take (a perfect reconstruction).
-    numeric_floor = model.bounded_log_scale().detach() + HALF_LOG_2PI
+    numeric_floor = model.bounded_log_scale().detach() + HALF_LOG_2PI if contributions else None
 
     @torch.inference_mode()
     def score_rows(start: int) -> None:
         rows = slice(start, start + rows_per_batch)
-        observed_rows = torch.from_numpy(observed[rows])
+        batch = table.rows(rows)
+        observed_rows = torch.from_numpy(batch.observed)
         nll, kl = tabular_terms(
             model,
-            torch.from_numpy(numeric[rows]),
+            torch.from_numpy(batch.numeric),
             observed_rows,
-            torch.from_numpy(codes[rows]),
+            torch.from_numpy(batch.codes),
             samples=samples,
             generator=generator,
         )
         scores.recon[rows] = nll.sum(1).numpy()
         scores.kl[rows] = kl.numpy()
-        if scores.contributions is not None:
+        if numeric_floor is not None:
             # nll - floor * observed, in place: the scores above already summed nll.
             # Binary and categorical terms are 0 at their best already.
             nll[:, : model.n_numeric].addcmul_(

@@ -70,9 +70,7 @@ def run_ours(
         config.training,
         config.model.beta,
     )
-    val_scores = score_tabular(
-        model, val_enc.numeric, val_enc.observed, val_enc.codes, config.scoring.samples
-    ).score
+    val_scores = score_tabular(model, val_enc, config.scoring.samples).score
     threshold = choose_threshold(val_scores, None, default_strategy(has_anomalies=False))
     detector = TabularDetector(
         model, preprocessor, ColumnRoles(), config.model.model_dump(), threshold

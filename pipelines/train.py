@@ -166,9 +166,7 @@ def train(
             model, tabular_loss_terms, train_data, val_data, config.training, config.model.beta
         )
         fit_seconds = time.perf_counter() - fit_started
-        val_scores = score_tabular(
-            model, val_enc.numeric, val_enc.observed, val_enc.codes, config.scoring.samples
-        ).score
+        val_scores = score_tabular(model, val_enc, config.scoring.samples).score
         calibration = calibrate_and_log(
             config, val_scores, split.validation_labels, fit, fit_seconds
         )

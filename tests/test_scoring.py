@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from anomaly_vae.data.preprocessing import EncodedTable
 from anomaly_vae.models.tabular_vae import TabularVAE
 from anomaly_vae.scoring import _rows_per_batch, score_tabular
 
@@ -28,12 +29,12 @@ def test_batches_are_equal_and_keep_every_worker_busy(n: int, workers: int) -> N
 
 
 @pytest.fixture
-def rows() -> tuple[TabularVAE, np.ndarray, np.ndarray, np.ndarray]:
+def rows() -> tuple[TabularVAE, EncodedTable]:
     torch.manual_seed(0)
     model = TabularVAE(n_numeric=5, n_indicators=0, category_sizes=[3], hidden=[16], latent=2)
     numeric = np.random.default_rng(0).normal(size=(3000, 5)).astype(np.float32)
     codes = np.random.default_rng(1).integers(0, 3, size=(3000, 1))
-    return model.eval(), numeric, np.ones_like(numeric), codes
+    return model.eval(), EncodedTable(numeric, np.ones_like(numeric), codes)
 
 
 def test_parallel_batches_score_as_one_pass(rows, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -62,3 +63,37 @@ def test_a_forked_child_scores_with_threads_of_its_own(rows, monkeypatch) -> Non
         os.waitpid(pid, 0)
         pytest.fail("the forked child never finished scoring")
     assert os.waitstatus_to_exitcode(done[1]) == 0
+
+
+def test_rows_encoded_batch_by_batch_score_as_rows_encoded_first(monkeypatch) -> None:
+    """Checked rows are encoded on the scoring threads, batch by batch: the same model inputs
+    as encoding the whole table first, for numeric (with missing values), binary and
+    categorical columns."""
+    import pandas as pd
+
+    from anomaly_vae.data.preprocessing import TabularPreprocessor
+    from anomaly_vae.detector import build_tabular_model
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    frame = pd.DataFrame(
+        {
+            "amount": rng.lognormal(3, 2, n),  # a heavy tail: some cells are compressed
+            "balance": np.where(rng.random(n) < 0.1, np.nan, rng.normal(100, 10, n)),
+            "online": rng.integers(0, 2, n).astype(float),
+            "merchant": rng.choice(["grocery", "fuel", "travel"], n),
+        }
+    )
+    pre = TabularPreprocessor.fit(frame, list(frame.columns), categorical=None)
+    assert pre.binary and pre.categorical and pre.missing_columns
+    torch.manual_seed(0)
+    params = {"hidden": [16], "latent": 2, "likelihood": "gaussian", "dropout": 0.0}
+    model = build_tabular_model(pre, params).eval()
+    scored = frame.assign(online=np.where(np.arange(n) == 5, 3.0, frame["online"]))  # unseen
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    first = score_tabular(model, pre.transform(scored, "t"), batch_size=700)
+    by_batch = score_tabular(model, pre.check(scored, "t"), batch_size=700)
+    np.testing.assert_array_equal(by_batch.recon, first.recon)
+    np.testing.assert_array_equal(by_batch.kl, first.kl)
+    np.testing.assert_array_equal(by_batch.contributions, first.contributions)
+    assert np.isfinite(first.score).all()

@@ -62,6 +62,7 @@ def test_logits_are_laid_out_category_by_column_and_padded() -> None:
 def test_binary_columns_take_one_logit_and_unseen_values_their_cost() -> None:
     """Two binary columns follow two numeric ones: encoded 0/1 (NaN where a value was neither
     of the two), decoded to one Bernoulli logit each."""
+    from anomaly_vae.data.preprocessing import EncodedTable
     from anomaly_vae.scoring import score_tabular, tabular_terms
 
     torch.manual_seed(0)
@@ -91,6 +92,6 @@ def test_binary_columns_take_one_logit_and_unseen_values_their_cost() -> None:
     torch.testing.assert_close(nll[1, 3], bce[1, 1])
 
     # A binary term's best is 0: contributions are the terms themselves.
-    scores = score_tabular(model, numeric.numpy(), observed.numpy(), codes.numpy())
+    scores = score_tabular(model, EncodedTable(numeric.numpy(), observed.numpy(), codes.numpy()))
     np.testing.assert_allclose(scores.contributions[:, 2:4], nll[:, 2:4].numpy(), rtol=1e-6)
     np.testing.assert_allclose(scores.recon, nll.sum(1).numpy(), rtol=1e-5)

@@ -31,9 +31,11 @@ import re
 from collections.abc import Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property, lru_cache
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
+import torch
 
 from anomaly_vae.errors import InputError
 
@@ -112,6 +114,36 @@ class EncodedTable:
     def __len__(self) -> int:
         return len(self.numeric)
 
+    def rows(self, rows: slice) -> EncodedTable:
+        return EncodedTable(self.numeric[rows], self.observed[rows], self.codes[rows])
+
+
+@dataclass
+class CheckedRows:
+    """Rows read and checked, encoded batch by batch when scored: encoding is most of
+    preprocessing's time, and each batch's share runs on the scoring thread that reads it,
+    on both cores, while the batch is in that core's cache. Scoring 5_campaign's 15,604 test
+    rows on two cores took 13.7 ms so, 19.6 encoding them all first (torch's threads, woken
+    for the scaling, then took a core from the scoring threads), 16.2 before torch scaled."""
+
+    preprocessor: TabularPreprocessor
+    values: np.ndarray  # float64 (n, n_numeric + n_binary), as the frame held them, checked
+    codes: np.ndarray  # int64 (n, n_categorical)
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def rows(self, rows: slice) -> EncodedTable:
+        return self.preprocessor.encode(self.values[rows], self.codes[rows])
+
+
+class TabularRows(Protocol):
+    """Rows the scorer reads batch by batch: encoded already, or encoded as they are read."""
+
+    def __len__(self) -> int: ...
+
+    def rows(self, rows: slice) -> EncodedTable: ...
+
 
 @dataclass
 class TabularPreprocessor:
@@ -167,17 +199,40 @@ class TabularPreprocessor:
 
     def transform(self, frame: pd.DataFrame, source: str, row_offset: int = 0) -> EncodedTable:
         """Encode rows; bad values raise an error naming `source`, the column and the row."""
+        return self.check(frame, source, row_offset).rows(slice(None))
+
+    def check(self, frame: pd.DataFrame, source: str, row_offset: int = 0) -> CheckedRows:
+        """Read and check rows, to be encoded batch by batch (`CheckedRows.rows`); bad values
+        raise as in `transform`."""
         n = len(frame)
         # Numeric, binary and two-valued columns are converted together: one pass over the frame.
         numbers = _float_columns(frame, self._number_names)
         values = self._numeric_matrix(frame, numbers, source, row_offset)
+        codes = np.zeros((n, len(self.categorical)), dtype=np.int64)
+        if self._two_valued:
+            codes[:, self._two_valued] = self._two_valued_codes(frame, numbers, source, row_offset)
+        for j, column in enumerate(self.categorical):
+            if column.values is None:
+                codes[:, j] = [
+                    column.lookup.get(v, 0) for v in _category_strings(frame[column.name])
+                ]
+        return CheckedRows(self, values, codes)
+
+    def encode(self, values: np.ndarray, codes: np.ndarray) -> EncodedTable:
+        """Model inputs from checked numeric and binary values (`_numeric_matrix`) and codes."""
         n_numeric = len(self.numeric)
         # Whole-matrix operations: a loop over columns cost more than the network on wide tables.
         # Scaled straight into the network's float32: a float64 result and a cast took two more
         # passes over the matrix.
         numeric = np.empty(values.shape, dtype=np.float32)
         scaled = numeric[:, :n_numeric]
-        np.subtract(values[:, :n_numeric], self._centers, out=scaled, casting="same_kind")
+        # `values` is usually the frame's column-major block, so the subtraction also turns it
+        # row-major. Torch does that, and the cast, in one pass: NumPy took 2.5x as long
+        # (24_mnist's 2,771 test rows: 322 against 125 us, 5_campaign's 15,604: 494 against 135).
+        # `from_dlpack` takes read-only arrays, which `from_numpy` warns about.
+        torch.sub(
+            torch.from_dlpack(values[:, :n_numeric]), self._centers, out=torch.from_numpy(scaled)
+        )
         scaled /= self._scales
         if self.binary:
             numeric[:, n_numeric:] = self._binary_values(values[:, n_numeric:])
@@ -189,14 +244,6 @@ class TabularPreprocessor:
             observed = (~missing).astype(np.float32, order="C")
         else:
             observed = np.ones(numeric.shape, dtype=np.float32)
-        codes = np.zeros((n, len(self.categorical)), dtype=np.int64)
-        if self._two_valued:
-            codes[:, self._two_valued] = self._two_valued_codes(frame, numbers, source, row_offset)
-        for j, column in enumerate(self.categorical):
-            if column.values is None:
-                codes[:, j] = [
-                    column.lookup.get(v, 0) for v in _category_strings(frame[column.name])
-                ]
         return EncodedTable(numeric=numeric, observed=observed, codes=codes)
 
     def _binary_values(self, values: np.ndarray) -> np.ndarray:
@@ -243,8 +290,8 @@ class TabularPreprocessor:
         return np.array([c.values for c in self.binary], dtype=np.float64).reshape(-1, 2)
 
     @cached_property
-    def _centers(self) -> np.ndarray:
-        return np.array([c.center for c in self.numeric], dtype=np.float64)
+    def _centers(self) -> torch.Tensor:
+        return torch.tensor([c.center for c in self.numeric], dtype=torch.float64)
 
     @cached_property
     def _scales(self) -> np.ndarray:
