@@ -95,3 +95,24 @@ def test_binary_columns_take_one_logit_and_unseen_values_their_cost() -> None:
     scores = score_tabular(model, EncodedTable(numeric.numpy(), observed.numpy(), codes.numpy()))
     np.testing.assert_allclose(scores.contributions[:, 2:4], nll[:, 2:4].numpy(), rtol=1e-6)
     np.testing.assert_allclose(scores.recon, nll.sum(1).numpy(), rtol=1e-5)
+
+
+def test_batches_with_and_without_unseen_binary_values_score_alike() -> None:
+    """A batch without unseen values skips the passes that handle them: its rows score as
+    they do next to a row with one."""
+    from anomaly_vae.scoring import tabular_terms
+
+    torch.manual_seed(0)
+    unseen_nll = [5.0, 7.0]
+    model = TabularVAE(
+        n_numeric=2, n_indicators=0, category_sizes=[], hidden=[8], latent=2, unseen_nll=unseen_nll
+    ).eval()
+    seen = torch.tensor([[0.1, -1.0, 1.0, 0.0], [2.0, 0.5, 0.0, 1.0]])
+    rows = torch.cat([seen, torch.tensor([[0.3, 0.2, math.nan, 1.0]])])
+    with torch.no_grad():
+        alone = tabular_terms(model, seen, torch.ones(2, 4), torch.zeros(2, 0, dtype=torch.long))
+        mixed = tabular_terms(model, rows, torch.ones(3, 4), torch.zeros(3, 0, dtype=torch.long))
+    torch.testing.assert_close(mixed[0][:2], alone[0])
+    torch.testing.assert_close(mixed[1][:2], alone[1])
+    assert mixed[0][2, 2] == unseen_nll[0]
+    assert torch.isfinite(mixed[0]).all()

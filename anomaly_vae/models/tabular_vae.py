@@ -23,9 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomaly_vae.models.losses import has_unseen
+
 # The hidden-layer nonlinearities a model can be built with. SiLU was the first default; its
 # exp makes it cost 30% of a scoring pass on one CPU thread, where the ReLUs are nearly free.
-ACTIVATIONS = {"leaky-relu": lambda: nn.LeakyReLU(0.1), "relu": nn.ReLU, "silu": nn.SiLU}
+# In place: each follows a linear layer, whose gradient does not need its output, and a new
+# tensor per layer cost 6% of scoring 5_campaign's 15,604 test rows (15.9 against 15.0 ms).
+ACTIVATIONS = {
+    "leaky-relu": lambda: nn.LeakyReLU(0.1, inplace=True),
+    "relu": lambda: nn.ReLU(inplace=True),
+    "silu": lambda: nn.SiLU(inplace=True),
+}
 
 # Learned per-column scales are kept within [e^-4, e^2]: a column that is nearly constant on
 # training data would otherwise get a vanishing scale and make every small deviation infinite.
@@ -111,8 +119,9 @@ class TabularVAE(nn.Module):
         self, numeric: torch.Tensor, observed: torch.Tensor, codes: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         parts = [numeric]
-        if self.n_binary:
-            # An unseen binary value (NaN) reads as halfway between the two the model knows.
+        # An unseen binary value (NaN) reads as halfway between the two the model knows. They
+        # are rare: a batch without any is read as it is, without a copy.
+        if self.n_binary and has_unseen(numeric[:, self.n_numeric :]):
             binary = torch.nan_to_num(numeric[:, self.n_numeric :], nan=0.5)
             parts = [numeric[:, : self.n_numeric], binary]
         if len(self.indicator_columns):
@@ -139,6 +148,8 @@ class TabularVAE(nn.Module):
         out = self.decoder(z)
         n_dense = self.n_numeric + self.n_binary
         numeric_mean = out[:, :n_dense]
+        if not self.category_sizes:  # the layout below costs a few operations even for none
+            return numeric_mean, out.new_empty(len(z), 0, 0)
         padded = F.pad(out[:, n_dense:], (0, 1), value=-math.inf)
         logits = padded.index_select(1, self.category_slots)
         return numeric_mean, logits.view(len(z), self.category_width, len(self.category_sizes))
