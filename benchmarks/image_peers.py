@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.config import Config
-from benchmarks.detectors import run_peer
+from benchmarks.detectors import run_peer, time_scoring
 from benchmarks.report import outcome_metrics
 
 # Downscaled so the peers' feature counts stay tabular: 196 for MNIST, 1,024 for the tiles.
@@ -76,9 +76,10 @@ def pixel_split(
 def run_peers(split: PixelSplit, peers: Sequence[str], seed: int) -> list[tuple[str, dict]]:
     """(peer, metrics) per peer, with the keys of our model's rows in `benchmarks.images`."""
     train, test = pd.DataFrame(split.train), pd.DataFrame(split.test)
+    outcomes = {name: run_peer(name, train, test, seed) for name in peers}
+    time_scoring(outcomes.values())
     rows = []
-    for name in peers:
-        outcome = run_peer(name, train, test, seed)
+    for name, outcome in outcomes.items():
         metrics = outcome_metrics(split.labels, outcome)
         rows.append(
             (

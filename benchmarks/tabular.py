@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from anomaly_vae.config import read_yaml
-from benchmarks.detectors import OURS, peers_available, run_ours, run_peer
+from benchmarks.detectors import OURS, peers_available, run_ours, run_peer, time_scoring
 from benchmarks.protocol import Table, available_tables, load_table, protocol_split
 from benchmarks.report import (
     means_table,
@@ -56,11 +56,14 @@ def run_tables(
             train = table.features.iloc[split.train].reset_index(drop=True)
             test = table.features.iloc[split.test].reset_index(drop=True)
             labels = table.labels[split.test]
-            for detector in (OURS, *peers):
-                if detector == OURS:
-                    outcome = run_ours(train, test, seed, overrides)
-                else:
-                    outcome = run_peer(detector, train, test, seed)
+            outcomes = {
+                detector: run_ours(train, test, seed, overrides)
+                if detector == OURS
+                else run_peer(detector, train, test, seed)
+                for detector in (OURS, *peers)
+            }
+            time_scoring(outcomes.values())
+            for detector, outcome in outcomes.items():
                 metrics = outcome_metrics(labels, outcome)
                 rows.append({"table": table.name, "detector": detector, "seed": seed, **metrics})
                 echo(

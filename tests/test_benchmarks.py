@@ -137,3 +137,33 @@ def test_the_tiles_run_once_per_split_seed_and_the_table_sums_up_pixel_auroc_too
     lines = results_table(rows)
     assert f"mean AUROC over 3 cases, {OURS}: 0.8500 (lowest 0.8000, highest 0.9000)" in lines
     assert f"mean pixel AUROC over 3 cases, {OURS}: 0.7500 (lowest 0.7000, highest 0.8000)" in lines
+
+
+def test_detectors_take_turns_at_scoring_and_keep_their_fastest_call(monkeypatch) -> None:
+    """Every detector gets at least one call and its share of seconds in each round; a slow
+    spell of the machine cannot fall on one detector's whole window."""
+    from itertools import cycle, groupby
+
+    from benchmarks import detectors
+    from benchmarks.detectors import Outcome, time_scoring
+
+    clock, calls = [0.0], []
+
+    def scorer(name: str, seconds: list[float]):
+        durations = cycle(seconds)
+
+        def score() -> None:
+            calls.append(name)
+            clock[0] += next(durations)
+
+        return score
+
+    monkeypatch.setattr(detectors.time, "perf_counter", lambda: clock[0])
+    empty = np.zeros(0)
+    quick = Outcome(empty, empty, 0.0, scorer("quick", [0.3, 0.1, 0.2]))
+    slow = Outcome(empty, empty, 0.0, scorer("slow", [1.5, 0.9]))
+    time_scoring([quick, slow])
+    turns = [name for name, _ in groupby(calls)]
+    assert turns == ["quick", "slow"] * detectors.SCORING_ROUNDS
+    assert calls.count("slow") == detectors.SCORING_ROUNDS  # one call fills its window
+    assert quick.score_seconds == pytest.approx(0.1) and slow.score_seconds == pytest.approx(0.9)
