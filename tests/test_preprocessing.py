@@ -237,3 +237,22 @@ def test_number_coded_categories_match_across_integer_and_float_columns() -> Non
         np.testing.assert_array_equal(
             restored.transform(scored, "s").codes, pre.transform(as_int, "s").codes
         )
+
+
+def test_a_table_of_categorical_columns_only_encodes_and_scores(frame) -> None:
+    """No numeric inputs at all: an empty numeric block, codes for every column, and scores
+    (an assertion on the empty block used to stop every such table)."""
+    import torch
+
+    from anomaly_vae.detector import build_tabular_model
+    from anomaly_vae.scoring import score_tabular
+
+    categories = frame[["merchant", "rare"]]
+    pre = _fit(categories)
+    encoded = pre.transform(categories, "t")
+    assert encoded.numeric.shape == (len(frame), 0)
+    assert (encoded.codes[:, 0] > 0).all()
+    torch.manual_seed(0)
+    params = {"hidden": [8], "latent": 2, "likelihood": "gaussian", "dropout": 0.0}
+    scores = score_tabular(build_tabular_model(pre, params), pre.check(categories, "t"))
+    assert np.isfinite(scores.score).all() and scores.contributions.shape == (len(frame), 2)

@@ -558,6 +558,8 @@ def _compress_tails_inplace(z: np.ndarray, start: float) -> None:
     boolean masks over the whole matrix cost a pass each. `z` must be contiguous (C or
     Fortran order), so that its flat view writes through.
     """
+    if not z.size:  # a table of categorical columns only; no array shares memory with it
+        return
     flat = z.ravel(order="K")
     assert np.shares_memory(flat, z), "z must be contiguous"
     tail = np.flatnonzero(np.abs(flat) > start)
