@@ -90,8 +90,9 @@ def tabular_section(runs: pd.DataFrame, notes: dict[str, str], seeds: int) -> st
             "judged on the same halves. 'Training threshold': the threshold stored at training "
             "(ours: fpr<=0.01 on validation normals), on the whole test set. Fit seconds "
             "include scaling and calibration; rows/s is in-process scoring of the test set, "
-            "the fastest of at least 3 calls, as many as fit in two seconds. Every torch "
-            "detector fits and scores with the torch threads in the header.",
+            "the fastest call, the detectors taking turns: four rounds, each at least one call "
+            "and half a second per detector. Every torch detector fits and scores with the "
+            "torch threads in the header.",
             "",
             results_table(summary, notes),
             "",
