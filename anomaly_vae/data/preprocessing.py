@@ -123,8 +123,8 @@ class CheckedRows:
     """Rows read and checked, encoded batch by batch when scored: encoding is most of
     preprocessing's time, and each batch's share runs on the scoring thread that reads it,
     on both cores, while the batch is in that core's cache. Scoring 5_campaign's 15,604 test
-    rows on two cores took 13.7 ms so, 19.6 encoding them all first (torch's threads, woken
-    for the scaling, then took a core from the scoring threads), 16.2 before torch scaled."""
+    rows on two cores took 13.7 ms so, against 19.6 encoding them all first: torch's threads,
+    woken for the scaling, then took a core from the scoring threads."""
 
     preprocessor: TabularPreprocessor
     values: np.ndarray  # float64 (n, n_numeric + n_binary), as the frame held them, checked
