@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import run_cli
@@ -436,6 +437,16 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
 
     add("missing.parquet", good.drop(columns="mean radius"), "missing column(s) 'mean radius'")
     add("extra.parquet", good.assign(surprise=1.0), "unexpected column(s) 'surprise'")
+    # A repeated name, where the model's own column is also present: pandas writes the CSV
+    # header as it is; the Parquet file gets its schema from pyarrow, which allows it too.
+    repeated = pd.concat([good, good[["mean radius"]] * 10], axis=1)
+    add("repeated.csv", repeated, "more than one column named 'mean radius'")
+    repeated_table = pa.Table.from_pandas(good, preserve_index=False)
+    pq.write_table(
+        repeated_table.append_column("mean radius", repeated_table.column("mean radius")),
+        tmp_path / "repeated.parquet",
+    )
+    files["repeated.parquet"] = (tmp_path / "repeated.parquet", "more than one column named")
     text = good.astype({"mean area": object})
     text.loc[7, "mean area"] = "n/a?"
     add("text.csv", text, "column 'mean area', row 8: 'n/a?' is not a number")
@@ -467,6 +478,8 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
     [
         "missing.parquet",
         "extra.parquet",
+        "repeated.csv",
+        "repeated.parquet",
         "text.csv",
         "late_text.csv",
         "nan.parquet",
@@ -546,6 +559,20 @@ def test_config_typo_fails_before_training(tmp_path, tracking_uri) -> None:
     result = run_cli("train", config)
     assert result.exit_code != 0
     assert result.stderr.strip() == f"Error: {config}: unknown key 'training.epoch'"
+
+
+def test_training_on_a_repeated_column_name_fails_in_one_line(
+    breast_cancer_files, tmp_path, tracking_uri
+) -> None:
+    train, _ = breast_cancer_files
+    frame = pd.read_parquet(train)
+    repeated = tmp_path / "repeated.csv"
+    pd.concat([frame, frame[["worst area"]]], axis=1).to_csv(repeated, index=False)
+    config = tmp_path / "repeated.yaml"
+    config.write_text(yaml.safe_dump({"data": {"path": str(repeated), "label": "label"}}))
+    result = run_cli("train", config)
+    assert result.exit_code != 0
+    assert result.stderr.strip() == f"Error: {repeated}: more than one column named 'worst area'"
 
 
 def test_an_accelerator_lightning_cannot_use_fails_in_one_line(

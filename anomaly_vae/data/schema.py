@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Collection, Sequence
 
 import numpy as np
@@ -20,7 +21,13 @@ def check_columns(
     source: str,
     allow_extra: bool = False,
 ) -> None:
-    """Missing required columns are an error; so are unexpected ones unless `allow_extra`."""
+    """Missing required columns are an error; so are unexpected ones unless `allow_extra`,
+    and a name given to two columns, even an extra one: readers keep both (a CSV header, a
+    Parquet schema, a DataFrame), and which of the two a feature was read from is nobody's
+    guess (a second 'amount' of 999s scored every row as an anomaly, silently)."""
+    repeated = [name for name, count in Counter(columns).items() if count > 1]
+    if repeated:
+        raise InputError(f"{source}: more than one column named {_names(repeated)}")
     present = set(columns)
     missing = [c for c in required if c not in present]
     if missing:
