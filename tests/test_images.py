@@ -22,6 +22,7 @@ from anomaly_vae.data.images import (
     is_image_source,
     list_images,
     read_idx,
+    read_image,
     read_images,
     read_mask,
 )
@@ -102,6 +103,33 @@ def test_folders_of_grayscale_and_rgb_images_of_any_size(tmp_path: Path) -> None
         read_images(items, size=8, channels=1)
     assert "unreadable" not in str(info.value)  # it was read; it has the wrong channels
     assert "image.channels: 3" in str(info.value)
+
+
+def test_grayscale_stored_in_colour_reads_as_the_grayscale_it_is(tmp_path: Path) -> None:
+    gray = np.random.default_rng(0).integers(0, 256, (6, 6), dtype=np.uint8)
+    Image.fromarray(gray, "L").save(tmp_path / "gray.png")
+    Image.fromarray(np.stack([gray] * 3, -1), "RGB").save(tmp_path / "rgb.png")
+    Image.fromarray(gray, "L").convert("P").save(tmp_path / "palette.png")
+    Image.fromarray(gray, "L").convert("RGBA").save(tmp_path / "rgba.png")
+
+    expected = read_image(tmp_path / "gray.png", 6, channels=1)
+    for name in ("rgb.png", "palette.png", "rgba.png"):
+        assert np.array_equal(read_image(tmp_path / name, 6, channels=1), expected), name
+    tinted = np.stack([gray] * 3, -1)
+    tinted[2, 3, 1] += 1  # one pixel off gray is colour the model would lose
+    Image.fromarray(tinted, "RGB").save(tmp_path / "tinted.png")
+    with pytest.raises(InputError, match="tinted.png: a colour image"):
+        read_image(tmp_path / "tinted.png", 6, channels=1)
+
+
+def test_an_image_too_large_for_pillow_is_one_unreadable_line(tmp_path, monkeypatch) -> None:
+    Image.fromarray(np.zeros((40, 40), np.uint8), "L").save(tmp_path / "huge.png")
+    # Pillow refuses twice this many pixels as a decompression bomb (179 million by default).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 500)
+    with pytest.raises(InputError, match="huge.png: unreadable image .*exceeds limit"):
+        read_image(tmp_path / "huge.png", 8, channels=1)
+    with pytest.raises(InputError, match="huge.png: unreadable mask"):
+        read_mask(tmp_path / "huge.png", 8)
 
 
 def test_a_folder_is_images_unless_it_holds_parquet_files_and_no_images(tmp_path: Path) -> None:
@@ -288,7 +316,9 @@ def test_empty_folder_and_colour_images_for_a_grayscale_model(digits_model, tmp_
     assert result.exit_code != 0 and "no PNG, JPEG, BMP, TIFF or WebP images" in result.stderr
 
     (tmp_path / "colour").mkdir()
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8), "RGB").save(tmp_path / "colour" / "red.png")
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = 255
+    Image.fromarray(red, "RGB").save(tmp_path / "colour" / "red.png")
     result = run_cli(
         "score",
         model_uri,

@@ -35,6 +35,16 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 _IDX_IMAGES = re.compile(r"-images-idx3-ubyte(\.gz)?$")
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}
+# What Pillow raises on a file it cannot decode. Its guard against decompression bombs (an image
+# of more than twice `Image.MAX_IMAGE_PIXELS`, 179 million pixels) is none of the usual kinds
+# and ended `score` in a traceback.
+_UNREADABLE = (
+    OSError,
+    UnidentifiedImageError,
+    SyntaxError,
+    ValueError,
+    Image.DecompressionBombError,
+)
 
 
 @dataclass(frozen=True)
@@ -161,7 +171,7 @@ def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
             pixels = _to_float(img, path, channels)
     except InputError:
         raise
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except _UNREADABLE as exc:
         raise InputError(f"{path}: unreadable image ({first_line(exc)})") from None
     return resize(pixels, size)
 
@@ -169,10 +179,7 @@ def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
 def _to_float(img: Image.Image, path: str | Path, channels: int) -> np.ndarray:
     gray = img.mode in _GRAY_MODES
     if not gray and channels == 1:
-        raise InputError(
-            f"{path}: a colour image ({img.mode}), but the model reads grayscale; train with "
-            "image.channels: 3 for colour images"
-        )
+        return _gray_content(img, path)
     if img.mode.startswith("I"):
         pixels = np.asarray(img, dtype=np.float32)[..., None] / 65535.0
     elif img.mode == "F":
@@ -183,6 +190,19 @@ def _to_float(img: Image.Image, path: str | Path, channels: int) -> np.ndarray:
     if pixels.shape[2] != channels:
         pixels = np.repeat(pixels, channels, axis=2)
     return pixels.transpose(2, 0, 1)
+
+
+def _gray_content(img: Image.Image, path: str | Path) -> np.ndarray:
+    """(1, h, w) pixels of an image stored in colour whose colours are all grays: cameras and
+    converters often save grayscale as RGB or with a palette, and judged by the file's mode
+    such a set could not be scored by the grayscale model it is. A colour would be lost."""
+    rgb = np.asarray(img.convert("RGB"))
+    if not (rgb[..., :1] == rgb[..., 1:]).all():
+        raise InputError(
+            f"{path}: a colour image ({img.mode}), but the model reads grayscale; train with "
+            "image.channels: 3 for colour images"
+        )
+    return rgb[None, :, :, 0].astype(np.float32) / 255.0
 
 
 def resize(pixels: np.ndarray, size: int) -> np.ndarray:
@@ -202,7 +222,7 @@ def read_mask(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as img:
             mask = np.asarray(img.convert("L"), dtype=np.float32) > 0
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+    except _UNREADABLE as exc:
         raise InputError(f"{path}: unreadable mask ({first_line(exc)})") from None
     return resize(mask[None].astype(np.float32), size)[0] >= 0.5
 
