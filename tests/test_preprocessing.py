@@ -49,6 +49,15 @@ def test_heavy_tails_do_not_squash_ordinary_values(frame) -> None:
     assert amount[:4].max() < TAIL_START + 15
 
 
+def test_values_beyond_float32_encode_as_the_largest_finite_values(frame) -> None:
+    pre = _fit(frame)
+    huge = frame.head(4).copy()
+    huge["amount"] = [1e300, -1e39, 3e38, 1e6]
+    amount = pre.transform(huge, "t").numeric[:, 0]
+    assert np.isfinite(amount).all()
+    assert amount[0] == -amount[1] > amount[2] > amount[3] > TAIL_START
+
+
 def test_a_column_piled_on_one_value_is_scaled_by_its_ordinary_spread() -> None:
     """32_shuttle's x1: zero in most rows (an IQR of 0), small values in the rest and a few
     rows in the thousands, whose deviation would make a value of -50 look ordinary."""

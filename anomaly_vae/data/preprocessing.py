@@ -565,4 +565,8 @@ def _compress_tails_inplace(z: np.ndarray, start: float) -> None:
     tail = np.flatnonzero(np.abs(flat) > start)
     if len(tail):
         values = flat[tail]
-        flat[tail] = np.sign(values) * (start + np.log1p(np.abs(values) - start))
+        # A value beyond float32's range once scaled (1e39 in a column of tens) arrives as
+        # inf; its logarithm would be too, and the network's output NaN, a score that flags
+        # nothing. It reads as the largest value the encoding holds instead: start + 88.7.
+        beyond = np.minimum(np.abs(values) - start, np.finfo(np.float32).max)
+        flat[tail] = np.sign(values) * (start + np.log1p(beyond))
