@@ -101,6 +101,13 @@ def fit_vae(
         )
     trainer = _trainer(training, callbacks)
     trainer.fit(module, train_loader, val_loader)
+    if best.state is None:
+        # Every epoch's loss was NaN or infinite: weights that score every row NaN, which
+        # calibration cannot place a threshold among. A learning rate far too high does it.
+        raise InputError(
+            f"training diverged: the validation loss was not finite in any epoch; lower "
+            f"training.learning_rate (now {training.learning_rate:g})"
+        )
     return FitResult(
         epochs=trainer.current_epoch, best_val_loss=best.best, processes=trainer.world_size
     )

@@ -1,12 +1,17 @@
 """The training module's learning-rate schedules, through a real Lightning fit."""
 
+import math
+
 import pytest
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from anomaly_vae.config import TrainingConfig
+from anomaly_vae.errors import InputError
 from anomaly_vae.models.lightning_module import COSINE_FLOOR, VAETrainingModule
 from anomaly_vae.models.tabular_vae import TabularVAE
+from anomaly_vae.training import fit_vae
 from pipelines.train import tabular_loss_terms
 
 PEAK = 1e-2
@@ -51,3 +56,24 @@ def test_cosine_schedule_decays_from_the_peak_to_the_floor_over_the_whole_fit() 
 def test_constant_schedule_keeps_the_rate() -> None:
     rates = _fit("constant")
     assert rates == [pytest.approx(PEAK)] * (EPOCHS * 3)
+
+
+def test_a_fit_whose_loss_is_never_finite_says_so_in_one_line() -> None:
+    torch.manual_seed(0)
+    rows = 64
+    data = TensorDataset(torch.randn(rows, 4), torch.ones(rows, 4), torch.zeros(rows, 0).long())
+    model = TabularVAE(n_numeric=4, n_indicators=0, category_sizes=[], hidden=[8], latent=2)
+    # Adam moves every weight by about the learning rate on its first step: 1e20 overflows.
+    training = TrainingConfig(epochs=2, batch_size=32, learning_rate=1e20)
+    with pytest.raises(InputError, match=r"diverged.*lower training.learning_rate \(now 1e\+20\)"):
+        fit_vae(model, tabular_loss_terms, data, data, training, beta=1.0)
+
+
+def test_a_fit_keeps_its_best_finite_weights() -> None:
+    torch.manual_seed(0)
+    rows = 64
+    data = TensorDataset(torch.randn(rows, 4), torch.ones(rows, 4), torch.zeros(rows, 0).long())
+    model = TabularVAE(n_numeric=4, n_indicators=0, category_sizes=[], hidden=[8], latent=2)
+    result = fit_vae(model, tabular_loss_terms, data, data, TrainingConfig(epochs=2), beta=1.0)
+    assert math.isfinite(result.best_val_loss)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
