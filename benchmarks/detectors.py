@@ -59,7 +59,9 @@ def run_ours(
     config = parse_config(raw)
     started = time.perf_counter()
     split = split_table(train, config)
-    preprocessor = TabularPreprocessor.fit(split.train, split.features, config.data.categorical)
+    preprocessor = TabularPreprocessor.fit(
+        split.train, split.features, config.data.categorical, split.may_miss
+    )
     train_enc = preprocessor.transform(split.train, "train")
     val_enc = preprocessor.transform(split.validation, "validation")
     torch.manual_seed(seed)  # as `train` does, so a seed's initial weights are fixed

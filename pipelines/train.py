@@ -42,11 +42,13 @@ class TabularSplit:
     validation: pd.DataFrame
     validation_labels: np.ndarray  # True for anomalies
     features: list[str]
+    may_miss: list[str]  # features with missing values in any row, split or not
 
 
 def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
     """Normals split into training and validation; labelled anomalies go to validation only."""
     data, source = config.data, config.data.path
+    from anomaly_vae.data.preprocessing import check_training_rows
     from anomaly_vae.data.schema import anomaly_labels, check_columns
     from anomaly_vae.detector import ColumnRoles
 
@@ -55,6 +57,7 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
     features = [c for c in frame.columns if c not in set(roles.known)]
     for name in features:
         _reject_row_counter(frame[name], name, source)
+    may_miss = check_training_rows(frame, features, source)
     if data.label:
         labels = anomaly_labels(frame[data.label], data.anomaly_value, source)
     else:
@@ -70,6 +73,7 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
         validation=frame.iloc[val_rows].reset_index(drop=True),
         validation_labels=labels[val_rows],
         features=features,
+        may_miss=may_miss,
     )
 
 
@@ -138,7 +142,9 @@ def train(
     frame = read_table(config.data.path, config.data.id_columns)
     split = split_table(frame, config)
     source = config.data.path
-    preprocessor = TabularPreprocessor.fit(split.train, split.features, config.data.categorical)
+    preprocessor = TabularPreprocessor.fit(
+        split.train, split.features, config.data.categorical, split.may_miss
+    )
     train_enc = preprocessor.transform(split.train, source)
     val_enc = preprocessor.transform(split.validation, source)
     val_normal = ~split.validation_labels

@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from anomaly_vae.config import parse_config
 from anomaly_vae.data.preprocessing import MIN_CATEGORY_COUNT, TAIL_START, TabularPreprocessor
 from anomaly_vae.errors import InputError
+from pipelines.train import split_table
 
 
 @pytest.fixture
@@ -265,3 +267,27 @@ def test_a_table_of_categorical_columns_only_encodes_and_scores(frame) -> None:
     params = {"hidden": [8], "latent": 2, "likelihood": "gaussian", "dropout": 0.0}
     scores = score_tabular(build_tabular_model(pre, params), pre.check(categories, "t"))
     assert np.isfinite(scores.score).all() and scores.contributions.shape == (len(frame), 2)
+
+
+def test_a_missing_value_among_the_validation_rows_gets_an_indicator(frame) -> None:
+    config = parse_config({"data": {"path": "train.csv"}})
+    complete = frame.drop(columns="balance")
+    # The one missing amount lands in the validation rows: the training rows alone have none.
+    probe = split_table(complete.assign(amount=2.0 * np.arange(len(frame))), config)
+    row = int(probe.validation["amount"].iloc[0] // 2)
+    gapped = complete.copy()
+    gapped.loc[row, "amount"] = np.nan
+    split = split_table(gapped, config)
+    assert split.train["amount"].notna().all() and split.may_miss == ["amount"]
+
+    pre = TabularPreprocessor.fit(split.train, split.features, None, split.may_miss)
+    validation = pre.transform(split.validation, "train.csv")
+    assert pre.numeric[0].has_missing and not validation.observed[:, 0].all()
+
+
+def test_an_infinite_training_value_names_the_files_row(frame) -> None:
+    config = parse_config({"data": {"path": "train.csv"}})
+    frame["hour"] = frame["hour"].astype(float)
+    frame.loc[5, "hour"] = np.inf
+    with pytest.raises(InputError, match=r"^train.csv: column 'hour', row 6: infinite value$"):
+        split_table(frame, config)

@@ -28,7 +28,7 @@ from __future__ import annotations
 import datetime
 import math
 import re
-from collections.abc import Hashable, Sequence
+from collections.abc import Collection, Hashable, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cached_property, lru_cache
 from typing import Protocol
@@ -174,9 +174,15 @@ class TabularPreprocessor:
 
     @classmethod
     def fit(
-        cls, frame: pd.DataFrame, features: Sequence[str], categorical: Sequence[str] | None
+        cls,
+        frame: pd.DataFrame,
+        features: Sequence[str],
+        categorical: Sequence[str] | None,
+        may_miss: Collection[str] = (),
     ) -> TabularPreprocessor:
-        """Learn scaling and categories from training rows; `categorical=None` infers them."""
+        """Learn scaling and categories from training rows; `categorical=None` infers them.
+        Columns in `may_miss` (`check_training_rows`) get a missing-value indicator even when
+        these rows have no missing cell."""
         two_valued: set[str] = set()
         for name in features:
             _reject_dates(frame[name], name)
@@ -187,11 +193,11 @@ class TabularPreprocessor:
         if unknown:
             raise InputError(f"data.categorical names columns that are not features: {unknown}")
         numeric = [
-            _fit_numeric(frame[c], c, "training data")
+            _fit_numeric(frame[c], c, "training data", c in may_miss)
             for c in features
             if c not in categorical and c not in two_valued
         ]
-        binary = [_fit_binary(frame[c], c) for c in features if c in two_valued]
+        binary = [_fit_binary(frame[c], c, c in may_miss) for c in features if c in two_valued]
         cats = [_fit_categorical(frame[c], c) for c in features if c in categorical]
         if not numeric and not binary and not cats:
             raise InputError("training data: no feature columns left to train on")
@@ -402,7 +408,30 @@ def _is_numeric_column(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
 
 
-def _fit_numeric(series: pd.Series, name: str, source: str) -> NumericColumn:
+def check_training_rows(frame: pd.DataFrame, features: Sequence[str], source: str) -> list[str]:
+    """The features with missing values among all the rows given for training, checked before
+    they are split into training and validation rows.
+
+    Whether a column can be missing is decided from every row: decided from the training split
+    alone, one missing value that the split put among the validation rows stopped training
+    with "missing value, and the training data had none", or not, by the seed. An infinite
+    value is refused here, where the row is still the file's (after the split, errors named a
+    row of the split: the file's row 6 read as row 37)."""
+    may_miss = []
+    for name in features:
+        series = frame[name]
+        if _is_numeric_column(series):
+            values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+            _reject_infinite(values, name, source, 0)
+            missing = bool(np.isnan(values).any())
+        else:
+            missing = bool(series.isna().any())
+        if missing:
+            may_miss.append(name)
+    return may_miss
+
+
+def _fit_numeric(series: pd.Series, name: str, source: str, may_miss: bool) -> NumericColumn:
     values = _as_float(series, name, source, 0)
     _reject_infinite(values, name, source, 0)
     finite = values[~np.isnan(values)]
@@ -417,7 +446,7 @@ def _fit_numeric(series: pd.Series, name: str, source: str) -> NumericColumn:
         name=name,
         center=float(np.median(finite)),
         scale=float(scale),
-        has_missing=bool(np.isnan(values).any()),
+        has_missing=may_miss or bool(np.isnan(values).any()),
     )
 
 
@@ -437,7 +466,7 @@ def _has_two_values(series: pd.Series) -> bool:
     return len(counts) == 2 and counts.min() >= MIN_CATEGORY_COUNT
 
 
-def _fit_binary(series: pd.Series, name: str) -> BinaryColumn:
+def _fit_binary(series: pd.Series, name: str, may_miss: bool) -> BinaryColumn:
     """A two-valued numeric column: its smaller number encodes 0, the larger 1."""
     values = _as_float(series, name, "training data", 0)
     _reject_infinite(values, name, "training data", 0)
@@ -446,7 +475,7 @@ def _fit_binary(series: pd.Series, name: str) -> BinaryColumn:
     return BinaryColumn(
         name=name,
         values=[float(v) for v in np.unique(present)],
-        has_missing=bool(missing.any()),
+        has_missing=may_miss or bool(missing.any()),
         unseen_nll=math.log(len(present) + 2),
     )
 
