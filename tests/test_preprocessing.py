@@ -285,9 +285,12 @@ def test_a_missing_value_among_the_validation_rows_gets_an_indicator(frame) -> N
     assert pre.numeric[0].has_missing and not validation.observed[:, 0].all()
 
 
-def test_an_infinite_training_value_names_the_files_row(frame) -> None:
+def test_an_infinite_or_empty_training_column_names_the_file(frame) -> None:
     config = parse_config({"data": {"path": "train.csv"}})
     frame["hour"] = frame["hour"].astype(float)
     frame.loc[5, "hour"] = np.inf
     with pytest.raises(InputError, match=r"^train.csv: column 'hour', row 6: infinite value$"):
+        split_table(frame, config)
+    frame["hour"] = np.nan
+    with pytest.raises(InputError, match=r"^train.csv: column 'hour' has no values"):
         split_table(frame, config)

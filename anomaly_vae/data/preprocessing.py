@@ -426,6 +426,8 @@ def check_training_rows(frame: pd.DataFrame, features: Sequence[str], source: st
             missing = bool(np.isnan(values).any())
         else:
             missing = bool(series.isna().any())
+        if missing and series.isna().all():
+            raise InputError(f"{source}: column '{name}' has no values (data.drop can drop it)")
         if missing:
             may_miss.append(name)
     return may_miss
