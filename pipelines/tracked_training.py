@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from anomaly_vae.config import Config, TrainingConfig
+from anomaly_vae.errors import InputError
 
 if TYPE_CHECKING:
     import mlflow
@@ -58,6 +59,11 @@ def split_normals(
     one) for validation, the rest, up to `max_train_rows`, for training."""
     normal = rng.permutation(normal)
     n_val = max(1, round(training.val_fraction * len(normal)))
+    if n_val >= len(normal):
+        raise InputError(
+            f"training.val_fraction: {training.val_fraction:g} of the {len(normal)} normal "
+            "samples leaves none to train on"
+        )
     return normal[n_val:][: training.max_train_rows], normal[:n_val]
 
 

@@ -294,3 +294,12 @@ def test_an_infinite_or_empty_training_column_names_the_file(frame) -> None:
     frame["hour"] = np.nan
     with pytest.raises(InputError, match=r"^train.csv: column 'hour' has no values"):
         split_table(frame, config)
+
+
+def test_a_validation_fraction_that_leaves_no_training_rows_is_refused(frame) -> None:
+    small = frame.head(25)
+    config = parse_config({"data": {"path": "train.csv"}, "training": {"val_fraction": 0.99}})
+    with pytest.raises(InputError, match="val_fraction: 0.99 of the 25 normal samples leaves"):
+        split_table(small, config)
+    config.training.val_fraction = 0.9
+    assert len(split_table(small, config).train) == 3  # 22 of 25 (22.5 rounds to even)
