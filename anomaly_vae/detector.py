@@ -114,7 +114,10 @@ class TabularDetector:
         keep_columns: bool = False,
         allow_extra: bool = False,
     ) -> pd.DataFrame:
-        """Score rows: the id columns (or all input columns) plus the score columns."""
+        """Score rows: the id columns (or all input columns) plus the score columns, on the
+        input's index, so that `frame.join(scored)` or `frame["score"] = scored["score"]` pairs
+        each row with its own scores (a filtered frame's index has gaps: renumbered, those
+        assignments paired rows with other rows' scores)."""
         self.check_columns(list(frame.columns), source, allow_extra)
         scores = self.score_samples(frame, source, row_offset, self.top_features > 0)
         kept = (
@@ -122,9 +125,8 @@ class TabularDetector:
             if keep_columns
             else [c for c in self.roles.id_columns if c in frame.columns]
         )
-        out = frame[kept].reset_index(drop=True)
-        out = out.assign(**score_columns(scores, self.threshold, self.probability))
-        out["top_features"] = self._top_features(scores.contributions, len(out))
+        out = frame[kept].assign(**score_columns(scores, self.threshold, self.probability))
+        out["top_features"] = self._top_features(scores.contributions, len(out)).to_numpy()
         return out
 
     def is_anomaly(self, score: np.ndarray) -> np.ndarray:

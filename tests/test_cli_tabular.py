@@ -387,6 +387,25 @@ def test_python_scoring_takes_integer_columns_where_the_pyfunc_needs_doubles(
     assert np.array_equal(pyfunc.predict(as_floats)["score"], scored["score"])
 
 
+def test_python_scores_keep_the_rows_index(breast_cancer_model, breast_cancer_files) -> None:
+    from pipelines.score import load_model
+
+    model_uri, tracking = breast_cancer_model
+    detector = load_model(model_uri, tracking)
+    frame = pd.read_parquet(breast_cancer_files[1]).drop(columns="label")
+    whole = detector.score_frame(frame)
+    chosen = frame[frame["mean area"] > frame["mean area"].median()]  # an index with gaps
+    scored = detector.score_frame(chosen)
+    assert scored.index.equals(chosen.index)
+    paired = chosen.assign(score=scored["score"], top=scored["top_features"])
+    assert paired["score"].equals(whole.loc[chosen.index, "score"])
+    assert paired["top"].equals(whole.loc[chosen.index, "top_features"])
+
+    dated = frame.assign(**{"mean area": pd.Timestamp("2026-11-27")})
+    with pytest.raises(InputError, match="column 'mean area' holds dates or times, not numbers"):
+        detector.score_frame(dated)
+
+
 def test_a_saved_row_index_is_refused_as_a_feature_and_trains_as_an_id(
     breast_cancer_files, tmp_path, tracking_uri
 ) -> None:

@@ -383,7 +383,7 @@ def _reject_dates(series: pd.Series, name: str) -> None:
             f"training data: column '{name}' holds durations; convert them to a number first, "
             "such as seconds"
         )
-    if isinstance(dtype, pd.PeriodDtype) or pd.api.types.is_datetime64_any_dtype(dtype):
+    if _is_time_dtype(dtype):
         dates = True
     elif pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
         sample = series.dropna().head(DATE_SAMPLE_ROWS).to_numpy(dtype=object)
@@ -396,6 +396,15 @@ def _reject_dates(series: pd.Series, name: str) -> None:
             "one would be unseen. Drop it (data.drop) or derive stationary features from it "
             "first, such as the hour or the weekday"
         )
+
+
+def _is_time_dtype(dtype: object) -> bool:
+    """Dates, times, periods or durations."""
+    return (
+        isinstance(dtype, pd.PeriodDtype)
+        or pd.api.types.is_datetime64_any_dtype(dtype)
+        or pd.api.types.is_timedelta64_dtype(dtype)
+    )
 
 
 def _is_date_value(value: object) -> bool:
@@ -564,6 +573,10 @@ def _check_values(
 def _as_float(series: pd.Series, name: str, source: str, row_offset: int) -> np.ndarray:
     if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
         return series.to_numpy(dtype=np.float64, na_value=np.nan)
+    if _is_time_dtype(series.dtype):
+        # `to_numeric` would read them as nanoseconds since 1970: a CSV of the wrong export,
+        # whose dates pyarrow parses as timestamps, scored as numbers without a word.
+        raise InputError(f"{source}: column '{name}' holds dates or times, not numbers")
     converted = pd.to_numeric(series, errors="coerce")
     bad = np.flatnonzero(converted.isna().to_numpy() & series.notna().to_numpy())
     if len(bad):
