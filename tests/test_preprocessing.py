@@ -141,6 +141,15 @@ def test_two_valued_numeric_columns_become_binary_matched_as_numbers(frame) -> N
     np.testing.assert_array_equal(again.transform(scored, "t").numeric, encoded.numeric)
 
 
+def test_true_false_reads_as_a_binary_feature_and_not_as_a_number(frame) -> None:
+    flags = frame.assign(is_online=np.arange(len(frame)) % 3 == 0).astype({"is_online": int})
+    pre = _fit(flags)
+    as_bools = pre.transform(flags.head(6).astype({"is_online": bool}), "t")
+    np.testing.assert_array_equal(as_bools.numeric, pre.transform(flags.head(6), "t").numeric)
+    with pytest.raises(InputError, match=r"^t: column 'hour' holds true/false, not numbers$"):
+        pre.transform(flags.head(6).assign(hour=True), "t")
+
+
 def test_binary_columns_missing_in_training_get_an_indicator(frame) -> None:
     flag = np.where(np.arange(len(frame)) % 2 == 0, 1.0, 0.0)
     flag[::7] = np.nan

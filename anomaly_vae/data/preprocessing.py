@@ -537,20 +537,25 @@ def _column_positions(
     return [position[name] for name in names]
 
 
+# Booleans are not numbers here: read as 0 and 1 they would pass for a numeric feature (a
+# true/false column where amounts belong, scored without a word). Column by column,
+# `_numeric_values` takes them for binary features only.
 def _is_numpy_number(dtype: object) -> bool:
-    return isinstance(dtype, np.dtype) and dtype.kind in "biuf"
+    return isinstance(dtype, np.dtype) and dtype.kind in "iuf"
 
 
 def _is_number_dtype(dtype: object) -> bool:
     # NumPy's own kinds first: pandas' checks take microseconds each, which adds up on wide tables.
     if isinstance(dtype, np.dtype):
-        return dtype.kind in "biufc"
-    return pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_numeric_dtype(dtype)
+        return dtype.kind in "iufc"
+    return pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype)
 
 
 def _numeric_values(
     series: pd.Series, column: NumericColumn | BinaryColumn, source: str, row_offset: int
 ) -> np.ndarray:
+    if isinstance(column, NumericColumn) and pd.api.types.is_bool_dtype(series):
+        raise InputError(f"{source}: column '{column.name}' holds true/false, not numbers")
     values = _as_float(series, column.name, source, row_offset)
     _check_values(values, column, source, row_offset)
     return values
