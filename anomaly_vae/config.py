@@ -286,4 +286,10 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise InputError(f"--set {override!r}: '{part}' is not a section")
-    node[parts[-1]] = read_yaml(value) if value else None
+    # Unguarded, a value such as `[1` ended the command in a yaml ParserError traceback.
+    try:
+        node[parts[-1]] = read_yaml(value) if value else None
+    except yaml.YAMLError as exc:
+        raise InputError(
+            f"--set {override!r}: not a valid YAML value ({first_line(exc)})"
+        ) from None

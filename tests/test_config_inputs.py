@@ -1,0 +1,23 @@
+"""Config mistakes that used to end in a traceback or a silently different model."""
+
+from pathlib import Path
+
+import pytest
+
+from anomaly_vae.config import load_config
+from anomaly_vae.errors import InputError
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fraud.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("override", ["training.epochs=[1", "data.label=@x", "data.label=a: b: c"])
+def test_an_override_that_is_not_yaml_names_the_override(tmp_path: Path, override: str) -> None:
+    path = _write(tmp_path, "data:\n  path: t.parquet\n")
+    with pytest.raises(InputError, match="not a valid YAML value") as info:
+        load_config(path, [override])
+    assert f"--set {override!r}" in str(info.value)
+    assert "\n" not in str(info.value)
