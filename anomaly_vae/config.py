@@ -251,6 +251,12 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raw = read_yaml(path.read_text()) or {}
     except FileNotFoundError:
         raise InputError(f"{path}: config file not found") from None
+    # A directory, a file without read permission or one in another encoding than UTF-8 used
+    # to end in a traceback.
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: config file is not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read the config file ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise InputError(f"{path}: not valid YAML ({first_line(exc)})") from None
     if not isinstance(raw, dict):

@@ -21,3 +21,12 @@ def test_an_override_that_is_not_yaml_names_the_override(tmp_path: Path, overrid
         load_config(path, [override])
     assert f"--set {override!r}" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_a_config_file_that_cannot_be_read_is_named(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"data:\n  path: t.parquet\n  label: caf\xe9\n")
+    with pytest.raises(InputError, match="latin.yaml: config file is not UTF-8 text"):
+        load_config(latin)
+    with pytest.raises(InputError, match=f"{tmp_path}: cannot read the config file"):
+        load_config(tmp_path)  # a directory
