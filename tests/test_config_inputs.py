@@ -30,3 +30,20 @@ def test_a_config_file_that_cannot_be_read_is_named(tmp_path: Path) -> None:
         load_config(latin)
     with pytest.raises(InputError, match=f"{tmp_path}: cannot read the config file"):
         load_config(tmp_path)  # a directory
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("model.latent=0", "model.latent"),
+        ("model.dropout=1.5", "model.dropout"),
+        ("model.dropout=1", "model.dropout"),
+        ("model.dropout=-1", "model.dropout"),
+        ("model.beta=-0.5", "model.beta"),
+    ],
+)
+def test_model_settings_out_of_range_name_the_key(tmp_path: Path, override: str, key: str) -> None:
+    path = _write(tmp_path, "data:\n  path: t.parquet\n")
+    with pytest.raises(InputError, match=f"'{key}'"):
+        load_config(path, [override])
+    assert load_config(path, ["model.beta=0", "model.dropout=0.5"]).model.dropout == 0.5
