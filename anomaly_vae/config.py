@@ -9,6 +9,7 @@ applied before validation so they get the same checks.
 from __future__ import annotations
 
 import re
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -227,7 +228,25 @@ class _Yaml12Booleans(yaml.SafeLoader):
     PyYAML follows YAML 1.1, where yes, no, on and off are booleans too: `anomaly_value: yes`
     (the bank data's label) would reach the config as True and fail as "not a valid string".
     Boolean keys lose nothing: pydantic still reads "yes" or "on" as true there.
+
+    A key twice in one mapping is refused: PyYAML keeps the last, so a second `training:`
+    section silently dropped the first one's settings, as an unknown key would be dropped.
     """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *base` entries may be overridden by the mapping's own keys
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, Hashable):
+                continue  # PyYAML's own check refuses it below
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"key {key!r} appears twice, line {key_node.start_mark.line + 1}"
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _Yaml12Booleans.yaml_implicit_resolvers = {

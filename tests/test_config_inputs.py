@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from anomaly_vae.config import load_config
+from anomaly_vae.config import load_config, read_yaml
 from anomaly_vae.errors import InputError
 
 
@@ -47,3 +47,17 @@ def test_model_settings_out_of_range_name_the_key(tmp_path: Path, override: str,
     with pytest.raises(InputError, match=f"'{key}'"):
         load_config(path, [override])
     assert load_config(path, ["model.beta=0", "model.dropout=0.5"]).model.dropout == 0.5
+
+
+def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
+    # The second `training:` section used to replace the first: 24 epochs, not 2.
+    text = "data:\n  path: t.parquet\ntraining:\n  epochs: 2\ntraining:\n  seed: 1\n"
+    with pytest.raises(InputError, match="key 'training' appears twice, line 5") as info:
+        load_config(_write(tmp_path, text))
+    assert str(tmp_path) in str(info.value)
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="--set .*key 'a' appears twice"):
+        load_config(_write(tmp_path, "data:\n  path: t.parquet\n"), ["data.drop={a: 1, a: 2}"])
+    # A merge key's entries may still be overridden by the mapping's own keys.
+    merged = read_yaml("base: &b {epochs: 2, seed: 1}\ntraining:\n  <<: *b\n  epochs: 3\n")
+    assert merged["training"] == {"epochs": 3, "seed": 1}
