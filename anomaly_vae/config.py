@@ -49,6 +49,16 @@ class DataConfig(_Section):
     )
     drop: list[str] = []
 
+    @field_validator("id_columns", "categorical", "drop")
+    @classmethod
+    def _no_repeated_names(cls, names: list[str] | None) -> list[str] | None:
+        """A name listed twice was reported as the input's fault ("more than one column named
+        'txn_id'") although the file held one such column."""
+        repeated = sorted({name for name in names or () if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"names {', '.join(map(repr, repeated))} more than once")
+        return names
+
     @field_validator("anomaly_value", mode="before")
     @classmethod
     def _label_value_as_text(cls, value: Any) -> Any:

@@ -61,3 +61,10 @@ def test_a_key_given_twice_is_refused(tmp_path: Path) -> None:
     # A merge key's entries may still be overridden by the mapping's own keys.
     merged = read_yaml("base: &b {epochs: 2, seed: 1}\ntraining:\n  <<: *b\n  epochs: 3\n")
     assert merged["training"] == {"epochs": 3, "seed": 1}
+
+
+@pytest.mark.parametrize("key", ["id_columns", "categorical", "drop"])
+def test_a_column_listed_twice_names_the_config_key(tmp_path: Path, key: str) -> None:
+    path = _write(tmp_path, "data:\n  path: t.parquet\n")
+    with pytest.raises(InputError, match=f"'data.{key}': .*names 'txn_id' more than once"):
+        load_config(path, [f"data.{key}=[txn_id, amount, txn_id]"])
