@@ -49,7 +49,11 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
     """Normals split into training and validation; labelled anomalies go to validation only."""
     data, source = config.data, config.data.path
     from anomaly_vae.data.preprocessing import check_training_rows
-    from anomaly_vae.data.schema import anomaly_labels, check_columns
+    from anomaly_vae.data.schema import (
+        anomaly_labels,
+        check_anomaly_value_matches,
+        check_columns,
+    )
     from anomaly_vae.detector import ColumnRoles
 
     roles = ColumnRoles(data.id_columns, data.label, data.drop)
@@ -60,6 +64,7 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
     may_miss = check_training_rows(frame, features, source)
     if data.label:
         labels = anomaly_labels(frame[data.label], data.anomaly_value, source)
+        check_anomaly_value_matches(frame[data.label], labels, data.anomaly_value, source)
     else:
         labels = np.zeros(len(frame), dtype=bool)
     normal = np.flatnonzero(~labels)

@@ -68,3 +68,30 @@ def test_a_column_listed_twice_names_the_config_key(tmp_path: Path, key: str) ->
     path = _write(tmp_path, "data:\n  path: t.parquet\n")
     with pytest.raises(InputError, match=f"'data.{key}': .*names 'txn_id' more than once"):
         load_config(path, [f"data.{key}=[txn_id, amount, txn_id]"])
+
+
+@pytest.mark.parametrize(
+    ("labels", "value", "held"),
+    [([0, 1], "9", "'0', '1'"), (["no", "yes"], "fraud", "'no', 'yes'")],
+)
+def test_an_anomaly_value_no_label_equals_is_refused(
+    tmp_path: Path, labels: list, value: str, held: str
+) -> None:
+    # Every labelled anomaly used to train as a normal row, without a word.
+    import numpy as np
+    import pandas as pd
+
+    from anomaly_vae.config import parse_config
+    from pipelines.train import split_table
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"x": rng.normal(size=60), "y": [labels[i % 2] for i in range(60)]})
+    config = parse_config({"data": {"path": "t.csv", "label": "y", "anomaly_value": value}})
+    with pytest.raises(
+        InputError,
+        match=f"t.csv: data.anomaly_value '{value}' matches no row of label column 'y', "
+        f"which holds {held}$",
+    ):
+        split_table(frame, config)
+    matching = parse_config({"data": {"path": "t.csv", "label": "y", "anomaly_value": labels[1]}})
+    assert split_table(frame, matching).validation_labels.sum() == 30

@@ -72,6 +72,20 @@ def anomaly_labels(
     return text.isin(_TRUE_STRINGS).to_numpy()
 
 
+def check_anomaly_value_matches(
+    series: pd.Series, labels: np.ndarray, anomaly_value: str | None, source: str
+) -> None:
+    """Refuse an `anomaly_value` that no label equals: training read every labelled anomaly
+    as normal (9 on 0/1 labels), learnt them and chose the threshold without them, silently."""
+    if anomaly_value is None or labels.any():
+        return
+    held = sorted(series.astype(str).str.strip().unique())
+    raise InputError(
+        f"{source}: data.anomaly_value {anomaly_value!r} matches no row of label column "
+        f"'{series.name}', which holds {_names(held)}"
+    )
+
+
 def _equal_to(series: pd.Series, anomaly_value: str, source: str) -> np.ndarray:
     """Rows whose label is `anomaly_value`: as numbers in a number column (a CSV reads 2 as
     2.0, which as text would never equal "2"), else as text."""
