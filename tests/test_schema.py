@@ -39,3 +39,14 @@ def test_without_an_anomaly_value_numbers_and_yes_no_words_are_read() -> None:
     )
     with pytest.raises(InputError, match="row 2: cannot read 'fraud'"):
         anomaly_labels(pd.Series(["normal", "fraud"], name="y"), None, "f")
+
+
+def test_labels_must_be_finite_and_numbers_may_be_text() -> None:
+    # inf counted as an anomaly without a word; "0.0"/"1.0" text was refused as unreadable.
+    for infinite in (pd.Series([0.0, np.inf], name="y"), pd.Series(["0", "-inf"], name="y")):
+        for value in (None, "1"):
+            with pytest.raises(InputError, match="'y', row 12: label -?inf is not a finite"):
+                anomaly_labels(infinite, value, "f", row_offset=10)
+    text = pd.Series(["0.0", "1.0", " 2 ", "0"], name="y")
+    np.testing.assert_array_equal(anomaly_labels(text, None, "f"), [False, True, True, False])
+    np.testing.assert_array_equal(anomaly_labels(text, "2", "f"), [False, False, True, False])

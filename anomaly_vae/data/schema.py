@@ -47,9 +47,10 @@ def anomaly_labels(
 ) -> np.ndarray:
     """Boolean anomaly flags from a label column.
 
-    With `anomaly_value` the rows equal to it (as numbers in a number column, else as text)
-    are anomalies. Without it, numbers are anomalous when non-zero and text must read as a
-    yes/no word, so a label column of "fraud"/"ok" is not silently misread.
+    With `anomaly_value` the rows equal to it (as numbers where the labels are numbers, else
+    as text) are anomalies. Without it, numbers (also as text) are anomalous when non-zero
+    and other text must read as a yes/no word, so a label column of "fraud"/"ok" is not
+    silently misread.
     """
     name = series.name
     missing = np.flatnonzero(series.isna().to_numpy())
@@ -57,9 +58,12 @@ def anomaly_labels(
         raise InputError(
             f"{source}: label column '{name}', row {row_offset + missing[0] + 1}: missing label"
         )
+    numbers = _label_numbers(series, source, row_offset)
     if anomaly_value is not None:
-        return _equal_to(series, anomaly_value, source)
-    if pd.api.types.is_bool_dtype(series) or pd.api.types.is_numeric_dtype(series):
+        return _equal_to(series, numbers, anomaly_value, source)
+    if numbers is not None:
+        return numbers != 0
+    if pd.api.types.is_bool_dtype(series):
         return series.to_numpy(dtype=np.float64) != 0
     text = series.astype(str).str.strip().str.lower()
     unknown = ~text.isin(_TRUE_STRINGS | _FALSE_STRINGS)
@@ -86,10 +90,37 @@ def check_anomaly_value_matches(
     )
 
 
-def _equal_to(series: pd.Series, anomaly_value: str, source: str) -> np.ndarray:
-    """Rows whose label is `anomaly_value`: as numbers in a number column (a CSV reads 2 as
-    2.0, which as text would never equal "2"), else as text."""
-    if pd.api.types.is_bool_dtype(series) or not pd.api.types.is_numeric_dtype(series):
+def _label_numbers(series: pd.Series, source: str, row_offset: int) -> np.ndarray | None:
+    """The labels as numbers: a number column, or text that reads as numbers throughout (a
+    string column of "0.0"/"1.0" was refused as unreadable); None for booleans and words.
+
+    A label that is not a finite number is refused: inf counted as an anomaly without a word.
+    """
+    if pd.api.types.is_bool_dtype(series):
+        return None
+    if pd.api.types.is_numeric_dtype(series):
+        numbers = series.to_numpy(dtype=np.float64)
+    else:
+        parsed = pd.to_numeric(series.astype(str).str.strip(), errors="coerce")
+        if parsed.isna().any():
+            return None
+        numbers = parsed.to_numpy(dtype=np.float64)
+    infinite = np.flatnonzero(~np.isfinite(numbers))
+    if len(infinite):
+        row = int(infinite[0])
+        raise InputError(
+            f"{source}: label column '{series.name}', row {row_offset + row + 1}: label "
+            f"{series.iloc[row]} is not a finite number"
+        )
+    return numbers
+
+
+def _equal_to(
+    series: pd.Series, numbers: np.ndarray | None, anomaly_value: str, source: str
+) -> np.ndarray:
+    """Rows whose label is `anomaly_value`: as numbers where the labels are `numbers` (a CSV
+    reads 2 as 2.0, which as text would never equal "2"), else as text."""
+    if numbers is None:
         return (series.astype(str).str.strip() == anomaly_value).to_numpy()
     try:
         number = float(anomaly_value)
@@ -98,7 +129,7 @@ def _equal_to(series: pd.Series, anomaly_value: str, source: str) -> np.ndarray:
             f"{source}: label column '{series.name}' holds numbers; data.anomaly_value "
             f"{anomaly_value!r} is not one"
         ) from None
-    return series.to_numpy(dtype=np.float64) == number
+    return numbers == number
 
 
 def _names(columns: Sequence[str]) -> str:
