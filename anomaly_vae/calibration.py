@@ -18,6 +18,7 @@ A sample is anomalous when `score >= threshold`, the convention of scikit-learn'
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -282,7 +283,7 @@ def expected_cost(scores: np.ndarray, labels: np.ndarray, threshold: float, cost
     flagged = scores >= threshold
     missed = int(np.sum(~flagged & labels))
     false_alarms = int(np.sum(flagged & ~labels))
-    return (costs.fn * missed + costs.fp * false_alarms) / len(scores)
+    return float(_cost_per_row(missed, false_alarms, len(scores), costs))
 
 
 def cost_curve(
@@ -298,7 +299,21 @@ def cost_curve(
     anomalous, normal = np.sort(scores[labels]), np.sort(scores[~labels])
     missed = np.searchsorted(anomalous, thresholds, side="left")
     false_alarms = len(normal) - np.searchsorted(normal, thresholds, side="left")
-    return thresholds, (costs.fn * missed + costs.fp * false_alarms) / len(scores)
+    return thresholds, _cost_per_row(missed, false_alarms, len(scores), costs)
+
+
+def _cost_per_row(
+    missed: np.ndarray | int, false_alarms: np.ndarray | int, rows: int, costs: Costs
+) -> np.ndarray | float:
+    """What `missed` anomalies and `false_alarms` cost per row of `rows`.
+
+    The costs are divided by a power of two near the larger one before they weigh the counts:
+    costs near the largest float (1e308 each) overflowed the sums to inf, every threshold cost
+    the same and the one that flags nothing was chosen. Dividing and multiplying back by a
+    power of two is exact, so costs that never overflowed give the same figures, ties included.
+    """
+    scale = 2.0 ** (math.frexp(max(costs.fn, costs.fp))[1] - 1)
+    return (costs.fn / scale * missed + costs.fp / scale * false_alarms) / rows * scale
 
 
 def threshold_metrics(

@@ -146,3 +146,14 @@ def test_normal_scores_keep_the_tail_in_bounded_size() -> None:
     thresholds = np.quantile(scores, [0.5, 0.9, 0.99, 0.999])
     expected = [(scores >= t).mean() for t in thresholds]
     assert normal.exceedance(thresholds) == pytest.approx(expected, abs=2e-4)
+
+
+def test_huge_equal_costs_choose_the_threshold_of_unit_costs(scored) -> None:
+    # 1e308 each overflowed every expected cost to inf: the threshold flagged nothing.
+    from anomaly_vae.calibration import Costs
+
+    scores, labels = scored
+    unit = choose_threshold(scores, labels, "cost", Costs(fn=1, fp=1))
+    huge = choose_threshold(scores, labels, "cost", Costs(fn=1e308, fp=1e308))
+    assert huge.value == unit.value and huge.metrics["alert_rate"] > 0
+    assert huge.metrics["expected_cost"] == pytest.approx(unit.metrics["expected_cost"] * 1e308)
