@@ -94,6 +94,12 @@ class TabularDetector:
     def check_columns(self, columns: list[str], source: str, allow_extra: bool = False) -> None:
         check_columns(columns, self.feature_names, self.roles.known, source, allow_extra)
 
+    def check_label(self, label: str) -> None:
+        """Refuse a label column that the model reads as a feature: the columns were checked
+        without the label, so the feature was reported missing from a file that held it."""
+        if label in self.feature_names:
+            raise InputError(f"--label {label!r} is one of the model's features, not a label")
+
     def score_samples(
         self, frame: pd.DataFrame, source: str, row_offset: int = 0, contributions: bool = False
     ) -> SampleScores:

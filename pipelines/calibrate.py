@@ -152,6 +152,8 @@ def _scores_and_labels(
 
     explicit = label is not None
     label = label or detector.roles.label
+    if label:
+        detector.check_label(label)
     scores, labels, example = [], [], None
     for part, scored in scored_batches(detector, input_path, allow_extra=True):
         batch = part.frame

@@ -115,6 +115,7 @@ def evaluate_file(
     label = label or detector.roles.label
     if not label:
         raise InputError("evaluate needs --label: the model's config names no label column")
+    detector.check_label(label)
     source = str(input_path)
     scores, labels = [], []
     top_rows = pd.DataFrame()

@@ -557,6 +557,15 @@ def test_a_bad_row_in_a_later_batch_leaves_no_output(
         (["score", "MODEL", "scored_yesterday", "-o", "OUT"], "scored_yesterday: file not found"),
         (["evaluate", "MODEL", "no_such.csv", "--label", "label"], "no_such.csv: file not found"),
         (["evaluate", "MODEL", "IN", "--label", "nolabel"], "missing label column 'nolabel'"),
+        # A feature as the label was reported missing from the file that held it.
+        (
+            ["evaluate", "MODEL", "IN", "--label", "mean radius"],
+            "--label 'mean radius' is one of the model's features",
+        ),
+        (
+            ["calibrate", "MODEL", "IN", "--label", "mean radius"],
+            "--label 'mean radius' is one of the model's features",
+        ),
     ],
 )
 def test_bad_models_and_options(
