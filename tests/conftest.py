@@ -62,3 +62,26 @@ def breast_cancer_model(
     result = run_cli("train", config, "--tracking-uri", tracking)
     assert result.exit_code == 0, result.output
     return result.stdout.strip().splitlines()[-1], tracking
+
+
+@pytest.fixture(scope="module")
+def digits_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
+    """(model URI, tracking URI, labelled test folder) for the README's digits demo, trained
+    once per test module (a test may recalibrate it) and shared by the image test files."""
+    from pipelines.demo import write_digits
+
+    folder = tmp_path_factory.mktemp("digits")
+    train_dir, test_dir = write_digits(folder)
+    tracking = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
+    result = run_cli(
+        "train",
+        REPO / "configs" / "digits.yaml",
+        "--set",
+        f"data.path={train_dir}",
+        "--set",
+        "training.epochs=50",
+        "--tracking-uri",
+        tracking,
+    )
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip().splitlines()[-1], tracking, test_dir

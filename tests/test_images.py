@@ -167,28 +167,6 @@ def test_holdout_is_a_deterministic_choice_by_file_name(tmp_path: Path) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def digits_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str, Path]:
-    """(model URI, tracking URI, labelled test folder) for the README's digits demo."""
-    from pipelines.demo import write_digits
-
-    folder = tmp_path_factory.mktemp("digits")
-    train_dir, test_dir = write_digits(folder)
-    tracking = f"sqlite:///{folder / 'mlruns' / 'mlflow.db'}"
-    result = run_cli(
-        "train",
-        REPO / "configs" / "digits.yaml",
-        "--set",
-        f"data.path={train_dir}",
-        "--set",
-        "training.epochs=50",
-        "--tracking-uri",
-        tracking,
-    )
-    assert result.exit_code == 0, result.output
-    return result.stdout.strip().splitlines()[-1], tracking, test_dir
-
-
 def test_digits_score_one_row_per_image_and_separate_other_digits(digits_model, tmp_path) -> None:
     model_uri, tracking, test_dir = digits_model
     out = tmp_path / "scores.parquet"
