@@ -183,7 +183,12 @@ def _to_float(img: Image.Image, path: str | Path, channels: int) -> np.ndarray:
     if img.mode.startswith("I"):
         pixels = np.asarray(img, dtype=np.float32)[..., None] / 65535.0
     elif img.mode == "F":
-        pixels = np.clip(np.asarray(img, dtype=np.float32), 0, 1)[..., None]
+        pixels = np.asarray(img, dtype=np.float32)
+        # Clipping keeps NaN: such an image scored NaN and was never flagged, and training
+        # on one failed as if the learning rate were too high.
+        if not np.isfinite(pixels).all():
+            raise InputError(f"{path}: pixel values are not finite (NaN or infinity)")
+        pixels = np.clip(pixels, 0, 1)[..., None]
     else:
         pixels = np.asarray(img.convert("L" if gray else "RGB"), dtype=np.float32) / 255.0
         pixels = pixels.reshape(*pixels.shape[:2], -1)
