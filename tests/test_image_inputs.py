@@ -48,3 +48,33 @@ def test_a_nan_image_stops_score_and_train_in_one_line(digits_model, tmp_path, t
     )  # fmt: skip
     assert result.exit_code == 1
     assert result.stderr == f"Error: {bad}: pixel values are not finite (NaN or infinity)\n"
+
+
+@pytest.mark.parametrize(
+    ("mode", "pixels", "message"),
+    [
+        ("I", np.arange(64).reshape(8, 8) * 20000, "0..1260000 lie outside 0..65535"),
+        ("I", np.arange(64).reshape(8, 8) * -1000, "-63000..0 lie outside 0..65535"),
+        ("F", np.linspace(0, 255, 64).reshape(8, 8), "0.0..255.0 lie outside 0..1"),
+    ],
+)
+def test_pixels_outside_the_range_of_their_mode_are_refused(
+    tmp_path: Path, mode: str, pixels: np.ndarray, message: str
+) -> None:
+    """A 32-bit integer image was divided by 65535 whatever it held (values up to 19 or
+    negative were scored); a float image in 0..255 was clipped to all white."""
+    path = tmp_path / "wide.tif"
+    Image.fromarray(pixels.astype(np.int32 if mode == "I" else np.float32), mode).save(path)
+    with pytest.raises(InputError, match=rf"wide\.tif: pixel values {message}, .* mode {mode} "):
+        read_image(path, 8, 1)
+
+
+def test_16_bit_and_float_images_in_range_read_as_before(tmp_path: Path) -> None:
+    """16-bit PNGs (mode I;16) and integer or float TIFFs within their range keep their values."""
+    values = np.linspace(0, 65535, 64).round().reshape(8, 8)
+    Image.fromarray(values.astype(np.uint16)).save(tmp_path / "sixteen.png")
+    Image.fromarray(values.astype(np.int32), "I").save(tmp_path / "i.tif")
+    save_float_tiff(tmp_path / "f.tif", values / 65535)
+    assert Image.open(tmp_path / "sixteen.png").mode == "I;16"
+    for name in ("sixteen.png", "i.tif", "f.tif"):
+        np.testing.assert_allclose(read_image(tmp_path / name, 8, 1)[0], values / 65535, atol=1e-7)

@@ -181,20 +181,34 @@ def _to_float(img: Image.Image, path: str | Path, channels: int) -> np.ndarray:
     if not gray and channels == 1:
         return _gray_content(img, path)
     if img.mode.startswith("I"):
-        pixels = np.asarray(img, dtype=np.float32)[..., None] / 65535.0
+        pixels = _within(np.asarray(img), 65535, img.mode, path)
+        pixels = pixels.astype(np.float32)[..., None] / 65535.0
     elif img.mode == "F":
         pixels = np.asarray(img, dtype=np.float32)
-        # Clipping keeps NaN: such an image scored NaN and was never flagged, and training
-        # on one failed as if the learning rate were too high.
+        # NaN passes any range check: such an image scored NaN and was never flagged, and
+        # training on one failed as if the learning rate were too high.
         if not np.isfinite(pixels).all():
             raise InputError(f"{path}: pixel values are not finite (NaN or infinity)")
-        pixels = np.clip(pixels, 0, 1)[..., None]
+        pixels = _within(pixels, 1, img.mode, path)[..., None]
     else:
         pixels = np.asarray(img.convert("L" if gray else "RGB"), dtype=np.float32) / 255.0
         pixels = pixels.reshape(*pixels.shape[:2], -1)
     if pixels.shape[2] != channels:
         pixels = np.repeat(pixels, channels, axis=2)
     return pixels.transpose(2, 0, 1)
+
+
+def _within(pixels: np.ndarray, top: int, mode: str, path: str | Path) -> np.ndarray:
+    """`pixels` when they lie in 0..top, the range an image of that mode is read in. Mode I is
+    32-bit signed and was divided by 65535 whatever it held (values up to 19, or negative,
+    were scored), and a float image was clipped to [0, 1] (one in 0..255 became all white)."""
+    low, high = pixels.min(), pixels.max()
+    if low < 0 or high > top:
+        raise InputError(
+            f"{path}: pixel values {low}..{high} lie outside 0..{top}, the range of a "
+            f"mode {mode} image"
+        )
+    return pixels
 
 
 def _gray_content(img: Image.Image, path: str | Path) -> np.ndarray:
