@@ -78,3 +78,24 @@ def test_16_bit_and_float_images_in_range_read_as_before(tmp_path: Path) -> None
     assert Image.open(tmp_path / "sixteen.png").mode == "I;16"
     for name in ("sixteen.png", "i.tif", "f.tif"):
         np.testing.assert_allclose(read_image(tmp_path / name, 8, 1)[0], values / 65535, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["pages.tif", "frames.webp", "frames.png"])
+def test_files_of_several_images_are_refused(tmp_path: Path, name: str) -> None:
+    """Only the first page or frame was read, and the others were never scored."""
+    digit = np.zeros((8, 8), np.uint8)
+    digit[2:6, 3] = 255
+    frames = [Image.fromarray(digit, "L"), Image.fromarray(255 - digit, "L")]
+    frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
+    with pytest.raises(InputError, match=rf"{name}: 2 pages or frames in one file"):
+        read_image(tmp_path / name, 8, 1)
+
+
+def test_a_camera_jpeg_with_a_preview_after_the_photo_is_one_image(tmp_path: Path) -> None:
+    """Pillow opens such a JPEG as MPO with two frames; the first is the photo."""
+    photo = np.full((8, 8), 255, np.uint8)
+    Image.fromarray(photo, "L").save(
+        tmp_path / "photo.jpg", "MPO", save_all=True, append_images=[Image.fromarray(0 * photo)]
+    )
+    assert Image.open(tmp_path / "photo.jpg").n_frames == 2
+    np.testing.assert_allclose(read_image(tmp_path / "photo.jpg", 8, 1), 1.0, atol=0.02)

@@ -167,6 +167,13 @@ def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
     """One image file as float32 (channels, size, size) in [0, 1]."""
     try:
         with Image.open(path) as img:
+            # Pillow reads the first page of a multi-page TIFF (the first frame of an animated
+            # WebP or PNG): the others went unscored without a word. A camera's JPEG with a
+            # preview or depth map after the photo (MPO) is one image, the first.
+            if (frames := getattr(img, "n_frames", 1)) > 1 and img.format != "MPO":
+                raise InputError(
+                    f"{path}: {frames} pages or frames in one file; save each image on its own"
+                )
             img.load()
             pixels = _to_float(img, path, channels)
     except InputError:
