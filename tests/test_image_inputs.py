@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_vae.data.images import read_image
+from anomaly_vae.config import ImageConfig
+from anomaly_vae.data.images import list_images, read_image
 from anomaly_vae.errors import InputError
 from tests.conftest import REPO, run_cli
 
@@ -99,3 +100,16 @@ def test_a_camera_jpeg_with_a_preview_after_the_photo_is_one_image(tmp_path: Pat
     )
     assert Image.open(tmp_path / "photo.jpg").n_frames == 2
     np.testing.assert_allclose(read_image(tmp_path / "photo.jpg", 8, 1), 1.0, atol=0.02)
+
+
+def test_a_broken_link_among_the_images_is_an_unreadable_image(tmp_path: Path) -> None:
+    """list_images kept only regular files, so the image a broken link named was left out."""
+    (tmp_path / "good").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(tmp_path / "good" / "a.png")
+    (tmp_path / "good" / "b.png").symlink_to(tmp_path / "moved" / "b.png")
+    with pytest.raises(InputError) as refused:
+        list_images(tmp_path, ImageConfig())
+    assert str(refused.value) == (
+        f"{tmp_path / 'good' / 'b.png'}: unreadable image (a broken link to "
+        f"{tmp_path / 'moved' / 'b.png'})"
+    )

@@ -83,9 +83,11 @@ def list_images(source: str | Path, image: ImageConfig) -> list[ImageItem]:
         return _idx_items(source, image)
     if not source.is_dir():
         raise InputError(f"{source}: expected a folder of images or an *-idx3-ubyte(.gz) file")
-    files = sorted(
-        p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
+    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    # An is_file() filter dropped a broken link without a word, and the image it named with it.
+    if broken := next((p for p in files if p.is_symlink() and not p.exists()), None):
+        raise InputError(f"{broken}: unreadable image (a broken link to {broken.readlink()})")
+    files = [p for p in files if p.is_file()]
     # A rule such as {stem}.png names a PNG image itself: that image has no mask.
     mask_of = {p: m for p in files if (m := mask_path(p, image.mask_rule)) != p.resolve()}
     mask_files = set(mask_of.values())
