@@ -113,3 +113,14 @@ def test_a_broken_link_among_the_images_is_an_unreadable_image(tmp_path: Path) -
         f"{tmp_path / 'good' / 'b.png'}: unreadable image (a broken link to "
         f"{tmp_path / 'moved' / 'b.png'})"
     )
+
+
+def test_hidden_files_and_folders_below_the_folder_are_not_images(tmp_path: Path) -> None:
+    """A notebook's .ipynb_checkpoints/ copy was scored, and labelled by its folder."""
+    source = tmp_path / ".cache"  # the folder given may itself be hidden
+    for name in ("good/a.png", "good/.ipynb_checkpoints/a-checkpoint.png", "scratch/.b.png"):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(source / name)
+    assert [item.path for item in list_images(source, ImageConfig())] == [
+        str(source / "good" / "a.png")
+    ]

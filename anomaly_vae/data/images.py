@@ -64,10 +64,18 @@ def is_image_source(path: str | Path, kind: str = "auto") -> bool:
     if path.is_dir():
         # Images first: a folder of images stops at its first one, where looking for Parquet
         # parts walked all of it.
-        return any(
-            file.suffix.lower() in IMAGE_SUFFIXES for file in path.rglob("*")
-        ) or not parquet_parts(path)
+        return next(_image_files(path), None) is not None or not parquet_parts(path)
     return is_idx(path)
+
+
+def _image_files(folder: Path) -> Iterator[Path]:
+    """The paths below `folder` with an image suffix, but none under a hidden name: copies such
+    as .ipynb_checkpoints/ were read as images (and labelled by their folder), while
+    `parquet_parts` skipped them."""
+    for path in folder.rglob("*"):
+        hidden = any(name.startswith(".") for name in path.relative_to(folder).parts)
+        if path.suffix.lower() in IMAGE_SUFFIXES and not hidden:
+            yield path
 
 
 def is_idx(path: str | Path) -> bool:
@@ -83,7 +91,7 @@ def list_images(source: str | Path, image: ImageConfig) -> list[ImageItem]:
         return _idx_items(source, image)
     if not source.is_dir():
         raise InputError(f"{source}: expected a folder of images or an *-idx3-ubyte(.gz) file")
-    files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(_image_files(source))
     # An is_file() filter dropped a broken link without a word, and the image it named with it.
     if broken := next((p for p in files if p.is_symlink() and not p.exists()), None):
         raise InputError(f"{broken}: unreadable image (a broken link to {broken.readlink()})")
