@@ -121,9 +121,9 @@ def score_file(
     started = time.perf_counter()
     anomalies = 0
     with writer:
-        for _, scored in scored_batches(detector, input_path, keep_columns, allow_extra):
+        for batch, scored in scored_batches(detector, input_path, keep_columns, allow_extra):
             anomalies += int(scored["is_anomaly"].sum())
-            writer.write(scored)
+            writer.write(scored, batch.source)
     return ScoreSummary(
         writer.rows_written, anomalies, time.perf_counter() - started, Path(output_path)
     )

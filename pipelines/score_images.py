@@ -69,7 +69,7 @@ def score_images_file(
         for batch, pixels, scores in scored_image_batches(detector, items):
             scored = detector.frame(batch, scores)
             anomalies += int(scored["is_anomaly"].sum())
-            writer.write(scored)
+            writer.write(scored, str(input_path))
             if maps:
                 maps.write(batch, pixels, scores.maps, detector.map_scale)
     return ScoreSummary(

@@ -247,6 +247,7 @@ class AtomicTableWriter:
         self._tmp_path: Path | None = None
         self._writer: pq.ParquetWriter | pacsv.CSVWriter | None = None
         self._sink: pa.NativeFile | None = None
+        self._schema: pa.Schema | None = None  # the first batch's, which later ones must match
         self.rows_written = 0
 
     def __enter__(self) -> AtomicTableWriter:
@@ -257,18 +258,44 @@ class AtomicTableWriter:
         self._tmp_path = Path(name)
         return self
 
-    def write(self, frame: pd.DataFrame) -> None:
+    def write(self, frame: pd.DataFrame, source: str) -> None:
+        """Append rows read from `source`, the file that errors name. A later batch must have
+        the first one's columns: pyarrow's CSV writer does not check, and a Parquet folder
+        whose parts differed crashed the process (exit 139) and left the temporary file."""
         table = pa.Table.from_pandas(frame, preserve_index=False)
-        if self._writer is None:
-            self._writer = (
-                pq.ParquetWriter(
-                    self._tmp_path, table.schema, use_dictionary=_dictionary_columns(table.schema)
+        if self._schema is None:
+            self._schema = table.schema
+        else:
+            table = _conformed(table, self._schema, source)
+        try:
+            if self._writer is None:
+                self._writer = (
+                    pq.ParquetWriter(
+                        self._tmp_path,
+                        table.schema,
+                        use_dictionary=_dictionary_columns(table.schema),
+                    )
+                    if self.format == "parquet"
+                    else pacsv.CSVWriter(self._csv_sink(), table.schema)
                 )
-                if self.format == "parquet"
-                else pacsv.CSVWriter(self._csv_sink(), table.schema)
-            )
-        self._writer.write_table(table)
+            self._writer.write_table(table)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise InputError(self._unwritable(table, source, exc)) from None
         self.rows_written += len(frame)
+
+    def _unwritable(self, table: pa.Table, source: str, exc: pa.ArrowException) -> str:
+        """Why `table` cannot be written, naming the column where a CSV cannot hold one: a
+        CSV cell is text, which a list, struct or map, or bytes that are not UTF-8, are not."""
+        if self.format == "csv":
+            for field, column in zip(table.schema, table.columns, strict=True):
+                try:
+                    column.cast(pa.string())
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as error:
+                    return (
+                        f"{source}: column '{field.name}' ({field.type}) cannot be written as CSV "
+                        f"text ({first_line(error)}): write .parquet"
+                    )
+        return f"{source}: cannot be written to {self.path} ({first_line(exc)})"
 
     def _csv_sink(self) -> pa.NativeFile:
         """The temporary file, compressed as the output's extension asks."""
@@ -291,6 +318,47 @@ class AtomicTableWriter:
             os.replace(self._tmp_path, self.path)
         else:
             self._tmp_path.unlink(missing_ok=True)
+
+
+def _conformed(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
+    """`table` with `schema`'s columns, in its order, and types: a number or text column of
+    another width is cast safely (int64 <- double holding whole numbers); a missing or new
+    column, or another kind of value, is an error naming `source` and the column."""
+    names = table.schema.names
+    missing = [name for name in schema.names if name not in names]
+    if missing:
+        raise InputError(f"{source}: has no column '{missing[0]}', which earlier rows have")
+    extra = [name for name in names if name not in schema.names]
+    if extra:
+        raise InputError(f"{source}: has a column '{extra[0]}' that earlier rows do not have")
+    table = table.select(schema.names)
+    for i, (field, wanted) in enumerate(zip(table.schema, schema, strict=True)):
+        if field.type != wanted.type:
+            cast = _safe_cast(table.column(i), wanted.type)
+            if cast is None:
+                raise InputError(
+                    f"{source}: column '{field.name}' is {field.type} here, {wanted.type} in "
+                    "earlier rows"
+                )
+            table = table.set_column(i, wanted, cast)
+    return table
+
+
+def _safe_cast(column: pa.ChunkedArray, wanted: pa.DataType) -> pa.ChunkedArray | None:
+    """`column` as `wanted`, or None where that would change a value: an empty (null) column
+    casts to any type, numbers to numbers and text to text while every value survives; text
+    never casts to numbers ("007" would become 7)."""
+    kinds = (
+        lambda t: pa.types.is_integer(t) or pa.types.is_floating(t),
+        lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+    )
+    given = column.type
+    if not pa.types.is_null(given) and not any(kind(given) and kind(wanted) for kind in kinds):
+        return None
+    try:
+        return column.cast(wanted)  # safe: a fraction or a digit lost raises
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return None
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:

@@ -1,0 +1,105 @@
+"""Reading and writing tables through `anomaly-vae score`: what goes in comes out exactly,
+and a table that cannot be written so stops in one line, leaving no file behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+
+def score(model: tuple[str, str], source: Path, out: Path) -> subprocess.CompletedProcess:
+    """`anomaly-vae score` in its own process: pyarrow's CSV writer crashed the process on
+    parts of another shape, which would have taken the test session with it."""
+    model_uri, tracking = model
+    return subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "score", model_uri, str(source), "-o", str(out)]
+        + ["--tracking-uri", tracking],
+        capture_output=True,
+        text=True,
+    )
+
+
+def assert_refused(result: subprocess.CompletedProcess, out: Path, message: str) -> None:
+    """Exit 1, one line naming the culprit, and nothing written: not even a temporary file."""
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith(f"Error: {message}")
+    assert "Traceback" not in result.stderr
+    assert list(out.parent.iterdir()) == []
+
+
+def two_parts(
+    test: Path, folder: Path, change: Callable[[pd.DataFrame], pd.DataFrame]
+) -> pd.DataFrame:
+    """The test rows without labels as a folder of two Parquet parts, `change` applied to the
+    second; returns the rows."""
+    frame = pd.read_parquet(test).drop(columns="label")
+    folder.mkdir()
+    frame.iloc[:100].to_parquet(folder / "part-0.parquet", index=False)
+    change(frame.iloc[100:]).to_parquet(folder / "part-1.parquet", index=False)
+    return frame
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".csv.gz", ".parquet"])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda part: part.drop(columns="id"), "has no column 'id', which earlier rows have"),
+        (
+            lambda part: part.astype({"id": str}),
+            "column 'id' is large_string here, int64 in earlier rows",
+        ),
+    ],
+    ids=["without-id", "text-id"],
+)
+def test_parquet_parts_of_another_shape_are_refused(
+    change, message, suffix, breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    # The CSV writer took part-1's table without a check: exit 139, a .tmp file left behind.
+    folder = tmp_path / "table"
+    two_parts(breast_cancer_files[1], folder, change)
+    out = tmp_path / "out" / f"scored{suffix}"
+    out.parent.mkdir()
+    result = score(breast_cancer_model, folder, out)
+    assert_refused(result, out, f"{folder / 'part-1.parquet'}: {message}")
+
+
+def test_parquet_parts_whose_numbers_differ_in_width_are_cast(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    folder = tmp_path / "table"
+    frame = two_parts(breast_cancer_files[1], folder, lambda part: part.astype({"id": "float64"}))
+    out = tmp_path / "scored.parquet"
+    assert score(breast_cancer_model, folder, out).returncode == 0
+    scored = pq.read_table(out)
+    assert scored.schema.field("id").type == pa.int64()
+    assert scored.column("id").to_pylist() == frame["id"].tolist()
+
+
+@pytest.mark.parametrize(
+    ("ids", "kind"),
+    [
+        (lambda ids: pa.array([[i] for i in ids]), "list<item: int64>"),
+        (lambda ids: pa.array([{"a": i} for i in ids]), "struct<a: int64>"),
+        (lambda ids: pa.array([bytes([i % 256, 0xFF]) for i in ids]), "binary"),
+    ],
+    ids=["list", "struct", "binary"],
+)
+def test_id_columns_a_csv_cannot_hold_are_refused(
+    ids, kind, breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    # pyarrow's ArrowInvalid ("Unsupported Type", "Invalid UTF8 payload") came as a traceback.
+    _, test = breast_cancer_files
+    table = pa.Table.from_pandas(pd.read_parquet(test).drop(columns="label"), preserve_index=False)
+    source = tmp_path / "odd_ids.parquet"
+    pq.write_table(table.set_column(0, "id", ids(table.column("id").to_pylist())), source)
+    out = tmp_path / "out" / "scored.csv"
+    out.parent.mkdir()
+    result = score(breast_cancer_model, source, out)
+    assert_refused(result, out, f"{source}: column 'id' ({kind}) cannot be written as CSV text")
