@@ -65,16 +65,25 @@ def scored_batches(
     input_path: str | Path,
     keep_columns: bool = False,
     allow_extra: bool = False,
+    echo_exactly: bool = False,
 ) -> Iterator[tuple[TableBatch, pd.DataFrame]]:
-    """(input batch, scored batch) pairs, with a progress bar on a terminal."""
+    """(input batch, scored batch) pairs, with a progress bar on a terminal. `echo_exactly`
+    reads the columns copied to the output (the ids; with `keep_columns` all but the features)
+    as they are in the file, to be written back unchanged."""
     from tqdm import tqdm
 
     from anomaly_vae.data.tables import count_rows, iter_table_batches
 
+    ids = detector.roles.id_columns
+    features = set(detector.feature_names)
+
+    def echoed(name: str) -> bool:
+        return name not in features if keep_columns else name in ids
+
     with tqdm(
         total=count_rows(input_path), unit="rows", disable=not sys.stderr.isatty(), leave=False
     ) as progress:
-        batches = iter_table_batches(input_path, BATCH_ROWS, detector.roles.id_columns)
+        batches = iter_table_batches(input_path, BATCH_ROWS, ids, echoed if echo_exactly else None)
         for batch in _prefetched(batches):
             scored = detector.score_frame(
                 batch.frame, batch.source, batch.first_row, keep_columns, allow_extra
@@ -121,7 +130,9 @@ def score_file(
     started = time.perf_counter()
     anomalies = 0
     with writer:
-        for batch, scored in scored_batches(detector, input_path, keep_columns, allow_extra):
+        for batch, scored in scored_batches(
+            detector, input_path, keep_columns, allow_extra, echo_exactly=True
+        ):
             anomalies += int(scored["is_anomaly"].sum())
             writer.write(scored, batch.source)
     return ScoreSummary(

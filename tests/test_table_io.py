@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
+from conftest import run_cli
 
 
 def score(model: tuple[str, str], source: Path, out: Path) -> subprocess.CompletedProcess:
@@ -85,7 +87,7 @@ def test_parquet_parts_whose_numbers_differ_in_width_are_cast(
 @pytest.mark.parametrize(
     ("ids", "kind"),
     [
-        (lambda ids: pa.array([[i] for i in ids]), "list<item: int64>"),
+        (lambda ids: pa.array([[i] for i in ids]), "list<"),
         (lambda ids: pa.array([{"a": i} for i in ids]), "struct<a: int64>"),
         (lambda ids: pa.array([bytes([i % 256, 0xFF]) for i in ids]), "binary"),
     ],
@@ -102,4 +104,44 @@ def test_id_columns_a_csv_cannot_hold_are_refused(
     out = tmp_path / "out" / "scored.csv"
     out.parent.mkdir()
     result = score(breast_cancer_model, source, out)
-    assert_refused(result, out, f"{source}: column 'id' ({kind}) cannot be written as CSV text")
+    assert_refused(result, out, f"{source}: column 'id' ({kind}")
+
+
+def test_parquet_ids_with_a_null_come_back_exactly(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    # pandas turned an int64 column with a null into float64: every id printed as 1e+18.
+    model_uri, tracking = breast_cancer_model
+    table = pa.Table.from_pandas(
+        pd.read_parquet(breast_cancer_files[1]).drop(columns="label"), preserve_index=False
+    )
+    ids = [None if i == 3 else 10**18 + i for i in range(table.num_rows)]
+    source = tmp_path / "null_id.parquet"
+    pq.write_table(table.set_column(0, "id", pa.array(ids, pa.int64())), source)
+    for out in (tmp_path / "scored.csv", tmp_path / "scored.parquet"):
+        result = run_cli("score", model_uri, source, "-o", out, "--tracking-uri", tracking)
+        assert result.exit_code == 0, result.output
+        scored = pq.read_table(out) if out.suffix == ".parquet" else pacsv.read_csv(out)
+        assert scored.schema.field("id").type == pa.int64()
+        assert scored.column("id").to_pylist() == ids
+
+
+def test_kept_columns_come_back_exactly_as_written(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    # Read as floats, a 19-digit account printed as 1.2345678901234568e+18 and a zip code lost
+    # its leading zero.
+    model_uri, tracking = breast_cancer_model
+    frame = pd.read_parquet(breast_cancer_files[1]).drop(columns="label").astype(str)
+    frame["account"] = [str(1234567890123456789 + i) for i in range(len(frame))]
+    frame.loc[2, "account"] = ""
+    frame["zip"] = [f"{i:05d}" for i in range(len(frame))]
+    source = tmp_path / "accounts.csv"
+    frame.to_csv(source, index=False)
+    out = tmp_path / "scored.csv"
+    options = ["--keep-columns", "--allow-extra-columns", "--tracking-uri", tracking]
+    result = run_cli("score", model_uri, source, "-o", out, *options)
+    assert result.exit_code == 0, result.output
+    scored = pd.read_csv(out, dtype=str, keep_default_na=False)
+    for name in ("id", "account", "zip"):
+        assert scored[name].tolist() == frame[name].tolist(), name

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -111,33 +111,53 @@ def count_rows(path: str | Path) -> int | None:
 
 
 def iter_table_batches(
-    path: str | Path, batch_rows: int = 65536, text_columns: Collection[str] = ()
+    path: str | Path,
+    batch_rows: int = 65536,
+    text_columns: Collection[str] = (),
+    echoed: Callable[[str], bool] | None = None,
 ) -> Iterator[TableBatch]:
     """Yield the table in batches of at most `batch_rows` rows; an empty table is an error.
 
     `text_columns` (ids) are read from a CSV as the text they hold, to be written back as
     they came: as numbers, a 19-digit transaction id would lose its last digits and print as
-    9.007199254740992e+15."""
+    9.007199254740992e+15. The columns `echoed` picks, only copied to an output, are read so
+    too, and keep their Arrow types (`pd.ArrowDtype`), which writing restores: converted by
+    pandas, an int64 column with a null became float64 and its ids printed as 1e+18."""
     path = Path(path)
     fmt, files = _table_files(path)
+    as_is = echoed or (lambda name: False)
     seen_rows = 0
     for file in files:
         batches = (
             _parquet_batches(file, batch_rows)
             if fmt == "parquet"
-            else _csv_batches(file, set(text_columns))
+            else _csv_batches(file, lambda name: name in text_columns or as_is(name))
         )
         first_row = 0
         try:
             for batch in batches:
                 if batch.num_rows:
-                    yield TableBatch(batch.to_pandas(), str(file), first_row)
+                    yield TableBatch(_to_frame(batch, as_is), str(file), first_row)
                     first_row += batch.num_rows
         except (pa.ArrowInvalid, OSError) as exc:
             raise InputError(f"{file}: cannot read ({first_line(exc)})") from None
         seen_rows += first_row
     if not seen_rows:
         raise InputError(f"{path}: the {'folder' if path.is_dir() else 'file'} holds no rows")
+
+
+def _to_frame(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pd.DataFrame:
+    """The batch in pandas, the columns `as_is` picks with their Arrow types; the others are
+    converted together as NumPy blocks, which scoring reads fastest."""
+    names = batch.schema.names
+    kept = [i for i, name in enumerate(names) if as_is(name)]
+    if not kept:
+        return batch.to_pandas()
+    frame = batch.select([i for i in range(len(names)) if i not in kept]).to_pandas()
+    for i in kept:  # in order, so each lands at its own position
+        column = pd.arrays.ArrowExtensionArray(batch.column(i))
+        frame.insert(i, names[i], column, allow_duplicates=True)
+    return frame
 
 
 def _parquet_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
@@ -153,9 +173,9 @@ def _open_parquet(path: Path) -> pq.ParquetFile:
         raise InputError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
 
 
-def _csv_batches(path: Path, text_columns: set[str]) -> Iterator[pa.RecordBatch]:
+def _csv_batches(path: Path, as_text: Callable[[str], bool]) -> Iterator[pa.RecordBatch]:
     """Stream a CSV; integer columns are read as floats so a later block with decimals parses,
-    `text_columns` as text."""
+    those `as_text` picks as text."""
     delimiter, decimal_point = _csv_dialect(path)  # an empty file stops here
     parse = pacsv.ParseOptions(delimiter=delimiter)
     try:
@@ -170,7 +190,7 @@ def _csv_batches(path: Path, text_columns: set[str]) -> Iterator[pa.RecordBatch]
         raise InputError(f"{path}: not a readable CSV file ({first_line(exc)})") from None
     column_types = {
         field.name: pa.string()
-        if field.name in text_columns
+        if as_text(field.name)
         else pa.float64()
         if pa.types.is_integer(field.type) or pa.types.is_null(field.type)
         else field.type
