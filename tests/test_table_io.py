@@ -145,3 +145,33 @@ def test_kept_columns_come_back_exactly_as_written(
     scored = pd.read_csv(out, dtype=str, keep_default_na=False)
     for name in ("id", "account", "zip"):
         assert scored[name].tolist() == frame[name].tolist(), name
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (
+            lambda text: text.replace("mean radius", "mean r\u00e9dius", 1),
+            "not UTF-8 text (byte 0xe9 in the header); save it as UTF-8",
+        ),
+        (
+            lambda text: text.replace("\n", "\ncaf\u00e9", 1),
+            "column 'id' is not UTF-8 text; save the file as UTF-8",
+        ),
+    ],
+    ids=["header", "cell"],
+)
+def test_a_latin1_csv_is_refused_in_one_line(
+    edit, message, breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    # The header gave a UnicodeDecodeError traceback, a cell "In CSV column #0: ...".
+    model_uri, tracking = breast_cancer_model
+    text = pd.read_parquet(breast_cancer_files[1]).drop(columns="label").to_csv(index=False)
+    source = tmp_path / "latin1.csv"
+    source.write_bytes(edit(text).encode("latin-1"))
+    out = tmp_path / "out" / "scored.csv"
+    out.parent.mkdir()
+    result = run_cli("score", model_uri, source, "-o", out, "--tracking-uri", tracking)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {source}: {message}"
+    assert list(out.parent.iterdir()) == []

@@ -186,8 +186,14 @@ def _csv_batches(path: Path, as_text: Callable[[str], bool]) -> Iterator[pa.Reco
         )
         schema = first.schema
         first.close()
+        names = schema.names  # pyarrow decodes the header here
     except pa.ArrowInvalid as exc:
         raise InputError(f"{path}: not a readable CSV file ({first_line(exc)})") from None
+    except UnicodeDecodeError as exc:  # a header saved as latin-1 was a traceback
+        byte = exc.object[exc.start]
+        raise InputError(
+            f"{path}: not UTF-8 text (byte 0x{byte:02x} in the header); save it as UTF-8"
+        ) from None
     column_types = {
         field.name: pa.string()
         if as_text(field.name)
@@ -200,7 +206,7 @@ def _csv_batches(path: Path, as_text: Callable[[str], bool]) -> Iterator[pa.Reco
     try:
         yield from pacsv.open_csv(path, parse_options=parse, convert_options=convert)
     except pa.ArrowInvalid as exc:
-        raise InputError(_conversion_error(path, parse, exc, schema.names)) from None
+        raise InputError(_conversion_error(path, parse, exc, names)) from None
 
 
 # pyarrow reads a CSV in blocks with the column types of its first block; a later value that
@@ -209,11 +215,18 @@ _CSV_CONVERSION = re.compile(
     r"In CSV column #(\d+): CSV conversion error to (\w+): invalid value '(.*)'"
 )
 
+# A text cell that is not UTF-8 (a latin-1 export) fails the same way, without its value.
+_CSV_NOT_UTF8 = re.compile(r"In CSV column #(\d+): CSV conversion error to \w+: invalid UTF8")
+
 
 def _conversion_error(
     path: Path, parse: pacsv.ParseOptions, exc: pa.ArrowInvalid, names: list[str]
 ) -> str:
     """A failed block's error as the other bad values are reported: file, column, row."""
+    not_utf8 = _CSV_NOT_UTF8.search(str(exc))
+    if not_utf8:
+        name = names[int(not_utf8.group(1))]
+        return f"{path}: column '{name}' is not UTF-8 text; save the file as UTF-8"
     found = _CSV_CONVERSION.search(str(exc))
     if not found:
         return f"{path}: cannot read ({first_line(exc)})"
