@@ -175,3 +175,25 @@ def test_a_latin1_csv_is_refused_in_one_line(
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: {source}: {message}"
     assert list(out.parent.iterdir()) == []
+
+
+def test_an_output_that_would_replace_the_input_is_refused(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    # The scores silently replaced the input file, and its 30 features were gone.
+    model_uri, tracking = breast_cancer_model
+    source = tmp_path / "same.parquet"
+    source.write_bytes(breast_cancer_files[1].read_bytes())
+    folder = tmp_path / "table"
+    folder.mkdir()
+    (folder / "part-0.parquet").write_bytes(source.read_bytes())
+    for given, out, message in [
+        (source, source, "the output would overwrite the input"),
+        (source, tmp_path / "." / "same.parquet", "the output would overwrite the input"),
+        (folder, folder / "scored.parquet", "the output would be written inside the input folder"),
+    ]:
+        result = run_cli("score", model_uri, given, "-o", out, "--tracking-uri", tracking)
+        assert result.exit_code == 1
+        assert result.stderr.strip() == f"Error: {out}: {message}"
+    assert source.read_bytes() == breast_cancer_files[1].read_bytes()
+    assert [p.name for p in folder.iterdir()] == ["part-0.parquet"]
