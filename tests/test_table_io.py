@@ -3,6 +3,8 @@ and a table that cannot be written so stops in one line, leaving no file behind.
 
 from __future__ import annotations
 
+import os
+import stat
 import subprocess
 import sys
 from collections.abc import Callable
@@ -197,3 +199,21 @@ def test_an_output_that_would_replace_the_input_is_refused(
         assert result.stderr.strip() == f"Error: {out}: {message}"
     assert source.read_bytes() == breast_cancer_files[1].read_bytes()
     assert [p.name for p in folder.iterdir()] == ["part-0.parquet"]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_the_mode_the_umask_gives(
+    umask, breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    # mkstemp's temporary file made every output owner-only (0600), whatever the umask.
+    model_uri, tracking = breast_cancer_model
+    previous = os.umask(umask)
+    try:
+        for out in (tmp_path / "scored.csv", tmp_path / "scored.parquet"):
+            result = run_cli(
+                "score", model_uri, breast_cancer_files[1], "-o", out, "--tracking-uri", tracking
+            )
+            assert result.exit_code == 0, result.output
+            assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
+    finally:
+        os.umask(previous)

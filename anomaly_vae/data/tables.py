@@ -287,6 +287,9 @@ class AtomicTableWriter:
         fd, name = tempfile.mkstemp(
             prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
         )
+        # mkstemp creates owner-only files (0600) whatever the umask, and the rename kept that
+        # mode: the mode open() would give, as the report's writer does.
+        os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
         self._tmp_path = Path(name)
         return self
@@ -351,6 +354,14 @@ class AtomicTableWriter:
             os.replace(self._tmp_path, self.path)
         else:
             self._tmp_path.unlink(missing_ok=True)
+
+
+def _umask() -> int:
+    """The process's umask, which can only be read by setting it: set briefly to 0o077, so a
+    file another thread creates meanwhile is at worst owner-only."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def _conformed(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
