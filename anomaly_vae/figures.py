@@ -82,7 +82,7 @@ def latent_scatter(mu: np.ndarray, labels: np.ndarray) -> Figure:
     ax.set_xlabel(axis_names[0])
     ax.set_ylabel(axis_names[1])
     ax.set_title("validation posterior means")
-    ax.legend()
+    ax.legend(loc="upper right")  # "best" searches among every point: slow on many images
     fig.tight_layout()
     return fig
 
