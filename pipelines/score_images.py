@@ -63,6 +63,8 @@ def score_images_file(
     maps = MapWriter(maps_dir, input_path) if maps_dir else None
     detector = image_detector(model_uri, input_path, tracking_uri)
     items = detector.list_images(input_path)
+    if maps:
+        maps.check_names(items)
     started = time.perf_counter()
     anomalies = 0
     with writer, maps or nullcontext():
@@ -98,6 +100,19 @@ class MapWriter:
         if is_idx(file):
             return Path(f"{int(index):05d}.png")
         return Path(item.path).relative_to(self.root).with_suffix(".png")
+
+    def check_names(self, items: list[ImageItem]) -> None:
+        """Refuse two images whose heatmaps share a name (a.jpg and a.bmp in one folder both
+        draw a.png): the second overwrote the first without a word."""
+        first_of: dict[Path, str] = {}
+        for item in items:
+            name = self.name(item)
+            if name in first_of:
+                raise InputError(
+                    f"{item.path}: its heatmap {name} would overwrite that of {first_of[name]}; "
+                    "rename one of them"
+                )
+            first_of[name] = item.path
 
     def write(
         self, items: list[ImageItem], pixels: np.ndarray, maps: np.ndarray, scale: float

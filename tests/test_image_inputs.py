@@ -124,3 +124,26 @@ def test_hidden_files_and_folders_below_the_folder_are_not_images(tmp_path: Path
     assert [item.path for item in list_images(source, ImageConfig())] == [
         str(source / "good" / "a.png")
     ]
+
+
+def test_two_images_whose_heatmaps_share_a_name_stop_score_maps(digits_model, tmp_path) -> None:
+    model_uri, tracking, test_dir = digits_model
+    folder = tmp_path / "in"
+    shutil.copytree(test_dir / "good", folder / "good")
+    first = sorted((folder / "good").glob("*.png"))[0]
+    Image.open(first).save(first.with_suffix(".bmp"))
+    Image.open(first).save(first.with_suffix(".jpg"))
+    first.unlink()  # a.png beside a.jpg would be read as a.jpg's mask
+    out, maps = tmp_path / "scores.csv", tmp_path / "maps"
+
+    result = run_cli(
+        "score", model_uri, folder, "-o", out, "--maps", maps, "--tracking-uri", tracking
+    )
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {first.with_suffix('.jpg')}: its heatmap good/{first.stem}.png would overwrite "
+        f"that of {first.with_suffix('.bmp')}; rename one of them\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    # Without maps the two images are scored, each on its own row.
+    assert run_cli("score", model_uri, folder, "-o", out, "--tracking-uri", tracking).exit_code == 0
