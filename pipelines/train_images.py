@@ -40,13 +40,19 @@ class ImageSplit:
 
 def split_images(config: Config, echo: Callable[[str], None] = print) -> ImageSplit:
     """Normal images split into training and validation; anomalies go to validation only."""
-    from anomaly_vae.data.images import is_held_out, labels_from_csv, list_images
+    from anomaly_vae.data.images import is_held_out, is_idx, labels_from_csv, list_images
 
     source, image = config.data.path, config.image
     items = list_images(source, image)
     if image.labels_csv:
         items = labels_from_csv(items, image.labels_csv, source)
     labels = np.array([bool(item.label) for item in items])
+    if labels.all() and (image.labels_csv or is_idx(source)):
+        # The all-normal fallback is for folders without a normal one: applied to labels the
+        # user gave, a digit missing from normal_digits ([9] on digits 0-5) trained on every
+        # digit as normal, exit 0.
+        given = image.labels_csv or f"image.normal_digits {image.normal_digits}"
+        raise InputError(f"{source}: every image is an anomaly by {given}; none to train on")
     if labels.all():
         echo(f"no folder named {', '.join(image.normal)} in {source}: all images count as normal")
         labels[:] = False

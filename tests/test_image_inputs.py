@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -9,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anomaly_vae.config import ImageConfig
-from anomaly_vae.data.images import list_images, read_image
+from anomaly_vae.config import ImageConfig, parse_config
+from anomaly_vae.data.images import list_images, read_idx, read_image, write_idx
 from anomaly_vae.errors import InputError
+from pipelines.train_images import split_images
 from tests.conftest import REPO, run_cli
 
 
@@ -147,3 +149,60 @@ def test_two_images_whose_heatmaps_share_a_name_stop_score_maps(digits_model, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
     # Without maps the two images are scored, each on its own row.
     assert run_cli("score", model_uri, folder, "-o", out, "--tracking-uri", tracking).exit_code == 0
+
+
+def _write_raw_idx(path: Path, array: np.ndarray, type_code: int) -> Path:
+    shape = b"".join(int(n).to_bytes(4, "big") for n in array.shape)
+    path.write_bytes(bytes([0, 0, type_code, array.ndim]) + shape + array.tobytes())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("array", "type_code", "held"),
+    [
+        (np.full((3, 4, 4), 0.5, ">f4"), 0x0D, "float32 of shape (3, 4, 4)"),
+        (np.full((3, 4, 4), 300, ">i2"), 0x0B, "int16 of shape (3, 4, 4)"),
+        (np.zeros((3, 16), np.uint8), 0x08, "uint8 of shape (3, 16)"),
+    ],
+    ids=["float", "int16", "two-dimensional"],
+)
+def test_idx_images_that_are_not_bytes_of_three_dimensions_are_refused(
+    tmp_path: Path, array: np.ndarray, type_code: int, held: str
+) -> None:
+    # Divided by 255 whatever they held: floats scored as near-black images, a NaN as a NaN
+    # score never flagged, a 2-D file as one-row images.
+    path = _write_raw_idx(tmp_path / "x-images-idx3-ubyte", array, type_code)
+    with pytest.raises(
+        InputError, match=rf"x-images-idx3-ubyte: IDX images are .*{re.escape(held)}"
+    ):
+        list_images(path, ImageConfig())
+
+
+def test_damaged_idx_files_are_named_in_one_line(tmp_path: Path) -> None:
+    images = np.zeros((2, 4, 4), np.uint8)
+    longer = tmp_path / "long-images-idx3-ubyte"
+    write_idx(longer, images)
+    longer.write_bytes(longer.read_bytes() + b"\0")
+    with pytest.raises(InputError, match="IDX file longer than its shape .33 data bytes, 32"):
+        read_idx(longer)
+    cut = tmp_path / "cut-images-idx3-ubyte"
+    cut.write_bytes(bytes([0, 0, 8, 3, 0, 0]))
+    with pytest.raises(InputError, match="truncated IDX file .its header is cut short"):
+        read_idx(cut)
+    damaged = tmp_path / "bad-images-idx3-ubyte.gz"
+    # A gzip header, then a deflate block of a type that does not exist: zlib.error.
+    damaged.write_bytes(b"\x1f\x8b\x08\x00" + bytes(6) + b"\xff" * 6)
+    with pytest.raises(InputError, match="bad-images-idx3-ubyte.gz: cannot read IDX file"):
+        read_idx(damaged)
+
+
+def test_normal_digits_that_no_image_has_stop_training(tmp_path: Path) -> None:
+    # The folders' all-normal fallback took every digit as normal: trained and registered.
+    images = tmp_path / "d-images-idx3-ubyte"
+    write_idx(images, np.zeros((120, 4, 4), np.uint8))
+    write_idx(tmp_path / "d-labels-idx1-ubyte", np.arange(120, dtype=np.uint8) % 6)
+    config = parse_config({"data": {"path": str(images)}, "image": {"normal_digits": [9]}})
+    with pytest.raises(InputError, match=r"every image is an anomaly by image.normal_digits \[9\]"):
+        split_images(config, echo=print)
+    config.image.normal_digits = [0]
+    assert len(split_images(config, echo=print).train) > 0

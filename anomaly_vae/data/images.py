@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,19 +303,20 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             raw = f.read()
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:  # zlib's: a damaged .gz, was a traceback
         raise InputError(f"{path}: cannot read IDX file ({first_line(exc)})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise InputError(f"{path}: not an IDX file (bad magic number)")
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise InputError(f"{path}: truncated IDX file (its header is cut short)")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     dtype = np.dtype(_IDX_TYPES[raw[2]])
     expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise InputError(
-            f"{path}: truncated IDX file ({len(raw) - header} data bytes, {expected} expected)"
-        )
+    if (found := len(raw) - header) != expected:
+        problem = "truncated IDX file" if found < expected else "IDX file longer than its shape"
+        raise InputError(f"{path}: {problem} ({found} data bytes, {expected} expected)")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
 
 
@@ -332,7 +334,16 @@ def idx_labels_path(images_path: Path) -> Path:
 
 
 def _idx_items(path: Path, image: ImageConfig) -> list[ImageItem]:
-    count = len(read_idx(path))
+    images = read_idx(path)
+    # Pixels are read as bytes over 255: a float, int16 or NaN file was scored as if it held
+    # bytes (every image flagged, or a NaN score never flagged), and a 2-D file as one-row
+    # images.
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise InputError(
+            f"{path}: IDX images are unsigned bytes of shape (images, height, width); this "
+            f"file holds {images.dtype.name} of shape {images.shape}"
+        )
+    count = len(images)
     labels_path = idx_labels_path(path)
     if labels_path.is_file():
         digits = read_idx(labels_path)
