@@ -215,7 +215,8 @@ def choose_threshold(
         if labels is None or not labels.any() or labels.all():
             raise InputError(
                 f"calibration '{strategy}' needs labelled normals and anomalies in the "
-                "validation data (set data.label, or use fpr<=F or quantile=Q)"
+                "validation data (a label column: data.label to train, --label to calibrate; "
+                "or use fpr<=F or quantile=Q)"
             )
         if kind == "cost":
             value = _cost_threshold(scores, labels, costs)

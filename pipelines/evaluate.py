@@ -38,8 +38,11 @@ class Evaluation:
         return out
 
 
-def evaluate_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) -> Evaluation:
-    """AUROC and AP of the scores, and what the model's threshold achieves on them."""
+def evaluate_scores(
+    scores: np.ndarray, labels: np.ndarray, threshold: float, source: str = "input"
+) -> Evaluation:
+    """AUROC and AP of the scores, and what the model's threshold achieves on them; labels of
+    one class are an error naming `source`, the file they came from."""
     from sklearn.metrics import average_precision_score, confusion_matrix, roc_auc_score
 
     from anomaly_vae.calibration import threshold_metrics
@@ -47,7 +50,10 @@ def evaluate_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
     from anomaly_vae.evaluation.metrics import recall_at_fpr_name, recall_at_fprs
 
     if labels.all() or not labels.any():
-        raise InputError("evaluation needs both normal and anomalous rows in the labels")
+        raise InputError(
+            f"{source}: evaluation needs both normal and anomalous rows; the labels mark "
+            f"{int(labels.sum()):,} of {len(labels):,} as anomalies"
+        )
     at_threshold = threshold_metrics(scores, labels, threshold)
     metrics = {
         "auroc": float(roc_auc_score(labels, scores)),
@@ -61,14 +67,18 @@ def evaluate_scores(scores: np.ndarray, labels: np.ndarray, threshold: float) ->
 
 
 def evaluate_at_threshold(
-    stored: Threshold | None, scores: np.ndarray, labels: np.ndarray, costs: Costs | None
+    stored: Threshold | None,
+    scores: np.ndarray,
+    labels: np.ndarray,
+    costs: Costs | None,
+    source: str,
 ) -> tuple[Evaluation, float, Costs | None]:
     """Metrics at the model's threshold, and the expected cost under `costs`, else the costs
     the threshold was chosen with (if any)."""
     from anomaly_vae.calibration import Costs, expected_cost
 
     threshold = stored.value if stored else float("inf")
-    evaluation = evaluate_scores(scores, labels, threshold)
+    evaluation = evaluate_scores(scores, labels, threshold, source)
     if costs is None and stored and stored.costs:
         costs = Costs(**stored.costs)
     if costs is not None:
@@ -133,7 +143,9 @@ def evaluate_file(
             TOP_ROWS, "score"
         )
     scores, labels = np.concatenate(scores), np.concatenate(labels)
-    evaluation, threshold, costs = evaluate_at_threshold(detector.threshold, scores, labels, costs)
+    evaluation, threshold, costs = evaluate_at_threshold(
+        detector.threshold, scores, labels, costs, source
+    )
     sections = common_sections(scores, labels, threshold, evaluation.confusion, costs)
     sections += top_anomaly_sections(top_rows)
     configure_tracking(tracking_uri)

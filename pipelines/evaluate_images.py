@@ -71,7 +71,9 @@ def evaluate_images(
                 pixel_scores.append(heat.ravel())
                 pixel_labels.append(mask.ravel())
     scores, labels = np.concatenate(scores), np.concatenate(labels).astype(bool)
-    evaluation, threshold, costs = evaluate_at_threshold(detector.threshold, scores, labels, costs)
+    evaluation, threshold, costs = evaluate_at_threshold(
+        detector.threshold, scores, labels, costs, str(input_path)
+    )
     sections = common_sections(scores, labels, threshold, evaluation.confusion, costs)
     sections.append(worst.section())
     if with_masks:

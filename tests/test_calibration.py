@@ -157,3 +157,8 @@ def test_huge_equal_costs_choose_the_threshold_of_unit_costs(scored) -> None:
     huge = choose_threshold(scores, labels, "cost", Costs(fn=1e308, fp=1e308))
     assert huge.value == unit.value and huge.metrics["alert_rate"] > 0
     assert huge.metrics["expected_cost"] == pytest.approx(unit.metrics["expected_cost"] * 1e308)
+
+
+def test_a_labelled_strategy_without_labels_names_both_ways_to_give_them() -> None:
+    with pytest.raises(InputError, match="data.label to train, --label to calibrate"):
+        choose_threshold(np.arange(10.0), None, "f1")

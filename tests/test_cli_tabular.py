@@ -650,3 +650,17 @@ def test_credit_card_fraud_ranks_above_normal_transactions(
         next(line.split()[1] for line in result.stdout.splitlines() if line.startswith("auroc"))
     )
     assert auroc > 0.9
+
+
+def test_evaluating_labels_of_one_class_names_the_file(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    model_uri, tracking = breast_cancer_model
+    normal_only = tmp_path / "normal_only.parquet"
+    pd.read_parquet(breast_cancer_files[1]).assign(label=0).to_parquet(normal_only)
+    result = run_cli("evaluate", model_uri, normal_only, "--tracking-uri", tracking)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: {normal_only}: evaluation needs both normal and anomalous rows; the labels "
+        "mark 0 of 214 as anomalies"
+    )
