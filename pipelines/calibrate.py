@@ -89,6 +89,7 @@ def calibrate_model(
         scores, labels, example = _image_scores_and_labels(detector, input_path, label)
     else:
         scores, labels, example = _scores_and_labels(detector, input_path, label, allow_extra)
+        example = _logged_example(source_dir, example)
     if strategy == "auto":
         strategy = recalibration_strategy(labels, detector.normal)
     threshold = choose_threshold(scores, labels, strategy, costs, detector.normal)
@@ -137,6 +138,23 @@ def calibrate_model(
         probability=fitted.method if fitted else None,
         run_id=run.info.run_id,
     )
+
+
+def _logged_example(detector_dir: Path, fallback: pd.DataFrame) -> pd.DataFrame:
+    """The input example the source version was logged with, so that the new version keeps
+    its signature; `fallback`, from the calibration file, for a bare detector directory.
+
+    Taken from the calibration file, the signature followed that file: one without the id
+    columns registered a version whose REST and Spark answers carried no ids, string ids one
+    that refused the rows the source version took. Images keep the file's example: the paths
+    logged at training need not exist where calibrate runs."""
+    from mlflow.models import Model
+
+    model_dir = detector_dir.parent.parent
+    if detector_dir.parent.name != "artifacts" or not (model_dir / "MLmodel").is_file():
+        return fallback
+    logged = Model.load(model_dir).load_input_example(model_dir)
+    return logged if isinstance(logged, pd.DataFrame) else fallback
 
 
 def _scores_and_labels(

@@ -158,6 +158,27 @@ def test_calibrate_registers_a_new_version_and_promotes_only_when_asked(
     assert latest.probability.to_dict() == before.probability.to_dict()
 
 
+def test_a_calibrated_version_keeps_the_source_versions_signature(
+    private_registry, breast_cancer_files, tmp_path
+) -> None:
+    # Built from the calibration file, a file without ids gave a version whose REST and Spark
+    # answers carried no ids.
+    model_uri, tracking = private_registry
+    frame = pd.read_parquet(breast_cancer_files[1])
+    without_ids = tmp_path / "without_ids.parquet"
+    frame.drop(columns="id").to_parquet(without_ids)
+    result = run_cli("calibrate", model_uri, without_ids, "--strategy", "f1",
+                     "--tracking-uri", tracking)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    new_uri = result.stdout.strip().splitlines()[-1]
+    mlflow.set_tracking_uri(tracking)
+    signatures = [mlflow.models.get_model_info(u).signature for u in (model_uri, new_uri)]
+    assert signatures[1] == signatures[0]
+    assert "id" in signatures[1].inputs.input_names()
+    answer = mlflow.pyfunc.load_model(new_uri).predict(frame.drop(columns="label").head(3))
+    assert answer["id"].tolist() == frame["id"].head(3).tolist()
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
