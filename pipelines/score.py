@@ -125,7 +125,7 @@ def score_file(
     if maps_dir:
         raise InputError(f"{input_path}: --maps is for images (a folder or an IDX file)")
     input_table_format(input_path)
-    _refuse_overwriting(input_path, output_path)
+    refuse_overwriting(input_path, output_path)
     writer = AtomicTableWriter(output_path)  # checks the output's extension and folder first
     detector = table_detector(model_uri, input_path, tracking_uri)
     started = time.perf_counter()
@@ -141,7 +141,7 @@ def score_file(
     )
 
 
-def _refuse_overwriting(input_path: str | Path, output_path: str | Path) -> None:
+def refuse_overwriting(input_path: str | Path, output_path: str | Path) -> None:
     """An output that is the input, or inside an input folder, is an error: the scores
     replaced the input's rows without a word, and a folder's next read takes them as a part."""
     source, target = Path(input_path).resolve(), Path(output_path).resolve()

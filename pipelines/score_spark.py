@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anomaly_vae.errors import InputError, first_line
-from pipelines.score import ScoreSummary
+from pipelines.score import ScoreSummary, refuse_overwriting
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 DEFAULT_MASTER = "local[2]"
 _SCORES = "__anomaly_vae_scores"
 _ROW = "__anomaly_vae_row"
+_FILE = "__anomaly_vae_file"
+_PATH = "__anomaly_vae_path"
 _NUMERIC = {"double", "float", "long", "integer"}
 
 
@@ -127,11 +129,13 @@ def score_with_spark(
 
     The output appears (by rename) only once every part is written.
     """
+    from anomaly_vae.data.tables import parquet_parts
     from anomaly_vae.detector import load_detector
     from anomaly_vae.tracking import resolve_detector_dir, resolve_model_dir
 
     source, output = str(input_path), Path(output_path)
     _check_paths(Path(input_path), output)
+    refuse_overwriting(input_path, output)
     model_dir = resolve_model_dir(model_uri, tracking_uri)
     detector = load_detector(resolve_detector_dir(str(model_dir)))
     if detector.kind != "tabular":
@@ -150,13 +154,19 @@ def score_with_spark(
                 f"{source}: not a readable Parquet dataset ({first_line(exc)})"
             ) from None
         detector.check_columns(frame.columns, source, allow_extra)
-        scored = score_dataframe(_spread(frame), str(model_dir), keep_columns, source)
+        files = [Path(input_path)] if Path(input_path).is_file() else parquet_parts(input_path)
+        scored = score_dataframe(
+            _in_input_order(frame, files), str(model_dir), keep_columns, source
+        )
         scored.write.parquet(str(staging))
         rows, anomalies = (
             spark.read.parquet(str(staging))
             .agg(F.count(F.lit(1)), F.sum(F.col("is_anomaly").cast("long")))
             .first()
         )
+        if not rows:  # as the local engine: an empty output of an empty input helps no one
+            kind = "folder" if Path(input_path).is_dir() else "file"
+            raise InputError(f"{source}: the {kind} holds no rows")
         staging.rename(output)
     except PythonException as exc:
         raise InputError(f"{source}: a Spark task failed: {_task_error(exc)}") from None
@@ -165,19 +175,26 @@ def score_with_spark(
     return ScoreSummary(rows, anomalies or 0, time.perf_counter() - started, output)
 
 
-def _spread(frame: DataFrame) -> DataFrame:
-    """Split a dataset of fewer partitions than cores (one Parquet file is often one) by row
-    ranges, keeping the input order, so every core scores and the parts read back in order."""
+def _in_input_order(frame: DataFrame, files: list[Path]) -> DataFrame:
+    """The rows in input order (the files in `parquet_parts` order, each file's rows in
+    order), split by row ranges over every core, so that the parts read back in that order.
+
+    Spark packs a folder's files into partitions largest first: without the file's rank the
+    output of a two-part folder began with the larger part. One file is often one partition,
+    which the ranges spread over the cores."""
     from pyspark.sql import functions as F
 
     cores = frame.sparkSession.sparkContext.defaultParallelism
-    if frame.rdd.getNumPartitions() >= cores:
-        return frame
+    ranks = [F.lit(x) for rank, file in enumerate(files) for x in (file.resolve().as_uri(), rank)]
+    file_name = F.input_file_name()
+    keys = (_FILE, _PATH, _ROW)  # the path orders files whose URI Spark spells otherwise
     return (
-        frame.withColumn(_ROW, F.monotonically_increasing_id())
-        .repartitionByRange(cores, _ROW)
-        .sortWithinPartitions(_ROW)
-        .drop(_ROW)
+        frame.withColumn(_FILE, F.element_at(F.create_map(*ranks), file_name))
+        .withColumn(_PATH, file_name)
+        .withColumn(_ROW, F.monotonically_increasing_id())
+        .repartitionByRange(cores, *keys)
+        .sortWithinPartitions(*keys)
+        .drop(*keys)
     )
 
 

@@ -72,3 +72,35 @@ def test_spark_refuses_bad_input_in_one_line_without_leaving_output(
         assert not any(
             p.name.startswith((output.name, f".{output.name}")) for p in tmp_path.iterdir()
         )
+
+
+def test_spark_keeps_a_folders_order_and_refuses_what_the_local_engine_refuses(
+    breast_cancer_model: tuple[str, str], breast_cancer_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    model_uri, tracking = breast_cancer_model
+    frame = pd.read_parquet(breast_cancer_files[1]).drop(columns="label")
+    folder = tmp_path / "table"
+    folder.mkdir()
+    # Spark packs the larger part first: its output began with part-1's rows.
+    frame.iloc[:10].to_parquet(folder / "part-0.parquet")
+    frame.iloc[10:].to_parquet(folder / "part-1.parquet")
+    local, spark = tmp_path / "local.parquet", tmp_path / "spark.parquet"
+    common = ("--tracking-uri", tracking)
+    assert run_cli("score", model_uri, folder, "-o", local, *common).exit_code == 0
+    result = run_cli("score", model_uri, folder, "-o", spark, "--engine", "spark", *common)
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(spark), pd.read_parquet(local), check_dtype=False, rtol=1e-5
+    )
+
+    empty = tmp_path / "empty.parquet"
+    frame.head(0).to_parquet(empty)
+    inside = folder / "scored"
+    for path, output, message in [
+        (empty, tmp_path / "empty_scored", f"{empty}: the file holds no rows"),
+        (folder, inside, f"{inside}: the output would be written inside the input folder"),
+    ]:
+        result = run_cli("score", model_uri, path, "-o", output, "--engine", "spark", *common)
+        assert result.exit_code != 0
+        assert result.output.strip().splitlines()[-1] == f"Error: {message}"
+        assert not output.exists()
