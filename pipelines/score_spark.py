@@ -67,7 +67,9 @@ def spark_session(master: str = DEFAULT_MASTER) -> SparkSession:
         raise InputError(
             f"Spark did not start; it needs Java 17 or later ({first_line(exc)})"
         ) from None
-    session.sparkContext.setLogLevel("ERROR")
+    # Not even errors: a failed task logged 200 to 370 lines of Java and Python stack traces
+    # before the one line that says what was wrong, which the failure raises here anyway.
+    session.sparkContext.setLogLevel("OFF")
     return session
 
 
@@ -141,6 +143,7 @@ def score_with_spark(
     if detector.kind != "tabular":
         raise InputError(f"model '{model_uri}': --engine spark scores tables, not {detector.kind}s")
     spark = spark_session(master)
+    from py4j.protocol import Py4JJavaError
     from pyspark.errors import AnalysisException, PythonException
     from pyspark.sql import functions as F
 
@@ -170,6 +173,10 @@ def score_with_spark(
         staging.rename(output)
     except PythonException as exc:
         raise InputError(f"{source}: a Spark task failed: {_task_error(exc)}") from None
+    except Py4JJavaError as exc:
+        # Spark's own failures, such as parts that store a column with different types, came
+        # as a Python traceback around the Java one.
+        raise InputError(f"{source}: Spark failed: {_java_error(exc)}") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ScoreSummary(rows, anomalies or 0, time.perf_counter() - started, output)
@@ -207,6 +214,13 @@ def _check_paths(input_path: Path, output: Path) -> None:
         raise InputError(f"{output}: already exists; Spark writes a new folder there")
     if not output.parent.is_dir():
         raise InputError(f"{output}: folder '{output.parent}' does not exist")
+
+
+def _java_error(exc: Exception) -> str:
+    """The first line of the Java exception's message, without its class name."""
+    java = getattr(exc, "java_exception", None)
+    text = first_line(Exception(str(java))) if java is not None else first_line(exc)
+    return text.split(": ", 1)[-1] if text.startswith(("org.", "java.")) else text
 
 
 def _task_error(exc: Exception) -> str:
