@@ -96,11 +96,17 @@ def test_spark_keeps_a_folders_order_and_refuses_what_the_local_engine_refuses(
     empty = tmp_path / "empty.parquet"
     frame.head(0).to_parquet(empty)
     inside = folder / "scored"
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    frame.iloc[:10].to_parquet(mixed / "part-0.parquet")
+    frame.iloc[10:].astype({"mean area": str}).to_parquet(mixed / "part-1.parquet")
     for path, output, message in [
         (empty, tmp_path / "empty_scored", f"{empty}: the file holds no rows"),
         (folder, inside, f"{inside}: the output would be written inside the input folder"),
+        # Spark's read stage failed with a Py4JJavaError: a traceback around the Java one.
+        (mixed, tmp_path / "mixed_scored", f"{mixed}: Spark failed: [FAILED_READ_FILE"),
     ]:
         result = run_cli("score", model_uri, path, "-o", output, "--engine", "spark", *common)
         assert result.exit_code != 0
-        assert result.output.strip().splitlines()[-1] == f"Error: {message}"
+        assert result.output.strip().splitlines()[-1].startswith(f"Error: {message}")
         assert not output.exists()
