@@ -36,8 +36,12 @@ _PYFUNC_CODE = Path(__file__).with_name("mlflow_model_code.py")
 _MODEL_URI = re.compile(r"^(models|runs):/")
 
 
-def configure_tracking(tracking_uri: str | None = None) -> str:
-    """Point MLflow at `tracking_uri`, else $MLFLOW_TRACKING_URI, else the local SQLite store."""
+def configure_tracking(tracking_uri: str | None = None, create: bool = True) -> str:
+    """Point MLflow at `tracking_uri`, else $MLFLOW_TRACKING_URI, else the local SQLite store.
+
+    `create=False` is for reading a store that must exist (a model lookup, `runs`): a SQLite
+    path that is not there is an error, where a mistyped one used to create a new, empty store
+    (its folder too) and read as "no runs yet"."""
     # MLflow's per-file download bars and INFO lines drown our one-line summaries.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # MLflow sets its logger's level when first imported, from this variable (default INFO);
@@ -49,6 +53,8 @@ def configure_tracking(tracking_uri: str | None = None) -> str:
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     db = _sqlite_path(uri)
+    if db is not None and not create and not db.is_file():
+        raise InputError(f"{uri}: no MLflow tracking store there; `anomaly-vae train` makes one")
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
@@ -202,7 +208,7 @@ def _send_download(sender: Connection, model_uri: str, tracking_uri: str | None,
 
 def _download_model(model_uri: str, tracking_uri: str | None, root: str) -> str:
     """The model's files, copied from the registry or run into a new folder under `root`."""
-    configure_tracking(tracking_uri)
+    configure_tracking(tracking_uri, create=False)
     import mlflow
     from mlflow.exceptions import MlflowException
 

@@ -35,7 +35,7 @@ def list_runs(
     from anomaly_vae.errors import InputError
     from anomaly_vae.tracking import configure_tracking
 
-    configure_tracking(tracking_uri)
+    configure_tracking(tracking_uri, create=False)
     if experiment is not None and mlflow.get_experiment_by_name(experiment) is None:
         known = ", ".join(e.name for e in mlflow.search_experiments()) or "none"
         raise InputError(f"experiment '{experiment}' not found (experiments: {known})")

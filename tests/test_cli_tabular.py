@@ -664,3 +664,18 @@ def test_evaluating_labels_of_one_class_names_the_file(
         f"Error: {normal_only}: evaluation needs both normal and anomalous rows; the labels "
         "mark 0 of 214 as anomalies"
     )
+
+
+def test_a_tracking_store_that_is_not_there_is_named_and_not_created(
+    breast_cancer_files, tmp_path
+) -> None:
+    # A mistyped store was created empty (its folder too): `runs` said "no runs yet".
+    missing = f"sqlite:///{tmp_path}/typo/mlflow.db"
+    expected = f"Error: {missing}: no MLflow tracking store there; `anomaly-vae train` makes one"
+    result = run_cli("runs", "--tracking-uri", missing)
+    assert result.exit_code == 1 and result.stderr.strip() == expected
+    out = tmp_path / "scored.csv"
+    result = run_cli("score", "models:/breast_cancer@champion", breast_cancer_files[1], "-o", out,
+                     "--tracking-uri", missing)  # fmt: skip
+    assert result.exit_code == 1 and result.stderr.strip() == expected
+    assert not (tmp_path / "typo").exists() and not out.exists()
