@@ -38,6 +38,14 @@ def assert_refused(result: subprocess.CompletedProcess, out: Path, message: str)
     assert list(out.parent.iterdir()) == []
 
 
+def parquet_with_ids(test: Path, path: Path, ids: Callable[[list], pa.Array]) -> Path:
+    """The test rows without labels as one Parquet file, its 'id' column replaced by `ids` of
+    the original ids."""
+    table = pa.Table.from_pandas(pd.read_parquet(test).drop(columns="label"), preserve_index=False)
+    pq.write_table(table.set_column(0, "id", ids(table.column("id").to_pylist())), path)
+    return path
+
+
 def two_parts(
     test: Path, folder: Path, change: Callable[[pd.DataFrame], pd.DataFrame]
 ) -> pd.DataFrame:
@@ -99,10 +107,7 @@ def test_id_columns_a_csv_cannot_hold_are_refused(
     ids, kind, breast_cancer_model, breast_cancer_files, tmp_path
 ) -> None:
     # pyarrow's ArrowInvalid ("Unsupported Type", "Invalid UTF8 payload") came as a traceback.
-    _, test = breast_cancer_files
-    table = pa.Table.from_pandas(pd.read_parquet(test).drop(columns="label"), preserve_index=False)
-    source = tmp_path / "odd_ids.parquet"
-    pq.write_table(table.set_column(0, "id", ids(table.column("id").to_pylist())), source)
+    source = parquet_with_ids(breast_cancer_files[1], tmp_path / "odd_ids.parquet", ids)
     out = tmp_path / "out" / "scored.csv"
     out.parent.mkdir()
     result = score(breast_cancer_model, source, out)
@@ -114,12 +119,12 @@ def test_parquet_ids_with_a_null_come_back_exactly(
 ) -> None:
     # pandas turned an int64 column with a null into float64: every id printed as 1e+18.
     model_uri, tracking = breast_cancer_model
-    table = pa.Table.from_pandas(
-        pd.read_parquet(breast_cancer_files[1]).drop(columns="label"), preserve_index=False
+    ids = [
+        None if i == 3 else 10**18 + i for i in range(len(pd.read_parquet(breast_cancer_files[1])))
+    ]
+    source = parquet_with_ids(
+        breast_cancer_files[1], tmp_path / "null_id.parquet", lambda _: pa.array(ids, pa.int64())
     )
-    ids = [None if i == 3 else 10**18 + i for i in range(table.num_rows)]
-    source = tmp_path / "null_id.parquet"
-    pq.write_table(table.set_column(0, "id", pa.array(ids, pa.int64())), source)
     for out in (tmp_path / "scored.csv", tmp_path / "scored.parquet"):
         result = run_cli("score", model_uri, source, "-o", out, "--tracking-uri", tracking)
         assert result.exit_code == 0, result.output

@@ -430,14 +430,11 @@ def check_training_rows(frame: pd.DataFrame, features: Sequence[str], source: st
     for name in features:
         series = frame[name]
         if _is_numeric_column(series):
-            values = series.to_numpy(dtype=np.float64, na_value=np.nan)
-            _reject_infinite(values, name, source, 0)
-            missing = bool(np.isnan(values).any())
-        else:
-            missing = bool(series.isna().any())
-        if missing and series.isna().all():
-            raise InputError(f"{source}: column '{name}' has no values (data.drop can drop it)")
-        if missing:
+            _reject_infinite(_as_float(series, name, source, 0), name, source, 0)
+        missing = series.isna()
+        if missing.any():
+            if missing.all():
+                raise InputError(f"{source}: column '{name}' has no values (data.drop can drop it)")
             may_miss.append(name)
     return may_miss
 
