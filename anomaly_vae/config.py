@@ -45,7 +45,9 @@ class DataConfig(_Section):
     )
     id_columns: list[str] = []
     categorical: list[str] | None = Field(
-        default=None, description="Categorical columns; default: inferred from the dtype."
+        default=None,
+        description="Categorical columns, read from a CSV as text; default: inferred from the "
+        "column types (a CSV column of digits is then a number).",
     )
     drop: list[str] = []
 

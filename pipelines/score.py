@@ -76,6 +76,7 @@ def scored_batches(
 
     ids = detector.roles.id_columns
     features = set(detector.feature_names)
+    text_columns = {*ids, *detector.preprocessor.text_columns}
 
     def echoed(name: str) -> bool:
         return name not in features if keep_columns else name in ids
@@ -83,7 +84,9 @@ def scored_batches(
     with tqdm(
         total=count_rows(input_path), unit="rows", disable=not sys.stderr.isatty(), leave=False
     ) as progress:
-        batches = iter_table_batches(input_path, BATCH_ROWS, ids, echoed if echo_exactly else None)
+        batches = iter_table_batches(
+            input_path, BATCH_ROWS, text_columns, echoed if echo_exactly else None
+        )
         for batch in _prefetched(batches):
             scored = detector.score_frame(
                 batch.frame, batch.source, batch.first_row, keep_columns, allow_extra

@@ -144,7 +144,11 @@ def train(
     from anomaly_vae.training import fit_vae, is_ddp_worker
 
     started = time.perf_counter()
-    frame = read_table(config.data.path, config.data.id_columns)
+    # Categorical columns as the text they hold: a zip code keeps its leading zero, and a code
+    # column whose first rows are digits may hold letters later.
+    frame = read_table(
+        config.data.path, [*config.data.id_columns, *(config.data.categorical or [])]
+    )
     split = split_table(frame, config)
     source = config.data.path
     preprocessor = TabularPreprocessor.fit(

@@ -19,6 +19,13 @@ def run_cli(*args: str) -> Result:
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
+def train_cli(config: Path, *args: str) -> str:
+    """Train from `config` through the command line; the registered model's URI."""
+    result = run_cli("train", config, *args)
+    assert result.exit_code == 0, result.output
+    return result.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture
 def tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     """A fresh SQLite MLflow store for one test; never the repository's mlruns/."""

@@ -16,7 +16,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import run_cli
+from conftest import run_cli, train_cli
 
 from anomaly_vae.errors import InputError
 
@@ -85,9 +85,7 @@ def test_csv_ids_come_back_exactly_as_written(tmp_path, tracking_uri) -> None:
     frame.to_csv(path, index=False)
     config = tmp_path / "txns.yaml"
     config.write_text(f"data:\n  path: {path}\n  id_columns: [txn]\n")
-    result = run_cli("train", config, "--set", "training.epochs=2")
-    assert result.exit_code == 0, result.output
-    model = result.stdout.strip().splitlines()[-1]
+    model = train_cli(config, "--set", "training.epochs=2")
     padded = frame.assign(txn=[f"{i:06d}" for i in range(200)])
     padded.to_csv(path, index=False)
     for out in (tmp_path / "scored.csv", tmp_path / "scored.parquet"):
@@ -99,6 +97,44 @@ def test_csv_ids_come_back_exactly_as_written(tmp_path, tracking_uri) -> None:
     frame.to_csv(path, index=False)
     assert run_cli("score", model, path, "-o", tmp_path / "big.csv").exit_code == 0
     assert pd.read_csv(tmp_path / "big.csv", dtype={"txn": str})["txn"].tolist() == ids
+
+
+def test_csv_categorical_columns_are_read_as_the_text_they_hold(tmp_path, tracking_uri) -> None:
+    # Read as numbers, a zip code lost its leading zero ("01234" and the Parquet text "01234"
+    # were two categories), and a code column whose first megabyte held only digits was
+    # refused at its first letter as "not a number".
+    from pipelines.score import load_model
+
+    rng = np.random.default_rng(0)
+    n = 300
+    frame = pd.DataFrame(
+        {
+            "zip": np.resize(["01234", "02139", "10001"], n),
+            "mcc": np.resize(["5411", "5812", "4111"], n),
+            "amount": rng.lognormal(size=n),
+        }
+    )
+    path = tmp_path / "train.csv"
+    frame.to_csv(path, index=False)
+    config = tmp_path / "codes.yaml"
+    config.write_text(f"data:\n  path: {path}\n  categorical: [zip, mcc]\n")
+    model = train_cli(config, "--set", "training.epochs=2")
+    zips = load_model(model).preprocessor.categorical[0]
+    assert zips.categories == ["01234", "02139", "10001"]
+
+    # More than pyarrow's first block (1 MB) of digits, then a letter code.
+    later = pd.concat([frame] * 150, ignore_index=True)
+    later.loc[len(later) - 1, "mcc"] = "A5"
+    later.to_csv(tmp_path / "later.csv", index=False)
+    assert (tmp_path / "later.csv").stat().st_size > 1 << 20
+    out = tmp_path / "later_scored.parquet"
+    result = run_cli("score", model, tmp_path / "later.csv", "-o", out)
+    assert result.exit_code == 0, result.output
+    scores = pd.read_parquet(out)["score"]
+    assert len(scores) == len(later)
+    # The unseen code costs its row, against the same row with its code 300 rows earlier.
+    assert scores.iloc[-301] == scores.iloc[-601]
+    assert scores.iloc[-1] > scores.iloc[-301]
 
 
 @pytest.mark.parametrize(
@@ -375,9 +411,7 @@ def test_python_scoring_takes_integer_columns_where_the_pyfunc_needs_doubles(
     frame.to_parquet(path)
     config = tmp_path / "ints.yaml"
     config.write_text(f"data:\n  path: {path}\n")
-    result = run_cli("train", config, "--set", "training.epochs=2")
-    assert result.exit_code == 0, result.output
-    model_uri = result.stdout.strip().splitlines()[-1]
+    model_uri = train_cli(config, "--set", "training.epochs=2")
     as_floats = frame.astype("float64")
     scored = load_model(model_uri, tracking_uri).score_frame(frame)
     assert scored.equals(load_model(model_uri, tracking_uri).score_frame(as_floats))

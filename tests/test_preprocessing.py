@@ -259,6 +259,23 @@ def test_number_coded_categories_match_across_integer_and_float_columns() -> Non
         )
 
 
+def test_codes_read_as_text_match_a_detector_fitted_on_numbers() -> None:
+    # CSV columns listed as categorical are read as text; a detector fitted where they were
+    # numbers (a Parquet integer column, or a CSV read before) holds 1234 for "01234", 5411 for
+    # "5411.0" and a missing category for a blank or "NA". Each still finds its code.
+    numbers = pd.DataFrame({"mcc": np.resize([1234.0, 5411.0, np.nan], 60)})
+    pre = TabularPreprocessor.fit(numbers, ["mcc"], categorical=["mcc"])
+    assert pre.categorical[0].categories == ["1234", "5411", "<missing>"]
+    texts = pd.DataFrame({"mcc": ["01234", "5411.0", "", "NA", "5411", "A5", "1e400"]})
+    codes = pre.transform(texts, "s").codes[:, 0]
+    lookup = pre.categorical[0].lookup
+    expected = [lookup["1234"], lookup["5411"], *[lookup["<missing>"]] * 2, lookup["5411"], 0, 0]
+    assert codes.tolist() == expected
+    # Fitted on the text itself, each text is its own category and a blank is missing.
+    pre = TabularPreprocessor.fit(texts.loc[np.resize(range(5), 60)], ["mcc"], categorical=["mcc"])
+    assert pre.categorical[0].categories == ["01234", "5411", "5411.0", "<missing>", "NA"]
+
+
 def test_a_table_of_categorical_columns_only_encodes_and_scores(frame) -> None:
     """No numeric inputs at all: an empty numeric block, codes for every column, and scores
     (an assertion on the empty block used to stop every such table)."""

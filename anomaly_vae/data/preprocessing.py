@@ -95,12 +95,27 @@ class CategoricalColumn:
     @cached_property
     def lookup(self) -> dict[str, int]:
         """Category string -> code. Detectors saved before whole numbers were written without
-        a decimal point hold "5411.0" where `_category_strings` now gives "5411": both match."""
+        a decimal point hold "5411.0" where `_category_strings` now gives "5411": both match;
+        those saved before an empty text was missing hold "" for it."""
         codes = {value: i + 1 for i, value in enumerate(self.categories)}
         for value, code in list(codes.items()):
             if _OLD_WHOLE_NUMBER.fullmatch(value):
                 codes.setdefault(value[:-2], code)
+        if "" in codes:
+            codes.setdefault(MISSING_CATEGORY, codes[""])
         return codes
+
+    def codes(self, values: list[str]) -> np.ndarray:
+        """Codes of category strings (0: unknown). A text the categories lack is looked up
+        again as the number or missing value it spells: CSV columns listed as categorical
+        are read as text, where a detector fitted on numbers (Parquet integers, or a CSV read
+        before) holds 1234 for "01234" and 5411 for "5411.0"."""
+        found, uniques = pd.factorize(np.asarray(values, dtype=object))
+        lookup = self.lookup
+        unique_codes = np.array(
+            [lookup.get(u) or lookup.get(_spelled_number(u), 0) for u in uniques], dtype=np.int64
+        )
+        return unique_codes[found]
 
 
 @dataclass
@@ -158,6 +173,13 @@ class TabularPreprocessor:
         """Feature columns in the order the model's reconstruction terms use."""
         columns = [*self.numeric, *self.binary, *self.categorical]
         return [c.name for c in columns]
+
+    @property
+    def text_columns(self) -> list[str]:
+        """The categorical columns to read from a CSV as text (a zip code keeps its leading
+        zero); detectors saved before binary columns existed match their two-valued columns
+        as numbers."""
+        return [c.name for c in self.categorical if c.values is None]
 
     @property
     def category_sizes(self) -> list[int]:
@@ -219,9 +241,7 @@ class TabularPreprocessor:
             codes[:, self._two_valued] = self._two_valued_codes(frame, numbers, source, row_offset)
         for j, column in enumerate(self.categorical):
             if column.values is None:
-                codes[:, j] = [
-                    column.lookup.get(v, 0) for v in _category_strings(frame[column.name])
-                ]
+                codes[:, j] = column.codes(_category_strings(frame[column.name]))
         return CheckedRows(self, values, codes)
 
     def encode(self, values: np.ndarray, codes: np.ndarray) -> EncodedTable:
@@ -489,15 +509,40 @@ def _fit_binary(series: pd.Series, name: str, may_miss: bool) -> BinaryColumn:
 
 
 def _category_strings(series: pd.Series) -> list[str]:
-    """Category values as text; a whole number reads the same from an integer column (a
-    Parquet file) and a float one (CSV, where integers are read as floats): 5411, not 5411.0."""
+    """Category values as text; a whole number reads the same from an integer column and a
+    float one (where a missing value made pandas widen it): 5411, not 5411.0. An empty text
+    (a blank CSV cell) is missing, as it is in a column of numbers."""
     values = series.to_numpy(dtype=object)
     if pd.api.types.is_float_dtype(series.dtype):
-        return [
-            MISSING_CATEGORY if v != v else str(int(v)) if v.is_integer() else str(v)
-            for v in values
-        ]
-    return [MISSING_CATEGORY if pd.isna(v) else str(v) for v in values]
+        return [_number_category(v) for v in values]
+    return [MISSING_CATEGORY if pd.isna(v) or v == "" else str(v) for v in values]
+
+
+def _number_category(value: float) -> str:
+    if value != value:
+        return MISSING_CATEGORY
+    return str(int(value)) if value.is_integer() else str(value)
+
+
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+@lru_cache(maxsize=1)
+def _null_spellings() -> frozenset[str]:
+    """The texts pyarrow reads as missing in a CSV column of numbers ("NA", "null", ...)."""
+    import pyarrow.csv as pacsv
+
+    return frozenset(pacsv.ConvertOptions().null_values)
+
+
+def _spelled_number(text: str) -> str | None:
+    """The category a text had when its column was read as numbers, or None."""
+    if text in _null_spellings():
+        return MISSING_CATEGORY
+    if _NUMBER.fullmatch(text):
+        number = float(text)
+        return _number_category(number) if math.isfinite(number) else None
+    return None
 
 
 def _float_columns(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray | None:
