@@ -128,6 +128,24 @@ def test_hidden_files_and_folders_below_the_folder_are_not_images(tmp_path: Path
     ]
 
 
+def test_linked_folders_are_followed_but_not_a_link_back_up(tmp_path: Path) -> None:
+    """rglob passed over linked folders: the images of a line's folder linked into the batch
+    were neither scored nor trained on. A link back up would be walked forever."""
+    batch, line = tmp_path / "batch", tmp_path / "cameras" / "line2"
+    for path in (batch / "good" / "a.png", line / "b.png"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(path)
+    (batch / "line2").symlink_to(line, target_is_directory=True)
+    (batch / "good" / "all").symlink_to(batch, target_is_directory=True)
+
+    items = list_images(batch, ImageConfig(normal=["good"]))
+
+    assert [(item.path, item.label) for item in items] == [
+        (str(batch / "good" / "a.png"), False),
+        (str(batch / "line2" / "b.png"), True),
+    ]
+
+
 def test_two_images_whose_heatmaps_share_a_name_stop_score_maps(digits_model, tmp_path) -> None:
     model_uri, tracking, test_dir = digits_model
     folder = tmp_path / "in"

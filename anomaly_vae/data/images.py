@@ -69,13 +69,29 @@ def is_image_source(path: str | Path, kind: str = "auto") -> bool:
     return is_idx(path)
 
 
-def _image_files(folder: Path) -> Iterator[Path]:
+def _image_files(folder: Path, above: frozenset[Path] = frozenset()) -> Iterator[Path]:
     """The paths below `folder` with an image suffix, but none under a hidden name: copies such
     as .ipynb_checkpoints/ were read as images (and labelled by their folder), while
-    `parquet_parts` skipped them."""
-    for path in folder.rglob("*"):
-        hidden = any(name.startswith(".") for name in path.relative_to(folder).parts)
-        if path.suffix.lower() in IMAGE_SUFFIXES and not hidden:
+    `parquet_parts` skipped them.
+
+    Linked folders are followed, as linked files always were: rglob passed over them, so the
+    images of a folder linked into a batch went unscored without a word. A link back to a
+    folder `above` (real paths of the folders walked down through) is not: its images are
+    listed already, and following it would never end.
+    """
+    real = folder.resolve()
+    if real in above:
+        return
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:  # rglob skipped a folder it could not read, and its images with it
+        raise InputError(f"{folder}: cannot read folder ({first_line(exc)})") from None
+    for path in entries:
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            yield from _image_files(path, above | {real})
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
             yield path
 
 
