@@ -24,7 +24,13 @@ from safetensors.torch import load_file, save_file
 
 from anomaly_vae import __version__
 from anomaly_vae.calibration import NormalScores, Threshold
-from anomaly_vae.data.images import ImageItem, held_out_only, iter_image_batches, list_images
+from anomaly_vae.data.images import (
+    ImageItem,
+    ImageListing,
+    held_out_only,
+    iter_image_batches,
+    list_images,
+)
 from anomaly_vae.data.preprocessing import TabularPreprocessor
 from anomaly_vae.data.schema import check_columns
 from anomaly_vae.errors import InputError
@@ -242,7 +248,7 @@ class ImageDetector:
         # Normal validation scores, the reference for re-calibrating on unlabelled data.
         self.normal = normal
 
-    def list_images(self, source: str | Path) -> list[ImageItem]:
+    def list_images(self, source: str | Path) -> ImageListing:
         return list_images(source, self.image)
 
     def held_out_only(self, items: list[ImageItem]) -> list[ImageItem]:

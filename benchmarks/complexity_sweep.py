@@ -36,7 +36,7 @@ def sweep_case(config_path: str, overrides: list[str], test: str, held_out: bool
     tracking = f"sqlite:///{tempfile.mkdtemp(prefix='bench-complexity-')}/mlflow.db"
     config = load_config(config_path, [*overrides, "image.complexity_weight=0"])
     detector = load_model(train(config, tracking, echo=lambda line: None), tracking)
-    items = detector.list_images(test)
+    items = detector.list_images(test).items
     if held_out:
         items = detector.held_out_only(items)
     scores, bits, labels = [], [], []

@@ -60,7 +60,7 @@ def pixel_split(
         if not anomalous
     ]
     train_items = [*split.train, *normal_validation]
-    test_items = images.list_images(test_path, config.image)
+    test_items = images.list_images(test_path, config.image).items
     if any(item.label is None for item in test_items):
         raise InputError(f"{test_path}: unlabelled test images")
     if held_out_only:

@@ -208,7 +208,7 @@ def _image_scores_and_labels(
     from anomaly_vae.data.images import labels_from_csv
     from pipelines.score_images import scored_image_batches
 
-    items = detector.list_images(input_path)
+    items = detector.list_images(input_path).items
     if labels_csv:
         items = labels_from_csv(items, labels_csv, input_path)
     scores = np.concatenate([s.score for _, _, s in scored_image_batches(detector, items)])

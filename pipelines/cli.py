@@ -220,6 +220,8 @@ def evaluate(
     )
     for line in evaluation.lines():
         click.echo(line)
+    if evaluation.note:
+        click.echo(evaluation.note, err=True)
     if evaluation.report is not None:
         click.echo(f"report written to {evaluation.report}", err=True)
     click.echo(f"logged to MLflow run {evaluation.run_id}", err=True)

@@ -26,6 +26,7 @@ class Evaluation:
     confusion: np.ndarray  # [[tn, fp], [fn, tp]]
     run_id: str | None
     report: Path | None = None
+    note: str | None = None  # what of the input was read but not evaluated (images' masks)
 
     def lines(self) -> list[str]:
         (tn, fp), (fn, tp) = self.confusion

@@ -43,7 +43,8 @@ def evaluate_images(
     if report_path is not None:
         check_report_path(report_path)
     detector = image_detector(model_uri, input_path, tracking_uri)
-    items = detector.list_images(input_path)
+    listing = detector.list_images(input_path)
+    items = listing.items
     label_from = label_from or detector.image.labels_csv or "folder"
     if label_from != "folder":
         items = labels_from_csv(items, label_from, input_path)
@@ -91,4 +92,5 @@ def evaluate_images(
         mlflow.log_metrics({f"test.{k}": v for k, v in evaluation.metrics.items()})
         publish(evaluation, sections, report_path, model_uri, source, detector.threshold)
     evaluation.run_id = run.info.run_id
+    evaluation.note = listing.masks_note()
     return evaluation

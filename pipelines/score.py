@@ -31,13 +31,15 @@ class ScoreSummary:
     seconds: float
     output: Path
     unit: str = "rows"  # what a row of the output stands for: "images" for images
+    note: str | None = None  # what of the input was read but not scored (images' masks)
 
     def line(self) -> str:
         share = self.anomalies / self.rows if self.rows else 0.0
-        return (
+        line = (
             f"scored {self.rows:,} {self.unit}, {self.anomalies:,} flagged as anomalies "
             f"({share:.2%}), in {self.seconds:.1f} s -> {self.output}"
         )
+        return f"{line}; {self.note}" if self.note else line
 
 
 def load_model(model_uri: str, tracking_uri: str | None = None):  # noqa: ANN201

@@ -62,7 +62,8 @@ def score_images_file(
     writer = AtomicTableWriter(output_path)  # checks the output's extension and folder first
     maps = MapWriter(maps_dir, input_path) if maps_dir else None
     detector = image_detector(model_uri, input_path, tracking_uri)
-    items = detector.list_images(input_path)
+    listing = detector.list_images(input_path)
+    items = listing.items
     if maps:
         maps.check_names(items)
     started = time.perf_counter()
@@ -74,8 +75,9 @@ def score_images_file(
             writer.write(scored, str(input_path))
             if maps:
                 maps.write(batch, pixels, scores.maps, detector.map_scale)
+    seconds = time.perf_counter() - started
     return ScoreSummary(
-        writer.rows_written, anomalies, time.perf_counter() - started, Path(output_path), "images"
+        writer.rows_written, anomalies, seconds, Path(output_path), "images", listing.masks_note()
     )
 
 

@@ -43,7 +43,10 @@ def split_images(config: Config, echo: Callable[[str], None] = print) -> ImageSp
     from anomaly_vae.data.images import is_held_out, is_idx, labels_from_csv, list_images
 
     source, image = config.data.path, config.image
-    items = list_images(source, image)
+    listing = list_images(source, image)
+    if note := listing.masks_note():
+        echo(note)
+    items = listing.items
     if image.labels_csv:
         items = labels_from_csv(items, image.labels_csv, source)
     labels = np.array([bool(item.label) for item in items])

@@ -90,10 +90,10 @@ def test_image_peers_train_on_the_images_our_model_trains_on_and_fill_the_table(
     )
     split = pixel_split(config, str(tmp_path), size=4, held_out_only=True, echo=print)
 
-    zeros = list_images(train_dir, config.image)
+    zeros = list_images(train_dir, config.image).items
     held = sum(is_held_out(item, 0.3, config.training.seed) for item in zeros)
     assert split.train.shape == (len(zeros) - held, 16)  # train and validation normals
-    everything = list_images(tmp_path, config.image)
+    everything = list_images(tmp_path, config.image).items
     kept = [i for i in everything if i.label or is_held_out(i, 0.3, config.training.seed)]
     assert split.test.shape == (len(kept), 16) and split.labels.sum() == 9 * 20
     assert np.array_equal(split.labels, [item.label for item in kept])

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -123,7 +124,7 @@ def test_hidden_files_and_folders_below_the_folder_are_not_images(tmp_path: Path
     for name in ("good/a.png", "good/.ipynb_checkpoints/a-checkpoint.png", "scratch/.b.png"):
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(source / name)
-    assert [item.path for item in list_images(source, ImageConfig())] == [
+    assert [item.path for item in list_images(source, ImageConfig()).items] == [
         str(source / "good" / "a.png")
     ]
 
@@ -138,7 +139,7 @@ def test_linked_folders_are_followed_but_not_a_link_back_up(tmp_path: Path) -> N
     (batch / "line2").symlink_to(line, target_is_directory=True)
     (batch / "good" / "all").symlink_to(batch, target_is_directory=True)
 
-    items = list_images(batch, ImageConfig(normal=["good"]))
+    items = list_images(batch, ImageConfig(normal=["good"])).items
 
     assert [(item.path, item.label) for item in items] == [
         (str(batch / "good" / "a.png"), False),
@@ -167,6 +168,35 @@ def test_two_images_whose_heatmaps_share_a_name_stop_score_maps(digits_model, tm
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
     # Without maps the two images are scored, each on its own row.
     assert run_cli("score", model_uri, folder, "-o", out, "--tracking-uri", tracking).exit_code == 0
+
+
+def test_files_read_as_masks_are_named_by_score_evaluate_and_train(digits_model, tmp_path):
+    """Under the default image.mask_rule {stem}.png, x.png beside x.jpg is read as x.jpg's
+    mask: it was neither scored, evaluated nor trained on, and no command said so."""
+    model_uri, tracking, test_dir = digits_model
+    folder = tmp_path / "in"
+    shutil.copytree(test_dir, folder)
+    masks = sorted((folder / "good").glob("*.png"))[:2]
+    for png in masks:
+        Image.open(png).save(png.with_suffix(".jpg"))
+    note = (
+        "2 files read as masks by image.mask_rule '{stem}.png', not as images "
+        f"(the first: {masks[0]})"
+    )
+    out = tmp_path / "scores.csv"
+
+    result = run_cli("score", model_uri, folder, "-o", out, "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.endswith(f"; {note}\n")
+    assert len(pd.read_csv(out)) == len(list(folder.rglob("*.*"))) - 2
+
+    result = run_cli("evaluate", model_uri, folder, "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+    assert note in result.stderr.splitlines()
+
+    said: list[str] = []
+    split_images(parse_config({"data": {"path": str(folder / "good")}}), echo=said.append)
+    assert note in said
 
 
 def _write_raw_idx(path: Path, array: np.ndarray, type_code: int) -> Path:

@@ -45,7 +45,9 @@ def test_idx_round_trip_with_labels_choosing_the_normal_digits(tmp_path: Path) -
     write_idx(tmp_path / "tiny-labels-idx1-ubyte.gz", np.array([0, 3, 0, 7, 3]))
 
     assert np.array_equal(read_idx(tmp_path / "tiny-images-idx3-ubyte.gz"), images)
-    items = list_images(tmp_path / "tiny-images-idx3-ubyte.gz", ImageConfig(normal_digits=[0, 7]))
+    items = list_images(
+        tmp_path / "tiny-images-idx3-ubyte.gz", ImageConfig(normal_digits=[0, 7])
+    ).items
     assert [item.label for item in items] == [False, True, False, False, True]
     pixels = read_images(items, size=6, channels=1)
     assert pixels.shape == (5, 1, 6, 6)
@@ -78,7 +80,7 @@ def test_folders_of_grayscale_and_rgb_images_of_any_size(tmp_path: Path) -> None
     )
     (tmp_path / "notes.txt").write_text("not an image")
 
-    items = list_images(tmp_path, ImageConfig(normal=["good"]))
+    items = list_images(tmp_path, ImageConfig(normal=["good"])).items
 
     names = {Path(item.path).name: item for item in items}
     assert sorted(names) == ["a.png", "b.jpg", "c.bmp", "d.tiff", "e.webp"]  # the mask is none
@@ -157,7 +159,7 @@ def test_holdout_is_a_deterministic_choice_by_file_name(tmp_path: Path) -> None:
     )
     split = split_images(config)
     used = {Path(item.path).name for item in [*split.train, *split.validation]}
-    items = list_images(train_dir, config.image)
+    items = list_images(train_dir, config.image).items
     held = {Path(i.path).name for i in items if is_held_out(i, 0.3, config.training.seed)}
     assert used.isdisjoint(held) and len(used) + len(held) == len(items) == 124
     assert split.held_out == len(held) and 0.15 < len(held) / len(items) < 0.45
@@ -253,7 +255,7 @@ def test_pixel_auroc_matches_sklearn_on_pasted_defects(digits_model, tmp_path) -
     evaluation = evaluate_images(model_uri, tmp_path, tracking_uri=tracking)
 
     detector = load_model(model_uri, tracking)
-    items = detector.list_images(tmp_path)
+    items = detector.list_images(tmp_path).items
     maps = np.concatenate([s.maps for _, _, s in detector.scored_batches(items)])
     truth = np.stack([read_mask(i.mask, 8) if i.mask else np.zeros((8, 8), bool) for i in items])
     expected = roc_auc_score(truth.ravel(), maps.ravel())
@@ -486,7 +488,7 @@ def test_an_ssim_model_trains_scores_and_maps_the_digits(tmp_path: Path) -> None
     assert result.exit_code == 0, result.output
     detector = load_model(result.stdout.strip().splitlines()[-1], tracking)
     assert detector.model.likelihood == "ssim"
-    items = detector.list_images(test_dir)
+    items = detector.list_images(test_dir).items
     batches = list(detector.scored_batches(items))
     scores = np.concatenate([s.score for _, _, s in batches])
     anomalous = np.array([i.label for i in items], dtype=bool)

@@ -55,6 +55,32 @@ class ImageItem:
     mask: Path | None = None
 
 
+@dataclass(frozen=True)
+class ImageListing:
+    """The images of a source, and the files `image.mask_rule` took as their masks, which are
+    read as masks only, never as images: under the default {stem}.png, x.png beside x.jpg is
+    x.jpg's mask. Commands say how many they set aside (`masks_note`); they went unscored and
+    unmentioned, and x.png may be a second image rather than a mask."""
+
+    items: list[ImageItem]
+    masks: list[Path]
+    mask_rule: str = ""
+
+    def masks_note(self) -> str | None:
+        """One line naming the files read as masks, or None when there were none."""
+        if not self.masks:
+            return None
+        if len(self.masks) == 1:
+            return (
+                f"1 file read as a mask by image.mask_rule '{self.mask_rule}', not as an "
+                f"image: {self.masks[0]}"
+            )
+        return (
+            f"{len(self.masks):,} files read as masks by image.mask_rule '{self.mask_rule}', "
+            f"not as images (the first: {self.masks[0]})"
+        )
+
+
 def is_image_source(path: str | Path, kind: str = "auto") -> bool:
     """Images for `kind: image`, or under `auto` an *-idx3-ubyte(.gz) file or a folder, unless
     the folder holds Parquet files and no images: then it is a table in parts. (A scores file
@@ -99,13 +125,13 @@ def is_idx(path: str | Path) -> bool:
     return bool(_IDX_IMAGES.search(Path(path).name))
 
 
-def list_images(source: str | Path, image: ImageConfig) -> list[ImageItem]:
+def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
     """The images of a folder (recursively, sorted) or an IDX file, with labels and masks."""
     source = Path(source)
     if not source.exists():
         raise InputError(f"{source}: no such folder or file")
     if is_idx(source):
-        return _idx_items(source, image)
+        return ImageListing(_idx_items(source, image), [])
     if not source.is_dir():
         raise InputError(f"{source}: expected a folder of images or an *-idx3-ubyte(.gz) file")
     files = sorted(_image_files(source))
@@ -116,6 +142,7 @@ def list_images(source: str | Path, image: ImageConfig) -> list[ImageItem]:
     # A rule such as {stem}.png names a PNG image itself: that image has no mask.
     mask_of = {p: m for p in files if (m := mask_path(p, image.mask_rule)) != p.resolve()}
     mask_files = set(mask_of.values())
+    masks = [p for p in files if p.resolve() in mask_files]
     items = [
         ImageItem(str(p), folder_label(p, source, image.normal), _existing(mask_of.get(p)))
         for p in files
@@ -123,7 +150,7 @@ def list_images(source: str | Path, image: ImageConfig) -> list[ImageItem]:
     ]
     if not items:
         raise InputError(f"{source}: no PNG, JPEG, BMP, TIFF or WebP images in this folder")
-    return items
+    return ImageListing(items, masks, image.mask_rule)
 
 
 def folder_label(path: Path, root: Path, normal: Sequence[str]) -> bool:
