@@ -130,7 +130,8 @@ class ImageConfig(_Section):
         default=[0], description="IDX files (MNIST): the labels that are normal."
     )
     labels_csv: str | None = Field(
-        default=None, description="A path,label CSV instead of folder names (1 = anomaly)."
+        default=None,
+        description="A path,label CSV labelling every image, instead of folder names (1 = anomaly).",
     )
     mask_rule: str = Field(
         default="{stem}.png",

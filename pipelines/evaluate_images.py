@@ -47,7 +47,7 @@ def evaluate_images(
     items = listing.items
     label_from = label_from or detector.image.labels_csv or "folder"
     if label_from != "folder":
-        items = labels_from_csv(items, label_from, input_path)
+        items = labels_from_csv(listing, label_from, input_path)
     unlabelled = next((item for item in items if item.label is None), None)
     if unlabelled is not None:
         raise InputError(

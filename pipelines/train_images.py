@@ -48,7 +48,7 @@ def split_images(config: Config, echo: Callable[[str], None] = print) -> ImageSp
         echo(note)
     items = listing.items
     if image.labels_csv:
-        items = labels_from_csv(items, image.labels_csv, source)
+        items = labels_from_csv(listing, image.labels_csv, source)
     labels = np.array([bool(item.label) for item in items])
     if labels.all() and (image.labels_csv or is_idx(source)):
         # The all-normal fallback is for folders without a normal one: applied to labels the

@@ -9,10 +9,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from click.testing import Result
 from PIL import Image
 
 from anomaly_vae.config import ImageConfig, parse_config
-from anomaly_vae.data.images import list_images, read_idx, read_image, write_idx
+from anomaly_vae.data.images import (
+    labels_from_csv,
+    list_images,
+    read_idx,
+    read_image,
+    write_idx,
+)
 from anomaly_vae.errors import InputError
 from pipelines.train_images import split_images
 from tests.conftest import REPO, run_cli
@@ -197,6 +204,45 @@ def test_files_read_as_masks_are_named_by_score_evaluate_and_train(digits_model,
     said: list[str] = []
     split_images(parse_config({"data": {"path": str(folder / "good")}}), echo=said.append)
     assert note in said
+
+
+def test_a_labels_csv_labels_every_image_and_names_no_other_file(digits_model, tmp_path):
+    """evaluate --label-from CSV judged the model on the images the CSV happened to list, and
+    a row for a moved or misspelt file was dropped, both without a word."""
+    model_uri, tracking, test_dir = digits_model
+    files = sorted(p.relative_to(test_dir) for p in test_dir.rglob("*.png"))
+    rows = pd.DataFrame({"path": map(str, files), "label": [f.parts[0] != "good" for f in files]})
+    csv, report = tmp_path / "labels.csv", tmp_path / "report.html"
+
+    def evaluate(labels: pd.DataFrame) -> Result:
+        labels.astype({"label": int}).to_csv(csv, index=False)
+        return run_cli(
+            "evaluate", model_uri, test_dir, "--label-from", csv, "-o", report,
+            "--tracking-uri", tracking,
+        )  # fmt: skip
+
+    result = evaluate(rows.iloc[1:])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {csv}: no label for 1 of the {len(files)} images in {test_dir} "
+        f"(the first: {test_dir / files[0]})\n"
+    )
+    assert not report.exists()
+    moved = pd.DataFrame({"path": ["good/moved.png"], "label": [False]})
+    result = evaluate(pd.concat([rows, moved]))
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {csv}: row {len(files) + 1}: good/moved.png does not exist\n"
+    assert evaluate(rows).exit_code == 0 and report.exists()
+
+    # A row for a file the mask rule set aside says so.
+    Image.open(test_dir / files[0]).save(tmp_path / "a.jpg")
+    Image.open(test_dir / files[0]).save(tmp_path / "a.png")
+    pd.DataFrame({"path": ["a.png"], "label": [0]}).to_csv(csv, index=False)
+    with pytest.raises(InputError) as refused:
+        labels_from_csv(list_images(tmp_path, ImageConfig()), csv, tmp_path)
+    assert str(refused.value) == (
+        f"{csv}: row 1: a.png is read as a mask by image.mask_rule '{{stem}}.png', not as an image"
+    )
 
 
 def _write_raw_idx(path: Path, array: np.ndarray, type_code: int) -> Path:

@@ -171,32 +171,49 @@ def _existing(path: Path | None) -> Path | None:
 
 
 def labels_from_csv(
-    items: list[ImageItem], csv_path: str | Path, root: str | Path
+    listing: ImageListing, csv_path: str | Path, root: str | Path
 ) -> list[ImageItem]:
-    """Replace labels by those of a `path,label` CSV (paths relative to `root` or absolute)."""
+    """The listing's images, labelled by a `path,label` CSV (paths relative to `root` or
+    absolute). The CSV labels every image and names nothing else: an image it left out was
+    dropped, so metrics described a subset nobody chose, and a row for a moved or misspelt
+    file lost its label, both without a word."""
     import pandas as pd
 
     try:
-        table = pd.read_csv(csv_path)
+        table = pd.read_csv(csv_path, dtype={"path": str})
     except (OSError, ValueError) as exc:
         raise InputError(f"{csv_path}: cannot read labels CSV ({first_line(exc)})") from None
     if not {"path", "label"} <= set(table.columns):
         raise InputError(f"{csv_path}: a labels CSV needs the columns path and label")
     root = Path(root)
+    keyed = [(item, str(Path(item.path).resolve())) for item in listing.items]
+    images = {key for _, key in keyed}
     labels = {}
     for row, (path, label) in enumerate(zip(table["path"], table["label"], strict=True)):
         if label not in (0, 1, True, False):
             raise InputError(f"{csv_path}: row {row + 1}: label {label!r} is not 0 or 1")
-        full = Path(path) if Path(path).is_absolute() else root / path
-        labels[str(full.resolve())] = bool(label)
-    labelled = [
-        ImageItem(item.path, labels[key], item.mask)
-        for item in items
-        if (key := str(Path(item.path).resolve())) in labels
-    ]
-    if not labelled:
-        raise InputError(f"{csv_path}: none of its paths is an image in {root}")
-    return labelled
+        if not isinstance(path, str):  # an empty cell, NaN: a traceback in Path()
+            raise InputError(f"{csv_path}: row {row + 1}: no path")
+        key = str((root / path).resolve())  # an absolute path stays itself
+        if key not in images:
+            why = _not_an_image(Path(key), listing, root)
+            raise InputError(f"{csv_path}: row {row + 1}: {path} {why}")
+        labels[key] = bool(label)
+    if unlabelled := [item.path for item, key in keyed if key not in labels]:
+        raise InputError(
+            f"{csv_path}: no label for {len(unlabelled):,} of the {len(keyed):,} images in "
+            f"{root} (the first: {unlabelled[0]})"
+        )
+    return [ImageItem(item.path, labels[key], item.mask) for item, key in keyed]
+
+
+def _not_an_image(path: Path, listing: ImageListing, root: Path) -> str:
+    """Why a labels CSV's `path` (resolved) is none of the listing's images."""
+    if not path.exists():
+        return "does not exist"
+    if path in {mask.resolve() for mask in listing.masks}:
+        return f"is read as a mask by image.mask_rule '{listing.mask_rule}', not as an image"
+    return f"is not one of the images in {root}"
 
 
 def is_held_out(item: ImageItem, fraction: float, seed: int) -> bool:
