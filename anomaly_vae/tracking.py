@@ -175,7 +175,8 @@ def _download_beside(model_uri: str, tracking_uri: str | None) -> Iterator[Calla
             args=(sender, model_uri, tracking_uri, _download_root()),
             daemon=True,
         )
-        process.start()
+        with _main_module_hidden():
+            process.start()
     except (OSError, NotImplementedError):
         yield here
         return
@@ -196,6 +197,24 @@ def _download_beside(model_uri: str, tracking_uri: str | None) -> Iterator[Calla
         process.terminate()
         process.join()
         answer.close()
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> Iterator[None]:
+    """An empty `__main__` while the lookup process starts, so that it imports only this module.
+
+    Spawn runs the caller's main script again in the child (as `__mp_main__`): a script that
+    called `load_model` at its top level, as the README's does, ran its first lines twice and
+    printed multiprocessing's "bootstrapping phase" traceback; one read from stdin printed a
+    FileNotFoundError. The lookup needs nothing of the caller's script."""
+    import types
+
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
 
 
 def _send_download(sender: Connection, model_uri: str, tracking_uri: str | None, root: str) -> None:

@@ -352,6 +352,35 @@ def test_the_lookup_runs_here_where_a_second_process_fails(
     assert (model_dir / "MLmodel").is_file()
 
 
+def test_a_script_that_loads_a_model_runs_once_and_quietly(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    """The README's "Scoring in Python" as a script: the lookup process is not handed the
+    script to run again (it printed its first lines twice and a multiprocessing traceback)."""
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    script = tmp_path / "score_new.py"
+    script.write_text(
+        "import pandas as pd\n"
+        "from pipelines.score import load_model\n"
+        "print('started')\n"
+        f"detector = load_model({model_uri!r}, {tracking!r})\n"
+        f"scored = detector.score_frame(pd.read_parquet({str(test)!r}), allow_extra=True)\n"
+        "print(len(scored))\n"
+    )
+    for command in ([sys.executable, str(script)], [sys.executable, "-"]):
+        done = subprocess.run(
+            command,
+            input=script.read_text() if command[-1] == "-" else None,
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == ["started", str(len(pd.read_parquet(test)))]
+        assert "Traceback" not in done.stderr, done.stderr
+
+
 def test_the_lookup_process_reports_a_missing_model(breast_cancer_model) -> None:
     from anomaly_vae.tracking import _download_beside
 
