@@ -127,9 +127,9 @@ class TabularDetector:
         allow_extra: bool = False,
     ) -> pd.DataFrame:
         """Score rows: the id columns (or all input columns) plus the score columns, on the
-        input's index, so that `frame.join(scored)` or `frame["score"] = scored["score"]` pairs
-        each row with its own scores (a filtered frame's index has gaps: renumbered, those
-        assignments paired rows with other rows' scores)."""
+        input's index, so that `frame["score"] = scored["score"]`, or a join of the columns
+        `frame` lacks, pairs each row with its own scores (a filtered frame's index has gaps:
+        renumbered, those assignments paired rows with other rows' scores)."""
         self.check_columns(list(frame.columns), source, allow_extra)
         scores = self.score_samples(frame, source, row_offset, self.top_features > 0)
         kept = (

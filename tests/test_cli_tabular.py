@@ -463,6 +463,11 @@ def test_python_scores_keep_the_rows_index(breast_cancer_model, breast_cancer_fi
     paired = chosen.assign(score=scored["score"], top=scored["top_features"])
     assert paired["score"].equals(whole.loc[chosen.index, "score"])
     assert paired["top"].equals(whole.loc[chosen.index, "top_features"])
+    # The README's join: the id column is in both frames, which a plain join refuses.
+    with pytest.raises(ValueError, match="columns overlap"):
+        chosen.join(scored)
+    joined = chosen.join(scored.drop(columns=chosen.columns, errors="ignore"))
+    assert joined["score"].equals(whole.loc[chosen.index, "score"])
 
     dated = frame.assign(**{"mean area": pd.Timestamp("2026-11-27")})
     with pytest.raises(InputError, match="column 'mean area' holds dates or times, not numbers"):
