@@ -12,6 +12,8 @@ from conftest import run_cli
 
 from anomaly_vae.calibration import threshold_metrics
 from anomaly_vae.evaluation.metrics import recall_at_fprs, threshold_sweep, top_feature_counts
+from anomaly_vae.evaluation.report import render_html
+from anomaly_vae.evaluation.sections import top_anomaly_sections
 from pipelines.evaluate import evaluate_scores
 from pipelines.score import load_model
 
@@ -96,6 +98,26 @@ def test_report_embeds_every_figure_and_the_metric_values(
     assert logged == {f"figures/{name}.png" for name in FIGURES}
     metrics = client.get_run(run_id).data.metrics
     assert metrics["test.recall_at_fpr_0.01"] == pytest.approx(shown["recall_at_fpr_0.01"])
+
+
+def test_the_top_rows_show_ids_whole_and_scores_rounded() -> None:
+    """A float id (the credit-card sample's 'Unnamed: 0') was printed as 2.146e+05."""
+    rows = pd.DataFrame(
+        {
+            "label": [1, 0],
+            "Unnamed: 0": [214612.0, 1234567.0],
+            "recon_score": [3519.1234, 12.5],
+            "kl_score": [205.34, 1.0],
+            "score": [3724.4634, 13.5],
+            "is_anomaly": [True, False],
+            "probability": [1.0, 0.0123456],
+            "top_features": ["V16,V9,V19", "V1,V2,V3"],
+        }
+    )
+    html = render_html("report", {}, {}, top_anomaly_sections(rows))
+    cells = re.findall(r"<td>([^<]*)</td>", html)
+    assert cells[:8] == ["1", "214612.0", "3519", "205.3", "3724", "True", "1", "V16,V9,V19"]
+    assert cells[8:] == ["0", "1234567.0", "12.5", "1", "13.5", "False", "0.01235", "V1,V2,V3"]
 
 
 def test_a_bad_report_path_fails_and_writes_nothing(

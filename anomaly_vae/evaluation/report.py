@@ -80,7 +80,7 @@ def render_html(
             encoded = base64.b64encode(figure_png(section.figure)).decode("ascii")
             parts.append(f'<img alt="{esc(section.title)}" src="data:image/png;base64,{encoded}">')
         if section.table is not None:
-            parts.append(section.table.to_html(index=False, border=0, float_format="{:.4g}".format))
+            parts.append(section.table.to_html(index=False, border=0))
     parts.append("</body></html>")
     return "\n".join(parts)
 
