@@ -34,6 +34,7 @@ class Calibration:
     promoted: bool
     probability: str | None  # the probability method fitted, if any
     run_id: str
+    unit: str = "rows"  # what `rows` counts: "images" for an image model
 
     def lines(self) -> list[str]:
         metrics = json.dumps({k: round(v, 4) for k, v in self.threshold.metrics.items()})
@@ -44,7 +45,7 @@ class Calibration:
         )
         return [
             f"threshold {self.threshold.value:.6g} by {self.threshold.strategy} on "
-            f"{self.rows:,} rows: {metrics}",
+            f"{self.rows:,} {self.unit}: {metrics}",
             *([f"calibrated probability: {self.probability}"] if self.probability else []),
             f"registered {self.model_uri}; {alias}; run {self.run_id}",
         ]
@@ -137,6 +138,7 @@ def calibrate_model(
         promoted=promote,
         probability=fitted.method if fitted else None,
         run_id=run.info.run_id,
+        unit="images" if detector.kind == "image" else "rows",
     )
 
 

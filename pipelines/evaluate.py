@@ -170,8 +170,10 @@ def publish(
     model_uri: str,
     source: str,
     threshold: Threshold | None,
+    unit: str = "rows",
 ) -> None:
-    """Log the figures to the active MLflow run and, with `report_path`, write the report."""
+    """Log the figures to the active MLflow run and, with `report_path`, write the report;
+    `unit` is what the data's count counts ("images" for images)."""
     import mlflow
 
     from anomaly_vae.evaluation.report import render_html, write_html
@@ -184,7 +186,7 @@ def publish(
     (tn, fp), (fn, tp) = evaluation.confusion
     about = {
         "model": model_uri,
-        "data": f"{source} ({tn + fp + fn + tp:,} rows, {fn + tp:,} anomalies)",
+        "data": f"{source} ({tn + fp + fn + tp:,} {unit}, {fn + tp:,} anomalies)",
         "threshold": f"{threshold.value:.6g} (chosen by {threshold.strategy})"
         if threshold
         else "none",

@@ -90,7 +90,7 @@ def evaluate_images(
         mlflow.set_tags({"model_uri": model_uri, "input": source, "kind": "evaluation"})
         mlflow.log_params({"images": len(items), "held_out_only": held_out_only})
         mlflow.log_metrics({f"test.{k}": v for k, v in evaluation.metrics.items()})
-        publish(evaluation, sections, report_path, model_uri, source, detector.threshold)
+        publish(evaluation, sections, report_path, model_uri, source, detector.threshold, "images")
     evaluation.run_id = run.info.run_id
     evaluation.note = listing.masks_note()
     return evaluation

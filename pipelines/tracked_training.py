@@ -46,8 +46,8 @@ def closing_lines(
 ) -> list[str]:  # fmt: skip
     """What `train` reports on stderr once the model is registered; `trained`: '1,000 rows'."""
     return [
-        f"trained on {trained} in {fit_seconds:.1f} s ({fit.epochs} epochs); "
-        + calibration.summary(),
+        f"trained on {trained} in {fit_seconds:.1f} s "
+        f"({fit.epochs} epoch{'' if fit.epochs == 1 else 's'}); " + calibration.summary(),
         f"run {run_id} in {total_seconds:.1f} s",
     ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -352,6 +353,7 @@ def test_image_report_shows_the_worst_images_with_heatmaps(digits_model, tmp_pat
     assert result.exit_code == 0, result.output
     html = report.read_text()
     assert 'id="worst_images"' in html and 'id="roc_pr"' in html
+    assert re.search(r"<b>data</b>: [^<]* \(234 images, 180 anomalies\)", html)
     assert html.count('src="data:image/png;base64,') == 6  # five common figures, worst images
     run_id = result.stderr.strip().split()[-1]
     logged = mlflow.MlflowClient(tracking_uri=tracking).list_artifacts(run_id, "figures")
@@ -398,7 +400,7 @@ def test_calibrate_an_image_model_on_a_labelled_folder(digits_model) -> None:
     assert new_uri.startswith("models:/digits/") and new_uri != f"models:/digits/{champion}"
     assert client.get_model_version_by_alias("digits", "champion").version == champion
     # The threshold line reports what the new threshold reaches on the folder's labels.
-    reached = json.loads(result.stderr.split(" rows: ", 1)[1].splitlines()[0])
+    reached = json.loads(result.stderr.split(" images: ", 1)[1].splitlines()[0])
     assert reached["recall"] >= 0.95
     scores = run_cli("score", new_uri, test_dir, "-o", test_dir.parent / "recalibrated.csv",
                      "--tracking-uri", tracking)  # fmt: skip

@@ -77,3 +77,16 @@ def test_a_fit_keeps_its_best_finite_weights() -> None:
     result = fit_vae(model, tabular_loss_terms, data, data, TrainingConfig(epochs=2), beta=1.0)
     assert math.isfinite(result.best_val_loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_the_closing_line_counts_one_epoch_in_the_singular() -> None:
+    """`--set training.epochs=1`, the quick check, reported "(1 epochs)"."""
+    from types import SimpleNamespace
+
+    from pipelines.tracked_training import closing_lines
+
+    calibration = SimpleNamespace(summary=lambda: "threshold 1 by f1: {}")
+    for epochs, said in ((1, "(1 epoch);"), (2, "(2 epochs);")):
+        fit = SimpleNamespace(epochs=epochs)
+        first, _ = closing_lines("10 rows", fit, 0.1, calibration, "run", 0.2)
+        assert said in first
