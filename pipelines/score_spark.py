@@ -32,6 +32,7 @@ _ROW = "__anomaly_vae_row"
 _FILE = "__anomaly_vae_file"
 _PATH = "__anomaly_vae_path"
 _NUMERIC = {"double", "float", "long", "integer"}
+_LOG4J2 = Path(__file__).with_name("spark-log4j2.properties")
 
 
 def spark_session(master: str = DEFAULT_MASTER) -> SparkSession:
@@ -61,6 +62,13 @@ def spark_session(master: str = DEFAULT_MASTER) -> SparkSession:
             .config("spark.driver.host", "127.0.0.1")
             .config("spark.driver.bindAddress", "127.0.0.1")
             .config("spark.ui.enabled", "false")
+            # Neither stage progress bars (redrawn lines, garbage in a log file) nor the JVM's
+            # start-up lines (spark-log4j2.properties): the summary line is the output.
+            .config("spark.ui.showConsoleProgress", "false")
+            .config(
+                "spark.driver.extraJavaOptions",
+                f"-Dlog4j2.configurationFile={_LOG4J2.resolve().as_uri()}",
+            )
             .getOrCreate()
         )
     except PySparkException as exc:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -46,6 +48,29 @@ def test_spark_writes_parquet_parts_equal_to_the_single_process_scores(
     pd.testing.assert_frame_equal(
         pd.read_parquet(spark), pd.read_parquet(local), check_dtype=False, rtol=1e-12
     )
+
+
+def test_spark_prints_the_summary_and_not_the_jvms_start_up_lines(
+    breast_cancer_model: tuple[str, str], breast_cancer_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A fresh JVM printed Spark's log4j profile, its default level, a native-Hadoop WARN and
+    stage progress bars around the one line `score` has to say."""
+    model_uri, tracking = breast_cancer_model
+    output = tmp_path / "scored"
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "pipelines.cli", "score", model_uri, str(breast_cancer_files[1]),
+            "-o", str(output), "--engine", "spark", "--allow-extra-columns",
+            "--tracking-uri", tracking,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    # The JVM itself announces the incubator module Spark 4 loads; nothing can turn that off.
+    lines = [line for line in done.stderr.splitlines() if "incubator modules" not in line]
+    assert len(lines) == 1 and lines[0].startswith("scored "), done.stderr
 
 
 def test_spark_refuses_bad_input_in_one_line_without_leaving_output(
