@@ -104,17 +104,28 @@ def evaluate_file(
     names (or IDX labels) or a CSV.
     """
     from anomaly_vae.data.images import is_image_source
+    from anomaly_vae.errors import InputError
 
+    # Options of the other input kind were ignored without a word: a table "evaluated on the
+    # held-out rows only" was evaluated on all of them, and an image CSV given as --label (as
+    # calibrate takes it) was not read.
     if is_image_source(input_path):
+        if label is not None:
+            raise InputError(
+                f"{input_path}: --label names a table's label column; for images use "
+                "--label-from folder or --label-from a path,label CSV"
+            )
         from pipelines.evaluate_images import evaluate_images
 
         return evaluate_images(
             model_uri, input_path, label_from, held_out_only, tracking_uri, report_path, costs
         )
+    if label_from is not None or held_out_only:
+        option = "--label-from" if label_from is not None else "--held-out-only"
+        raise InputError(f"{input_path}: {option} is for images (a folder or an IDX file)")
     import mlflow
 
     from anomaly_vae.data.schema import anomaly_labels
-    from anomaly_vae.errors import InputError
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import common_sections, top_anomaly_sections
     from anomaly_vae.tracking import configure_tracking, use_experiment

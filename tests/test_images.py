@@ -329,6 +329,25 @@ def test_evaluation_mistakes_are_one_line_errors(digits_model, tmp_path) -> None
     assert result.exit_code != 0 and "both normal and anomalous" in result.stderr
 
 
+def test_evaluate_refuses_the_options_of_the_other_input_kind(
+    digits_model, breast_cancer_model, breast_cancer_files
+) -> None:
+    """Ignored without a word, --held-out-only on a table evaluated every row, and --label
+    (calibrate's way to name an image CSV) on a folder read no labels from it."""
+    image_uri, image_tracking, test_dir = digits_model
+    table_uri, table_tracking = breast_cancer_model
+    table = breast_cancer_files[1]
+    for model, data, tracking, option, said in (
+        (image_uri, test_dir, image_tracking, ["--label", "labels.csv"], "--label names a"),
+        (table_uri, table, table_tracking, ["--held-out-only"], "--held-out-only is for images"),
+        (table_uri, table, table_tracking, ["--label-from", "folder"], "--label-from is for"),
+    ):
+        result = run_cli("evaluate", model, data, *option, "--tracking-uri", tracking)
+        assert result.exit_code == 1, option
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith(f"Error: {data}: {said}"), line
+
+
 def test_a_table_given_to_an_image_model_is_one_line_and_writes_nothing(
     digits_model, tmp_path
 ) -> None:
