@@ -206,7 +206,9 @@ def test_files_read_as_masks_are_named_by_score_evaluate_and_train(digits_model,
     assert note in said
 
 
-def test_a_labels_csv_labels_every_image_and_names_no_other_file(digits_model, tmp_path):
+def test_a_labels_csv_labels_every_image_and_names_no_other_file(
+    digits_model, tmp_path, monkeypatch
+):
     """evaluate --label-from CSV judged the model on the images the CSV happened to list, and
     a row for a moved or misspelt file was dropped, both without a word."""
     model_uri, tracking, test_dir = digits_model
@@ -233,6 +235,16 @@ def test_a_labels_csv_labels_every_image_and_names_no_other_file(digits_model, t
     assert result.exit_code == 1
     assert result.stderr == f"Error: {csv}: row {len(files) + 1}: good/moved.png does not exist\n"
     assert evaluate(rows).exit_code == 0 and report.exists()
+
+    # The paths of a scores file, which name the folder as it was given, label it too.
+    monkeypatch.chdir(test_dir.parent)
+    scores = tmp_path / "scores.csv"
+    assert run_cli("score", model_uri, test_dir.name, "-o", scores).exit_code == 0
+    scored = pd.read_csv(scores)[["path"]]
+    assert scored["path"].str.startswith(f"{test_dir.name}/").all()
+    labelled = scored.assign(label=[Path(p).parts[1] != "good" for p in scored["path"]])
+    report.unlink()
+    assert evaluate(labelled).exit_code == 0 and report.exists()
 
     # A row for a file the mask rule set aside says so.
     Image.open(test_dir / files[0]).save(tmp_path / "a.jpg")

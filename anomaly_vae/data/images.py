@@ -173,8 +173,8 @@ def _existing(path: Path | None) -> Path | None:
 def labels_from_csv(
     listing: ImageListing, csv_path: str | Path, root: str | Path
 ) -> list[ImageItem]:
-    """The listing's images, labelled by a `path,label` CSV (paths relative to `root` or
-    absolute). The CSV labels every image and names nothing else: an image it left out was
+    """The listing's images, labelled by a `path,label` CSV (paths relative to `root`, or to
+    the working directory as `score` writes them, or absolute). The CSV labels every image and names nothing else: an image it left out was
     dropped, so metrics described a subset nobody chose, and a row for a moved or misspelt
     file lost its label, both without a word."""
     import pandas as pd
@@ -195,6 +195,8 @@ def labels_from_csv(
         if not isinstance(path, str):  # an empty cell, NaN: a traceback in Path()
             raise InputError(f"{csv_path}: row {row + 1}: no path")
         key = str((root / path).resolve())  # an absolute path stays itself
+        if key not in images and str(Path(path).resolve()) in images:
+            key = str(Path(path).resolve())  # as `score` writes it: from where it was run
         if key not in images:
             why = _not_an_image(Path(key), listing, root)
             raise InputError(f"{csv_path}: row {row + 1}: {path} {why}")
