@@ -216,7 +216,7 @@ def choose_threshold(
             raise InputError(
                 f"calibration '{strategy}' needs labelled normals and anomalies in the "
                 "validation data (a label column: data.label to train, --label to calibrate; "
-                "or use fpr<=F or quantile=Q)"
+                f"or, without labels, calibrate with {ESTIMATED_F1}, fpr<=F or quantile=Q)"
             )
         if kind == "cost":
             value = _cost_threshold(scores, labels, costs)

@@ -69,8 +69,10 @@ def test_unknown_strategies_are_rejected(bad: str) -> None:
 
 def test_label_strategies_need_both_classes(scored) -> None:
     scores, labels = scored
-    with pytest.raises(InputError, match="needs labelled normals and anomalies"):
+    with pytest.raises(InputError, match="needs labelled normals and anomalies") as refused:
         choose_threshold(scores[~labels], labels[~labels], "f1")
+    # Without labels, it names the strategy that estimates F1 instead.
+    assert "without labels, calibrate with estimated-f1" in str(refused.value)
 
 
 # Faint anomalies, N(1.5, 1) against N(0, 1), score below the normals' 85th percentile one
