@@ -105,15 +105,20 @@ class CategoricalColumn:
             codes.setdefault(MISSING_CATEGORY, codes[""])
         return codes
 
-    def codes(self, values: list[str]) -> np.ndarray:
-        """Codes of category strings (0: unknown). A text the categories lack is looked up
-        again as the number or missing value it spells: CSV columns listed as categorical
-        are read as text, where a detector fitted on numbers (Parquet integers, or a CSV read
-        before) holds 1234 for "01234" and 5411 for "5411.0"."""
-        found, uniques = pd.factorize(np.asarray(values, dtype=object))
+    def codes(self, series: pd.Series) -> np.ndarray:
+        """Codes of a column's values (0: unknown), spelled as `_category_strings` spells them
+        once per distinct value. A text the categories lack is looked up again as the number
+        or missing value it spells: CSV columns listed as categorical are read as text, where
+        a detector fitted on numbers (Parquet integers, or a CSV read before) holds 1234 for
+        "01234" and 5411 for "5411.0"."""
+        found, uniques = pd.factorize(series, use_na_sentinel=False)
         lookup = self.lookup
         unique_codes = np.array(
-            [lookup.get(u) or lookup.get(_spelled_number(u), 0) for u in uniques], dtype=np.int64
+            [
+                lookup.get(u) or lookup.get(_spelled_number(u), 0)
+                for u in _category_strings(pd.Series(uniques, dtype=series.dtype))
+            ],
+            dtype=np.int64,
         )
         return unique_codes[found]
 
@@ -241,7 +246,7 @@ class TabularPreprocessor:
             codes[:, self._two_valued] = self._two_valued_codes(frame, numbers, source, row_offset)
         for j, column in enumerate(self.categorical):
             if column.values is None:
-                codes[:, j] = column.codes(_category_strings(frame[column.name]))
+                codes[:, j] = column.codes(frame[column.name])
         return CheckedRows(self, values, codes)
 
     def encode(self, values: np.ndarray, codes: np.ndarray) -> EncodedTable:
