@@ -21,6 +21,7 @@ KEY_METRICS = (
     "calibration.precision",
     "calibration.recall",
     "calibration.f1",
+    "calibration.estimated_f1",  # calibrated without labels (estimated-f1)
     "threshold",
     "epochs",
 )

@@ -22,6 +22,7 @@ from anomaly_vae.detector import WEIGHTS_FILE, load_detector
 from anomaly_vae.errors import InputError
 from anomaly_vae.probability import ProbabilityMap
 from anomaly_vae.tracking import resolve_detector_dir
+from pipelines.runs import list_runs
 
 
 @pytest.fixture
@@ -244,3 +245,7 @@ def test_calibrate_without_labels_estimates_f1_against_the_kept_normal_scores(
     assert share == estimates["estimated_anomaly_share"]
     assert abs(share - labels.mean()) < 0.15  # the demo test set's malignant share, unlabelled
     assert after.normal.to_list() == before.normal.to_list()
+    # `runs` shows what the threshold was chosen on: the estimate, as there were no labels.
+    runs = list_runs(tracking_uri=tracking).set_index("run_id")
+    estimate = runs.loc[after.info["calibration_run_id"], "calibration.estimated_f1"]
+    assert estimate == after.threshold.metrics["estimated_f1"]
