@@ -276,6 +276,32 @@ def test_codes_read_as_text_match_a_detector_fitted_on_numbers() -> None:
     assert pre.categorical[0].categories == ["01234", "5411", "5411.0", "<missing>", "NA"]
 
 
+def test_padded_codes_and_boolean_texts_match_a_detector_fitted_on_numbers_and_bools() -> None:
+    # pyarrow reads " 5411" in a CSV column of numbers as 5411 and "true" in one of booleans
+    # as True; read as text (data.categorical), they scored as unseen values without a word.
+    numbers = pd.DataFrame({"mcc": np.resize([1234.0, 5411.0], 60)})
+    mcc = TabularPreprocessor.fit(numbers, ["mcc"], categorical=["mcc"])
+    texts = pd.DataFrame({"mcc": [" 5411", "1234\t", " 5411 ", "5 411", "x5411"]})
+    lookup = mcc.categorical[0].lookup
+    assert mcc.transform(texts, "s").codes[:, 0].tolist() == [
+        lookup["5411"],
+        lookup["1234"],
+        lookup["5411"],
+        0,
+        0,
+    ]
+    flags = pd.DataFrame({"flag": np.resize([True, False], 60)})
+    flag = TabularPreprocessor.fit(flags, ["flag"], categorical=["flag"])
+    texts = pd.DataFrame({"flag": ["true", "FALSE", "True", "yes"]})
+    lookup = flag.categorical[0].lookup
+    assert flag.transform(texts, "s").codes[:, 0].tolist() == [
+        lookup["True"],
+        lookup["False"],
+        lookup["True"],
+        0,
+    ]
+
+
 def test_a_table_of_categorical_columns_only_encodes_and_scores(frame) -> None:
     """No numeric inputs at all: an empty numeric block, codes for every column, and scores
     (an assertion on the empty block used to stop every such table)."""

@@ -107,15 +107,15 @@ class CategoricalColumn:
 
     def codes(self, series: pd.Series) -> np.ndarray:
         """Codes of a column's values (0: unknown), spelled as `_category_strings` spells them
-        once per distinct value. A text the categories lack is looked up again as the number
-        or missing value it spells: CSV columns listed as categorical are read as text, where
-        a detector fitted on numbers (Parquet integers, or a CSV read before) holds 1234 for
-        "01234" and 5411 for "5411.0"."""
+        once per distinct value. A text the categories lack is looked up again as the number,
+        boolean or missing value it spells: CSV columns listed as categorical are read as
+        text, where a detector fitted on numbers (Parquet integers, or a CSV read before) holds
+        1234 for "01234" and 5411 for "5411.0", and one fitted on booleans True for "true"."""
         found, uniques = pd.factorize(series, use_na_sentinel=False)
         lookup = self.lookup
         unique_codes = np.array(
             [
-                lookup.get(u) or lookup.get(_spelled_number(u), 0)
+                lookup.get(u) or lookup.get(_spelled_value(u), 0)
                 for u in _category_strings(pd.Series(uniques, dtype=series.dtype))
             ],
             dtype=np.int64,
@@ -540,14 +540,30 @@ def _null_spellings() -> frozenset[str]:
     return frozenset(pacsv.ConvertOptions().null_values)
 
 
-def _spelled_number(text: str) -> str | None:
-    """The category a text had when its column was read as numbers, or None."""
+@lru_cache(maxsize=1)
+def _bool_spellings() -> dict[str, str]:
+    """The category of each text pyarrow reads as a boolean in a CSV column of booleans
+    ("true", "FALSE", ...): "True" or "False", as `_category_strings` spells a bool."""
+    import pyarrow.csv as pacsv
+
+    options = pacsv.ConvertOptions()
+    return {
+        **{text: "True" for text in options.true_values},
+        **{text: "False" for text in options.false_values},
+    }
+
+
+def _spelled_value(text: str) -> str | None:
+    """The category a text had when its column was read as numbers or booleans, or None.
+    pyarrow reads a number padded with spaces or tabs (" 5411") as the number, and "true" or
+    "FALSE" as a bool: as text they missed the detector's 5411 and True, and scored as
+    unseen values without a word. "1" and "0" are numbers first, as pyarrow infers them."""
     if text in _null_spellings():
         return MISSING_CATEGORY
-    if _NUMBER.fullmatch(text):
-        number = float(text)
+    if _NUMBER.fullmatch(trimmed := text.strip(" \t")):
+        number = float(trimmed)
         return _number_category(number) if math.isfinite(number) else None
-    return None
+    return _bool_spellings().get(text)
 
 
 def _float_columns(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray | None:
