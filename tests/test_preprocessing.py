@@ -276,6 +276,19 @@ def test_codes_read_as_text_match_a_detector_fitted_on_numbers() -> None:
     assert pre.categorical[0].categories == ["01234", "5411", "5411.0", "<missing>", "NA"]
 
 
+@pytest.mark.parametrize("dtype", ["Float64", "double[pyarrow]"])
+def test_a_nullable_float_category_column_reads_its_missing_values(dtype: str) -> None:
+    # pandas' NA in a nullable float column was a TypeError traceback, not a category.
+    numbers = pd.DataFrame({"mcc": np.resize([1234.0, 5411.0, np.nan], 60)})
+    pre = TabularPreprocessor.fit(numbers, ["mcc"], categorical=["mcc"])
+    nullable = pd.DataFrame({"mcc": pd.array([5411.0, None, 1234.0], dtype=dtype)})
+    lookup = pre.categorical[0].lookup
+    codes = pre.transform(nullable, "s").codes[:, 0].tolist()
+    assert codes == [lookup["5411"], lookup["<missing>"], lookup["1234"]]
+    refit = TabularPreprocessor.fit(nullable.loc[np.resize(range(3), 60)], ["mcc"], ["mcc"])
+    assert refit.categorical[0].categories == pre.categorical[0].categories
+
+
 def test_padded_codes_and_boolean_texts_match_a_detector_fitted_on_numbers_and_bools() -> None:
     # pyarrow reads " 5411" in a CSV column of numbers as 5411 and "true" in one of booleans
     # as True; read as text (data.categorical), they scored as unseen values without a word.

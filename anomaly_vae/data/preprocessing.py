@@ -524,7 +524,9 @@ def _category_strings(series: pd.Series) -> list[str]:
 
 
 def _number_category(value: float) -> str:
-    if value != value:
+    """A float's category; missing for NaN, and for pandas' NA in a nullable column (Float64,
+    double[pyarrow]), where `value != value` raised "boolean value of NA is ambiguous"."""
+    if pd.isna(value):
         return MISSING_CATEGORY
     return str(int(value)) if value.is_integer() else str(value)
 
