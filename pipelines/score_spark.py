@@ -88,11 +88,13 @@ def score_dataframe(
 
     Columns are cast to the numeric types of the model's signature first: MLflow refuses
     to widen a long column to the doubles it was logged with, while `anomaly-vae score` reads
-    both alike.
+    both alike. A column the signature declares as text (a categorical column of a model
+    trained on a CSV) is cast to text: MLflow refused a Parquet file's integer codes, which
+    `anomaly-vae score` matches to the digits they were trained as.
     """
     import mlflow
     from pyspark.sql import functions as F
-    from pyspark.sql.types import NumericType, StructField, StructType
+    from pyspark.sql.types import NumericType, StringType, StructField, StructType
 
     signature = mlflow.models.get_model_info(model_uri).signature
     input_names = set(signature.inputs.input_names())
@@ -109,6 +111,8 @@ def score_dataframe(
                     "values; the model expects numbers"
                 )
             column = column.cast(spec.type.to_spark())
+        elif spec.type.name == "string" and not isinstance(types[spec.name], StringType):
+            column = column.cast(StringType())
         arguments.append(column.alias(spec.name))
     outputs = signature.outputs.as_spark_schema()
     # The detector echoes the id columns it was trained with; the rest are its scores.

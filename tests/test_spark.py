@@ -135,3 +135,32 @@ def test_spark_keeps_a_folders_order_and_refuses_what_the_local_engine_refuses(
         assert result.exit_code != 0
         assert result.output.strip().splitlines()[-1].startswith(f"Error: {message}")
         assert not output.exists()
+
+
+def test_spark_scores_integer_codes_with_a_model_trained_on_their_csv_text(
+    tmp_path: Path, tracking_uri: str
+) -> None:
+    """A CSV's categorical column is read as text, so the model's signature declares it a
+    string; MLflow refused the same codes stored as integers in Parquet, which the local
+    engine scores, with "Failed to enforce schema of data '  mcc  amount"."""
+    from conftest import train_cli
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {"mcc": np.resize([5411, 5812, 4111], 300), "amount": rng.lognormal(size=300)}
+    )
+    frame.to_csv(tmp_path / "train.csv", index=False)
+    config = tmp_path / "codes.yaml"
+    config.write_text(f"data:\n  path: {tmp_path / 'train.csv'}\n  categorical: [mcc]\n")
+    model_uri = train_cli(config, "--set", "training.epochs=2")
+    codes = tmp_path / "codes.parquet"
+    frame.head(20).to_parquet(codes)  # mcc: int64
+    local, spark = tmp_path / "local.parquet", tmp_path / "spark.parquet"
+    assert run_cli("score", model_uri, codes, "-o", local).exit_code == 0
+
+    result = run_cli("score", model_uri, codes, "-o", spark, "--engine", "spark")
+
+    assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(spark), pd.read_parquet(local), check_dtype=False, rtol=1e-5
+    )
