@@ -154,6 +154,20 @@ def test_linked_folders_are_followed_but_not_a_link_back_up(tmp_path: Path) -> N
     ]
 
 
+def test_an_image_reached_twice_through_links_is_refused(tmp_path: Path) -> None:
+    """A link to a folder listed already read its images twice, each labelled by its own
+    folder: good/a.png normal, good_too/a.png the same file as an anomaly."""
+    (tmp_path / "good").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(tmp_path / "good" / "a.png")
+    (tmp_path / "good_too").symlink_to(tmp_path / "good", target_is_directory=True)
+    with pytest.raises(InputError) as refused:
+        list_images(tmp_path, ImageConfig(normal=["good"]))
+    assert str(refused.value) == (
+        f"{tmp_path / 'good_too' / 'a.png'}: the same file as {tmp_path / 'good' / 'a.png'} "
+        "(a link reaches it twice); an image is read once: remove the link"
+    )
+
+
 def test_two_images_whose_heatmaps_share_a_name_stop_score_maps(digits_model, tmp_path) -> None:
     model_uri, tracking, test_dir = digits_model
     folder = tmp_path / "in"

@@ -150,7 +150,22 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
     ]
     if not items:
         raise InputError(f"{source}: no PNG, JPEG, BMP, TIFF or WebP images in this folder")
+    _refuse_repeated_images(items)
     return ImageListing(items, masks, image.mask_rule)
+
+
+def _refuse_repeated_images(items: list[ImageItem]) -> None:
+    """One line for an image reached by two paths: a link to a folder (or file) that is
+    listed already. It was scored twice and counted twice in evaluate's and calibrate's
+    metrics, labelled by each folder's name: good/a.png normal, good_copy/a.png an anomaly."""
+    first: dict[Path, str] = {}
+    for item in items:
+        seen = first.setdefault(Path(item.path).resolve(), item.path)
+        if seen != item.path:
+            raise InputError(
+                f"{item.path}: the same file as {seen} (a link reaches it twice); an image is "
+                "read once: remove the link"
+            )
 
 
 def folder_label(path: Path, root: Path, normal: Sequence[str]) -> bool:
