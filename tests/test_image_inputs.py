@@ -271,6 +271,20 @@ def test_a_labels_csv_labels_every_image_and_names_no_other_file(
     )
 
 
+def test_a_labels_csv_labels_each_image_in_one_row(tmp_path: Path) -> None:
+    """A second row for an image, however its path was spelled, replaced the first's label
+    without a word: the last row won."""
+    (tmp_path / "good").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(tmp_path / "good" / "a.png")
+    csv = tmp_path / "labels.csv"
+    csv.write_text(f"path,label\ngood/a.png,0\n{tmp_path}/good/./a.png,1\n")
+    with pytest.raises(InputError) as refused:
+        labels_from_csv(list_images(tmp_path, ImageConfig()), csv, tmp_path)
+    assert str(refused.value) == (
+        f"{csv}: row 2: {tmp_path}/good/./a.png is labelled already, in row 1"
+    )
+
+
 def _write_raw_idx(path: Path, array: np.ndarray, type_code: int) -> Path:
     shape = b"".join(int(n).to_bytes(4, "big") for n in array.shape)
     path.write_bytes(bytes([0, 0, type_code, array.ndim]) + shape + array.tobytes())

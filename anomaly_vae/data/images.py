@@ -191,7 +191,8 @@ def labels_from_csv(
     """The listing's images, labelled by a `path,label` CSV (paths relative to `root`, or to
     the working directory as `score` writes them, or absolute). The CSV labels every image and names nothing else: an image it left out was
     dropped, so metrics described a subset nobody chose, and a row for a moved or misspelt
-    file lost its label, both without a word."""
+    file lost its label, both without a word. So does a second row for an image, however its
+    path is spelled ("a.png", "./a.png", absolute)."""
     import pandas as pd
 
     try:
@@ -203,7 +204,7 @@ def labels_from_csv(
     root = Path(root)
     keyed = [(item, str(Path(item.path).resolve())) for item in listing.items]
     images = {key for _, key in keyed}
-    labels = {}
+    labels, rows = {}, {}  # by resolved path: each image's label and the row that gave it
     for row, (path, label) in enumerate(zip(table["path"], table["label"], strict=True)):
         if label not in (0, 1, True, False):
             raise InputError(f"{csv_path}: row {row + 1}: label {label!r} is not 0 or 1")
@@ -215,7 +216,11 @@ def labels_from_csv(
         if key not in images:
             why = _not_an_image(Path(key), listing, root)
             raise InputError(f"{csv_path}: row {row + 1}: {path} {why}")
-        labels[key] = bool(label)
+        if key in rows:  # the last row's label won, whatever the first said
+            raise InputError(
+                f"{csv_path}: row {row + 1}: {path} is labelled already, in row {rows[key]}"
+            )
+        labels[key], rows[key] = bool(label), row + 1
     if unlabelled := [item.path for item, key in keyed if key not in labels]:
         raise InputError(
             f"{csv_path}: no label for {len(unlabelled):,} of the {len(keyed):,} images in "
