@@ -106,6 +106,10 @@ def evaluate_file(
     from anomaly_vae.data.images import is_image_source
     from anomaly_vae.errors import InputError
 
+    # A mistyped image folder is neither kind: it read as a table, and --label-from was
+    # refused as "for images", the folder's name not.
+    if not Path(input_path).exists():
+        raise InputError(f"{input_path}: file not found")
     # Options of the other input kind were ignored without a word: a table "evaluated on the
     # held-out rows only" was evaluated on all of them, and an image CSV given as --label (as
     # calibrate takes it) was not read.
@@ -115,6 +119,8 @@ def evaluate_file(
                 f"{input_path}: --label names a table's label column; for images use "
                 "--label-from folder or --label-from a path,label CSV"
             )
+        if allow_extra:
+            raise InputError(f"{input_path}: --allow-extra-columns is for tables")
         from pipelines.evaluate_images import evaluate_images
 
         return evaluate_images(

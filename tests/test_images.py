@@ -333,7 +333,8 @@ def test_evaluate_refuses_the_options_of_the_other_input_kind(
     digits_model, breast_cancer_model, breast_cancer_files
 ) -> None:
     """Ignored without a word, --held-out-only on a table evaluated every row, and --label
-    (calibrate's way to name an image CSV) on a folder read no labels from it."""
+    (calibrate's way to name an image CSV) on a folder read no labels from it;
+    --allow-extra-columns on a folder was ignored."""
     image_uri, image_tracking, test_dir = digits_model
     table_uri, table_tracking = breast_cancer_model
     table = breast_cancer_files[1]
@@ -341,6 +342,9 @@ def test_evaluate_refuses_the_options_of_the_other_input_kind(
         (image_uri, test_dir, image_tracking, ["--label", "labels.csv"], "--label names a"),
         (table_uri, table, table_tracking, ["--held-out-only"], "--held-out-only is for images"),
         (table_uri, table, table_tracking, ["--label-from", "folder"], "--label-from is for"),
+        (image_uri, test_dir, image_tracking, ["--allow-extra-columns"], "--allow-extra-col"),
+        # A mistyped folder was refused as a table given --label-from.
+        (image_uri, test_dir / "typo", image_tracking, ["--label-from", "folder"], "file not"),
     ):
         result = run_cli("evaluate", model, data, *option, "--tracking-uri", tracking)
         assert result.exit_code == 1, option
