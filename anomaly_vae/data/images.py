@@ -189,10 +189,11 @@ def labels_from_csv(
     listing: ImageListing, csv_path: str | Path, root: str | Path
 ) -> list[ImageItem]:
     """The listing's images, labelled by a `path,label` CSV (paths relative to `root`, or to
-    the working directory as `score` writes them, or absolute). The CSV labels every image and names nothing else: an image it left out was
-    dropped, so metrics described a subset nobody chose, and a row for a moved or misspelt
-    file lost its label, both without a word. So does a second row for an image, however its
-    path is spelled ("a.png", "./a.png", absolute)."""
+    the working directory as `score` writes them, or absolute). The CSV labels every image
+    once and names nothing else: an image it left out was dropped, so metrics described a
+    subset nobody chose; a row for a moved or misspelt file lost its label, and a second row
+    for an image, however its path is spelled ("a.png", "./a.png", absolute), replaced the
+    first's; all without a word."""
     import pandas as pd
 
     try:
