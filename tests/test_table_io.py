@@ -184,6 +184,30 @@ def test_a_latin1_csv_is_refused_in_one_line(
     assert list(out.parent.iterdir()) == []
 
 
+def test_a_cell_longer_than_the_csv_block_is_refused_in_one_line(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    # pyarrow reads a CSV in 1 MB blocks and advised "try to increase block size?", which no
+    # option of ours does.
+    model_uri, tracking = breast_cancer_model
+    rows = pd.concat([pd.read_parquet(breast_cancer_files[1]).drop(columns="label")] * 20)
+    rows["note"] = "x"
+    rows.iloc[3000, -1] = "y" * 2_000_000  # after the first block
+    source = tmp_path / "notes.csv"
+    rows.to_csv(source, index=False)
+    out = tmp_path / "out" / "scored.csv"
+    out.parent.mkdir()
+    result = run_cli(
+        "score", model_uri, source, "-o", out, "--allow-extra-columns", "--tracking-uri", tracking
+    )
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: {source}: a cell holds more than 1 MB of text, more than the CSV reader takes "
+        "at once; drop that column or save the table as Parquet"
+    )
+    assert list(out.parent.iterdir()) == []
+
+
 def test_an_output_that_would_replace_the_input_is_refused(
     breast_cancer_model, breast_cancer_files, tmp_path
 ) -> None:
