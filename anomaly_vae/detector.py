@@ -32,7 +32,7 @@ from anomaly_vae.data.images import (
     list_images,
 )
 from anomaly_vae.data.preprocessing import TabularPreprocessor
-from anomaly_vae.data.schema import check_columns
+from anomaly_vae.data.schema import check_columns, check_kept_columns
 from anomaly_vae.errors import InputError
 from anomaly_vae.models.conv_vae import ConvVAE
 from anomaly_vae.models.tabular_vae import TabularVAE
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 ARTIFACT_FILE = "detector.json"
 WEIGHTS_FILE = "weights.safetensors"
 FORMAT_VERSION = 1
-OUTPUT_COLUMNS = ("recon_score", "kl_score", "score", "is_anomaly", "top_features")
 
 
 @dataclass
@@ -137,6 +136,7 @@ class TabularDetector:
             if keep_columns
             else [c for c in self.roles.id_columns if c in frame.columns]
         )
+        check_kept_columns(kept, source)
         out = frame[kept].assign(**score_columns(scores, self.threshold, self.probability))
         out["top_features"] = self._top_features(scores.contributions, len(out)).to_numpy()
         return out
@@ -285,6 +285,8 @@ class ImageDetector:
             raise InputError(
                 f"{source}: unexpected column '{extra[0]}' (an image model reads 'path')"
             )
+        if keep_columns:
+            check_kept_columns(extra, source)
         items = [ImageItem(str(path)) for path in frame["path"]]
         batches = [self.frame(batch, scores) for batch, _, scores in self.scored_batches(items)]
         scored = pd.concat(batches, ignore_index=True)

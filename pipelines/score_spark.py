@@ -96,6 +96,8 @@ def score_dataframe(
     from pyspark.sql import functions as F
     from pyspark.sql.types import NumericType, StringType, StructField, StructType
 
+    from anomaly_vae.data.schema import check_kept_columns
+
     signature = mlflow.models.get_model_info(model_uri).signature
     input_names = set(signature.inputs.input_names())
     types = {field.name: field.dataType for field in frame.schema.fields}
@@ -121,10 +123,11 @@ def score_dataframe(
     scores = StructType(
         [StructField(f.name, f.dataType) for f in outputs.fields if f.name not in input_names]
     )
+    kept = frame.columns if keep_columns else ids
+    check_kept_columns(kept, source)
     udf = mlflow.pyfunc.spark_udf(
         frame.sparkSession, model_uri, result_type=scores, env_manager="local"
     )
-    kept = frame.columns if keep_columns else ids
     return frame.select(
         *[F.col(f"`{c}`") for c in kept], udf(F.struct(*arguments)).alias(_SCORES)
     ).select(*[F.col(f"`{c}`") for c in kept], f"{_SCORES}.*")

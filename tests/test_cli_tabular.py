@@ -228,6 +228,24 @@ def test_keep_columns_keeps_every_input_column(
     assert list(pd.read_parquet(out).columns) == [*pd.read_parquet(test).columns, *SCORE_COLUMNS]
 
 
+def test_keep_columns_refuses_an_input_column_named_like_a_score(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    """A scored file scored again kept its old `probability` beside the new flags."""
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    scored = tmp_path / "scored.parquet"
+    pd.read_parquet(test).assign(probability=0.99).to_parquet(scored)
+    out = tmp_path / "again.parquet"
+    options = ["--keep-columns", "--allow-extra-columns", "--tracking-uri", tracking]
+    result = run_cli("score", model_uri, scored, "-o", out, *options)
+    assert result.exit_code != 0 and not out.exists()
+    assert result.stderr.strip() == (
+        f"Error: {scored}: column 'probability' has the name of a column scoring writes; "
+        "rename or drop it to keep it beside the scores"
+    )
+
+
 def test_evaluate_separates_malignant_from_benign(breast_cancer_model, breast_cancer_files) -> None:
     model_uri, tracking = breast_cancer_model
     _, test = breast_cancer_files

@@ -10,6 +10,9 @@ import pandas as pd
 
 from anomaly_vae.errors import InputError
 
+# The columns scoring adds to the input's (an image model's have no `top_features`).
+OUTPUT_COLUMNS = ("recon_score", "kl_score", "score", "is_anomaly", "probability", "top_features")
+
 _TRUE_STRINGS = {"1", "true", "yes", "anomaly", "anomalous"}
 _FALSE_STRINGS = {"0", "false", "no", "normal"}
 
@@ -40,6 +43,21 @@ def check_columns(
                 f"{source}: unexpected column(s) {_names(extra)} "
                 "(the model was not trained on them; pass --allow-extra-columns to ignore them)"
             )
+
+
+def check_kept_columns(columns: Sequence[str], source: str) -> None:
+    """Refuse an input column kept in the output under the name of a score column.
+
+    The scores replaced its values in place, and one the model does not write stayed as it
+    was: a scored file scored again with `--keep-columns` by a model without a calibrated
+    probability came out with the first model's `probability` beside the second's flags.
+    """
+    taken = [c for c in columns if c in OUTPUT_COLUMNS]
+    if taken:
+        raise InputError(
+            f"{source}: column '{taken[0]}' has the name of a column scoring writes; rename "
+            "or drop it to keep it beside the scores"
+        )
 
 
 def anomaly_labels(
