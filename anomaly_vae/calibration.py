@@ -320,24 +320,25 @@ def _cost_per_row(
 def threshold_metrics(
     scores: np.ndarray, labels: np.ndarray | None, threshold: float
 ) -> dict[str, float]:
-    """What a threshold achieves on the data it was chosen on."""
+    """What a threshold achieves on the data it was chosen on.
+
+    A class the labels lack leaves its rates out: written as 0, an all-normal file's recall
+    read as every anomaly missed (in `calibrate`'s line, its run and `runs`), and an
+    all-anomalous file's false-positive rate as no false alarm.
+    """
     flagged = scores >= threshold
     metrics = {"alert_rate": float(flagged.mean())}
     if labels is None:
         return metrics
-    tp = int(np.sum(flagged & labels))
-    fp = int(np.sum(flagged & ~labels))
-    fn = int(np.sum(~flagged & labels))
-    n_normal = int(np.sum(~labels))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    metrics.update(
-        precision=precision,
-        recall=recall,
-        f1=f1,
-        fpr=fp / n_normal if n_normal else 0.0,
-    )
+    if labels.any():
+        tp = int(np.sum(flagged & labels))
+        fp = int(np.sum(flagged & ~labels))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / int(np.sum(labels))
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        metrics.update(precision=precision, recall=recall, f1=f1)
+    if not labels.all():
+        metrics["fpr"] = float(np.sum(flagged & ~labels)) / int(np.sum(~labels))
     return metrics
 
 

@@ -164,3 +164,12 @@ def test_huge_equal_costs_choose_the_threshold_of_unit_costs(scored) -> None:
 def test_a_labelled_strategy_without_labels_names_both_ways_to_give_them() -> None:
     with pytest.raises(InputError, match="data.label to train, --label to calibrate"):
         choose_threshold(np.arange(10.0), None, "f1")
+
+
+def test_metrics_leave_out_the_rates_of_a_class_the_labels_lack() -> None:
+    """Calibrating on normals only printed and logged recall 0.0, as if every anomaly missed."""
+    scores = np.arange(10.0)
+    normals = choose_threshold(scores, np.zeros(10, bool), "fpr<=0.2")
+    assert normals.metrics == {"alert_rate": 0.2, "fpr": 0.2}
+    anomalies = threshold_metrics(scores, np.ones(10, bool), 5.0)
+    assert anomalies == {"alert_rate": 0.5, "precision": 1.0, "recall": 0.5, "f1": 2 / 3}
