@@ -129,6 +129,7 @@ class TabularDetector:
         input's index, so that `frame["score"] = scored["score"]`, or a join of the columns
         `frame` lacks, pairs each row with its own scores (a filtered frame's index has gaps:
         renumbered, those assignments paired rows with other rows' scores)."""
+        _check_frame(frame, source)
         self.check_columns(list(frame.columns), source, allow_extra)
         scores = self.score_samples(frame, source, row_offset, self.top_features > 0)
         kept = (
@@ -277,7 +278,11 @@ class ImageDetector:
         keep_columns: bool = False,
         allow_extra: bool = False,
     ) -> pd.DataFrame:
-        """Score the image files named in a `path` column (the pyfunc's input)."""
+        """Score the image files named in a `path` column (the pyfunc's input), on the input's
+        index as tables are (it was renumbered from 0)."""
+        _check_frame(frame, source)
+        if frame.empty:
+            raise InputError(f"{source}: no image paths to score")
         if "path" not in frame.columns:
             raise InputError(f"{source}: an image model needs a 'path' column of image files")
         extra = [c for c in frame.columns if c != "path"]
@@ -292,7 +297,7 @@ class ImageDetector:
         scored = pd.concat(batches, ignore_index=True)
         if keep_columns:
             scored = pd.concat([frame[extra].reset_index(drop=True), scored], axis=1)
-        return scored
+        return scored.set_axis(frame.index)
 
     def to_state(self) -> dict[str, Any]:
         return {
@@ -326,6 +331,14 @@ class ImageDetector:
             map_scale=state["scoring"]["map_scale"],
             info=state.get("info", {}),
             **_decision_from_state(state),
+        )
+
+
+def _check_frame(frame: object, source: str) -> None:
+    """A pandas DataFrame, else one line: a Series or an array failed on `.columns`."""
+    if not isinstance(frame, pd.DataFrame):
+        raise InputError(
+            f"{source}: score_frame takes a pandas DataFrame, not {type(frame).__name__}"
         )
 
 

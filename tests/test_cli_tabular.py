@@ -487,6 +487,10 @@ def test_python_scores_keep_the_rows_index(breast_cancer_model, breast_cancer_fi
     joined = chosen.join(scored.drop(columns=chosen.columns, errors="ignore"))
     assert joined["score"].equals(whole.loc[chosen.index, "score"])
 
+    # A Series (one row picked with .loc) is refused in one line, not an AttributeError.
+    with pytest.raises(InputError, match="score_frame takes a pandas DataFrame, not Series"):
+        detector.score_frame(frame.iloc[0])
+
     dated = frame.assign(**{"mean area": pd.Timestamp("2026-11-27")})
     with pytest.raises(InputError, match="column 'mean area' holds dates or times, not numbers"):
         detector.score_frame(dated)

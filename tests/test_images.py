@@ -235,6 +235,17 @@ def test_pyfunc_scores_a_path_column_like_the_cli(digits_model, tmp_path) -> Non
     cli = pd.read_csv(tmp_path / "s.csv").set_index("path").loc[files]
     assert np.allclose(served["score"], cli["score"])
 
+    # In Python, scores come back on the input's index, as a table model's do.
+    from pipelines.score import load_model
+
+    detector = load_model(model_uri, tracking)
+    picked = pd.DataFrame({"path": files}, index=[7, 3, 11, 5])
+    scored = detector.score_frame(picked)
+    assert scored.index.equals(picked.index)
+    assert np.allclose(scored["score"], cli["score"])
+    with pytest.raises(InputError, match="no image paths to score"):
+        detector.score_frame(picked.iloc[:0])
+
 
 def test_pixel_auroc_matches_sklearn_on_pasted_defects(digits_model, tmp_path) -> None:
     """Bright squares pasted on normal digits, a BMP image with its PNG mask beside it."""
