@@ -112,14 +112,16 @@ class NormalScores:
         false null hypotheses among a large number of independently tested hypotheses", Annals
         of Statistics 2006). Less `SHARE_Z` standard errors of U - R, the largest over all
         thresholds. The reference counts as `len(quantiles)` rows: where it summarises more,
-        the band is a little wider than it need be.
+        the band is a little wider than it need be. The batch's own term is at least what normal
+        rows would give at R: its plug-in U (1 - U) is 0 where every row is flagged (U = 1),
+        and at the lowest thresholds, where 1 - R is small, a clean batch of 50 normal rows
+        read as 76% anomalies.
         """
         thresholds, flagged = _flagged_at_each_score(scores)
         batch = flagged / len(scores)
         normal = self.exceedance(thresholds)
-        error = np.sqrt(
-            normal * (1 - normal) / len(self.quantiles) + batch * (1 - batch) / len(scores)
-        )
+        spread = np.maximum(batch * (1 - batch), normal * (1 - normal))
+        error = np.sqrt(normal * (1 - normal) / len(self.quantiles) + spread / len(scores))
         tail = normal < 1
         excess = (batch - normal - SHARE_Z * error)[tail] / (1 - normal[tail])
         return float(excess.max(initial=0.0))
@@ -263,7 +265,13 @@ def estimated_f1_threshold(
         anomalies = np.maximum(caught, max(share * n, 1.0))
         return 2.0 * caught / (flagged + anomalies)
 
-    best = int(np.argmax(f1_at(np.clip(flagged - false_alarms - CAUGHT_Z * error, 0.0, None))))
+    cautious = f1_at(np.clip(flagged - false_alarms - CAUGHT_Z * error, 0.0, None))
+    if not cautious.any():
+        # No threshold catches more than the normal rows' noise: the batch shows no anomalies,
+        # and argmax over zeros picked the lowest score, flagging every row of a clean batch.
+        # Flag only what scores above every normal the detector kept.
+        return float(np.nextafter(normal.quantiles[-1], np.inf)), {"estimated_anomaly_share": share}
+    best = int(np.argmax(cautious))
     caught = np.clip(flagged - false_alarms, 0.0, None)
     return float(candidates[best]), {
         "estimated_anomaly_share": share,

@@ -110,6 +110,26 @@ def test_estimated_f1_nears_the_best_f1_without_labels(
         assert np.mean(budgeted) < 0.6 * np.mean(reached)
 
 
+def test_a_clean_batch_flags_almost_nothing() -> None:
+    """A batch of normal rows only: the share bound divided the batch's excess by 1 - R with
+    an error of 0 where every row is flagged (50 rows read as 76% anomalies), and where no
+    threshold showed anomalies the argmax over zeros took the lowest score: every row of a
+    clean batch was flagged."""
+    normal = NormalScores.from_scores(np.random.default_rng(0).normal(0, 1, 5_000))
+    flagged = []
+    for seed in range(20):
+        batch = np.random.default_rng(seed + 1).normal(0, 1, 1_000)
+        assert normal.excess_share(batch[:50]) == 0.0
+        chosen = choose_threshold(batch, None, "estimated-f1", normal=normal)
+        flagged.append(np.mean(batch >= chosen.value))
+    assert np.mean(flagged) < 0.02 and max(flagged) < 0.2
+    # Where nothing stands out, what scores above every kept normal is flagged, and no
+    # F1 is claimed.
+    quiet = choose_threshold(normal.quantiles[::7], None, "estimated-f1", normal=normal)
+    assert quiet.value > normal.quantiles[-1]
+    assert set(quiet.metrics) == {"alert_rate", "estimated_anomaly_share"}
+
+
 def test_anomalies_in_the_tail_count_where_the_bulk_sits_below_the_reference() -> None:
     """Batch normals a little below the reference fill its lower 85% more than they should,
     and Storey's estimate reads a share of 0; the tail still shows the 2% of anomalies."""
