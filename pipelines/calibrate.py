@@ -207,13 +207,9 @@ def _image_scores_and_labels(
     Labels are None when some image has none (an IDX file without its labels) or when no
     image is anomalous: then only the strategies that need normals alone apply.
     """
-    from anomaly_vae.data.images import labels_from_csv
     from pipelines.score_images import scored_image_batches
 
-    listing = detector.list_images(input_path)
-    items = listing.items
-    if labels_csv:
-        items = labels_from_csv(listing, labels_csv, input_path)
+    items = detector.list_images(input_path).labelled(labels_csv or None, input_path)
     scores = np.concatenate([s.score for _, _, s in scored_image_batches(detector, items)])
     known = [item.label for item in items]
     labels = None if None in known else np.array(known, dtype=bool)

@@ -33,7 +33,7 @@ def evaluate_images(
     import mlflow
     from sklearn.metrics import roc_auc_score
 
-    from anomaly_vae.data.images import labels_from_csv, read_mask
+    from anomaly_vae.data.images import read_mask
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import WorstImages, common_sections
     from anomaly_vae.tracking import configure_tracking, use_experiment
@@ -44,10 +44,8 @@ def evaluate_images(
         check_report_path(report_path)
     detector = image_detector(model_uri, input_path, tracking_uri)
     listing = detector.list_images(input_path)
-    items = listing.items
     label_from = label_from or detector.image.labels_csv or "folder"
-    if label_from != "folder":
-        items = labels_from_csv(listing, label_from, input_path)
+    items = listing.labelled(None if label_from == "folder" else label_from, input_path)
     unlabelled = next((item for item in items if item.label is None), None)
     if unlabelled is not None:
         raise InputError(

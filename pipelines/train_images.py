@@ -40,15 +40,13 @@ class ImageSplit:
 
 def split_images(config: Config, echo: Callable[[str], None] = print) -> ImageSplit:
     """Normal images split into training and validation; anomalies go to validation only."""
-    from anomaly_vae.data.images import is_held_out, is_idx, labels_from_csv, list_images
+    from anomaly_vae.data.images import is_held_out, is_idx, list_images
 
     source, image = config.data.path, config.image
     listing = list_images(source, image)
     if note := listing.masks_note():
         echo(note)
-    items = listing.items
-    if image.labels_csv:
-        items = labels_from_csv(listing, image.labels_csv, source)
+    items = listing.labelled(image.labels_csv or None, source)
     labels = np.array([bool(item.label) for item in items])
     if labels.all() and (image.labels_csv or is_idx(source)):
         # The all-normal fallback is for folders without a normal one: applied to labels the

@@ -66,6 +66,10 @@ class ImageListing:
     masks: list[Path]
     mask_rule: str = ""
 
+    def labelled(self, labels_csv: str | Path | None, root: str | Path) -> list[ImageItem]:
+        """The images, labelled by their folders, or by `labels_csv` when there is one."""
+        return self.items if labels_csv is None else labels_from_csv(self, labels_csv, root)
+
     def masks_note(self) -> str | None:
         """One line naming the files read as masks, or None when there were none."""
         if not self.masks:
@@ -138,32 +142,33 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
     # An is_file() filter dropped a broken link without a word, and the image it named with it.
     if broken := next((p for p in files if p.is_symlink() and not p.exists()), None):
         raise InputError(f"{broken}: unreadable image (a broken link to {broken.readlink()})")
-    files = [p for p in files if p.is_file()]
+    real = {p: p.resolve() for p in files if p.is_file()}  # each path resolved once
     # A rule such as {stem}.png names a PNG image itself: that image has no mask.
-    mask_of = {p: m for p in files if (m := mask_path(p, image.mask_rule)) != p.resolve()}
+    mask_of = {p: m for p, r in real.items() if (m := mask_path(p, image.mask_rule)) != r}
     mask_files = set(mask_of.values())
-    masks = [p for p in files if p.resolve() in mask_files]
+    masks = [p for p, r in real.items() if r in mask_files]
+    images = [p for p, r in real.items() if r not in mask_files]
+    if not images:
+        raise InputError(f"{source}: no PNG, JPEG, BMP, TIFF or WebP images in this folder")
+    _refuse_repeated_images(images, real)
     items = [
         ImageItem(str(p), folder_label(p, source, image.normal), _existing(mask_of.get(p)))
-        for p in files
-        if p.resolve() not in mask_files
+        for p in images
     ]
-    if not items:
-        raise InputError(f"{source}: no PNG, JPEG, BMP, TIFF or WebP images in this folder")
-    _refuse_repeated_images(items)
     return ImageListing(items, masks, image.mask_rule)
 
 
-def _refuse_repeated_images(items: list[ImageItem]) -> None:
-    """One line for an image reached by two paths: a link to a folder (or file) that is
-    listed already. It was scored twice and counted twice in evaluate's and calibrate's
-    metrics, labelled by each folder's name: good/a.png normal, good_copy/a.png an anomaly."""
-    first: dict[Path, str] = {}
-    for item in items:
-        seen = first.setdefault(Path(item.path).resolve(), item.path)
-        if seen != item.path:
+def _refuse_repeated_images(images: list[Path], real: dict[Path, Path]) -> None:
+    """One line for an image reached by two paths (`real`: each path resolved): a link to a
+    folder (or file) that is listed already. It was scored twice and counted twice in
+    evaluate's and calibrate's metrics, labelled by each folder's name: good/a.png normal,
+    good_copy/a.png an anomaly."""
+    first: dict[Path, Path] = {}
+    for path in images:
+        seen = first.setdefault(real[path], path)
+        if seen != path:
             raise InputError(
-                f"{item.path}: the same file as {seen} (a link reaches it twice); an image is "
+                f"{path}: the same file as {seen} (a link reaches it twice); an image is "
                 "read once: remove the link"
             )
 
@@ -212,8 +217,8 @@ def labels_from_csv(
         if not isinstance(path, str):  # an empty cell, NaN: a traceback in Path()
             raise InputError(f"{csv_path}: row {row + 1}: no path")
         key = str((root / path).resolve())  # an absolute path stays itself
-        if key not in images and str(Path(path).resolve()) in images:
-            key = str(Path(path).resolve())  # as `score` writes it: from where it was run
+        if key not in images and (here := str(Path(path).resolve())) in images:
+            key = here  # as `score` writes it: from where it was run
         if key not in images:
             why = _not_an_image(Path(key), listing, root)
             raise InputError(f"{csv_path}: row {row + 1}: {path} {why}")
