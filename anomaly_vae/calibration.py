@@ -338,15 +338,15 @@ def threshold_metrics(
     metrics = {"alert_rate": float(flagged.mean())}
     if labels is None:
         return metrics
+    fp = int(np.sum(flagged & ~labels))
     if labels.any():
         tp = int(np.sum(flagged & labels))
-        fp = int(np.sum(flagged & ~labels))
         precision = tp / (tp + fp) if tp + fp else 0.0
         recall = tp / int(np.sum(labels))
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         metrics.update(precision=precision, recall=recall, f1=f1)
     if not labels.all():
-        metrics["fpr"] = float(np.sum(flagged & ~labels)) / int(np.sum(~labels))
+        metrics["fpr"] = fp / int(np.sum(~labels))
     return metrics
 
 

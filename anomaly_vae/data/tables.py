@@ -227,13 +227,13 @@ def _conversion_error(
     if not_utf8:
         name = names[int(not_utf8.group(1))]
         return f"{path}: column '{name}' is not UTF-8 text; save the file as UTF-8"
-    found = _CSV_CONVERSION.search(str(exc))
     if "straddles two block boundaries" in str(exc):  # pyarrow's advice: a larger block size
         block = pacsv.ReadOptions().block_size >> 20
         return (
             f"{path}: a cell holds more than {block} MB of text, more than the CSV reader "
             "takes at once; drop that column or save the table as Parquet"
         )
+    found = _CSV_CONVERSION.search(str(exc))
     if not found:
         return f"{path}: cannot read ({first_line(exc)})"
     position, kind, value = found.groups()

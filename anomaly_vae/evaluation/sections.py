@@ -6,12 +6,12 @@ import numpy as np
 import pandas as pd
 
 from anomaly_vae.calibration import Costs
+from anomaly_vae.data.schema import OUTPUT_COLUMNS
 from anomaly_vae.evaluation import figures
 from anomaly_vae.evaluation.metrics import recall_at_fprs, threshold_sweep, top_feature_counts
 from anomaly_vae.evaluation.report import Section
 
 TOP_ROWS_SHOWN = 20
-SCORE_COLUMNS = ("recon_score", "kl_score", "score", "probability")  # rounded in the table
 WORST_IMAGES = 8
 
 
@@ -103,8 +103,8 @@ def _shown(rows: pd.DataFrame) -> pd.DataFrame:
     (ids, label) whole. Rounded alike, a float id such as the credit-card sample's 214612.0
     read 2.146e+05, which finds no transaction."""
     shown = rows.astype(object)
-    for name in SCORE_COLUMNS:
-        if name in rows.columns:
+    for name in OUTPUT_COLUMNS:
+        if name in rows.columns and pd.api.types.is_float_dtype(rows[name]):
             shown[name] = rows[name].map("{:.4g}".format)
     return shown
 
