@@ -30,6 +30,13 @@ def score(model: tuple[str, str], source: Path, out: Path) -> subprocess.Complet
     )
 
 
+def output_in_empty_folder(tmp_path: Path, name: str) -> Path:
+    """An output path alone in a new folder, so a refusal can show that nothing was written."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    return folder / name
+
+
 def assert_refused(result: subprocess.CompletedProcess, out: Path, message: str) -> None:
     """Exit 1, one line naming the culprit, and nothing written: not even a temporary file."""
     assert result.returncode == 1, result.stderr
@@ -76,8 +83,7 @@ def test_parquet_parts_of_another_shape_are_refused(
     # The CSV writer took part-1's table without a check: exit 139, a .tmp file left behind.
     folder = tmp_path / "table"
     two_parts(breast_cancer_files[1], folder, change)
-    out = tmp_path / "out" / f"scored{suffix}"
-    out.parent.mkdir()
+    out = output_in_empty_folder(tmp_path, f"scored{suffix}")
     result = score(breast_cancer_model, folder, out)
     assert_refused(result, out, f"{folder / 'part-1.parquet'}: {message}")
 
@@ -108,8 +114,7 @@ def test_id_columns_a_csv_cannot_hold_are_refused(
 ) -> None:
     # pyarrow's ArrowInvalid ("Unsupported Type", "Invalid UTF8 payload") came as a traceback.
     source = parquet_with_ids(breast_cancer_files[1], tmp_path / "odd_ids.parquet", ids)
-    out = tmp_path / "out" / "scored.csv"
-    out.parent.mkdir()
+    out = output_in_empty_folder(tmp_path, "scored.csv")
     result = score(breast_cancer_model, source, out)
     assert_refused(result, out, f"{source}: column 'id' ({kind}")
 
@@ -176,8 +181,7 @@ def test_a_latin1_csv_is_refused_in_one_line(
     text = pd.read_parquet(breast_cancer_files[1]).drop(columns="label").to_csv(index=False)
     source = tmp_path / "latin1.csv"
     source.write_bytes(edit(text).encode("latin-1"))
-    out = tmp_path / "out" / "scored.csv"
-    out.parent.mkdir()
+    out = output_in_empty_folder(tmp_path, "scored.csv")
     result = run_cli("score", model_uri, source, "-o", out, "--tracking-uri", tracking)
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: {source}: {message}"
@@ -195,8 +199,7 @@ def test_a_cell_longer_than_the_csv_block_is_refused_in_one_line(
     rows.iloc[3000, -1] = "y" * 2_000_000  # after the first block
     source = tmp_path / "notes.csv"
     rows.to_csv(source, index=False)
-    out = tmp_path / "out" / "scored.csv"
-    out.parent.mkdir()
+    out = output_in_empty_folder(tmp_path, "scored.csv")
     result = run_cli(
         "score", model_uri, source, "-o", out, "--allow-extra-columns", "--tracking-uri", tracking
     )
