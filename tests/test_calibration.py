@@ -130,6 +130,27 @@ def test_a_clean_batch_flags_almost_nothing() -> None:
     assert set(quiet.metrics) == {"alert_rate", "estimated_anomaly_share"}
 
 
+def test_a_small_clean_batch_seldom_reads_as_anomalous() -> None:
+    """On 200 normal rows Storey's share often reads a few per cent and one of hundreds of
+    thresholds clears its own band by chance: 17 of these 100 clean batches flagged more than
+    5% of their rows. A batch of the same size with 10 clear anomalies still has them found."""
+    normal = NormalScores.from_scores(np.random.default_rng(0).normal(0, 1, 5_000))
+    batches = [np.random.default_rng(seed + 100).normal(0, 1, 200) for seed in range(100)]
+    flagged = [
+        np.mean(batch >= choose_threshold(batch, None, "estimated-f1", normal=normal).value)
+        for batch in batches
+    ]
+    assert np.mean(np.array(flagged) > 0.05) < 0.08
+    assert not any(normal.anomaly_share(batch)[1] for batch in batches[:5])
+    rng = np.random.default_rng(5)
+    scores = np.r_[rng.normal(0, 1, 190), rng.normal(4, 1, 10)]
+    assert normal.anomaly_share(scores)[1]
+    chosen = choose_threshold(scores, None, "estimated-f1", normal=normal)
+    assert not np.any(scores[:190] >= chosen.value)
+    assert np.sum(scores[190:] >= chosen.value) >= 7
+    assert chosen.metrics["estimated_f1"] > 0.9
+
+
 def test_anomalies_in_the_tail_count_where_the_bulk_sits_below_the_reference() -> None:
     """Batch normals a little below the reference fill its lower 85% more than they should,
     and Storey's estimate reads a share of 0; the tail still shows the 2% of anomalies."""
@@ -138,7 +159,8 @@ def test_anomalies_in_the_tail_count_where_the_bulk_sits_below_the_reference() -
     scores = np.concatenate([rng.normal(-0.1, 1, 19_600), rng.normal(8, 1, 400)])
     storey = 1 - np.mean(scores < np.quantile(normal.quantiles, 0.85)) / 0.85
     assert storey <= 0
-    assert 0.015 < normal.anomaly_share(scores) <= 0.02
+    share, shown = normal.anomaly_share(scores)
+    assert 0.015 < share <= 0.02 and shown
     # A batch of normals alone has no tail to speak of.
     assert normal.excess_share(rng.normal(0, 1, 20_000)) < 0.002
 
