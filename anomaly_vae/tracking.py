@@ -26,6 +26,7 @@ from anomaly_vae.errors import InputError, first_line
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
 
+    import mlflow
     import pandas as pd
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -77,6 +78,25 @@ def use_experiment(name: str) -> str:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+@contextlib.contextmanager
+def tracked_run(run_name: str) -> Iterator[mlflow.ActiveRun]:
+    """`mlflow.start_run`, but a command stopped by the user leaves its run KILLED.
+
+    MLflow's own context ends a run FAILED on any exception, so Ctrl-C read as a crash; and
+    Lightning turns Ctrl-C or SIGTERM during a fit into SystemExit, which is no failure of the
+    run either. FINISHED and FAILED stay MLflow's.
+    """
+    import mlflow
+    from mlflow.entities import RunStatus
+
+    with mlflow.start_run(run_name=run_name) as run:
+        try:
+            yield run
+        except (KeyboardInterrupt, SystemExit):
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise
 
 
 def log_detector(

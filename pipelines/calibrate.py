@@ -78,6 +78,7 @@ def calibrate_model(
         configure_tracking,
         log_detector,
         resolve_detector_dir,
+        tracked_run,
         use_experiment,
     )
 
@@ -102,7 +103,7 @@ def calibrate_model(
     configure_tracking(tracking_uri)
     use_experiment(detector.info.get("experiment", "anomaly-vae"))
     registered = _registered_name(model_uri, detector.info)
-    with mlflow.start_run(run_name=f"calibrate {Path(source).name}") as run:
+    with tracked_run(f"calibrate {Path(source).name}") as run:
         mlflow.set_tags(
             {
                 "kind": "calibration",

@@ -134,7 +134,7 @@ def evaluate_file(
     from anomaly_vae.data.schema import anomaly_labels
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import common_sections, top_anomaly_sections
-    from anomaly_vae.tracking import configure_tracking, use_experiment
+    from anomaly_vae.tracking import configure_tracking, tracked_run, use_experiment
     from pipelines.score import scored_batches, table_detector
 
     if report_path is not None:
@@ -168,7 +168,7 @@ def evaluate_file(
     sections += top_anomaly_sections(top_rows)
     configure_tracking(tracking_uri)
     use_experiment(detector.info.get("experiment", "anomaly-vae"))
-    with mlflow.start_run(run_name=f"evaluate {Path(source).name}") as run:
+    with tracked_run(f"evaluate {Path(source).name}") as run:
         mlflow.set_tags({"model_uri": model_uri, "input": source, "kind": "evaluation"})
         mlflow.log_metrics({f"test.{k}": v for k, v in evaluation.metrics.items()})
         (tn, fp), (fn, tp) = evaluation.confusion

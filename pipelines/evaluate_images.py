@@ -36,7 +36,7 @@ def evaluate_images(
     from anomaly_vae.data.images import read_mask
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import WorstImages, common_sections
-    from anomaly_vae.tracking import configure_tracking, use_experiment
+    from anomaly_vae.tracking import configure_tracking, tracked_run, use_experiment
     from pipelines.evaluate import evaluate_at_threshold, publish
     from pipelines.score_images import image_detector, scored_image_batches
 
@@ -84,7 +84,7 @@ def evaluate_images(
     configure_tracking(tracking_uri)
     use_experiment(detector.info.get("experiment", "anomaly-vae"))
     source = str(input_path)
-    with mlflow.start_run(run_name=f"evaluate {Path(source).name}") as run:
+    with tracked_run(f"evaluate {Path(source).name}") as run:
         mlflow.set_tags({"model_uri": model_uri, "input": source, "kind": "evaluation"})
         mlflow.log_params({"images": len(items), "held_out_only": held_out_only})
         mlflow.log_metrics({f"test.{k}": v for k, v in evaluation.metrics.items()})

@@ -1,4 +1,5 @@
-"""Runs: an experiment's runs with their key metrics, to compare models from a terminal.
+"""Runs: an experiment's runs with their status and key metrics, to compare models from a
+terminal.
 
 The same runs, with every metric and figure, are in `mlflow ui`; this is the quick look.
 """
@@ -52,12 +53,15 @@ def list_runs(
         {
             "run_id": runs["run_id"],
             "started": runs["start_time"].dt.strftime("%Y-%m-%d %H:%M"),
+            # A failed or interrupted run logs no metrics: without its status, its '-' read
+            # like those of a finished run that had nothing to log.
+            "status": runs["status"],
             "name": runs.get("tags.mlflow.runName"),
         }
     )
     if experiment is None:
         names = {e.experiment_id: e.name for e in mlflow.search_experiments()}
-        table.insert(2, "experiment", runs["experiment_id"].map(names))
+        table.insert(3, "experiment", runs["experiment_id"].map(names))
     for metric in KEY_METRICS:
         if f"metrics.{metric}" in runs.columns:
             table[metric] = runs[f"metrics.{metric}"]

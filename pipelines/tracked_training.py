@@ -78,11 +78,16 @@ def training_run(
     """An MLflow run in the config's experiment holding the config, its params and `counts`."""
     import mlflow
 
-    from anomaly_vae.tracking import configure_tracking, flatten_params, use_experiment
+    from anomaly_vae.tracking import (
+        configure_tracking,
+        flatten_params,
+        tracked_run,
+        use_experiment,
+    )
 
     configure_tracking(tracking_uri)
     use_experiment(config.mlflow.experiment or run_name(config))
-    with mlflow.start_run(run_name=f"train {title}") as run:
+    with tracked_run(f"train {title}") as run:
         mlflow.log_params(flatten_params(config.model_dump()))
         mlflow.log_dict(config.model_dump(), "config.json")
         mlflow.log_params(counts)

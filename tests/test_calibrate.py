@@ -8,6 +8,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from conftest import run_cli
 from sklearn.isotonic import IsotonicRegression
 from sklearn.linear_model import LogisticRegression
@@ -215,9 +216,36 @@ def test_runs_lists_the_training_run_with_its_metrics(breast_cancer_model) -> No
     assert "validation.auroc" in header.split()
     row = next(r for r in rows if r.startswith(run_id))
     assert f"{auroc:.4g}" in row.split()
+    assert header.split()[:4] == ["run_id", "started", "status", "name"]
+    assert row.split()[3] == "FINISHED"  # after the date and time
 
     missing = run_cli("runs", "--experiment", "nope", "--tracking-uri", tracking)
     assert missing.exit_code != 0 and "experiment 'nope' not found" in missing.output
+
+
+@pytest.mark.parametrize(
+    "stop, status",
+    [(InputError("training diverged"), "FAILED"), (KeyboardInterrupt(), "KILLED")],
+)
+def test_runs_shows_a_training_that_failed_or_was_stopped_as_such(
+    breast_cancer_files, tracking_uri, tmp_path, monkeypatch, stop: BaseException, status: str
+) -> None:
+    """A training that raised after its run began, or that Ctrl-C stopped, was listed like a
+    finished one: '-' for every metric and no status."""
+
+    def fit_vae(*args: object, **kwargs: object) -> None:
+        raise stop
+
+    monkeypatch.setattr("anomaly_vae.training.fit_vae", fit_vae)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data": {"path": str(breast_cancer_files[0])}}))
+    assert run_cli("train", config).exit_code == 1
+
+    result = run_cli("runs", "--experiment", "config")
+    assert result.exit_code == 0, result.output
+    header, row = result.stdout.splitlines()
+    assert header.split()[:4] == ["run_id", "started", "status", "name"]
+    assert row.split()[3:6] == [status, "train", breast_cancer_files[0].name]
 
 
 def test_calibrate_without_labels_estimates_f1_against_the_kept_normal_scores(
