@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import warnings
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import EarlyStopping
-from pytorch_lightning.utilities.exceptions import MisconfigurationException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
@@ -100,7 +101,12 @@ def fit_vae(
             EarlyStopping(monitor="val_loss", patience=training.early_stopping_patience)
         )
     trainer = _trainer(training, callbacks)
-    trainer.fit(module, train_loader, val_loader)
+    try:
+        trainer.fit(module, train_loader, val_loader)
+    except SIGTERMException:
+        # Lightning ends a fit that SIGTERM stopped with SystemExit(None), exit status 0: a
+        # training stopped by `timeout` or a job scheduler read as a success, with no model.
+        raise SystemExit(128 + signal.SIGTERM) from None
     if best.state is None:
         # Every epoch's loss was NaN or infinite: weights that score every row NaN, which
         # calibration cannot place a threshold among. A learning rate far too high does it.

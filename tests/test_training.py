@@ -1,6 +1,9 @@
 """The training module's learning-rate schedules, through a real Lightning fit."""
 
 import math
+import os
+import signal
+from collections.abc import Sequence
 
 import pytest
 import pytorch_lightning as pl
@@ -77,6 +80,24 @@ def test_a_fit_keeps_its_best_finite_weights() -> None:
     result = fit_vae(model, tabular_loss_terms, data, data, TrainingConfig(epochs=2), beta=1.0)
     assert math.isfinite(result.best_val_loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_a_fit_stopped_by_sigterm_exits_as_a_terminated_process_does() -> None:
+    """Lightning ended it with SystemExit(None): `anomaly-vae train` exited 0, no model made."""
+    torch.manual_seed(0)
+    rows = 64
+    data = TensorDataset(torch.randn(rows, 4), torch.ones(rows, 4), torch.zeros(rows, 0).long())
+    model = TabularVAE(n_numeric=4, n_indicators=0, category_sizes=[], hidden=[8], latent=2)
+
+    def terminated(
+        model: TabularVAE, batch: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        os.kill(os.getpid(), signal.SIGTERM)  # Lightning's handler, during the fit
+        return tabular_loss_terms(model, batch)
+
+    with pytest.raises(SystemExit) as stopped:
+        fit_vae(model, terminated, data, data, TrainingConfig(epochs=2), beta=1.0)
+    assert stopped.value.code == 128 + signal.SIGTERM
 
 
 def test_the_closing_line_counts_one_epoch_in_the_singular() -> None:
