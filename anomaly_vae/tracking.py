@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import functools
+import json
 import logging
 import os
 import re
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
 
     import mlflow
     import pandas as pd
+    from mlflow.models.model import ModelInfo
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 MODEL_ARTIFACT = "model"
@@ -135,14 +137,46 @@ def log_detector(
             signature=signature,
             input_example=input_example,
             pip_requirements=_pip_requirements(),
-            registered_model_name=registered_model,
         )
-    version = info.registered_model_version
+    version = _new_version(registered_model, info)
     mlflow.set_tag("registered_model_version", f"{registered_model}/{version}")
     if not promote:
         return f"models:/{registered_model}/{version}"
     mlflow.MlflowClient().set_registered_model_alias(registered_model, CHAMPION_ALIAS, version)
     return f"models:/{registered_model}@{CHAMPION_ALIAS}"
+
+
+def registered_version(run_id: str) -> str:
+    """`<name>/<version>` of the model that `log_detector` registered in the run."""
+    import mlflow
+
+    return mlflow.get_run(run_id).data.tags["registered_model_version"]
+
+
+def _new_version(name: str, info: ModelInfo) -> str:
+    """Register the logged model as a new version of `name` (made if new); the version.
+
+    `log_model(registered_model_name=...)` printed "Registered model 'x' already exists.
+    Creating a new version of this model..." and "Created version '2' of model 'x'" on every
+    `train` and `calibrate`, between our own lines: with print(), which no log level of the
+    `mlflow` logger reaches. The client's own calls print nothing.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+    from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
+
+    client = mlflow.MlflowClient()
+    try:
+        client.create_registered_model(name)
+    except MlflowException as exc:
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+    version = client.create_model_version(name, info.model_uri, model_id=info.model_id).version
+    # The logged model's link to its version in `mlflow ui`, which log_model set too.
+    links = json.dumps([{"name": name, "version": version}])
+    client.set_logged_model_tags(info.model_id, {MLFLOW_MODEL_VERSIONS: links})
+    return str(version)
 
 
 def resolve_detector_dir(model_uri: str, tracking_uri: str | None = None) -> Path:

@@ -77,6 +77,7 @@ def calibrate_model(
     from anomaly_vae.tracking import (
         configure_tracking,
         log_detector,
+        registered_version,
         resolve_detector_dir,
         tracked_run,
         use_experiment,
@@ -131,7 +132,7 @@ def calibrate_model(
             log_detector(
                 new_dir, example, detector.score_frame(example), registered, promote=promote
             )
-        version = mlflow.get_run(run.info.run_id).data.tags["registered_model_version"]
+        version = registered_version(run.info.run_id)
     return Calibration(
         threshold=threshold,
         rows=len(scores),

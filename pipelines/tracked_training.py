@@ -42,13 +42,14 @@ class Calibration:
 
 def closing_lines(
     trained: str, fit: FitResult, fit_seconds: float, calibration: Calibration, run_id: str,
-    total_seconds: float,
+    total_seconds: float, version: str,
 ) -> list[str]:  # fmt: skip
-    """What `train` reports on stderr once the model is registered; `trained`: '1,000 rows'."""
+    """What `train` reports on stderr once the model is registered; `trained`: '1,000 rows',
+    `version`: 'name/3', which `calibrate` names the same way."""
     return [
         f"trained on {trained} in {fit_seconds:.1f} s "
         f"({fit.epochs} epoch{'' if fit.epochs == 1 else 's'}); " + calibration.summary(),
-        f"run {run_id} in {total_seconds:.1f} s",
+        f"registered models:/{version}; run {run_id} in {total_seconds:.1f} s",
     ]
 
 

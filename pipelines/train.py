@@ -141,6 +141,7 @@ def train(
     from anomaly_vae.data.tables import read_table
     from anomaly_vae.detector import ColumnRoles, TabularDetector, build_tabular_model
     from anomaly_vae.scoring import score_tabular
+    from anomaly_vae.tracking import registered_version
     from anomaly_vae.training import fit_vae, is_ddp_worker
 
     started = time.perf_counter()
@@ -213,6 +214,8 @@ def train(
         uri = register_detector(config, detector, example)
     total = time.perf_counter() - started
     trained = f"{len(split.train):,} rows"
-    for line in closing_lines(trained, fit, fit_seconds, calibration, run.info.run_id, total):
+    version = registered_version(run.info.run_id)
+    lines = closing_lines(trained, fit, fit_seconds, calibration, run.info.run_id, total, version)
+    for line in lines:
         echo(line)
     return uri

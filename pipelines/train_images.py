@@ -88,6 +88,7 @@ def train_images(
     from anomaly_vae.data.images import read_images
     from anomaly_vae.detector import ImageDetector, build_image_model
     from anomaly_vae.scoring import image_terms, score_images
+    from anomaly_vae.tracking import registered_version
     from anomaly_vae.training import fit_vae, is_ddp_worker
 
     config.model.check_likelihood("image")
@@ -153,7 +154,9 @@ def train_images(
         uri = register_detector(config, detector, example)
     total = time.perf_counter() - started
     trained = f"{len(split.train):,} images"
-    for line in closing_lines(trained, fit, fit_seconds, calibration, run.info.run_id, total):
+    version = registered_version(run.info.run_id)
+    lines = closing_lines(trained, fit, fit_seconds, calibration, run.info.run_id, total, version)
+    for line in lines:
         echo(line)
     return uri
 

@@ -132,6 +132,9 @@ def test_calibrate_registers_a_new_version_and_promotes_only_when_asked(
     assert result.exit_code == 0, result.output
     new_uri = result.stdout.strip().splitlines()[-1]
     assert new_uri == f"models:/{name}/{champion + 1}"
+    # Our lines only: MLflow printed "Registered model '...' already exists..." among them.
+    ours = ("threshold ", "calibrated probability: ", f"registered {new_uri}; champion unchanged")
+    assert all(line.startswith(ours) for line in result.stderr.strip().splitlines())
     assert int(client.get_model_version_by_alias(name, "champion").version) == champion
     old_dir, new_dir = (resolve_detector_dir(u, tracking) for u in (model_uri, new_uri))
     assert (old_dir / WEIGHTS_FILE).read_bytes() == (new_dir / WEIGHTS_FILE).read_bytes()

@@ -37,6 +37,26 @@ def test_train_registers_a_champion_with_its_run(breast_cancer_model) -> None:
     assert len(history) > 1 and history[-1].step > history[0].step
 
 
+def test_train_prints_its_own_lines_only_and_names_the_new_version(
+    breast_cancer_files, tracking_uri, tmp_path
+) -> None:
+    """MLflow printed "Registered model 'config' already exists. Creating a new version of this
+    model..." and "Created version '2' of model 'config'." between them, on every training."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"data": {"path": str(breast_cancer_files[0])}, "training": {"epochs": 1}})
+    )
+    for version in (1, 2):  # a new registered model, then one that exists
+        result = run_cli("train", config)
+        assert result.exit_code == 0, result.output
+        trained, registered = result.stderr.strip().splitlines()
+        assert trained.startswith("trained on 284 rows in ")
+        assert registered.startswith(f"registered models:/config/{version}; run ")
+        assert result.stdout.strip() == "models:/config@champion"
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    assert int(client.get_model_version_by_alias("config", "champion").version) == 2
+
+
 def test_score_writes_ids_and_scores(breast_cancer_model, breast_cancer_files, tmp_path) -> None:
     model_uri, tracking = breast_cancer_model
     _, test = breast_cancer_files

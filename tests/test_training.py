@@ -109,5 +109,5 @@ def test_the_closing_line_counts_one_epoch_in_the_singular() -> None:
     calibration = SimpleNamespace(summary=lambda: "threshold 1 by f1: {}")
     for epochs, said in ((1, "(1 epoch);"), (2, "(2 epochs);")):
         fit = SimpleNamespace(epochs=epochs)
-        first, _ = closing_lines("10 rows", fit, 0.1, calibration, "run", 0.2)
+        first, _ = closing_lines("10 rows", fit, 0.1, calibration, "run", 0.2, "x/1")
         assert said in first
