@@ -146,13 +146,13 @@ def score_with_spark(
 
     The output appears (by rename) only once every part is written.
     """
-    from anomaly_vae.data.tables import parquet_parts
     from anomaly_vae.detector import load_detector
     from anomaly_vae.tracking import resolve_detector_dir, resolve_model_dir
 
     source, output = str(input_path), Path(output_path)
     _check_paths(Path(input_path), output)
     refuse_overwriting(input_path, output)
+    files = _listed_files(Path(input_path))
     model_dir = resolve_model_dir(model_uri, tracking_uri)
     detector = load_detector(resolve_detector_dir(str(model_dir)))
     if detector.kind != "tabular":
@@ -166,13 +166,12 @@ def score_with_spark(
     staging = output.parent / f".{output.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
         try:
-            frame = spark.read.parquet(str(Path(input_path).resolve()))
+            frame = spark.read.parquet(*(str(file) for file in files))
         except AnalysisException as exc:
             raise InputError(
                 f"{source}: not a readable Parquet dataset ({first_line(exc)})"
             ) from None
         detector.check_columns(frame.columns, source, allow_extra)
-        files = [Path(input_path)] if Path(input_path).is_file() else parquet_parts(input_path)
         scored = score_dataframe(
             _in_input_order(frame, files), str(model_dir), keep_columns, source
         )
@@ -197,8 +196,23 @@ def score_with_spark(
     return ScoreSummary(rows, anomalies or 0, time.perf_counter() - started, output)
 
 
+def _listed_files(input_path: Path) -> list[Path]:
+    """The files of the input as `anomaly-vae score` lists them, in its order, under the
+    input's real path but through any link below it, as Spark names them when it reads them.
+
+    Given the folder, Spark walked it its own way: round a link back up until its paths
+    conflicted (CONFLICTING_DIRECTORY_STRUCTURES), and past the parts of a subfolder, linked
+    or not, that lies beside parts, which `score` reads. Given the files, it reads what
+    `score` does, and makes partition folders (date=2026-11-25/) columns no more than `score`
+    does."""
+    from anomaly_vae.data.tables import table_files
+
+    root = input_path.resolve()
+    return [root / file.relative_to(input_path) for file in table_files(input_path)[1]]
+
+
 def _in_input_order(frame: DataFrame, files: list[Path]) -> DataFrame:
-    """The rows in input order (the files in `parquet_parts` order, each file's rows in
+    """The rows in input order (the files in `_listed_files` order, each file's rows in
     order), split by row ranges over every core, so that the parts read back in that order.
 
     Spark packs a folder's files into partitions largest first: without the file's rank the
@@ -207,7 +221,7 @@ def _in_input_order(frame: DataFrame, files: list[Path]) -> DataFrame:
     from pyspark.sql import functions as F
 
     cores = frame.sparkSession.sparkContext.defaultParallelism
-    ranks = [F.lit(x) for rank, file in enumerate(files) for x in (file.resolve().as_uri(), rank)]
+    ranks = [F.lit(x) for rank, file in enumerate(files) for x in (file.as_uri(), rank)]
     file_name = F.input_file_name()
     keys = (_FILE, _PATH, _ROW)  # the path orders files whose URI Spark spells otherwise
     return (

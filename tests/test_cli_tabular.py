@@ -18,6 +18,7 @@ import pytest
 import yaml
 from conftest import run_cli, train_cli
 
+from anomaly_vae.data.tables import parquet_parts
 from anomaly_vae.errors import InputError
 
 # The session model is trained with labelled anomalies, so it has a calibrated probability.
@@ -231,6 +232,51 @@ def test_a_folder_of_parquet_parts_scores_as_one_table(
     result = run_cli("score", model_uri, folder, "-o", out, "--tracking-uri", tracking)
     assert result.exit_code != 0 and not out.exists()
     assert "part-2.parquet: column 'mean radius', row 4: missing value" in result.stderr
+
+
+def test_linked_folders_of_parquet_parts_are_followed_but_not_a_link_back_up(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    """rglob passed over linked folders: the rows of a day linked into the table went unscored
+    without a word. A link back up would be walked forever."""
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    frame = pd.read_parquet(test)
+    folder, elsewhere = tmp_path / "table", tmp_path / "archive" / "day=1"
+    for path, rows in ((folder / "day=0" / "part-0.parquet", slice(0, 100)),
+                       (elsewhere / "part-1.parquet", slice(100, None))):  # fmt: skip
+        path.parent.mkdir(parents=True)
+        frame.iloc[rows].to_parquet(path, index=False)
+    (folder / "day=1").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "day=1" / "all").symlink_to(folder, target_is_directory=True)
+    (folder / "_old").symlink_to(elsewhere, target_is_directory=True)  # hidden, as Spark has it
+
+    assert parquet_parts(folder) == [
+        folder / "day=0" / "part-0.parquet",
+        folder / "day=1" / "part-1.parquet",
+    ]
+    out = tmp_path / "scored.parquet"
+    result = run_cli("score", model_uri, folder, "-o", out, "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+    assert pd.read_parquet(out)["id"].tolist() == frame["id"].tolist()
+
+
+def test_a_parquet_part_reached_twice_through_links_is_refused(
+    breast_cancer_files, tmp_path
+) -> None:
+    """A link to a folder listed already read its rows twice: scored, and counted in evaluate's
+    and calibrate's metrics, twice."""
+    folder = tmp_path / "table"
+    (folder / "day=0").mkdir(parents=True)
+    pd.read_parquet(breast_cancer_files[1]).to_parquet(folder / "day=0" / "part-0.parquet")
+    (folder / "latest").symlink_to(folder / "day=0", target_is_directory=True)
+    with pytest.raises(InputError) as refused:
+        parquet_parts(folder)
+    assert str(refused.value) == (
+        f"{folder / 'latest' / 'part-0.parquet'}: the same file as "
+        f"{folder / 'day=0' / 'part-0.parquet'} (a link reaches it twice); a part is read once: "
+        "remove the link"
+    )
 
 
 def test_keep_columns_keeps_every_input_column(

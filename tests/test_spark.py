@@ -137,6 +137,33 @@ def test_spark_keeps_a_folders_order_and_refuses_what_the_local_engine_refuses(
         assert not output.exists()
 
 
+def test_spark_reads_the_parts_the_local_engine_lists_through_links(
+    breast_cancer_model: tuple[str, str], breast_cancer_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Spark walked the folder itself: round the link back up until it stopped on conflicting
+    directory structures, where the local engine lists each part once."""
+    model_uri, tracking = breast_cancer_model
+    frame = pd.read_parquet(breast_cancer_files[1]).drop(columns="label")
+    folder, elsewhere = tmp_path / "table", tmp_path / "archive"
+    for path, rows in ((folder / "day=0" / "part-0.parquet", slice(0, 10)),
+                       (elsewhere / "day=1" / "part-1.parquet", slice(10, 150)),
+                       (elsewhere / "part-2.parquet", slice(150, None))):  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.iloc[rows].to_parquet(path)
+    (folder / "day=1").symlink_to(elsewhere / "day=1", target_is_directory=True)
+    (folder / "day=1" / "all").symlink_to(folder, target_is_directory=True)  # not followed
+    (folder / "part-2.parquet").symlink_to(elsewhere / "part-2.parquet")
+    local, spark = tmp_path / "local.parquet", tmp_path / "spark.parquet"
+    common = ("--tracking-uri", tracking)
+    assert run_cli("score", model_uri, folder, "-o", local, *common).exit_code == 0
+    result = run_cli("score", model_uri, folder, "-o", spark, "--engine", "spark", *common)
+    assert result.exit_code == 0, result.output
+    assert f"scored {len(frame):,} rows" in result.stderr
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(spark), pd.read_parquet(local), check_dtype=False, rtol=1e-5
+    )
+
+
 def test_spark_scores_integer_codes_with_a_model_trained_on_their_csv_text(
     tmp_path: Path, tracking_uri: str
 ) -> None:

@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anomaly_vae.data.tables import parquet_parts
+from anomaly_vae.data.tables import (
+    files_below,
+    parquet_parts,
+    refuse_broken_links,
+    refuse_repeated_files,
+)
 from anomaly_vae.errors import InputError, first_line
 
 if TYPE_CHECKING:
@@ -99,30 +104,11 @@ def is_image_source(path: str | Path, kind: str = "auto") -> bool:
     return is_idx(path)
 
 
-def _image_files(folder: Path, above: frozenset[Path] = frozenset()) -> Iterator[Path]:
-    """The paths below `folder` with an image suffix, but none under a hidden name: copies such
-    as .ipynb_checkpoints/ were read as images (and labelled by their folder), while
-    `parquet_parts` skipped them.
-
-    Linked folders are followed, as linked files always were: rglob passed over them, so the
-    images of a folder linked into a batch went unscored without a word. A link back to a
-    folder `above` (real paths of the folders walked down through) is not: its images are
-    listed already, and following it would never end.
-    """
-    real = folder.resolve()
-    if real in above:
-        return
-    try:
-        entries = list(folder.iterdir())
-    except OSError as exc:  # rglob skipped a folder it could not read, and its images with it
-        raise InputError(f"{folder}: cannot read folder ({first_line(exc)})") from None
-    for path in entries:
-        if path.name.startswith("."):
-            continue
-        if path.is_dir():
-            yield from _image_files(path, above | {real})
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
-            yield path
+def _image_files(folder: Path) -> Iterator[Path]:
+    """The paths below `folder` with an image suffix (`files_below`), under no name starting
+    with '.': copies such as .ipynb_checkpoints/ were read as images (and labelled by their
+    folder). Unlike Parquet parts, a name starting with '_' is an image like any other."""
+    return files_below(folder, IMAGE_SUFFIXES, hidden=(".",))
 
 
 def is_idx(path: str | Path) -> bool:
@@ -139,9 +125,7 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
     if not source.is_dir():
         raise InputError(f"{source}: expected a folder of images or an *-idx3-ubyte(.gz) file")
     files = sorted(_image_files(source))
-    # An is_file() filter dropped a broken link without a word, and the image it named with it.
-    if broken := next((p for p in files if p.is_symlink() and not p.exists()), None):
-        raise InputError(f"{broken}: unreadable image (a broken link to {broken.readlink()})")
+    refuse_broken_links(files, "image")
     real = {p: p.resolve() for p in files if p.is_file()}  # each path resolved once
     # A rule such as {stem}.png names a PNG image itself: that image has no mask.
     mask_of = {p: m for p, r in real.items() if (m := mask_path(p, image.mask_rule)) != r}
@@ -150,27 +134,14 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
     images = [p for p, r in real.items() if r not in mask_files]
     if not images:
         raise InputError(f"{source}: no PNG, JPEG, BMP, TIFF or WebP images in this folder")
-    _refuse_repeated_images(images, real)
+    # An image read twice was scored and counted twice in evaluate's and calibrate's metrics,
+    # labelled by each folder's name: good/a.png normal, good_copy/a.png an anomaly.
+    refuse_repeated_files(images, real, "an image")
     items = [
         ImageItem(str(p), folder_label(p, source, image.normal), _existing(mask_of.get(p)))
         for p in images
     ]
     return ImageListing(items, masks, image.mask_rule)
-
-
-def _refuse_repeated_images(images: list[Path], real: dict[Path, Path]) -> None:
-    """One line for an image reached by two paths (`real`: each path resolved): a link to a
-    folder (or file) that is listed already. It was scored twice and counted twice in
-    evaluate's and calibrate's metrics, labelled by each folder's name: good/a.png normal,
-    good_copy/a.png an anomaly."""
-    first: dict[Path, Path] = {}
-    for path in images:
-        seen = first.setdefault(real[path], path)
-        if seen != path:
-            raise InputError(
-                f"{path}: the same file as {seen} (a link reaches it twice); an image is "
-                "read once: remove the link"
-            )
 
 
 def folder_label(path: Path, root: Path, normal: Sequence[str]) -> bool:

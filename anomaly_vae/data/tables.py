@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -55,11 +55,12 @@ def csv_compression(path: str | Path) -> str | None:
 
 def input_table_format(path: str | Path) -> str:
     """`table_format` of a file or Parquet folder to read, or the error reading it would give."""
-    return _table_files(Path(path))[0]
+    return table_files(Path(path))[0]
 
 
-def _table_files(path: Path) -> tuple[str, list[Path]]:
-    """The format and files of a table to read: the file itself, or a folder's Parquet parts.
+def table_files(path: Path) -> tuple[str, list[Path]]:
+    """The format and files of a table to read: the file itself, or a folder's Parquet parts
+    (`score --engine spark` reads the same files).
     A path that is missing, or a folder without Parquet files, is named as such before its
     extension (a mistyped folder name has none)."""
     if not path.exists():
@@ -75,15 +76,64 @@ def _table_files(path: Path) -> tuple[str, list[Path]]:
 def parquet_parts(folder: str | Path) -> list[Path]:
     """The Parquet files below a folder, in path order: one table as Spark, Hive or Dask write
     it (and `score --engine spark` does), their `_SUCCESS` markers and hidden files skipped.
-    Partition folders (date=2026-11-25/) are not read back as columns."""
-    folder = Path(folder)
-    return sorted(
-        file
-        for file in folder.rglob("*")
-        if file.suffix.lower() in PARQUET_SUFFIXES
-        and not any(name.startswith((".", "_")) for name in file.relative_to(folder).parts)
-        and file.is_file()
-    )
+    Partition folders (date=2026-11-25/) are not read back as columns.
+
+    Linked folders are followed, as in a folder of images: rglob passed over them, and the
+    rows of a day's folder linked into the table went unread without a word. A part that a
+    link reaches twice, or a broken link, is refused rather than read twice or left out."""
+    parts = sorted(files_below(Path(folder), PARQUET_SUFFIXES, hidden=(".", "_")))
+    refuse_broken_links(parts, "part")
+    refuse_repeated_files(parts, {part: part.resolve() for part in parts}, "a part")
+    return parts
+
+
+def files_below(
+    folder: Path,
+    suffixes: Collection[str],
+    hidden: tuple[str, ...],
+    above: frozenset[Path] = frozenset(),
+) -> Iterator[Path]:
+    """The paths below `folder` with one of `suffixes`, but none under a name that starts with
+    one of `hidden`: copies such as .ipynb_checkpoints/ are not data.
+
+    Linked folders are followed, as linked files always were. A link back to a folder `above`
+    (real paths of the folders walked down through) is not: its files are listed already, and
+    following it would never end.
+    """
+    real = folder.resolve()
+    if real in above:
+        return
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:  # rglob skipped a folder it could not read, and its files with it
+        raise InputError(f"{folder}: cannot read folder ({first_line(exc)})") from None
+    for path in entries:
+        if path.name.startswith(hidden):
+            continue
+        if path.is_dir():
+            yield from files_below(path, suffixes, hidden, above | {real})
+        elif path.suffix.lower() in suffixes:
+            yield path
+
+
+def refuse_broken_links(paths: Iterable[Path], kind: str) -> None:
+    """One line for a listed link whose file is gone: an is_file() filter dropped it without a
+    word, and the data it named with it."""
+    if broken := next((p for p in paths if p.is_symlink() and not p.exists()), None):
+        raise InputError(f"{broken}: unreadable {kind} (a broken link to {broken.readlink()})")
+
+
+def refuse_repeated_files(paths: Iterable[Path], real: Mapping[Path, Path], what: str) -> None:
+    """One line for a file reached by two paths (`real`: each path resolved): a link to a
+    folder (or file) that is listed already, whose data would be read and counted twice."""
+    first: dict[Path, Path] = {}
+    for path in paths:
+        seen = first.setdefault(real[path], path)
+        if seen != path:
+            raise InputError(
+                f"{path}: the same file as {seen} (a link reaches it twice); {what} is read "
+                "once: remove the link"
+            )
 
 
 @dataclass(frozen=True)
@@ -104,7 +154,7 @@ def read_table(path: str | Path, text_columns: Collection[str] = ()) -> pd.DataF
 
 def count_rows(path: str | Path) -> int | None:
     """Rows in a Parquet file or folder from the footers (for progress bars); None for CSV."""
-    fmt, files = _table_files(Path(path))
+    fmt, files = table_files(Path(path))
     if fmt != "parquet":
         return None
     return sum(_open_parquet(file).metadata.num_rows for file in files)
@@ -124,7 +174,7 @@ def iter_table_batches(
     too, and keep their Arrow types (`pd.ArrowDtype`), which writing restores: converted by
     pandas, an int64 column with a null became float64 and its ids printed as 1e+18."""
     path = Path(path)
-    fmt, files = _table_files(path)
+    fmt, files = table_files(path)
     as_is = echoed or (lambda name: False)
     seen_rows = 0
     for file in files:
