@@ -63,7 +63,11 @@ def spark_session(master: str = DEFAULT_MASTER) -> SparkSession:
             .config("spark.driver.bindAddress", "127.0.0.1")
             .config("spark.ui.enabled", "false")
             # Neither stage progress bars (redrawn lines, garbage in a log file) nor the JVM's
-            # start-up lines (spark-log4j2.properties): the summary line is the output.
+            # start-up lines (spark-log4j2.properties): the summary line is the output. Bar
+            # "WARNING: Using incubator modules: jdk.incubator.vector", which no option here
+            # removes: Spark's launcher always adds --add-modules=jdk.incubator.vector
+            # (JavaModuleOptions), and the JVM prints that line for any incubator module,
+            # before logging starts; only hiding the JVM's whole stderr would drop it.
             .config("spark.ui.showConsoleProgress", "false")
             .config(
                 "spark.driver.extraJavaOptions",

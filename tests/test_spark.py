@@ -68,7 +68,8 @@ def test_spark_prints_the_summary_and_not_the_jvms_start_up_lines(
         cwd=tmp_path,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
-    # The JVM itself announces the incubator module Spark 4 loads; nothing can turn that off.
+    # The JVM itself announces the incubator module Spark 4 loads; nothing can turn that off
+    # (pipelines/score_spark.py, spark_session).
     lines = [line for line in done.stderr.splitlines() if "incubator modules" not in line]
     assert len(lines) == 1 and lines[0].startswith("scored "), done.stderr
 
