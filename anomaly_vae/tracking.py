@@ -163,14 +163,15 @@ def _new_version(name: str, info: ModelInfo) -> str:
     """
     import mlflow
     from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+    from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
     client = mlflow.MlflowClient()
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
-        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+        # A tracking server may answer with either code, as MLflow's own registration allows.
+        if exc.error_code not in map(ErrorCode.Name, (RESOURCE_ALREADY_EXISTS, ALREADY_EXISTS)):
             raise
     version = client.create_model_version(name, info.model_uri, model_id=info.model_id).version
     # The logged model's link to its version in `mlflow ui`, which log_model set too.
