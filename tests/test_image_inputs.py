@@ -14,10 +14,12 @@ from PIL import Image
 
 from anomaly_vae.config import ImageConfig, parse_config
 from anomaly_vae.data.images import (
+    ImageItem,
     labels_from_csv,
     list_images,
     read_idx,
     read_image,
+    read_images,
     write_idx,
 )
 from anomaly_vae.errors import InputError
@@ -340,3 +342,18 @@ def test_normal_digits_that_no_image_has_stop_training(tmp_path: Path) -> None:
         split_images(config, echo=print)
     config.image.normal_digits = [0]
     assert len(split_images(config, echo=print).train) > 0
+
+
+@pytest.mark.parametrize("index", ["3", "-1", "x", ""])
+def test_an_idx_image_reference_past_the_file_or_not_a_number_is_refused(
+    tmp_path: Path, index: str
+) -> None:
+    """A pyfunc request names IDX images as listing does, "<file>#<index>": #3 of three images
+    was an IndexError traceback, #x a ValueError, and #-1 scored the last image."""
+    path = tmp_path / "t-images-idx3-ubyte"
+    write_idx(path, np.zeros((3, 4, 4), np.uint8))
+    assert read_images([ImageItem(f"{path}#2")], 4, 1).shape == (1, 1, 4, 4)
+    with pytest.raises(
+        InputError, match=rf"idx3-ubyte#{index}: no such image; the IDX file holds images #0 to #2$"
+    ):
+        read_images([ImageItem(f"{path}#{index}")], 4, 1)

@@ -348,8 +348,8 @@ def _pixels(
         return read_image(item.path, size, channels)
     if file not in idx_cache:
         idx_cache.clear()
-        idx_cache[file] = read_idx(file)
-    pixels = idx_cache[file][int(index)].astype(np.float32)[None] / 255.0
+        idx_cache[file] = _idx_images(Path(file))
+    pixels = _idx_image(idx_cache[file], item.path, index).astype(np.float32)[None] / 255.0
     if channels != 1:
         pixels = np.repeat(pixels, channels, axis=0)
     return resize(pixels, size)
@@ -392,7 +392,8 @@ def idx_labels_path(images_path: Path) -> Path:
     return images_path.with_name(_IDX_IMAGES.sub(r"-labels-idx1-ubyte\1", images_path.name))
 
 
-def _idx_items(path: Path, image: ImageConfig) -> list[ImageItem]:
+def _idx_images(path: Path) -> np.ndarray:
+    """The images of an IDX file, checked to be bytes of shape (images, height, width)."""
     images = read_idx(path)
     # Pixels are read as bytes over 255: a float, int16 or NaN file was scored as if it held
     # bytes (every image flagged, or a NaN score never flagged), and a 2-D file as one-row
@@ -402,6 +403,22 @@ def _idx_items(path: Path, image: ImageConfig) -> list[ImageItem]:
             f"{path}: IDX images are unsigned bytes of shape (images, height, width); this "
             f"file holds {images.dtype.name} of shape {images.shape}"
         )
+    return images
+
+
+def _idx_image(images: np.ndarray, path: str, index: str) -> np.ndarray:
+    """Image `index` of an IDX file's `images`, named `path` ("<file>#<index>"). Listing names
+    only images that exist, but a pyfunc request may name any: an index past the end was an
+    IndexError traceback, one that is not a number a ValueError, and #-1 scored the last."""
+    if not (index.isdecimal() and int(index) < len(images)):
+        raise InputError(
+            f"{path}: no such image; the IDX file holds images #0 to #{len(images) - 1}"
+        )
+    return images[int(index)]
+
+
+def _idx_items(path: Path, image: ImageConfig) -> list[ImageItem]:
+    images = _idx_images(path)
     count = len(images)
     labels_path = idx_labels_path(path)
     if labels_path.is_file():
