@@ -281,10 +281,12 @@ class ImageDetector:
         """Score the image files named in a `path` column (the pyfunc's input), on the input's
         index as tables are (it was renumbered from 0)."""
         _check_frame(frame, source)
-        if frame.empty:
-            raise InputError(f"{source}: no image paths to score")
+        # The column first: MLflow drops the columns its signature lacks, so a request without
+        # 'path' reached here with none, and was told it held no image paths.
         if "path" not in frame.columns:
             raise InputError(f"{source}: an image model needs a 'path' column of image files")
+        if frame.empty:
+            raise InputError(f"{source}: no image paths to score")
         extra = [c for c in frame.columns if c != "path"]
         if extra and not (allow_extra or keep_columns):
             raise InputError(
@@ -292,7 +294,7 @@ class ImageDetector:
             )
         if keep_columns:
             check_kept_columns(extra, source)
-        items = [ImageItem(str(path)) for path in frame["path"]]
+        items = [ImageItem(path) for path in _image_paths(frame["path"], source, row_offset)]
         batches = [self.frame(batch, scores) for batch, _, scores in self.scored_batches(items)]
         scored = pd.concat(batches, ignore_index=True)
         if keep_columns:
@@ -340,6 +342,16 @@ def _check_frame(frame: object, source: str) -> None:
         raise InputError(
             f"{source}: score_frame takes a pandas DataFrame, not {type(frame).__name__}"
         )
+
+
+def _image_paths(paths: pd.Series, source: str, row_offset: int) -> list[str]:
+    """The paths of a `path` column, each there: a missing one (None, NaN, "") was read as a
+    file named "nan" or "", and refused as an image that does not exist."""
+    missing = paths.isna().to_numpy() | (paths.astype(str) == "").to_numpy()
+    if missing.any():
+        row = row_offset + int(missing.argmax()) + 1
+        raise InputError(f"{source}: column 'path', row {row}: no image path")
+    return [str(path) for path in paths]
 
 
 def _decision_state(detector: TabularDetector | ImageDetector) -> dict[str, Any]:

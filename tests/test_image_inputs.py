@@ -6,10 +6,12 @@ import re
 import shutil
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import Result
+from mlflow.exceptions import MlflowException
 from PIL import Image
 
 from anomaly_vae.config import ImageConfig, parse_config
@@ -357,3 +359,17 @@ def test_an_idx_image_reference_past_the_file_or_not_a_number_is_refused(
         InputError, match=rf"idx3-ubyte#{index}: no such image; the IDX file holds images #0 to #2$"
     ):
         read_images([ImageItem(f"{path}#{index}")], 4, 1)
+
+
+def test_image_requests_without_a_path_column_or_with_a_missing_path_say_so(digits_model):
+    model_uri, tracking, test_dir = digits_model
+    image = str(next((test_dir / "good").glob("*.png")))
+    mlflow.set_tracking_uri(tracking)
+    model = mlflow.pyfunc.load_model(model_uri)
+    # MLflow drops columns its signature lacks: the request was told it held no image paths.
+    with pytest.raises(MlflowException, match="^request: an image model needs a 'path' column"):
+        model.predict(pd.DataFrame({"file": [image]}))
+    # A missing path was read as a file named "nan" that does not exist.
+    for missing in (None, np.nan, ""):
+        with pytest.raises(MlflowException, match="^request: column 'path', row 2: no image path$"):
+            model.predict(pd.DataFrame({"path": [image, missing]}))
