@@ -22,6 +22,7 @@ from anomaly_vae.data.images import (
     read_idx,
     read_image,
     read_images,
+    read_mask,
     write_idx,
 )
 from anomaly_vae.errors import InputError
@@ -373,3 +374,17 @@ def test_image_requests_without_a_path_column_or_with_a_missing_path_say_so(digi
     for missing in (None, np.nan, ""):
         with pytest.raises(MlflowException, match="^request: column 'path', row 2: no image path$"):
             model.predict(pd.DataFrame({"path": [image, missing]}))
+
+
+def test_images_and_masks_are_read_upright_by_their_exif_orientation(tmp_path: Path) -> None:
+    """A phone's photo is stored as the sensor saw it, with the turn in its EXIF tags: it was
+    scored on its side, and its heatmap and mask did not line up with the picture people see."""
+    stored = np.zeros((8, 8), np.uint8)
+    stored[:, 0] = 255  # the left column as stored, the top row as shown
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise
+    Image.fromarray(stored, "L").save(tmp_path / "photo.png", exif=exif)
+    shown = np.zeros((8, 8), bool)
+    shown[0] = True
+    np.testing.assert_array_equal(read_image(tmp_path / "photo.png", 8, 1)[0], shown)
+    np.testing.assert_array_equal(read_mask(tmp_path / "photo.png", 8), shown)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from anomaly_vae.data.tables import (
     files_below,
@@ -245,12 +245,21 @@ def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
                     f"{path}: {frames} pages or frames in one file; save each image on its own"
                 )
             img.load()
-            pixels = _to_float(img, path, channels)
+            pixels = _to_float(_upright(img), path, channels)
     except InputError:
         raise
     except _UNREADABLE as exc:
         raise InputError(f"{path}: unreadable image ({first_line(exc)})") from None
     return resize(pixels, size)
+
+
+def _upright(img: Image.Image) -> Image.Image:
+    """The image as viewers show it, turned by its EXIF orientation. Cameras and phones store
+    a photo as the sensor saw it and record the turn: read as stored, such photos lay on their
+    side among upright ones (anomalies for being turned), and their heatmaps and masks, drawn
+    over the picture people see, did not line up with it."""
+    ImageOps.exif_transpose(img, in_place=True)  # in place: no copy of an upright image
+    return img
 
 
 def _to_float(img: Image.Image, path: str | Path, channels: int) -> np.ndarray:
@@ -317,7 +326,7 @@ def read_mask(path: Path, size: int) -> np.ndarray:
     """A mask file as a boolean (size, size) array: any non-zero pixel is a defect."""
     try:
         with Image.open(path) as img:
-            mask = np.asarray(img.convert("L"), dtype=np.float32) > 0
+            mask = np.asarray(_upright(img).convert("L"), dtype=np.float32) > 0
     except _UNREADABLE as exc:
         raise InputError(f"{path}: unreadable mask ({first_line(exc)})") from None
     return resize(mask[None].astype(np.float32), size)[0] >= 0.5
