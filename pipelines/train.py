@@ -128,17 +128,20 @@ def train(
 ) -> str:
     """Train, calibrate, log and register a detector; returns `models:/<name>@champion`."""
     from anomaly_vae.data.images import is_image_source
+    from anomaly_vae.data.tables import input_table_format, read_table
 
     if is_image_source(config.data.path, config.data.kind):
         from pipelines.train_images import train_images
 
         return train_images(config, tracking_uri, echo)
 
+    # data.path decides the kind of model: one that is neither kind is named before the
+    # likelihood, which a single image's config chose for images ("bernoulli is for images").
+    input_table_format(config.data.path)
     config.model.check_likelihood("table")
     import torch
 
     from anomaly_vae.data.preprocessing import TabularPreprocessor
-    from anomaly_vae.data.tables import read_table
     from anomaly_vae.detector import ColumnRoles, TabularDetector, build_tabular_model
     from anomaly_vae.scoring import score_tabular
     from anomaly_vae.tracking import registered_version

@@ -388,3 +388,21 @@ def test_images_and_masks_are_read_upright_by_their_exif_orientation(tmp_path: P
     shown[0] = True
     np.testing.assert_array_equal(read_image(tmp_path / "photo.png", 8, 1)[0], shown)
     np.testing.assert_array_equal(read_mask(tmp_path / "photo.png", 8), shown)
+
+
+def test_a_single_image_given_for_a_folder_is_named_as_one(digits_model, tmp_path, tracking_uri):
+    """It was an unknown table extension to `score`, and to `train` an image config's
+    likelihood was wrong: "model.likelihood: bernoulli is for images; tables use ..."."""
+    model_uri, tracking, test_dir = digits_model
+    image = next((test_dir / "good").glob("*.png"))
+    expected = (
+        f"Error: {image}: a single image; give the folder that holds it (images are read from "
+        "a folder or an *-idx3-ubyte(.gz) file)\n"
+    )
+    out = tmp_path / "scores.csv"
+    result = run_cli("score", model_uri, image, "-o", out, "--tracking-uri", tracking)
+    assert (result.exit_code, result.stderr) == (1, expected)
+    assert not out.exists()
+    config = REPO / "configs" / "digits.yaml"
+    result = run_cli("train", config, "--set", f"data.path={image}", "--tracking-uri", tracking_uri)
+    assert (result.exit_code, result.stderr) == (1, expected)

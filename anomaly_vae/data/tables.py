@@ -66,11 +66,24 @@ def table_files(path: Path) -> tuple[str, list[Path]]:
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if not path.is_dir():
+        _refuse_image_file(path)
         return table_format(path), [path]
     parts = parquet_parts(path)
     if not parts:
         raise InputError(f"{path}: is a folder without Parquet files, expected a table file")
     return "parquet", parts
+
+
+def _refuse_image_file(path: Path) -> None:
+    """One image given where a table or images are read: it was refused as an unknown table
+    extension, which left a user of an image model no wiser."""
+    from anomaly_vae.data.images import IMAGE_SUFFIXES
+
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        raise InputError(
+            f"{path}: a single image; give the folder that holds it (images are read from a "
+            "folder or an *-idx3-ubyte(.gz) file)"
+        )
 
 
 def parquet_parts(folder: str | Path) -> list[Path]:
