@@ -20,6 +20,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from anomaly_vae import __version__
@@ -433,7 +434,8 @@ def load_detector(path: str | Path) -> TabularDetector | ImageDetector:
         raise InputError(
             f"{path}: not a detector directory ({Path(exc.filename).name} missing)"
         ) from None
-    except (json.JSONDecodeError, OSError) as exc:
+    # SafetensorError: weights cut short by a copy or download that stopped, a traceback.
+    except (json.JSONDecodeError, OSError, SafetensorError) as exc:
         raise InputError(f"{path}: corrupt detector artifact ({exc})") from None
     if state.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{path}: detector format {state.get('format_version')} is not supported")
@@ -441,7 +443,13 @@ def load_detector(path: str | Path) -> TabularDetector | ImageDetector:
         detector_class = _DETECTOR_KINDS[state["kind"]]
     except KeyError:
         raise InputError(f"{path}: unknown detector kind {state['kind']!r}") from None
-    return detector_class.from_state(state, weights)
+    try:
+        return detector_class.from_state(state, weights)
+    except RuntimeError:  # load_state_dict's, in a traceback: another model's weights
+        raise InputError(
+            f"{path}: {WEIGHTS_FILE} does not fit the network {ARTIFACT_FILE} describes (the "
+            "two files of different models?)"
+        ) from None
 
 
 def library_versions() -> dict[str, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 from pathlib import Path
@@ -406,3 +407,30 @@ def test_a_single_image_given_for_a_folder_is_named_as_one(digits_model, tmp_pat
     config = REPO / "configs" / "digits.yaml"
     result = run_cli("train", config, "--set", f"data.path={image}", "--tracking-uri", tracking_uri)
     assert (result.exit_code, result.stderr) == (1, expected)
+
+
+def test_damaged_or_mismatched_detector_weights_are_one_line(digits_model, tmp_path) -> None:
+    """Weights cut short (a copy or download that stopped) were a SafetensorError traceback,
+    and weights of another network a RuntimeError from load_state_dict."""
+    from anomaly_vae.detector import ARTIFACT_FILE, WEIGHTS_FILE
+    from anomaly_vae.tracking import resolve_detector_dir
+
+    model_uri, tracking, test_dir = digits_model
+    original = resolve_detector_dir(model_uri, tracking)
+    cut, other = tmp_path / "cut", tmp_path / "other"
+    for copy in (cut, other):
+        shutil.copytree(original, copy)
+    weights = (cut / WEIGHTS_FILE).read_bytes()
+    (cut / WEIGHTS_FILE).write_bytes(weights[: len(weights) // 2])
+    state = json.loads((other / ARTIFACT_FILE).read_text())
+    state["model"]["latent"] += 1
+    (other / ARTIFACT_FILE).write_text(json.dumps(state))
+    for model, message in (
+        (cut, "corrupt detector artifact .Error while deserializing header"),
+        (other, f"{WEIGHTS_FILE} does not fit the network {ARTIFACT_FILE} describes"),
+    ):
+        out = tmp_path / "scores.csv"
+        result = run_cli("score", model, test_dir, "-o", out)
+        assert result.exit_code == 1
+        assert re.fullmatch(f"Error: {model}: {message}.*\n", result.stderr), result.stderr
+        assert not out.exists()
