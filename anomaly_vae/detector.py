@@ -437,14 +437,20 @@ def load_detector(path: str | Path) -> TabularDetector | ImageDetector:
     # SafetensorError: weights cut short by a copy or download that stopped, a traceback.
     except (json.JSONDecodeError, OSError, SafetensorError) as exc:
         raise InputError(f"{path}: corrupt detector artifact ({exc})") from None
+    # A detector.json edited by hand or by another tool: a list, or an object without "kind"
+    # or "model", ended in a traceback (the one for "kind" raised by its own error message).
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: corrupt detector artifact ({ARTIFACT_FILE} is no JSON object)")
     if state.get("format_version") != FORMAT_VERSION:
         raise InputError(f"{path}: detector format {state.get('format_version')} is not supported")
+    if (kind := state.get("kind")) not in _DETECTOR_KINDS:
+        raise InputError(f"{path}: unknown detector kind {kind!r}")
     try:
-        detector_class = _DETECTOR_KINDS[state["kind"]]
-    except KeyError:
-        raise InputError(f"{path}: unknown detector kind {state['kind']!r}") from None
-    try:
-        return detector_class.from_state(state, weights)
+        return _DETECTOR_KINDS[kind].from_state(state, weights)
+    except KeyError as exc:
+        raise InputError(
+            f"{path}: corrupt detector artifact (no {exc} in {ARTIFACT_FILE})"
+        ) from None
     except RuntimeError:  # load_state_dict's, in a traceback: another model's weights
         raise InputError(
             f"{path}: {WEIGHTS_FILE} does not fit the network {ARTIFACT_FILE} describes (the "

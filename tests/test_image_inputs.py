@@ -434,3 +434,29 @@ def test_damaged_or_mismatched_detector_weights_are_one_line(digits_model, tmp_p
         assert result.exit_code == 1
         assert re.fullmatch(f"Error: {model}: {message}.*\n", result.stderr), result.stderr
         assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda state: [state], "corrupt detector artifact .detector.json is no JSON object"),
+        (lambda state: {k: v for k, v in state.items() if k != "kind"}, "unknown detector kind"),
+        (
+            lambda state: {k: v for k, v in state.items() if k != "model"},
+            "corrupt detector .*'model'",
+        ),
+    ],
+    ids=["list", "no kind", "no model"],
+)
+def test_a_detector_json_edited_out_of_shape_is_one_line(digits_model, tmp_path, edit, message):
+    """Each was a traceback: AttributeError, KeyError (from the error message itself), KeyError."""
+    from anomaly_vae.detector import ARTIFACT_FILE, load_detector
+    from anomaly_vae.tracking import resolve_detector_dir
+
+    model_uri, tracking, _ = digits_model
+    model = tmp_path / "model"
+    shutil.copytree(resolve_detector_dir(model_uri, tracking), model)
+    state = json.loads((model / ARTIFACT_FILE).read_text())
+    (model / ARTIFACT_FILE).write_text(json.dumps(edit(state)))
+    with pytest.raises(InputError, match=f"^{model}: {message}"):
+        load_detector(model)
