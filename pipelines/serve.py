@@ -74,10 +74,14 @@ def serve(
     Replacing (exec) rather than wrapping the server lets Ctrl-C and a supervisor's SIGTERM
     reach it directly.
     """
-    from anomaly_vae.tracking import configure_tracking, resolve_model_dir
+    from anomaly_vae.detector import load_detector
+    from anomaly_vae.tracking import configure_tracking, resolve_detector_dir, resolve_model_dir
 
     configure_tracking(tracking_uri)
     model_dir = resolve_model_dir(model_uri, tracking_uri)
+    # A detector that cannot load (damaged weights) stopped the server after it had started,
+    # in uvicorn's and MLflow's tracebacks around the one line that said why.
+    load_detector(resolve_detector_dir(str(model_dir)))
     check_port_free(host, port)
     echo(f"serving {model_uri} ({model_dir}) at http://{host}:{port}/invocations")
     sys.stdout.flush()

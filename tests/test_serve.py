@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -187,3 +188,25 @@ def test_serve_refuses_an_unknown_model_and_a_busy_port_before_starting(
         result = run_cli("serve", model_uri, "--port", port, "--tracking-uri", tracking)
     assert result.exit_code != 0
     assert f"127.0.0.1:{port}" in result.output
+
+
+def test_serve_refuses_a_model_that_cannot_load_before_starting(
+    breast_cancer_model: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server started and stopped in 85 lines of uvicorn's and MLflow's tracebacks."""
+    from anomaly_vae.detector import WEIGHTS_FILE
+    from anomaly_vae.tracking import resolve_model_dir
+
+    def no_exec(*args: object) -> None:
+        raise AssertionError("the server must not start")
+
+    monkeypatch.setattr("pipelines.serve.os.execve", no_exec)
+    model_uri, tracking = breast_cancer_model
+    damaged = tmp_path / "model"
+    shutil.copytree(resolve_model_dir(model_uri, tracking), damaged)
+    weights = damaged / "artifacts" / "detector" / WEIGHTS_FILE
+    weights.write_bytes(weights.read_bytes()[:100])
+    result = run_cli("serve", damaged, "--tracking-uri", tracking)
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
+    assert "corrupt detector artifact" in result.stderr
