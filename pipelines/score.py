@@ -42,11 +42,12 @@ class ScoreSummary:
         return f"{line}; {self.note}" if self.note else line
 
 
-def load_model(model_uri: str, tracking_uri: str | None = None):  # noqa: ANN201
-    """The detector behind a models:/, runs:/ or local-directory URI."""
+def load_model(model_uri: str | Path, tracking_uri: str | None = None):  # noqa: ANN201
+    """The detector behind a models:/, runs:/ or local-directory URI. A directory may be a
+    Path, as `mlflow.pyfunc.load_model` takes it: it was a TypeError traceback."""
     from anomaly_vae.tracking import detector_dir_lookup
 
-    with detector_dir_lookup(model_uri, tracking_uri) as detector_dir:
+    with detector_dir_lookup(str(model_uri), tracking_uri) as detector_dir:
         from anomaly_vae.detector import load_detector  # torch loads while MLflow looks up
 
         return load_detector(detector_dir())

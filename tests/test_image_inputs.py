@@ -460,3 +460,14 @@ def test_a_detector_json_edited_out_of_shape_is_one_line(digits_model, tmp_path,
     (model / ARTIFACT_FILE).write_text(json.dumps(edit(state)))
     with pytest.raises(InputError, match=f"^{model}: {message}"):
         load_detector(model)
+
+
+def test_load_model_takes_a_local_directory_as_a_path(digits_model) -> None:
+    """As `mlflow.pyfunc.load_model` does; a Path was a TypeError traceback."""
+    from anomaly_vae.tracking import resolve_detector_dir
+    from pipelines.score import load_model
+
+    model_uri, tracking, _ = digits_model
+    directory = resolve_detector_dir(model_uri, tracking)
+    assert isinstance(directory, Path)
+    assert load_model(directory).kind == "image"
