@@ -91,6 +91,15 @@ class MapWriter:
             raise InputError(f"{self.target}: --maps needs a new or empty folder")
         if not self.target.parent.is_dir():
             raise InputError(f"{self.target}: folder '{self.target.parent}' does not exist")
+        # Heatmaps are PNG images: written among the input's, the next run over the folder
+        # scored them as images (an RGB model without a word), as a table's next read would
+        # take a scores file written into its folder as a part.
+        target = self.target.resolve()
+        if self.root.resolve() in (target, *target.parents):
+            raise InputError(
+                f"{self.target}: --maps inside the input folder; the next run over "
+                f"{self.root} would read the heatmaps as images"
+            )
         self.tmp: Path | None = None
 
     def __enter__(self) -> MapWriter:

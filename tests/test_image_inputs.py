@@ -471,3 +471,20 @@ def test_load_model_takes_a_local_directory_as_a_path(digits_model) -> None:
     directory = resolve_detector_dir(model_uri, tracking)
     assert isinstance(directory, Path)
     assert load_model(directory).kind == "image"
+
+
+def test_maps_inside_the_input_folder_are_refused(digits_model, tmp_path: Path) -> None:
+    """The heatmaps were written among the images: the next run over the folder read them as
+    images, and an RGB model would have scored them without a word."""
+    model_uri, tracking, test_dir = digits_model
+    folder = tmp_path / "in"
+    shutil.copytree(test_dir / "good", folder)
+    out, maps = tmp_path / "scores.csv", folder / "maps"
+    result = run_cli("score", model_uri, folder, "-o", out, "--maps", maps,
+                     "--tracking-uri", tracking)  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {maps}: --maps inside the input folder; the next run over {folder} would read "
+        "the heatmaps as images\n"
+    )
+    assert not out.exists() and not maps.exists()
