@@ -9,6 +9,7 @@ applied before validation so they get the same checks.
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Any, Literal
@@ -116,6 +117,10 @@ class ModelConfig(_Section):
         return sizes
 
 
+# What `image.mask_rule` fills in (anomaly_vae.data.images.mask_path).
+MASK_FIELDS = ("stem", "name", "parent")
+
+
 class ImageConfig(_Section):
     """How image files become model inputs and which of them are normal."""
 
@@ -152,6 +157,20 @@ class ImageConfig(_Section):
         description="Nats the recon score subtracts per bit of the image's zlib-compressed "
         "pixels (its input complexity); 0 scores the reconstruction alone.",
     )
+
+    @field_validator("mask_rule")
+    @classmethod
+    def _mask_fields_only(cls, rule: str) -> str:
+        """Only plain {stem}, {name} and {parent}: any other placeholder ({file}, {0}), a
+        format spec or an unmatched brace failed at the first image, in a KeyError,
+        IndexError, ValueError or MemoryError traceback."""
+        try:
+            fields = [field[1:] for field in string.Formatter().parse(rule) if field[1] is not None]
+        except ValueError as exc:
+            raise ValueError(f"{exc} (a brace itself is written {{{{ or }}}})") from None
+        if any(name not in MASK_FIELDS or spec or conversion for name, spec, conversion in fields):
+            raise ValueError("fills in only {stem}, {name} and {parent}, each as it is (no ! or :)")
+        return rule
 
 
 class TrainerConfig(_Section):

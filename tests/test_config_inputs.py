@@ -95,3 +95,25 @@ def test_an_anomaly_value_no_label_equals_is_refused(
         split_table(frame, config)
     matching = parse_config({"data": {"path": "t.csv", "label": "y", "anomaly_value": labels[1]}})
     assert split_table(frame, matching).validation_labels.sum() == 30
+
+
+@pytest.mark.parametrize(
+    ("rule", "why"),
+    [
+        ("{file}.png", "fills in only {stem}, {name} and {parent}"),
+        ("{0}.png", "fills in only"),
+        ("{stem:>99999999999}.png", "no ! or :"),
+        ("{stem", "expected '}' before end of string"),
+        ("mask}.png", "Single '}'"),
+    ],
+)
+def test_a_mask_rule_with_other_placeholders_or_braces_is_refused(
+    tmp_path: Path, rule: str, why: str
+) -> None:
+    """Each failed at the first image: KeyError, IndexError, MemoryError, ValueError."""
+    path = _write(tmp_path, f"data:\n  path: photos\nimage:\n  mask_rule: '{rule}'\n")
+    with pytest.raises(InputError, match="'image.mask_rule'") as info:
+        load_config(path)
+    assert why in str(info.value) and "\n" not in str(info.value)
+    for fine in ("{stem}_mask.png", "../masks/{parent}/{name}", "{{literal}}{stem}.png"):
+        assert load_config(path, [f"image.mask_rule='{fine}'"]).image.mask_rule == fine
