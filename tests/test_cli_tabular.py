@@ -534,6 +534,26 @@ def test_python_scoring_takes_integer_columns_where_the_pyfunc_needs_doubles(
     assert np.array_equal(pyfunc.predict(as_floats)["score"], scored["score"])
 
 
+def test_decimal_amounts_train_as_numbers(tmp_path, tracking_uri) -> None:
+    # A database export's DECIMAL(12, 2) amounts: pandas reads them as Python objects, which
+    # became one category per amount, and logging the model to MLflow then failed.
+    from decimal import Decimal
+
+    from pipelines.score import load_model
+
+    rng = np.random.default_rng(0)
+    amounts = [Decimal(f"{a:.2f}") for a in rng.lognormal(3, 1, 300)]
+    table = pa.table({"amount": pa.array(amounts, pa.decimal128(12, 2)), "x": rng.normal(size=300)})
+    path = tmp_path / "decimals.parquet"
+    pq.write_table(table, path)
+    config = tmp_path / "decimals.yaml"
+    config.write_text(f"data:\n  path: {path}\n")
+    model_uri = train_cli(config, "--set", "training.epochs=2")
+    preprocessor = load_model(model_uri, tracking_uri).preprocessor
+    assert [c.name for c in preprocessor.numeric] == ["amount", "x"]
+    assert not preprocessor.categorical
+
+
 def test_python_scores_keep_the_rows_index(breast_cancer_model, breast_cancer_files) -> None:
     from pipelines.score import load_model
 

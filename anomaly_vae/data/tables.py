@@ -212,6 +212,7 @@ def iter_table_batches(
 def _to_frame(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pd.DataFrame:
     """The batch in pandas, the columns `as_is` picks with their Arrow types; the others are
     converted together as NumPy blocks, which scoring reads fastest."""
+    batch = _decimals_as_floats(batch, as_is)
     names = batch.schema.names
     kept = [i for i, name in enumerate(names) if as_is(name)]
     if not kept:
@@ -221,6 +222,18 @@ def _to_frame(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pd.DataFra
         column = pd.arrays.ArrowExtensionArray(batch.column(i))
         frame.insert(i, names[i], column, allow_duplicates=True)
     return frame
+
+
+def _decimals_as_floats(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pa.RecordBatch:
+    """The batch with its decimal columns (a database's DECIMAL(12, 2) amounts) as float64,
+    but those `as_is` picks. pandas holds decimals as Python objects, which training took for
+    text: each amount became a category of its own, and the run failed only once trained,
+    logging its input example to MLflow."""
+    for i, field in enumerate(batch.schema):
+        if pa.types.is_decimal(field.type) and not as_is(field.name):
+            floats = batch.column(i).cast(pa.float64())
+            batch = batch.set_column(i, field.with_type(pa.float64()), floats)
+    return batch
 
 
 def _parquet_batches(path: Path, batch_rows: int) -> Iterator[pa.RecordBatch]:
