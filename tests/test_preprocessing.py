@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pytest
 
 from anomaly_vae.config import parse_config
@@ -230,6 +231,20 @@ def test_date_time_and_duration_columns_are_refused(frame, dates, message) -> No
         _fit(frame.assign(when=dates))
     assert "column 'when'" in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def test_lists_and_structs_where_categories_belong_are_refused(frame) -> None:
+    # Parquet's nested types reach pandas as arrays and dicts, which it cannot hash: training
+    # and scoring stopped with a TypeError.
+    merchants = frame["merchant"].tolist()
+    lists = pa.array([[m] for m in merchants]).to_pandas()
+    config = parse_config({"data": {"path": "train.parquet"}})
+    expected = r"column 'merchant', row 1: .* is a list or struct, not one value$"
+    with pytest.raises(InputError, match=rf"^train.parquet: {expected}"):
+        split_table(frame.assign(merchant=lists), config)
+    structs = pa.array([{"name": m} for m in merchants]).to_pandas()
+    with pytest.raises(InputError, match=rf"^new.parquet: {expected.replace('1', '11')}"):
+        _fit(frame).transform(frame.assign(merchant=structs), "new.parquet", row_offset=10)
 
 
 def test_text_that_only_contains_digits_or_dashes_stays_categorical(frame) -> None:

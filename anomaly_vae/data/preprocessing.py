@@ -246,6 +246,7 @@ class TabularPreprocessor:
             codes[:, self._two_valued] = self._two_valued_codes(frame, numbers, source, row_offset)
         for j, column in enumerate(self.categorical):
             if column.values is None:
+                _reject_nested(frame[column.name], column.name, source, row_offset)
                 codes[:, j] = column.codes(frame[column.name])
         return CheckedRows(self, values, codes)
 
@@ -454,6 +455,7 @@ def check_training_rows(frame: pd.DataFrame, features: Sequence[str], source: st
     may_miss = []
     for name in features:
         series = frame[name]
+        _reject_nested(series, name, source, 0)
         if _is_numeric_column(series):
             _reject_infinite(_as_float(series, name, source, 0), name, source, 0)
         missing = series.isna()
@@ -655,6 +657,20 @@ def _as_float(series: pd.Series, name: str, source: str, row_offset: int) -> np.
             f"{source}: column '{name}', row {row_offset + bad[0] + 1}: {value!r} is not a number"
         )
     return converted.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _reject_nested(series: pd.Series, name: str, source: str, row_offset: int) -> None:
+    """Refuse a column of lists, structs or maps (Parquet's nested types), which are not one
+    value a category can match: pandas cannot hash them, and training and scoring stopped with
+    a traceback. An Arrow column has one type, so its first value tells."""
+    if series.dtype != object:
+        return
+    present = np.flatnonzero(series.notna().to_numpy())
+    if len(present) and isinstance(value := series.iloc[present[0]], (list, dict, np.ndarray)):
+        raise InputError(
+            f"{source}: column '{name}', row {row_offset + present[0] + 1}: {value!r} is a "
+            "list or struct, not one value"
+        )
 
 
 def _reject_infinite(values: np.ndarray, name: str, source: str, row_offset: int) -> None:
