@@ -101,6 +101,21 @@ def _reject_row_counter(column: pd.Series, name: str, source: str) -> None:
         )
 
 
+def signature_example(frame: pd.DataFrame, number_columns: Sequence[str]) -> pd.DataFrame:
+    """A few rows of `frame`, from which MLflow infers the model's signature.
+
+    Numeric and binary features are doubles: CSV readers and JSON payloads turn integers into
+    floats as soon as a value is missing, and MLflow would refuse those. A column of pandas'
+    category dtype (a Parquet dictionary column) holds its values: MLflow declared it a
+    string, then refused the category example, and the trained run ended in a traceback.
+    """
+    example = frame.head(5)
+    categories = [c for c in example.columns if isinstance(example[c].dtype, pd.CategoricalDtype)]
+    return example.astype(
+        {**{c: object for c in categories}, **dict.fromkeys(number_columns, "float64")}
+    )
+
+
 def tabular_dataset(encoded: EncodedTable, rows: np.ndarray | slice = slice(None)) -> TensorDataset:
     """Encoded rows as the (numeric, observed, codes) tensors `tabular_loss_terms` expects."""
     import torch
@@ -206,13 +221,9 @@ def train(
             probability=calibration.probability,
             normal=calibration.normal,
         )
-        # Numeric and binary features are doubles in the signature: CSV readers and JSON
-        # payloads turn integers into floats as soon as a value is missing, and MLflow would
-        # refuse those.
-        example = (
-            split.train[[*config.data.id_columns, *split.features]]
-            .head(5)
-            .astype({c.name: "float64" for c in preprocessor.number_columns})
+        example = signature_example(
+            split.train[[*config.data.id_columns, *split.features]],
+            [c.name for c in preprocessor.number_columns],
         )
         uri = register_detector(config, detector, example)
     total = time.perf_counter() - started

@@ -554,6 +554,21 @@ def test_decimal_amounts_train_as_numbers(tmp_path, tracking_uri) -> None:
     assert not preprocessor.categorical
 
 
+def test_a_pandas_category_column_trains_and_scores(tmp_path, tracking_uri) -> None:
+    # pandas writes its category dtype as a Parquet dictionary column and reads it back so:
+    # MLflow refused the category example once the model had trained.
+    rng = np.random.default_rng(0)
+    merchants = pd.Categorical(rng.choice(["fuel", "grocery", "travel"], 300))
+    frame = pd.DataFrame({"merchant": merchants, "x": rng.normal(size=300)})
+    path = tmp_path / "categories.parquet"
+    frame.to_parquet(path)
+    config = tmp_path / "categories.yaml"
+    config.write_text(f"data:\n  path: {path}\n")
+    model_uri = train_cli(config, "--set", "training.epochs=2")
+    scored = mlflow.pyfunc.load_model(model_uri).predict(frame.astype({"merchant": str}))
+    assert len(scored) == 300
+
+
 def test_python_scores_keep_the_rows_index(breast_cancer_model, breast_cancer_files) -> None:
     from pipelines.score import load_model
 
