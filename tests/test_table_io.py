@@ -17,6 +17,9 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
+from anomaly_vae.data.tables import read_table
+from anomaly_vae.errors import InputError
+
 
 def score(model: tuple[str, str], source: Path, out: Path) -> subprocess.CompletedProcess:
     """`anomaly-vae score` in its own process: pyarrow's CSV writer crashed the process on
@@ -98,6 +101,43 @@ def test_parquet_parts_whose_numbers_differ_in_width_are_cast(
     scored = pq.read_table(out)
     assert scored.schema.field("id").type == pa.int64()
     assert scored.column("id").to_pylist() == frame["id"].tolist()
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda part: part.drop(columns="mean radius"), "has no column 'mean radius', which"),
+        (lambda part: part.assign(extra=1.0), "has a column 'extra' that earlier rows do not"),
+        (
+            lambda part: part.astype({"mean radius": str}),
+            "column 'mean radius' is str here, float64 in earlier rows",
+        ),
+    ],
+    ids=["missing", "extra", "text"],
+)
+def test_training_refuses_parquet_parts_of_another_shape(
+    change, message, breast_cancer_files, tmp_path
+) -> None:
+    # Concatenated, the gaps trained as missing values and text beside numbers as categories.
+    folder = tmp_path / "table"
+    two_parts(breast_cancer_files[0], folder, change)
+    with pytest.raises(InputError, match=f"^{folder / 'part-1.parquet'}: {message}"):
+        read_table(folder)
+
+
+def test_training_reads_parquet_parts_whose_missing_values_changed_their_dtype(
+    breast_cancer_files, tmp_path
+) -> None:
+    # pandas reads an integer or boolean column with a missing value as floats or objects.
+    frame = pd.read_parquet(breast_cancer_files[0]).astype({"label": bool})
+    gapped = frame.iloc[100:].astype({"label": object})
+    gapped.iloc[0, [frame.columns.get_loc("id"), frame.columns.get_loc("label")]] = None
+    folder = tmp_path / "table"
+    folder.mkdir()
+    frame.iloc[:100].to_parquet(folder / "part-0.parquet", index=False)
+    gapped.to_parquet(folder / "part-1.parquet", index=False)
+    read = read_table(folder)
+    assert len(read) == len(frame) and read["id"].isna().sum() == 1
 
 
 @pytest.mark.parametrize(

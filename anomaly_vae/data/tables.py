@@ -160,9 +160,47 @@ class TableBatch:
 
 
 def read_table(path: str | Path, text_columns: Collection[str] = ()) -> pd.DataFrame:
-    """Read a whole table; training needs all rows at once to split and fit the scalers."""
-    frames = [batch.frame for batch in iter_table_batches(path, text_columns=text_columns)]
+    """Read a whole table; training needs all rows at once to split and fit the scalers.
+
+    The batches of a folder's parts must have the first one's columns, of the same kind:
+    concatenated, a column one part lacked was missing in its rows, and one of numbers in one
+    part and text in another held both; training learnt the gaps as missing values and the
+    numbers as categories without a word."""
+    frames = []
+    for batch in iter_table_batches(path, text_columns=text_columns):
+        if frames:
+            _check_like(batch, frames[0])
+        frames.append(batch.frame)
     return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
+
+
+def _check_like(batch: TableBatch, first: pd.DataFrame) -> None:
+    """Refuse a batch whose columns are not `first`'s, or hold another kind of value."""
+    frame = batch.frame
+    _check_same_names(list(frame.columns), list(first.columns), batch.source)
+    for name in first.columns:
+        given, wanted = frame[name], first[name]
+        if given.dtype == wanted.dtype:
+            continue
+        kinds = _value_kind(given), _value_kind(wanted)
+        if None not in kinds and kinds[0] != kinds[1]:
+            raise InputError(
+                f"{batch.source}: column '{name}' is {given.dtype} here, {wanted.dtype} in "
+                "earlier rows"
+            )
+
+
+def _value_kind(column: pd.Series) -> str | None:
+    """Numbers, booleans or anything else; None for a column of missing values only, which
+    is of any kind. pandas holds booleans as objects where one is missing, and integers as
+    floats."""
+    if not column.notna().any():
+        return None
+    if pd.api.types.is_bool_dtype(column) or (
+        column.dtype == object and pd.api.types.infer_dtype(column, skipna=True) == "boolean"
+    ):
+        return "bool"
+    return "number" if pd.api.types.is_numeric_dtype(column) else "other"
 
 
 def count_rows(path: str | Path) -> int | None:
@@ -450,13 +488,7 @@ def _conformed(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
     """`table` with `schema`'s columns, in its order, and types: a number or text column of
     another width is cast safely (int64 <- double holding whole numbers); a missing or new
     column, or another kind of value, is an error naming `source` and the column."""
-    names = table.schema.names
-    missing = [name for name in schema.names if name not in names]
-    if missing:
-        raise InputError(f"{source}: has no column '{missing[0]}', which earlier rows have")
-    extra = [name for name in names if name not in schema.names]
-    if extra:
-        raise InputError(f"{source}: has a column '{extra[0]}' that earlier rows do not have")
+    _check_same_names(table.schema.names, schema.names, source)
     table = table.select(schema.names)
     for i, (field, wanted) in enumerate(zip(table.schema, schema, strict=True)):
         if field.type != wanted.type:
@@ -468,6 +500,16 @@ def _conformed(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
                 )
             table = table.set_column(i, wanted, cast)
     return table
+
+
+def _check_same_names(names: list[str], earlier: list[str], source: str) -> None:
+    """Refuse columns of `source` that are not those of the earlier rows, in any order."""
+    missing = [name for name in earlier if name not in names]
+    if missing:
+        raise InputError(f"{source}: has no column '{missing[0]}', which earlier rows have")
+    extra = [name for name in names if name not in earlier]
+    if extra:
+        raise InputError(f"{source}: has a column '{extra[0]}' that earlier rows do not have")
 
 
 def _safe_cast(column: pa.ChunkedArray, wanted: pa.DataType) -> pa.ChunkedArray | None:
