@@ -1,10 +1,11 @@
-"""Label columns read as anomaly flags: numbers, words and an explicit anomaly value."""
+"""Label columns read as anomaly flags (numbers, words and an explicit anomaly value), and
+the columns a table must have."""
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from anomaly_vae.data.schema import anomaly_labels
+from anomaly_vae.data.schema import anomaly_labels, check_columns
 from anomaly_vae.errors import InputError
 
 CODES = [0, 1, 2, 2, 0]
@@ -50,3 +51,15 @@ def test_labels_must_be_finite_and_numbers_may_be_text() -> None:
     text = pd.Series(["0.0", "1.0", " 2 ", "0"], name="y")
     np.testing.assert_array_equal(anomaly_labels(text, None, "f"), [False, True, True, False])
     np.testing.assert_array_equal(anomaly_labels(text, "2", "f"), [False, False, True, False])
+
+
+def test_a_missing_column_spelled_with_spaces_or_in_capitals_is_named_as_present() -> None:
+    # A header written "id, amount, merchant" holds ' amount': 'amount' was reported missing
+    # from a file that seemed to hold it.
+    header = ["id", " amount", "MERCHANT "]
+    with pytest.raises(InputError) as info:
+        check_columns(header, ["amount", "merchant", "country"], ["id"], "new.csv")
+    assert str(info.value) == (
+        "new.csv: missing column(s) 'amount', 'merchant', 'country' (present as ' amount', "
+        "'MERCHANT ': names must match exactly, spaces and case included)"
+    )

@@ -34,7 +34,9 @@ def check_columns(
     present = set(columns)
     missing = [c for c in required if c not in present]
     if missing:
-        raise InputError(f"{source}: missing column(s) {_names(missing)}")
+        raise InputError(
+            f"{source}: missing column(s) {_names(missing)}{_spelled_otherwise(missing, columns)}"
+        )
     if not allow_extra:
         expected = set(required) | set(known)
         extra = [c for c in columns if c not in expected]
@@ -43,6 +45,17 @@ def check_columns(
                 f"{source}: unexpected column(s) {_names(extra)} "
                 "(the model was not trained on them; pass --allow-extra-columns to ignore them)"
             )
+
+
+def _spelled_otherwise(missing: Sequence[str], columns: Sequence[str]) -> str:
+    """A hint naming the columns that differ from missing ones only in case or surrounding
+    spaces (a header written "id, amount" holds ' amount'): reported missing alone, they
+    seemed plainly there."""
+    folded = {column.strip().casefold(): column for column in columns}
+    near = [folded[key] for name in missing if (key := name.strip().casefold()) in folded]
+    if not near:
+        return ""
+    return f" (present as {_names(near)}: names must match exactly, spaces and case included)"
 
 
 def check_kept_columns(columns: Sequence[str], source: str) -> None:
