@@ -678,6 +678,13 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
     (tmp_path / "no_tables" / "notes.txt").write_text("x")
     files["no_tables"] = (tmp_path / "no_tables", "a folder without Parquet files")
     add("corrupt.csv.gz", None, "cannot read (zlib inflate failed", text="not gzip data")
+    # pandas' metadata, kept from a table whose text column was replaced by lists.
+    noted = pa.Table.from_pandas(good.assign(note="x"), preserve_index=False)
+    lists = pa.array([["x"]] * len(good))
+    pq.write_table(
+        noted.set_column(noted.num_columns - 1, "note", lists), tmp_path / "stale.parquet"
+    )
+    files["stale.parquet"] = (tmp_path / "stale.parquet", "cannot read (Unsupported cast from list")
     (tmp_path / "empty.csv.gz").write_bytes(gzip.compress(b""))
     files["empty.csv.gz"] = (tmp_path / "empty.csv.gz", "the file is empty")
     return files
@@ -699,6 +706,7 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
         "corrupt.parquet",
         "table.xlsx",
         "corrupt.csv.gz",
+        "stale.parquet",
         "empty.csv.gz",
         "no_tables",
     ],

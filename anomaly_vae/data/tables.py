@@ -240,7 +240,9 @@ def iter_table_batches(
                 if batch.num_rows:
                     yield TableBatch(_to_frame(batch, as_is), str(file), first_row)
                     first_row += batch.num_rows
-        except (pa.ArrowInvalid, OSError) as exc:
+        # NotImplemented: a column whose type the file's pandas metadata contradicts (a
+        # table of pandas' written again with a column replaced) cannot be converted.
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
             raise InputError(f"{file}: cannot read ({first_line(exc)})") from None
         seen_rows += first_row
     if not seen_rows:
