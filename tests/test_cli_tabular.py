@@ -685,6 +685,11 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
         noted.set_column(noted.num_columns - 1, "note", lists), tmp_path / "stale.parquet"
     )
     files["stale.parquet"] = (tmp_path / "stale.parquet", "cannot read (Unsupported cast from list")
+    # Files named .csv that are not text: pyarrow reported a line of their binary bytes.
+    good.to_parquet(tmp_path / "parquet_named.csv")
+    files["parquet_named.csv"] = (tmp_path / "parquet_named.csv", "a Parquet file (name it")
+    (tmp_path / "gzip_named.csv").write_bytes(gzip.compress(good.to_csv().encode()))
+    files["gzip_named.csv"] = (tmp_path / "gzip_named.csv", "gzip-compressed (name it .csv.gz)")
     (tmp_path / "empty.csv.gz").write_bytes(gzip.compress(b""))
     files["empty.csv.gz"] = (tmp_path / "empty.csv.gz", "the file is empty")
     return files
@@ -707,6 +712,8 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
         "table.xlsx",
         "corrupt.csv.gz",
         "stale.parquet",
+        "parquet_named.csv",
+        "gzip_named.csv",
         "empty.csv.gz",
         "no_tables",
     ],

@@ -378,7 +378,9 @@ def _csv_dialect(path: Path) -> tuple[str, str]:
     none), and the decimal mark: a comma in a file not separated by commas whose first rows
     hold more numbers written 1,5 than 1.5."""
     with pa.input_stream(str(path)) as file:  # decompressed, by the path's extension
-        head = file.read(HEAD_BYTES).decode("utf-8", errors="replace")
+        raw = file.read(HEAD_BYTES)
+    _check_not_binary(path, raw)
+    head = raw.decode("utf-8", errors="replace")
     if not head:
         raise InputError(f"{path}: the file is empty")
     header, _, rows = head.partition("\n")
@@ -389,6 +391,24 @@ def _csv_dialect(path: Path) -> tuple[str, str]:
         return ",", "."
     decimal_commas = len(re.findall(r"\d,\d", rows))
     return best, "," if decimal_commas > len(re.findall(r"\d\.\d", rows)) else "."
+
+
+# The first bytes of files that are named .csv but hold no text, and what they are: pyarrow
+# parsed them as text and reported a column count with a line of binary bytes.
+_NOT_CSV = {
+    b"PAR1": "a Parquet file (name it .parquet)",
+    b"\x1f\x8b": "gzip-compressed (name it .csv.gz)",
+    b"BZh": "bz2-compressed (name it .csv.bz2)",
+    b"\x28\xb5\x2f\xfd": "zstd-compressed (name it .csv.zst)",
+    b"PK\x03\x04": "a zip archive, such as an Excel workbook (export it as CSV)",
+}
+
+
+def _check_not_binary(path: Path, head: bytes) -> None:
+    """Refuse a file named as CSV whose first bytes say it is another kind of file."""
+    for magic, kind in _NOT_CSV.items():
+        if head.startswith(magic):
+            raise InputError(f"{path}: not CSV text but {kind}")
 
 
 class AtomicTableWriter:
