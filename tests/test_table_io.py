@@ -273,6 +273,34 @@ def test_an_output_that_would_replace_the_input_is_refused(
     assert [p.name for p in folder.iterdir()] == ["part-0.parquet"]
 
 
+@pytest.mark.parametrize(
+    ("command", "name"), [("score", "scored.parquet"), ("evaluate", "report.html")]
+)
+def test_an_output_folder_that_cannot_be_written_is_refused_first(
+    command, name, breast_cancer_model, breast_cancer_files, tmp_path, monkeypatch
+) -> None:
+    # The temporary file beside the output failed with a PermissionError traceback; the
+    # report's only after the evaluation had run. Root writes anywhere, so a stand-in refuses.
+    import tempfile
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    model_uri, tracking = breast_cancer_model
+    out = output_in_empty_folder(tmp_path, name)
+    result = run_cli(
+        command, model_uri, breast_cancer_files[1], "-o", out, "--tracking-uri", tracking
+    )
+    assert result.exit_code == 1
+    assert (
+        result.stderr
+        == f"Error: {out}: cannot write in folder '{out.parent}' (Permission denied)\n"
+    )
+    assert list(out.parent.iterdir()) == []
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_outputs_get_the_mode_the_umask_gives(
     umask, breast_cancer_model, breast_cancer_files, tmp_path

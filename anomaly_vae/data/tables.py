@@ -411,14 +411,28 @@ def _check_not_binary(path: Path, head: bytes) -> None:
             raise InputError(f"{path}: not CSV text but {kind}")
 
 
+def check_output_folder(path: Path) -> None:
+    """Refuse an output whose folder is missing or cannot be written, before any work is done:
+    the temporary file beside it failed with a traceback (PermissionError) once the model had
+    loaded, or, for a report, once the evaluation had run."""
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: folder '{path.parent}' does not exist")
+    try:
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"{path}: cannot write in folder '{path.parent}' ({exc.strerror})"
+        ) from None
+
+
 class AtomicTableWriter:
     """Write a table batch by batch to a temporary file renamed into place on success."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.format = table_format(self.path)
-        if not self.path.parent.is_dir():
-            raise InputError(f"{self.path}: folder '{self.path.parent}' does not exist")
+        check_output_folder(self.path)
         self._tmp_path: Path | None = None
         self._writer: pq.ParquetWriter | pacsv.CSVWriter | None = None
         self._sink: pa.NativeFile | None = None

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
+from anomaly_vae.data.tables import check_output_folder
 from anomaly_vae.errors import InputError
 
 _STYLE = """
@@ -90,8 +91,7 @@ def check_report_path(path: str | Path) -> Path:
     path = Path(path)
     if path.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"{path}: a report is written as .html")
-    if not path.parent.is_dir():
-        raise InputError(f"{path}: folder {path.parent} does not exist")
+    check_output_folder(path)
     return path
 
 
