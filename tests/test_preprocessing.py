@@ -247,6 +247,13 @@ def test_lists_and_structs_where_categories_belong_are_refused(frame) -> None:
         _fit(frame).transform(frame.assign(merchant=structs), "new.parquet", row_offset=10)
 
 
+def test_dates_where_categories_belong_are_refused_when_scored(frame) -> None:
+    # Training refuses dates as features, so none is a category: every row scored as unseen.
+    when = pd.date_range("2026-01-01", periods=5, freq="h")
+    with pytest.raises(InputError, match="^new.parquet: column 'merchant' holds dates or times"):
+        _fit(frame).transform(frame.head(5).assign(merchant=when), "new.parquet")
+
+
 def test_text_that_only_contains_digits_or_dashes_stays_categorical(frame) -> None:
     codes = np.resize(["2026", "A-12", "12/x", "2026-01-15 and later"], len(frame))
     pre = _fit(frame.assign(code=codes))

@@ -246,7 +246,7 @@ class TabularPreprocessor:
             codes[:, self._two_valued] = self._two_valued_codes(frame, numbers, source, row_offset)
         for j, column in enumerate(self.categorical):
             if column.values is None:
-                _reject_nested(frame[column.name], column.name, source, row_offset)
+                _check_category_values(frame[column.name], column.name, source, row_offset)
                 codes[:, j] = column.codes(frame[column.name])
         return CheckedRows(self, values, codes)
 
@@ -657,6 +657,15 @@ def _as_float(series: pd.Series, name: str, source: str, row_offset: int) -> np.
             f"{source}: column '{name}', row {row_offset + bad[0] + 1}: {value!r} is not a number"
         )
     return converted.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _check_category_values(series: pd.Series, name: str, source: str, row_offset: int) -> None:
+    """Refuse values that no category can be: lists and structs, and dates or times (a column
+    of timestamps where the merchant belongs), which training refuses as features: every
+    value was unseen and every row flagged, without a word."""
+    if _is_time_dtype(series.dtype):
+        raise InputError(f"{source}: column '{name}' holds dates or times, not categories")
+    _reject_nested(series, name, source, row_offset)
 
 
 def _reject_nested(series: pd.Series, name: str, source: str, row_offset: int) -> None:
