@@ -690,6 +690,12 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
     files["parquet_named.csv"] = (tmp_path / "parquet_named.csv", "a Parquet file (name it")
     (tmp_path / "gzip_named.csv").write_bytes(gzip.compress(good.to_csv().encode()))
     files["gzip_named.csv"] = (tmp_path / "gzip_named.csv", "gzip-compressed (name it .csv.gz)")
+    # Excel's "Unicode Text" and Windows PowerShell's Export-Csv write UTF-16: pyarrow found
+    # one column of NUL-separated letters.
+    (tmp_path / "utf16.csv").write_bytes(good.to_csv().encode("utf-16"))
+    files["utf16.csv"] = (tmp_path / "utf16.csv", "UTF-16 text (save it as UTF-8)")
+    (tmp_path / "utf16_no_bom.csv").write_bytes(good.to_csv().encode("utf-16-le"))
+    files["utf16_no_bom.csv"] = (tmp_path / "utf16_no_bom.csv", "UTF-16 text (save it as UTF-8)")
     (tmp_path / "empty.csv.gz").write_bytes(gzip.compress(b""))
     files["empty.csv.gz"] = (tmp_path / "empty.csv.gz", "the file is empty")
     return files
@@ -714,6 +720,8 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
         "stale.parquet",
         "parquet_named.csv",
         "gzip_named.csv",
+        "utf16.csv",
+        "utf16_no_bom.csv",
         "empty.csv.gz",
         "no_tables",
     ],

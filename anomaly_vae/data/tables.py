@@ -393,22 +393,29 @@ def _csv_dialect(path: Path) -> tuple[str, str]:
     return best, "," if decimal_commas > len(re.findall(r"\d\.\d", rows)) else "."
 
 
-# The first bytes of files that are named .csv but hold no text, and what they are: pyarrow
-# parsed them as text and reported a column count with a line of binary bytes.
+# The first bytes of files that are named .csv but hold no UTF-8 text, and what they are:
+# pyarrow parsed them as text and reported a column count with a line of binary bytes, or, for
+# UTF-16 text (Excel's "Unicode Text", Windows PowerShell's Export-Csv), missing columns.
+_UTF16 = "UTF-16 text (save it as UTF-8)"
 _NOT_CSV = {
     b"PAR1": "a Parquet file (name it .parquet)",
     b"\x1f\x8b": "gzip-compressed (name it .csv.gz)",
     b"BZh": "bz2-compressed (name it .csv.bz2)",
     b"\x28\xb5\x2f\xfd": "zstd-compressed (name it .csv.zst)",
     b"PK\x03\x04": "a zip archive, such as an Excel workbook (export it as CSV)",
+    b"\xff\xfe": _UTF16,
+    b"\xfe\xff": _UTF16,
 }
 
 
 def _check_not_binary(path: Path, head: bytes) -> None:
-    """Refuse a file named as CSV whose first bytes say it is another kind of file."""
-    for magic, kind in _NOT_CSV.items():
-        if head.startswith(magic):
-            raise InputError(f"{path}: not CSV text but {kind}")
+    """Refuse a file named as CSV whose first bytes say it is another kind of file; UTF-16
+    without a byte-order mark shows as NUL bytes between the header's letters."""
+    kinds = [kind for magic, kind in _NOT_CSV.items() if head.startswith(magic)]
+    if not kinds and b"\x00" in head.partition(b"\n")[0]:
+        kinds = [_UTF16]
+    if kinds:
+        raise InputError(f"{path}: not UTF-8 CSV text but {kinds[0]}")
 
 
 def check_output_folder(path: Path) -> None:
