@@ -33,7 +33,12 @@ from anomaly_vae.data.images import (
     list_images,
 )
 from anomaly_vae.data.preprocessing import TabularPreprocessor
-from anomaly_vae.data.schema import check_columns, check_kept_columns
+from anomaly_vae.data.schema import (
+    MODEL_ANOMALY_VALUE,
+    anomaly_labels,
+    check_columns,
+    check_kept_columns,
+)
 from anomaly_vae.errors import InputError
 from anomaly_vae.models.conv_vae import ConvVAE
 from anomaly_vae.models.tabular_vae import TabularVAE
@@ -61,6 +66,12 @@ class ColumnRoles:
     @property
     def known(self) -> list[str]:
         return [*self.id_columns, *([self.label] if self.label else []), *self.drop]
+
+    def labels(self, series: pd.Series, source: str, row_offset: int = 0) -> np.ndarray:
+        """Anomaly flags from a label column, read as the trained model reads them."""
+        return anomaly_labels(
+            series, self.anomaly_value, source, row_offset, remedy=MODEL_ANOMALY_VALUE
+        )
 
 
 class TabularDetector:

@@ -168,7 +168,6 @@ def _scores_and_labels(
     allow_extra: bool,
 ) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:
     """All scores of the file, its labels (or None) and a few rows as the model's example."""
-    from anomaly_vae.data.schema import anomaly_labels
     from anomaly_vae.errors import InputError
     from pipelines.score import scored_batches
 
@@ -188,11 +187,7 @@ def _scores_and_labels(
             raise InputError(f"{part.source}: missing label column '{label}'")
         detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
         if label:
-            labels.append(
-                anomaly_labels(
-                    batch[label], detector.roles.anomaly_value, part.source, part.first_row
-                )
-            )
+            labels.append(detector.roles.labels(batch[label], part.source, part.first_row))
         scores.append(scored["score"].to_numpy())
     numbers = detector.preprocessor.number_columns
     example = example.astype({c.name: "float64" for c in numbers if c.name in example.columns})

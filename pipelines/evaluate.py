@@ -131,7 +131,6 @@ def evaluate_file(
         raise InputError(f"{input_path}: {option} is for images (a folder or an IDX file)")
     import mlflow
 
-    from anomaly_vae.data.schema import anomaly_labels
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import common_sections, top_anomaly_sections
     from anomaly_vae.tracking import configure_tracking, tracked_run, use_experiment
@@ -152,9 +151,7 @@ def evaluate_file(
         if label not in batch.columns:
             raise InputError(f"{part.source}: missing label column '{label}'")
         detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
-        labels.append(
-            anomaly_labels(batch[label], detector.roles.anomaly_value, part.source, part.first_row)
-        )
+        labels.append(detector.roles.labels(batch[label], part.source, part.first_row))
         scores.append(scored["score"].to_numpy())
         scored.insert(0, label, batch[label].to_numpy())
         top_rows = pd.concat([top_rows, scored.nlargest(TOP_ROWS, "score")]).nlargest(

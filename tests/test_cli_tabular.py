@@ -880,6 +880,23 @@ def test_evaluating_labels_of_one_class_names_the_file(
     )
 
 
+@pytest.mark.parametrize("command", ["evaluate", "calibrate"])
+def test_unreadable_labels_at_evaluate_ask_for_what_the_model_reads(
+    command, breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    # The line said to set data.anomaly_value, which these commands have no option for.
+    model_uri, tracking = breast_cancer_model
+    words = tmp_path / "words.parquet"
+    frame = pd.read_parquet(breast_cancer_files[1])
+    frame.assign(label=frame["label"].map({0: "ok", 1: "fraud"})).to_parquet(words)
+    result = run_cli(command, model_uri, words, "--tracking-uri", tracking)
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith(
+        "as normal or anomaly (the model was trained without data.anomaly_value: recode the "
+        "labels as 0/1, or retrain with it set to the value that marks an anomaly)"
+    )
+
+
 def test_a_tracking_store_that_is_not_there_is_named_and_not_created(
     breast_cancer_files, tmp_path
 ) -> None:

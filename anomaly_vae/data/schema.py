@@ -73,8 +73,22 @@ def check_kept_columns(columns: Sequence[str], source: str) -> None:
         )
 
 
+# What to do about a label that reads as neither normal nor anomaly: in training, set the
+# config's anomaly value; a trained model's (evaluate, calibrate) is fixed, and the hint to set
+# it sent users looking for an option those commands do not have.
+SET_ANOMALY_VALUE = "set data.anomaly_value to the value that marks an anomaly"
+MODEL_ANOMALY_VALUE = (
+    "the model was trained without data.anomaly_value: recode the labels as 0/1, or retrain "
+    "with it set to the value that marks an anomaly"
+)
+
+
 def anomaly_labels(
-    series: pd.Series, anomaly_value: str | None, source: str, row_offset: int = 0
+    series: pd.Series,
+    anomaly_value: str | None,
+    source: str,
+    row_offset: int = 0,
+    remedy: str = SET_ANOMALY_VALUE,
 ) -> np.ndarray:
     """Boolean anomaly flags from a label column.
 
@@ -101,8 +115,8 @@ def anomaly_labels(
     if unknown.any():
         row = int(np.flatnonzero(unknown.to_numpy())[0])
         raise InputError(
-            f"{source}: label column '{name}', row {row_offset + row + 1}: cannot read {series.iloc[row]!r} "
-            "as normal or anomaly (set data.anomaly_value to the value that marks an anomaly)"
+            f"{source}: label column '{name}', row {row_offset + row + 1}: cannot read "
+            f"{series.iloc[row]!r} as normal or anomaly ({remedy})"
         )
     return text.isin(_TRUE_STRINGS).to_numpy()
 
