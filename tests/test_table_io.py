@@ -140,6 +140,25 @@ def test_training_reads_parquet_parts_whose_missing_values_changed_their_dtype(
     assert len(read) == len(frame) and read["id"].isna().sum() == 1
 
 
+def test_columns_pandas_saved_as_the_index_are_read_as_columns(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    # `frame.set_index(...).to_parquet()` keeps the column in the file, but pandas read it
+    # back as the index: "missing column(s) 'mean radius'", or, in training, 'id'.
+    model_uri, tracking = breast_cancer_model
+    frame = pd.read_parquet(breast_cancer_files[1]).drop(columns="label")
+    indexed = tmp_path / "indexed.parquet"
+    frame.set_index("mean radius").to_parquet(indexed)
+    outputs = []
+    for source in (breast_cancer_files[1], indexed):
+        outputs.append(tmp_path / f"scored_{len(outputs)}.parquet")
+        result = run_cli("score", model_uri, source, "-o", outputs[-1], "--tracking-uri", tracking)
+        assert result.exit_code == 0, result.output
+    assert pd.read_parquet(outputs[0]).equals(pd.read_parquet(outputs[1]))
+    frame.set_index("id").to_parquet(indexed)
+    assert read_table(indexed)["id"].tolist() == frame["id"].tolist()
+
+
 @pytest.mark.parametrize(
     ("ids", "kind"),
     [

@@ -256,12 +256,24 @@ def _to_frame(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pd.DataFra
     names = batch.schema.names
     kept = [i for i, name in enumerate(names) if as_is(name)]
     if not kept:
-        return batch.to_pandas()
-    frame = batch.select([i for i in range(len(names)) if i not in kept]).to_pandas()
+        return _index_as_columns(batch.to_pandas(), names)
+    frame = _index_as_columns(
+        batch.select([i for i in range(len(names)) if i not in kept]).to_pandas(), names
+    )
     for i in kept:  # in order, so each lands at its own position
         column = pd.arrays.ArrowExtensionArray(batch.column(i))
         frame.insert(i, names[i], column, allow_duplicates=True)
     return frame
+
+
+def _index_as_columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The frame with the index levels that pandas restored from the file's `columns` back
+    among its columns: a table written as `frame.set_index("txn_id").to_parquet()` holds
+    txn_id as a column, which train and score reported missing. A row number (an unnamed
+    __index_level_0__, or a range kept in the metadata alone) stays the index, which no
+    output keeps."""
+    named = [name for name in frame.index.names if name is not None and name in columns]
+    return frame.reset_index(level=named) if named else frame
 
 
 def _decimals_as_floats(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pa.RecordBatch:
