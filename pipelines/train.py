@@ -108,12 +108,24 @@ def signature_example(frame: pd.DataFrame, number_columns: Sequence[str]) -> pd.
     floats as soon as a value is missing, and MLflow would refuse those. A column of pandas'
     category dtype (a Parquet dictionary column) holds its values: MLflow declared it a
     string, then refused the category example, and the trained run ended in a traceback.
+    Columns of types MLflow cannot declare hold text (`_untyped_by_mlflow`).
     """
     example = frame.head(5)
     categories = [c for c in example.columns if isinstance(example[c].dtype, pd.CategoricalDtype)]
     return example.astype(
-        {**{c: object for c in categories}, **dict.fromkeys(number_columns, "float64")}
+        {
+            **{c: object for c in categories},
+            **{c: str for c in example.columns if _untyped_by_mlflow(example[c].dtype)},
+            **dict.fromkeys(number_columns, "float64"),
+        }
     )
+
+
+def _untyped_by_mlflow(dtype: object) -> bool:
+    """Whether MLflow's signature cannot hold a column of `dtype`: times with a time zone
+    (an event time among the ids) and durations. Their example rows failed the signature
+    MLflow inferred, or its JSON, once the model had trained; they go in as text."""
+    return isinstance(dtype, pd.DatetimeTZDtype) or pd.api.types.is_timedelta64_dtype(dtype)
 
 
 def tabular_dataset(encoded: EncodedTable, rows: np.ndarray | slice = slice(None)) -> TensorDataset:

@@ -569,6 +569,28 @@ def test_a_pandas_category_column_trains_and_scores(tmp_path, tracking_uri) -> N
     assert len(scored) == 300
 
 
+def test_ids_of_times_with_a_zone_or_durations_train(tmp_path, tracking_uri) -> None:
+    # MLflow's signature holds neither: logging the model failed once it had trained.
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "event_time": pd.date_range("2026-11-25", periods=300, freq="min", tz="Europe/Paris"),
+            "waited": pd.to_timedelta(np.arange(300), unit="s"),
+            "x": rng.normal(size=300),
+        }
+    )
+    path = tmp_path / "events.parquet"
+    frame.to_parquet(path)
+    config = tmp_path / "events.yaml"
+    config.write_text(f"data:\n  path: {path}\n  id_columns: [event_time, waited]\n")
+    model_uri = train_cli(config, "--set", "training.epochs=2")
+    out = tmp_path / "scored.parquet"
+    result = run_cli("score", model_uri, path, "-o", out)
+    assert result.exit_code == 0, result.output
+    ids = ["event_time", "waited"]
+    assert pq.read_table(out).select(ids).equals(pq.read_table(path).select(ids))
+
+
 def test_python_scores_keep_the_rows_index(breast_cancer_model, breast_cancer_files) -> None:
     from pipelines.score import load_model
 
