@@ -839,6 +839,25 @@ def test_training_on_a_repeated_column_name_fails_in_one_line(
     assert result.stderr.strip() == f"Error: {repeated}: more than one column named 'worst area'"
 
 
+def test_training_on_a_folder_of_csv_parts_says_what_a_table_is(
+    breast_cancer_files, tmp_path, tracking_uri
+) -> None:
+    # Without Parquet files a folder reads as images: "no PNG, JPEG, ... images", and no word
+    # about the CSV parts (as Spark writes a table) that it held.
+    frame = pd.read_parquet(breast_cancer_files[0])
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    frame.iloc[:100].to_csv(folder / "part-0.csv", index=False)
+    frame.iloc[100:].to_csv(folder / "part-1.csv", index=False)
+    config = tmp_path / "parts.yaml"
+    config.write_text(yaml.safe_dump({"data": {"path": str(folder), "label": "label"}}))
+    result = run_cli("train", config)
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith(
+        "but CSV files (part-0.csv): a table is one CSV file or a folder of Parquet files"
+    )
+
+
 def test_an_accelerator_lightning_cannot_use_fails_in_one_line(
     breast_cancer_files, tmp_path, tracking_uri
 ) -> None:

@@ -25,6 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from anomaly_vae.data.tables import (
+    csv_compression,
     files_below,
     parquet_parts,
     refuse_broken_links,
@@ -111,6 +112,18 @@ def _image_files(folder: Path) -> Iterator[Path]:
     return files_below(folder, IMAGE_SUFFIXES, hidden=(".",))
 
 
+def _csv_hint(folder: Path) -> str:
+    """What to do with a folder of CSV files, as Spark writes a table in parts: without
+    Parquet files it reads as a folder of images, and was refused for having none."""
+    first = next(
+        (p for p in sorted(folder.rglob("*")) if csv_compression(p) or p.suffix.lower() == ".csv"),
+        None,
+    )
+    if first is None:
+        return ""
+    return f", but CSV files ({first.name}): a table is one CSV file or a folder of Parquet files"
+
+
 def is_idx(path: str | Path) -> bool:
     return bool(_IDX_IMAGES.search(Path(path).name))
 
@@ -133,7 +146,9 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
     masks = [p for p, r in real.items() if r in mask_files]
     images = [p for p, r in real.items() if r not in mask_files]
     if not images:
-        raise InputError(f"{source}: no PNG, JPEG, BMP, TIFF or WebP images in this folder")
+        raise InputError(
+            f"{source}: no PNG, JPEG, BMP, TIFF or WebP images in this folder{_csv_hint(source)}"
+        )
     # An image read twice was scored and counted twice in evaluate's and calibrate's metrics,
     # labelled by each folder's name: good/a.png normal, good_copy/a.png an anomaly.
     refuse_repeated_files(images, real, "an image")
