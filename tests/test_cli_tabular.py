@@ -692,6 +692,18 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
     late = pd.concat([good] * 100, ignore_index=True).astype({"mean area": object})
     late.loc[20000, "mean area"] = "12,5"
     add("late_text.csv", late, "column 'mean area', row 20001: '12,5' is not a number")
+    # pyarrow quoted a ragged row ("Expected 31 columns, got 2: 1,2") but did not number it.
+    ragged = good.to_csv(index=False).splitlines()
+    ragged.insert(151, "1,2")
+    add(
+        "ragged.csv",
+        None,
+        "row 151 has 2 values, where the header names 31 columns",
+        text="\n".join(ragged),
+    )
+    ragged = late.to_csv(index=False).splitlines()  # past the first block
+    ragged.insert(20001, "1,2")
+    add("late_ragged.csv", None, "row 20001 has 2 values", text="\n".join(ragged))
     add("empty.csv", None, "empty", text="")
     add("no_rows.parquet", good.head(0), "holds no rows")
     add("corrupt.parquet", None, "not a readable Parquet file", text="PAR1 this is not parquet")
@@ -732,6 +744,8 @@ def bad_inputs(breast_cancer_files, tmp_path) -> dict[str, tuple[Path, str]]:
         "repeated.parquet",
         "text.csv",
         "late_text.csv",
+        "ragged.csv",
+        "late_ragged.csv",
         "nan.parquet",
         "inf.parquet",
         "empty.csv",

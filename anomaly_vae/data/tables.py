@@ -7,6 +7,9 @@ when every batch succeeded: a failed run never leaves a partial output behind.
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import io
 import os
 import re
 import tempfile
@@ -316,7 +319,10 @@ def _csv_batches(path: Path, as_text: Callable[[str], bool]) -> Iterator[pa.Reco
         first.close()
         names = schema.names  # pyarrow decodes the header here
     except pa.ArrowInvalid as exc:
-        raise InputError(f"{path}: not a readable CSV file ({first_line(exc)})") from None
+        raise InputError(
+            _ragged_row_error(path, delimiter, exc)
+            or f"{path}: not a readable CSV file ({first_line(exc)})"
+        ) from None
     except UnicodeDecodeError as exc:  # a header saved as latin-1 was a traceback
         byte = exc.object[exc.start]
         raise InputError(
@@ -351,6 +357,9 @@ def _conversion_error(
     path: Path, parse: pacsv.ParseOptions, exc: pa.ArrowInvalid, names: list[str]
 ) -> str:
     """A failed block's error as the other bad values are reported: file, column, row."""
+    ragged = _ragged_row_error(path, parse.delimiter, exc)
+    if ragged:
+        return ragged
     not_utf8 = _CSV_NOT_UTF8.search(str(exc))
     if not_utf8:
         name = names[int(not_utf8.group(1))]
@@ -377,6 +386,30 @@ def _conversion_error(
             return f"{path}: column '{name}', row {rows + first + 1}: {value!r} is not {expected}"
         rows += batch.num_rows
     return f"{path}: column '{name}': {value!r} is not {expected}"
+
+
+# A row with more or fewer values than the header names, which pyarrow quotes but does not
+# number: "CSV parse error: Expected 31 columns, got 2: 1,2".
+_CSV_RAGGED = re.compile(r"CSV parse error: Expected (\d+) columns, got (\d+)")
+
+
+def _ragged_row_error(path: Path, delimiter: str, exc: pa.ArrowInvalid) -> str | None:
+    """A ragged row's error naming its row, or None for another error. The row costs a pass
+    over the file with Python's CSV reader, which numbers records as pyarrow reads them
+    (quoted line breaks inside a record, blank lines skipped); only a failing file pays it."""
+    found = _CSV_RAGGED.search(str(exc))
+    if not found:
+        return None
+    expected, got = (int(count) for count in found.groups())
+    row = None
+    with pa.input_stream(str(path)) as raw:  # decompressed, by the path's extension
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
+        records = (record for record in csv.reader(text, delimiter=delimiter) if record)
+        next(records, None)  # the header
+        with contextlib.suppress(csv.Error):  # a cell beyond its size limit: no row named
+            row = next((i for i, rec in enumerate(records, 1) if len(rec) != expected), None)
+    where = f"row {row}" if row else "a row"
+    return f"{path}: {where} has {got} values, where the header names {expected} columns"
 
 
 # Spreadsheets in many European locales export CSV separated by semicolons, with decimal
