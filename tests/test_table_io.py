@@ -125,6 +125,19 @@ def test_training_refuses_parquet_parts_of_another_shape(
         read_table(folder)
 
 
+def test_only_a_header_of_nul_separated_letters_reads_as_utf16(tmp_path) -> None:
+    # Any NUL byte in the header line was taken for UTF-16, which random bytes are not.
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(InputError) as info:
+        read_table(binary)
+    assert "UTF-16" not in str(info.value)
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_bytes("id,x\n1,2\n".encode("utf-16-be"))
+    with pytest.raises(InputError, match="not UTF-8 CSV text but UTF-16 text"):
+        read_table(utf16)
+
+
 def test_training_reads_parquet_parts_whose_missing_values_changed_their_dtype(
     breast_cancer_files, tmp_path
 ) -> None:

@@ -455,9 +455,15 @@ _NOT_CSV = {
 
 def _check_not_binary(path: Path, head: bytes) -> None:
     """Refuse a file named as CSV whose first bytes say it is another kind of file; UTF-16
-    without a byte-order mark shows as NUL bytes between the header's letters."""
+    without a byte-order mark shows as a NUL byte beside each letter of the header: any NUL
+    in it named other binary files UTF-16 text."""
     kinds = [kind for magic, kind in _NOT_CSV.items() if head.startswith(magic)]
-    if not kinds and b"\x00" in head.partition(b"\n")[0]:
+    header = head.partition(b"\n")[0]
+    if (
+        not kinds
+        and len(header) > 1
+        and b"" in (header[::2].strip(b"\0"), header[1::2].strip(b"\0"))
+    ):
         kinds = [_UTF16]
     if kinds:
         raise InputError(f"{path}: not UTF-8 CSV text but {kinds[0]}")
