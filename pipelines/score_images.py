@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_vae.data.images import ImageItem, is_idx
+from anomaly_vae.data.tables import check_output_folder
 from anomaly_vae.errors import InputError
 from pipelines.score import ScoreSummary
 
@@ -89,8 +90,7 @@ class MapWriter:
         self.root = Path(input_path)
         if self.target.exists() and (not self.target.is_dir() or any(self.target.iterdir())):
             raise InputError(f"{self.target}: --maps needs a new or empty folder")
-        if not self.target.parent.is_dir():
-            raise InputError(f"{self.target}: folder '{self.target.parent}' does not exist")
+        check_output_folder(self.target)
         # Heatmaps are PNG images: written among the input's, the next run over the folder
         # scored them as images (an RGB model without a word), as a table's next read would
         # take a scores file written into its folder as a part.

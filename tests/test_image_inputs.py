@@ -488,3 +488,32 @@ def test_maps_inside_the_input_folder_are_refused(digits_model, tmp_path: Path) 
         "the heatmaps as images\n"
     )
     assert not out.exists() and not maps.exists()
+
+
+def test_a_maps_folder_where_no_file_can_be_made_is_refused_first(
+    digits_model, tmp_path, monkeypatch
+) -> None:
+    """The maps' temporary folder beside --maps could not be created: a PermissionError
+    traceback once the model had loaded. Root writes anywhere, so a stand-in refuses."""
+    import tempfile
+
+    model_uri, tracking, test_dir = digits_model
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    for name in ("TemporaryFile", "mkdtemp"):
+        create = getattr(tempfile, name)
+
+        def refuse(*args, create=create, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            if Path(kwargs.get("dir") or ".") == locked:
+                raise PermissionError(13, "Permission denied")
+            return create(*args, **kwargs)
+
+        monkeypatch.setattr(tempfile, name, refuse)
+    out, maps = tmp_path / "scores.csv", locked / "maps"
+    result = run_cli("score", model_uri, test_dir, "-o", out, "--maps", maps,
+                     "--tracking-uri", tracking)  # fmt: skip
+    assert result.exit_code == 1
+    assert (
+        result.stderr == f"Error: {maps}: cannot write in folder '{locked}' (Permission denied)\n"
+    )
+    assert not out.exists() and list(locked.iterdir()) == []
