@@ -246,8 +246,7 @@ class TabularPreprocessor:
             codes[:, self._two_valued] = self._two_valued_codes(frame, numbers, source, row_offset)
         for j, column in enumerate(self.categorical):
             if column.values is None:
-                _check_category_values(frame[column.name], column.name, source, row_offset)
-                codes[:, j] = column.codes(frame[column.name])
+                codes[:, j] = _category_codes(column, frame[column.name], source, row_offset)
         return CheckedRows(self, values, codes)
 
     def encode(self, values: np.ndarray, codes: np.ndarray) -> EncodedTable:
@@ -659,13 +658,21 @@ def _as_float(series: pd.Series, name: str, source: str, row_offset: int) -> np.
     return converted.to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _check_category_values(series: pd.Series, name: str, source: str, row_offset: int) -> None:
-    """Refuse values that no category can be: lists and structs, and dates or times (a column
-    of timestamps where the merchant belongs), which training refuses as features: every
-    value was unseen and every row flagged, without a word."""
+def _category_codes(
+    column: CategoricalColumn, series: pd.Series, source: str, row_offset: int
+) -> np.ndarray:
+    """`column.codes` of a batch, refusing values that no category can be: dates or times (a
+    column of timestamps where the merchant belongs), which training refuses as features, so
+    every value was unseen and every row flagged without a word; and lists and structs, which
+    pandas cannot hash. Those are looked for only once hashing failed: a pass over every
+    value of a text column cost a third of its encoding on each batch."""
     if _is_time_dtype(series.dtype):
-        raise InputError(f"{source}: column '{name}' holds dates or times, not categories")
-    _reject_nested(series, name, source, row_offset)
+        raise InputError(f"{source}: column '{column.name}' holds dates or times, not categories")
+    try:
+        return column.codes(series)
+    except TypeError:
+        _reject_nested(series, column.name, source, row_offset)
+        raise
 
 
 def _reject_nested(series: pd.Series, name: str, source: str, row_offset: int) -> None:
