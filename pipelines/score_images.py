@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from anomaly_vae.data.files import check_output_folder
 from anomaly_vae.data.images import ImageItem, is_idx
-from anomaly_vae.data.tables import check_output_folder
 from anomaly_vae.errors import InputError
 from pipelines.score import ScoreSummary
 

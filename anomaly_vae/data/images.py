@@ -24,13 +24,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from anomaly_vae.data.tables import (
-    csv_compression,
-    files_below,
-    parquet_parts,
-    refuse_broken_links,
-    refuse_repeated_files,
-)
+from anomaly_vae.data.files import files_below, refuse_broken_links, refuse_repeated_files
+from anomaly_vae.data.tables import csv_compression, parquet_parts
 from anomaly_vae.errors import InputError, first_line
 
 if TYPE_CHECKING:

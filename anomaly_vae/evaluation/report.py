@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.figure import Figure
 
-from anomaly_vae.data.tables import check_output_folder
+from anomaly_vae.data.files import check_output_folder
 from anomaly_vae.errors import InputError
 
 _STYLE = """
