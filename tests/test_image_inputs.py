@@ -517,3 +517,26 @@ def test_a_maps_folder_where_no_file_can_be_made_is_refused_first(
         result.stderr == f"Error: {maps}: cannot write in folder '{locked}' (Permission denied)\n"
     )
     assert not out.exists() and list(locked.iterdir()) == []
+
+
+def test_the_csv_parts_a_folder_without_images_holds_are_found_as_its_images_are(
+    tmp_path: Path,
+) -> None:
+    """The hint walked the folder its own way: it named a notebook's hidden checkpoint copy as
+    the folder's CSV, and passed over the parts of a linked folder."""
+    checkpoints = tmp_path / "table" / ".ipynb_checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / "part-0-checkpoint.csv").write_text("x\n1\n")
+    no_images = f"{tmp_path / 'table'}: no PNG, JPEG, BMP, TIFF or WebP images in this folder"
+    with pytest.raises(InputError) as refused:
+        list_images(tmp_path / "table", ImageConfig())
+    assert str(refused.value) == no_images
+    (tmp_path / "archive").mkdir()
+    (tmp_path / "archive" / "part-1.csv.gz").write_bytes(b"")
+    (tmp_path / "table" / "day=1").symlink_to(tmp_path / "archive", target_is_directory=True)
+    with pytest.raises(InputError) as refused:
+        list_images(tmp_path / "table", ImageConfig())
+    assert str(refused.value) == (
+        f"{no_images}, but CSV files (part-1.csv.gz): a table is one CSV file or a folder of "
+        "Parquet files"
+    )

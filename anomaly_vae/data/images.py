@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from anomaly_vae.data.files import files_below, refuse_broken_links, refuse_repeated_files
-from anomaly_vae.data.tables import csv_compression, parquet_parts
+from anomaly_vae.data.tables import CSV_COMPRESSIONS, csv_compression, parquet_parts
 from anomaly_vae.errors import InputError, first_line
 
 if TYPE_CHECKING:
@@ -109,10 +109,11 @@ def _image_files(folder: Path) -> Iterator[Path]:
 
 def _csv_hint(folder: Path) -> str:
     """What to do with a folder of CSV files, as Spark writes a table in parts: without
-    Parquet files it reads as a folder of images, and was refused for having none."""
-    first = next(
-        (p for p in sorted(folder.rglob("*")) if csv_compression(p) or p.suffix.lower() == ".csv"),
-        None,
+    Parquet files it reads as a folder of images, and was refused for having none. The parts
+    are found as Parquet parts are (`files_below`): through links, none hidden."""
+    parts = files_below(folder, {".csv", *CSV_COMPRESSIONS}, hidden=(".", "_"))
+    first = min(
+        (p for p in parts if p.suffix.lower() == ".csv" or csv_compression(p)), default=None
     )
     if first is None:
         return ""
