@@ -20,6 +20,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from anomaly_vae.data.files import check_output_folder
 from anomaly_vae.errors import InputError, first_line
 from pipelines.score import ScoreSummary, refuse_overwriting
 
@@ -245,8 +246,7 @@ def _check_paths(input_path: Path, output: Path) -> None:
         raise InputError(f"{input_path}: --engine spark reads Parquet files or folders")
     if output.exists():
         raise InputError(f"{output}: already exists; Spark writes a new folder there")
-    if not output.parent.is_dir():
-        raise InputError(f"{output}: folder '{output.parent}' does not exist")
+    check_output_folder(output)  # the staging folder is made beside it
 
 
 def _java_error(exc: Exception) -> str:

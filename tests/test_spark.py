@@ -192,3 +192,28 @@ def test_spark_scores_integer_codes_with_a_model_trained_on_their_csv_text(
     pd.testing.assert_frame_equal(
         pd.read_parquet(spark), pd.read_parquet(local), check_dtype=False, rtol=1e-5
     )
+
+
+def test_spark_refuses_an_output_folder_that_cannot_be_written_first(
+    breast_cancer_model: tuple[str, str],
+    breast_cancer_files: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As the local engine does, before the JVM starts: Spark found out only once it had
+    started and scored the rows. Root writes anywhere, so a stand-in refuses."""
+    import tempfile
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    model_uri, tracking = breast_cancer_model
+    output = tmp_path / "locked" / "scored.parquet"
+    output.parent.mkdir()
+    result = run_cli("score", model_uri, breast_cancer_files[1], "-o", output,
+                     "--engine", "spark", "--tracking-uri", tracking)  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {output}: cannot write in folder '{output.parent}' (Permission denied)\n"
+    )
