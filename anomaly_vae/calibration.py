@@ -39,7 +39,8 @@ SHARE_LAMBDA = 0.85
 # each threshold's caught count. On the nine benchmark tables' saved scores every pair from
 # 2.5 to 4 (share) and 2 to 3 (caught) gave a mean F1 ratio of 0.855-0.902 on both sets of
 # three split seeds, against 0.829 and 0.859 with neither (benchmarks/results/
-# calibration-tuning.md).
+# calibration-tuning.md). Storey's share must clear the same band before a batch shows any
+# anomalies at all (`NormalScores.anomaly_share`).
 SHARE_Z = 3.0
 CAUGHT_Z = 2.0
 _BOUND = re.compile(r"^(recall>=|precision>=|fpr<=|quantile=)([0-9]*\.?[0-9]+)$")

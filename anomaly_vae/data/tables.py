@@ -70,8 +70,8 @@ def input_table_format(path: str | Path) -> str:
 def table_files(path: Path) -> tuple[str, list[Path]]:
     """The format and files of a table to read: the file itself, or a folder's Parquet parts
     (`score --engine spark` reads the same files).
-    A path that is missing, or a folder without Parquet files, is named as such before its
-    extension (a mistyped folder name has none)."""
+    A path that is missing, a folder without Parquet files, or a single image is named as
+    such before its extension (a mistyped folder name has none)."""
     if not path.exists():
         raise InputError(f"{path}: file not found")
     if not path.is_dir():
@@ -211,7 +211,9 @@ def iter_table_batches(
 
 def _to_frame(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pd.DataFrame:
     """The batch in pandas, the columns `as_is` picks with their Arrow types; the others are
-    converted together as NumPy blocks, which scoring reads fastest."""
+    converted together as NumPy blocks, which scoring reads fastest, decimals as floats
+    (`_decimals_as_floats`) and columns pandas had saved as the index back among the columns
+    (`_index_as_columns`)."""
     batch = _decimals_as_floats(batch, as_is)
     names = batch.schema.names
     kept = [i for i, name in enumerate(names) if as_is(name)]
