@@ -169,13 +169,20 @@ def test_bad_payloads_get_400_naming_the_problem_and_the_server_keeps_serving(
     assert len(body["predictions"]) == 3
 
 
-def test_serve_refuses_an_unknown_model_and_a_busy_port_before_starting(
-    breast_cancer_model: tuple[str, str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def no_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`serve` fails the test where it would replace itself with the server."""
+
     def no_exec(*args: object) -> None:
         raise AssertionError("the server must not start")
 
     monkeypatch.setattr("pipelines.serve.os.execve", no_exec)
+
+
+@pytest.mark.usefixtures("no_server")
+def test_serve_refuses_an_unknown_model_and_a_busy_port_before_starting(
+    breast_cancer_model: tuple[str, str],
+) -> None:
     model_uri, tracking = breast_cancer_model
     result = run_cli("serve", "models:/no-such-model@champion", "--tracking-uri", tracking)
     assert result.exit_code != 0
@@ -190,17 +197,14 @@ def test_serve_refuses_an_unknown_model_and_a_busy_port_before_starting(
     assert f"127.0.0.1:{port}" in result.output
 
 
+@pytest.mark.usefixtures("no_server")
 def test_serve_refuses_a_model_that_cannot_load_before_starting(
-    breast_cancer_model: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    breast_cancer_model: tuple[str, str], tmp_path: Path
 ) -> None:
     """The server started and stopped in 85 lines of uvicorn's and MLflow's tracebacks."""
     from anomaly_vae.detector import WEIGHTS_FILE
     from anomaly_vae.tracking import resolve_model_dir
 
-    def no_exec(*args: object) -> None:
-        raise AssertionError("the server must not start")
-
-    monkeypatch.setattr("pipelines.serve.os.execve", no_exec)
     model_uri, tracking = breast_cancer_model
     damaged = tmp_path / "model"
     shutil.copytree(resolve_model_dir(model_uri, tracking), damaged)

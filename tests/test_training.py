@@ -61,11 +61,17 @@ def test_constant_schedule_keeps_the_rate() -> None:
     assert rates == [pytest.approx(PEAK)] * (EPOCHS * 3)
 
 
-def test_a_fit_whose_loss_is_never_finite_says_so_in_one_line() -> None:
+def _tiny_model_and_rows() -> tuple[TabularVAE, TensorDataset]:
+    """A seeded four-feature VAE and 64 rows for it, in `tabular_loss_terms`' tensors."""
     torch.manual_seed(0)
     rows = 64
     data = TensorDataset(torch.randn(rows, 4), torch.ones(rows, 4), torch.zeros(rows, 0).long())
     model = TabularVAE(n_numeric=4, n_indicators=0, category_sizes=[], hidden=[8], latent=2)
+    return model, data
+
+
+def test_a_fit_whose_loss_is_never_finite_says_so_in_one_line() -> None:
+    model, data = _tiny_model_and_rows()
     # Adam moves every weight by about the learning rate on its first step: 1e20 overflows.
     training = TrainingConfig(epochs=2, batch_size=32, learning_rate=1e20)
     with pytest.raises(InputError, match=r"diverged.*lower training.learning_rate \(now 1e\+20\)"):
@@ -73,10 +79,7 @@ def test_a_fit_whose_loss_is_never_finite_says_so_in_one_line() -> None:
 
 
 def test_a_fit_keeps_its_best_finite_weights() -> None:
-    torch.manual_seed(0)
-    rows = 64
-    data = TensorDataset(torch.randn(rows, 4), torch.ones(rows, 4), torch.zeros(rows, 0).long())
-    model = TabularVAE(n_numeric=4, n_indicators=0, category_sizes=[], hidden=[8], latent=2)
+    model, data = _tiny_model_and_rows()
     result = fit_vae(model, tabular_loss_terms, data, data, TrainingConfig(epochs=2), beta=1.0)
     assert math.isfinite(result.best_val_loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())
@@ -84,10 +87,7 @@ def test_a_fit_keeps_its_best_finite_weights() -> None:
 
 def test_a_fit_stopped_by_sigterm_exits_as_a_terminated_process_does() -> None:
     """Lightning ended it with SystemExit(None): `anomaly-vae train` exited 0, no model made."""
-    torch.manual_seed(0)
-    rows = 64
-    data = TensorDataset(torch.randn(rows, 4), torch.ones(rows, 4), torch.zeros(rows, 0).long())
-    model = TabularVAE(n_numeric=4, n_indicators=0, category_sizes=[], hidden=[8], latent=2)
+    model, data = _tiny_model_and_rows()
 
     def terminated(
         model: TabularVAE, batch: Sequence[torch.Tensor]
