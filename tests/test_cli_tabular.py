@@ -25,6 +25,14 @@ from anomaly_vae.errors import InputError
 SCORE_COLUMNS = ["recon_score", "kl_score", "score", "is_anomaly", "probability", "top_features"]
 
 
+def train_briefly(path: Path, data: str = "") -> str:
+    """The URI of a model trained for two epochs on the table at `path`, with `data` (YAML
+    lines of the data section) added to its config."""
+    config = path.with_suffix(".yaml")
+    config.write_text(f"data:\n  path: {path}\n{data}")
+    return train_cli(config, "--set", "training.epochs=2")
+
+
 def test_train_registers_a_champion_with_its_run(breast_cancer_model) -> None:
     model_uri, tracking = breast_cancer_model
     assert model_uri == "models:/config@champion"
@@ -104,9 +112,7 @@ def test_csv_ids_come_back_exactly_as_written(tmp_path, tracking_uri) -> None:
     frame = pd.DataFrame({"txn": ids, "a": rng.normal(size=200), "b": rng.normal(size=200)})
     path = tmp_path / "txns.csv"
     frame.to_csv(path, index=False)
-    config = tmp_path / "txns.yaml"
-    config.write_text(f"data:\n  path: {path}\n  id_columns: [txn]\n")
-    model = train_cli(config, "--set", "training.epochs=2")
+    model = train_briefly(path, "  id_columns: [txn]\n")
     padded = frame.assign(txn=[f"{i:06d}" for i in range(200)])
     padded.to_csv(path, index=False)
     for out in (tmp_path / "scored.csv", tmp_path / "scored.parquet"):
@@ -137,9 +143,7 @@ def test_csv_categorical_columns_are_read_as_the_text_they_hold(tmp_path, tracki
     )
     path = tmp_path / "train.csv"
     frame.to_csv(path, index=False)
-    config = tmp_path / "codes.yaml"
-    config.write_text(f"data:\n  path: {path}\n  categorical: [zip, mcc]\n")
-    model = train_cli(config, "--set", "training.epochs=2")
+    model = train_briefly(path, "  categorical: [zip, mcc]\n")
     zips = load_model(model).preprocessor.categorical[0]
     assert zips.categories == ["01234", "02139", "10001"]
 
@@ -522,9 +526,7 @@ def test_python_scoring_takes_integer_columns_where_the_pyfunc_needs_doubles(
     )
     path = tmp_path / "ints.parquet"
     frame.to_parquet(path)
-    config = tmp_path / "ints.yaml"
-    config.write_text(f"data:\n  path: {path}\n")
-    model_uri = train_cli(config, "--set", "training.epochs=2")
+    model_uri = train_briefly(path)
     as_floats = frame.astype("float64")
     scored = load_model(model_uri, tracking_uri).score_frame(frame)
     assert scored.equals(load_model(model_uri, tracking_uri).score_frame(as_floats))
@@ -546,9 +548,7 @@ def test_decimal_amounts_train_as_numbers(tmp_path, tracking_uri) -> None:
     table = pa.table({"amount": pa.array(amounts, pa.decimal128(12, 2)), "x": rng.normal(size=300)})
     path = tmp_path / "decimals.parquet"
     pq.write_table(table, path)
-    config = tmp_path / "decimals.yaml"
-    config.write_text(f"data:\n  path: {path}\n")
-    model_uri = train_cli(config, "--set", "training.epochs=2")
+    model_uri = train_briefly(path)
     preprocessor = load_model(model_uri, tracking_uri).preprocessor
     assert [c.name for c in preprocessor.numeric] == ["amount", "x"]
     assert not preprocessor.categorical
@@ -562,9 +562,7 @@ def test_a_pandas_category_column_trains_and_scores(tmp_path, tracking_uri) -> N
     frame = pd.DataFrame({"merchant": merchants, "x": rng.normal(size=300)})
     path = tmp_path / "categories.parquet"
     frame.to_parquet(path)
-    config = tmp_path / "categories.yaml"
-    config.write_text(f"data:\n  path: {path}\n")
-    model_uri = train_cli(config, "--set", "training.epochs=2")
+    model_uri = train_briefly(path)
     scored = mlflow.pyfunc.load_model(model_uri).predict(frame.astype({"merchant": str}))
     assert len(scored) == 300
 
@@ -581,9 +579,7 @@ def test_ids_of_times_with_a_zone_or_durations_train(tmp_path, tracking_uri) -> 
     )
     path = tmp_path / "events.parquet"
     frame.to_parquet(path)
-    config = tmp_path / "events.yaml"
-    config.write_text(f"data:\n  path: {path}\n  id_columns: [event_time, waited]\n")
-    model_uri = train_cli(config, "--set", "training.epochs=2")
+    model_uri = train_briefly(path, "  id_columns: [event_time, waited]\n")
     out = tmp_path / "scored.parquet"
     result = run_cli("score", model_uri, path, "-o", out)
     assert result.exit_code == 0, result.output
