@@ -7,6 +7,7 @@ a user sees and fails on the same mistakes in the same words.
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -48,6 +49,24 @@ def refuse_broken_links(paths: Iterable[Path], kind: str) -> None:
     word, and the data it named with it."""
     if broken := next((p for p in paths if p.is_symlink() and not p.exists()), None):
         raise InputError(f"{broken}: unreadable {kind} (a broken link to {broken.readlink()})")
+
+
+def real_paths(paths: Iterable[Path]) -> dict[Path, Path]:
+    """Each path's real path, as `Path.resolve` gives it, each folder resolved once: a path
+    that is no link itself is its folder's real path and its name. Resolved one by one, every
+    file looked up each folder above it again, and listing 5,000 Parquet parts took 2.5 times
+    as long as before links were followed."""
+    folders: dict[str, str] = {}  # in text: pathlib's own joins and hashes cost as much
+    real = {}
+    for path in paths:
+        if path.is_symlink():
+            real[path] = path.resolve()
+            continue
+        folder, name = os.path.split(path)
+        if folder not in folders:
+            folders[folder] = os.path.realpath(folder)
+        real[path] = Path(folders[folder], name)
+    return real
 
 
 def refuse_repeated_files(paths: Iterable[Path], real: Mapping[Path, Path], what: str) -> None:

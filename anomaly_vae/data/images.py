@@ -24,7 +24,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from anomaly_vae.data.files import files_below, refuse_broken_links, refuse_repeated_files
+from anomaly_vae.data.files import (
+    files_below,
+    real_paths,
+    refuse_broken_links,
+    refuse_repeated_files,
+)
 from anomaly_vae.data.tables import CSV_COMPRESSIONS, csv_compression, parquet_parts
 from anomaly_vae.errors import InputError, first_line
 
@@ -135,7 +140,7 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
         raise InputError(f"{source}: expected a folder of images or an *-idx3-ubyte(.gz) file")
     files = sorted(_image_files(source))
     refuse_broken_links(files, "image")
-    real = {p: p.resolve() for p in files if p.is_file()}  # each path resolved once
+    real = real_paths(p for p in files if p.is_file())  # each path resolved once
     # A rule such as {stem}.png names a PNG image itself: that image has no mask.
     mask_of = {p: m for p, r in real.items() if (m := mask_path(p, image.mask_rule)) != r}
     mask_files = set(mask_of.values())

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from anomaly_vae.data.files import (
     check_output_folder,
     files_below,
+    real_paths,
     refuse_broken_links,
     refuse_repeated_files,
 )
@@ -105,7 +106,7 @@ def parquet_parts(folder: str | Path) -> list[Path]:
     link reaches twice, or a broken link, is refused rather than read twice or left out."""
     parts = sorted(files_below(Path(folder), PARQUET_SUFFIXES, hidden=(".", "_")))
     refuse_broken_links(parts, "part")
-    refuse_repeated_files(parts, {part: part.resolve() for part in parts}, "a part")
+    refuse_repeated_files(parts, real_paths(parts), "a part")
     return parts
 
 
