@@ -136,10 +136,12 @@ def read_table(path: str | Path, text_columns: Collection[str] = ()) -> pd.DataF
 
 
 def _check_like(batch: TableBatch, first: pd.DataFrame) -> None:
-    """Refuse a batch whose columns are not `first`'s, or hold another kind of value."""
+    """Refuse a batch whose columns are not `first`'s, or hold another kind of value. A name
+    that `first` repeats is left to `check_columns`, which names it: looked up here, it was
+    two columns, and an AttributeError traceback."""
     frame = batch.frame
     _check_same_names(list(frame.columns), list(first.columns), batch.source)
-    for name in first.columns:
+    for name in first.columns.drop_duplicates(keep=False):
         given, wanted = frame[name], first[name]
         if given.dtype == wanted.dtype:
             continue
