@@ -202,7 +202,9 @@ def _image_scores_and_labels(
     """Scores of every image, labels from folder names (or a path,label CSV), an example.
 
     Labels are None when some image has none (an IDX file without its labels) or when no
-    image is anomalous: then only the strategies that need normals alone apply.
+    image is anomalous: then only the strategies that need normals alone apply. So are folder
+    names that name no normal folder: a flat folder of new images is a batch nobody labelled,
+    not a batch of anomalies (auto chose f1 on it and stopped for want of normals).
     """
     from pipelines.score_images import scored_image_batches
 
@@ -211,6 +213,8 @@ def _image_scores_and_labels(
     known = [item.label for item in items]
     labels = None if None in known else np.array(known, dtype=bool)
     if labels is not None and not labels.any():
+        labels = None
+    if labels is not None and labels_csv is None and labels.all():
         labels = None
     example = pd.DataFrame({"path": [str(item.path) for item in items[:2]]})
     return scores, labels, example

@@ -441,6 +441,23 @@ def test_calibrate_an_image_model_on_a_labelled_folder(digits_model) -> None:
     assert scores.exit_code == 0, scores.output
 
 
+def test_calibrate_an_image_model_on_a_folder_of_new_unlabelled_images(digits_model) -> None:
+    """A flat folder of new images names no normal folder: every image read as an anomaly by
+    its folder's name, `auto` chose f1 and stopped for want of normals. No normal among the
+    folder names is no labels, as no anomaly among them is: estimated-f1."""
+    model_uri, tracking, test_dir = digits_model
+    batch = test_dir.parent / "new_images"
+    batch.mkdir()
+    for folder in ("good", "digit_3"):
+        for path in sorted((test_dir / folder).glob("*.png")):
+            shutil.copy(path, batch / f"{folder}_{path.name}")
+    result = run_cli("calibrate", model_uri, batch, "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+    assert "by estimated-f1 on " in result.stderr
+    reached = json.loads(result.stderr.split(" images: ", 1)[1].splitlines()[0])
+    assert "estimated_anomaly_share" in reached and "recall" not in reached
+
+
 @pytest.mark.parametrize("setting", ["model.hidden=[32]", "model.dropout=0.1"])
 def test_table_only_model_settings_are_refused_for_images(setting: str, tmp_path: Path) -> None:
     from pipelines.demo import write_digits
