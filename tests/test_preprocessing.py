@@ -40,6 +40,13 @@ def test_infers_categorical_columns_from_dtype(frame) -> None:
     assert [c.name for c in pre.categorical] == ["merchant", "rare"]
 
 
+def test_a_text_column_left_out_of_an_explicit_categorical_list_is_named_as_such(frame) -> None:
+    """Listing some categorical columns turns inference off for all: a text column left out
+    was reported only as "'fuel' is not a number", which read as a fault in the data."""
+    with pytest.raises(InputError, match=r"'merchant'.*not a number.*data\.categorical"):
+        TabularPreprocessor.fit(frame, list(frame.columns), ["rare"])
+
+
 def test_heavy_tails_do_not_squash_ordinary_values(frame) -> None:
     encoded = _fit(frame).transform(frame, "t")
     amount = encoded.numeric[:, 0]

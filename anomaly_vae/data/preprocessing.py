@@ -213,17 +213,27 @@ class TabularPreprocessor:
         two_valued: set[str] = set()
         for name in features:
             _reject_dates(frame[name], name)
+        listed = categorical
         if categorical is None:
             categorical = [c for c in features if not _is_numeric_column(frame[c])]
             two_valued = {c for c in features if c not in categorical and _has_two_values(frame[c])}
         unknown = sorted(set(categorical) - set(features))
         if unknown:
             raise InputError(f"data.categorical names columns that are not features: {unknown}")
-        numeric = [
-            _fit_numeric(frame[c], c, "training data", c in may_miss)
-            for c in features
-            if c not in categorical and c not in two_valued
-        ]
+        numeric = []
+        for c in features:
+            if c in categorical or c in two_valued:
+                continue
+            try:
+                numeric.append(_fit_numeric(frame[c], c, "training data", c in may_miss))
+            except InputError as exc:
+                if listed is None or _is_numeric_column(frame[c]):
+                    raise
+                # A list turns inference off for every column, not just for those it names.
+                raise InputError(
+                    f"{exc} (data.categorical lists every categorical column: add '{c}' "
+                    "there if it is one, or leave data.categorical out to infer them)"
+                ) from None
         binary = [_fit_binary(frame[c], c, c in may_miss) for c in features if c in two_valued]
         cats = [_fit_categorical(frame[c], c) for c in features if c in categorical]
         if not numeric and not binary and not cats:
