@@ -125,22 +125,25 @@ def test_training_refuses_parquet_parts_of_another_shape(
         read_table(folder)
 
 
+@pytest.mark.parametrize("first_repeats", [True, False], ids=["every part", "a later part"])
 def test_training_on_parquet_parts_with_a_repeated_column_name_fails_in_one_line(
-    breast_cancer_files, tmp_path, tracking_uri
+    first_repeats, breast_cancer_files, tmp_path, tracking_uri
 ) -> None:
     # The check that parts are alike looked the repeated name up as one column, and stopped
-    # with an AttributeError traceback before the line that names it.
+    # with an AttributeError traceback before the line that names it; where only a later
+    # part repeated it, whatever the first part held.
     table = pq.read_table(breast_cancer_files[0])
     repeated = table.append_column("worst area", table.column("worst area"))
     folder = tmp_path / "table"
     folder.mkdir()
-    pq.write_table(repeated.slice(0, 100), folder / "part-0.parquet")
+    pq.write_table((repeated if first_repeats else table).slice(0, 100), folder / "part-0.parquet")
     pq.write_table(repeated.slice(100), folder / "part-1.parquet")
     config = tmp_path / "repeated.yaml"
     config.write_text(f"data:\n  path: {folder}\n  label: label\n")
     result = run_cli("train", config)
     assert result.exit_code == 1
-    assert result.stderr == f"Error: {folder}: more than one column named 'worst area'\n"
+    named = folder / ("part-0.parquet" if first_repeats else "part-1.parquet")
+    assert result.stderr == f"Error: {named}: more than one column named 'worst area'\n"
 
 
 def test_only_a_header_of_nul_separated_letters_reads_as_utf16(tmp_path) -> None:

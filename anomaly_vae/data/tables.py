@@ -31,6 +31,7 @@ from anomaly_vae.data.files import (
     refuse_broken_links,
     refuse_repeated_files,
 )
+from anomaly_vae.data.schema import check_columns
 from anomaly_vae.errors import InputError, first_line
 
 READ_BUFFER_BYTES = 1 << 20
@@ -126,9 +127,11 @@ def read_table(path: str | Path, text_columns: Collection[str] = ()) -> pd.DataF
     The batches of a folder's parts must have the first one's columns, of the same kind:
     concatenated, a column one part lacked was missing in its rows, and one of numbers in one
     part and text in another held both; training learnt the gaps as missing values and the
-    numbers as categories without a word."""
+    numbers as categories without a word. A name repeated in any part is refused naming the
+    part: a later part's repeat came to the comparison as two columns, an AttributeError."""
     frames = []
     for batch in iter_table_batches(path, text_columns=text_columns):
+        check_columns(list(batch.frame.columns), (), (), batch.source, allow_extra=True)
         if frames:
             _check_like(batch, frames[0])
         frames.append(batch.frame)
@@ -136,12 +139,11 @@ def read_table(path: str | Path, text_columns: Collection[str] = ()) -> pd.DataF
 
 
 def _check_like(batch: TableBatch, first: pd.DataFrame) -> None:
-    """Refuse a batch whose columns are not `first`'s, or hold another kind of value. A name
-    that `first` repeats is left to `check_columns`, which names it: looked up here, it was
-    two columns, and an AttributeError traceback."""
+    """Refuse a batch whose columns are not `first`'s, or hold another kind of value; neither
+    repeats a name (`read_table` checks each)."""
     frame = batch.frame
     _check_same_names(list(frame.columns), list(first.columns), batch.source)
-    for name in first.columns.drop_duplicates(keep=False):
+    for name in first.columns:
         given, wanted = frame[name], first[name]
         if given.dtype == wanted.dtype:
             continue
