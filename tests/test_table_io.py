@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
-from anomaly_vae.data.tables import read_table
+from anomaly_vae.data.tables import iter_table_batches, read_table
 from anomaly_vae.errors import InputError
 
 
@@ -370,3 +370,28 @@ def test_outputs_get_the_mode_the_umask_gives(
             assert stat.S_IMODE(out.stat().st_mode) == 0o666 & ~umask
     finally:
         os.umask(previous)
+
+
+def test_parquet_bytes_that_are_text_read_as_the_text(tmp_path) -> None:
+    """Hive or Impala write text as plain binary: read as bytes, training learnt the category
+    "b'food'", which the same merchant in a CSV never matched. Bytes that are not UTF-8 text
+    stay bytes, and an id column keeps the file's own type."""
+    table = pa.table(
+        {
+            "merchant": pa.array([b"food", b"fuel", None], type=pa.binary()),
+            "digest": pa.array([b"\xff\x00", b"ok", b""], type=pa.large_binary()),
+            "amount": [1.0, 2.0, 3.0],
+        }
+    )
+    pq.write_table(table, tmp_path / "binary.parquet")
+    pd.DataFrame({"merchant": ["food", "fuel", None], "amount": [1.0, 2.0, 3.0]}).to_csv(
+        tmp_path / "text.csv", index=False
+    )
+    frame = read_table(tmp_path / "binary.parquet")
+    assert (
+        frame["merchant"].tolist()[:2] == read_table(tmp_path / "text.csv")["merchant"].tolist()[:2]
+    )
+    assert frame["merchant"].tolist()[:2] == ["food", "fuel"] and pd.isna(frame["merchant"][2])
+    assert frame["digest"].tolist() == [b"\xff\x00", b"ok", b""]
+    echoed = next(iter_table_batches(tmp_path / "binary.parquet", echoed={"merchant"}.__contains__))
+    assert echoed.frame["merchant"].dtype == pd.ArrowDtype(pa.binary())

@@ -216,10 +216,10 @@ def iter_table_batches(
 
 def _to_frame(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pd.DataFrame:
     """The batch in pandas, the columns `as_is` picks with their Arrow types; the others are
-    converted together as NumPy blocks, which scoring reads fastest, decimals as floats
-    (`_decimals_as_floats`) and columns pandas had saved as the index back among the columns
-    (`_index_as_columns`)."""
-    batch = _decimals_as_floats(batch, as_is)
+    converted together as NumPy blocks, which scoring reads fastest, decimals as floats and
+    UTF-8 bytes as text (`_readable_types`), and columns pandas had saved as the index back
+    among the columns (`_index_as_columns`)."""
+    batch = _readable_types(batch, as_is)
     names = batch.schema.names
     kept = [i for i, name in enumerate(names) if as_is(name)]
     if not kept:
@@ -243,15 +243,27 @@ def _index_as_columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return frame.reset_index(level=named) if named else frame
 
 
-def _decimals_as_floats(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pa.RecordBatch:
-    """The batch with its decimal columns (a database's DECIMAL(12, 2) amounts) as float64,
-    but those `as_is` picks. pandas holds decimals as Python objects, which training took for
-    text: each amount became a category of its own, and the run failed only once trained,
-    logging its input example to MLflow."""
+def _readable_types(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pa.RecordBatch:
+    """The batch with its decimal columns (a database's DECIMAL(12, 2) amounts) as float64 and
+    its binary columns of UTF-8 text as text, but those `as_is` picks. pandas holds decimals as
+    Python objects, which training took for text: each amount became a category of its own,
+    and the run failed only once trained, logging its input example to MLflow. Binary columns
+    (text that Hive or Impala wrote without marking it as such) came as bytes, and training
+    learnt the category "b'food'", which no CSV's food matched."""
     for i, field in enumerate(batch.schema):
-        if pa.types.is_decimal(field.type) and not as_is(field.name):
-            floats = batch.column(i).cast(pa.float64())
-            batch = batch.set_column(i, field.with_type(pa.float64()), floats)
+        if as_is(field.name):
+            continue
+        if pa.types.is_decimal(field.type):
+            wanted = pa.float64()
+        elif pa.types.is_binary(field.type) or pa.types.is_large_binary(field.type):
+            wanted = pa.string()
+        else:
+            continue
+        try:
+            converted = batch.column(i).cast(wanted)
+        except pa.ArrowInvalid:  # bytes that are not UTF-8 text stay bytes
+            continue
+        batch = batch.set_column(i, field.with_type(wanted), converted)
     return batch
 
 
