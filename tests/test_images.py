@@ -125,6 +125,41 @@ def test_grayscale_stored_in_colour_reads_as_the_grayscale_it_is(tmp_path: Path)
         read_image(tmp_path / "tinted.png", 6, channels=1)
 
 
+def test_a_large_photo_is_read_from_fewer_pixels_to_nearly_the_same_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from anomaly_vae.data import images
+
+    rows, columns = np.mgrid[0:900, 0:1200]
+    smooth = 128 + 60 * np.sin(columns / 90) * np.cos(rows / 70)
+    noise = np.random.default_rng(0).normal(0, 6, (900, 1200, 3))
+    photo = np.clip(smooth[..., None] + noise, 0, 255).astype(np.uint8)
+    Image.fromarray(photo, "RGB").save(tmp_path / "photo.jpg", quality=90)
+    Image.fromarray(photo, "RGB").save(tmp_path / "photo.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned a quarter anticlockwise, shown turned back
+    turned = Image.fromarray(np.ascontiguousarray(np.rot90(photo)), "RGB")
+    turned.save(tmp_path / "turned.jpg", quality=90, exif=exif)
+    converted: list[tuple[int, int]] = []
+    to_float = images._to_float
+
+    def recording(img: Image.Image, path: Path, channels: int) -> np.ndarray:
+        converted.append(img.size)
+        return to_float(img, path, channels)
+
+    monkeypatch.setattr(images, "_to_float", recording)
+    with Image.open(tmp_path / "photo.png") as img:  # every pixel, then resized
+        full = images.resize(to_float(img, "photo.png", 3), 16)
+    for name in ("photo.jpg", "photo.png", "turned.jpg"):
+        converted.clear()
+        read = read_image(tmp_path / name, 16, channels=3)
+        # JPEG decodes at 1/8 of the size, PNG is averaged in 14 x 14 boxes: both sides
+        # stay at least 4 x 16 pixels, and the result moves by a grey level at most.
+        assert all(64 <= side <= 160 for side in converted[0]), (name, converted)
+        difference = np.abs(read - full)
+        assert difference.max() < 1 / 255 and difference.mean() < 0.2 / 255, name
+
+
 def test_an_image_too_large_for_pillow_is_one_unreadable_line(tmp_path, monkeypatch) -> None:
     Image.fromarray(np.zeros((40, 40), np.uint8), "L").save(tmp_path / "huge.png")
     # Pillow refuses twice this many pixels as a decompression bomb (179 million by default).
