@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import warnings
@@ -37,6 +38,13 @@ DETECTOR_ARTIFACT = "detector"
 CHAMPION_ALIAS = "champion"
 _PYFUNC_CODE = Path(__file__).with_name("mlflow_model_code.py")
 _MODEL_URI = re.compile(r"^(models|runs):/")
+# The process that started a run, so that `anomaly-vae runs` can tell a run whose process was
+# killed outright (kill -9, the OOM killer) from a live one: the host name, the pid, and where
+# Linux says so, "<boot id> <pid namespace> <start time in clock ticks after boot>".
+HOST_TAG = "anomaly_vae.host"
+PID_TAG = "anomaly_vae.pid"
+PROCESS_TAG = "anomaly_vae.process"
+ENDED_TAG = "anomaly_vae.ended"
 
 
 def configure_tracking(tracking_uri: str | None = None, create: bool = True) -> str:
@@ -88,17 +96,102 @@ def tracked_run(run_name: str) -> Iterator[mlflow.ActiveRun]:
 
     MLflow's own context ends a run FAILED on any exception, so Ctrl-C read as a crash; and
     Lightning turns Ctrl-C or SIGTERM during a fit into SystemExit, which is no failure of the
-    run either. FINISHED and FAILED stay MLflow's.
+    run either. FINISHED and FAILED stay MLflow's. A process killed outright ends nothing:
+    the run's tags name the process, so that `end_run_of_gone_process` can end it later.
     """
     import mlflow
     from mlflow.entities import RunStatus
 
     with mlflow.start_run(run_name=run_name) as run:
+        mlflow.set_tags(_process_tags())
         try:
             yield run
         except (KeyboardInterrupt, SystemExit):
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
             raise
+
+
+def _process_tags() -> dict[str, str]:
+    tags = {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid())}
+    machine = _this_machine()
+    started = _start_ticks(os.getpid()) if machine else None
+    if machine and started:
+        tags[PROCESS_TAG] = f"{machine} {started}"
+    return tags
+
+
+def _this_machine() -> str | None:
+    """This boot of this kernel and this process's pid namespace, or None where there is no
+    Linux /proc to say. Two processes with the same value number their pids alike: the same
+    pid is the same process, or one started later (another start time)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+    return f"{boot} {namespace}"
+
+
+def _start_ticks(pid: int) -> str | None:
+    """When process `pid` started (clock ticks after boot), None where it has exited.
+
+    Raises OSError where /proc hides the process (another user's, with `hidepid`)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return None
+    # The command name, in parentheses, may hold spaces and parentheses of its own.
+    state, *fields = stat.rpartition(")")[2].split()
+    return None if state in ("Z", "X") else fields[18]  # a zombie has exited already
+
+
+def process_gone(tags: dict[str, str]) -> bool:
+    """Whether the process that `tracked_run` recorded in a run's tags has certainly ended.
+
+    Only a process of this host, this boot and this pid namespace can be checked: one that is
+    not there, or whose pid another process has taken since, has ended. A run from another
+    machine or container, or one that recorded no process (older runs, systems without /proc),
+    is never judged."""
+    host, pid, recorded = tags.get(HOST_TAG), tags.get(PID_TAG), tags.get(PROCESS_TAG)
+    if host != socket.gethostname() or not pid or not pid.isdigit() or not recorded:
+        return False
+    machine, _, started = recorded.rpartition(" ")
+    if machine != _this_machine() or int(pid) <= 0:
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # another user's process, which exists; its start time says whether it is ours
+    try:
+        return _start_ticks(int(pid)) != started
+    except OSError:
+        return False
+
+
+def end_run_of_gone_process(run_id: str, tags: dict[str, str]) -> bool:
+    """Mark a RUNNING run KILLED if `process_gone` is certain its process has ended.
+
+    Its end time stays unknown (empty), as MLflow shows a run that never said when it ended; a
+    tag says who marked it and when. Returns whether the run was marked.
+    """
+    import datetime
+
+    import mlflow
+    from mlflow.entities import RunStatus
+
+    if not process_gone(tags):
+        return False
+    client = mlflow.MlflowClient()
+    # A run that ended itself between the caller's listing and the check above keeps its status.
+    if client.get_run(run_id).info.status != RunStatus.to_string(RunStatus.RUNNING):
+        return False
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    note = f"process {tags[PID_TAG]} on {tags[HOST_TAG]} had ended; marked KILLED at {now}"
+    client.set_tag(run_id, ENDED_TAG, note)
+    client.update_run(run_id, status=RunStatus.to_string(RunStatus.KILLED))
+    return True
 
 
 def log_detector(

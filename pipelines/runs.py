@@ -49,6 +49,7 @@ def list_runs(
     )
     if runs.empty:
         return pd.DataFrame()
+    runs["status"] = _ended_if_gone(runs)
     table = pd.DataFrame(
         {
             "run_id": runs["run_id"],
@@ -66,6 +67,23 @@ def list_runs(
         if f"metrics.{metric}" in runs.columns:
             table[metric] = runs[f"metrics.{metric}"]
     return table
+
+
+def _ended_if_gone(runs: pd.DataFrame) -> pd.Series:
+    """The runs' statuses, a RUNNING run whose process has certainly ended (killed outright:
+    kill -9, the OOM killer) marked KILLED, in the store as here; only this machine's own runs
+    can be checked, and those of other machines stay RUNNING."""
+    from anomaly_vae.tracking import HOST_TAG, PID_TAG, PROCESS_TAG, end_run_of_gone_process
+
+    status = runs["status"].copy()
+    keys = (HOST_TAG, PID_TAG, PROCESS_TAG)
+    if not all(f"tags.{key}" in runs.columns for key in keys):
+        return status
+    for index, run in runs[status == "RUNNING"].iterrows():
+        tags = {key: run[f"tags.{key}"] for key in keys if isinstance(run[f"tags.{key}"], str)}
+        if end_run_of_gone_process(run["run_id"], tags):
+            status[index] = "KILLED"
+    return status
 
 
 def format_runs(table: pd.DataFrame) -> str:
