@@ -400,7 +400,8 @@ def _local_detector_dir(model_uri: str) -> Path:
 def _download_root() -> str:
     """One temporary folder per process for downloaded models, removed when it exits.
 
-    A server that replaces this process with `exec` keeps its model: exit handlers do not run.
+    A process replaced with `exec` runs no exit handlers: `resolve_model_dir` downloads no
+    model here.
     """
     root = tempfile.mkdtemp(prefix="anomaly-vae-models-")
     atexit.register(shutil.rmtree, root, ignore_errors=True)
@@ -425,9 +426,31 @@ def resolve_model_dir(model_uri: str, tracking_uri: str | None = None) -> Path:
 
     MLflow's scoring server and Spark UDFs load the pyfunc model, not the bare detector, so
     they need the directory `log_detector` wrote; resolving it here, once, means a server
-    keeps the version an alias pointed at when it started.
+    keeps the version an alias pointed at when it started. A model the store keeps as local
+    files (a SQLite store's artifacts folder) is used where it is. Any other is downloaded
+    into a per-user cache folder named by the model's content, reused by the next start:
+    `serve` replaces its process with MLflow's server, so no copy it made could be removed,
+    and each start used to leave one in the temporary folder.
     """
-    detector_dir = resolve_detector_dir(model_uri, tracking_uri)
+    if not _MODEL_URI.match(model_uri):
+        return _model_dir_of(_local_detector_dir(model_uri), model_uri)
+    stored = _stored_model_dir(model_uri, tracking_uri)
+    if stored is not None:
+        return stored
+    root = _model_cache()
+    with tempfile.TemporaryDirectory(prefix=".download-", dir=root) as download:
+        detector_dir = _detector_in(
+            Path(_download_model(model_uri, tracking_uri, download)), model_uri
+        )
+        model_dir = _model_dir_of(detector_dir, model_uri)
+        cached = root / _content_digest(model_dir)
+        if not cached.is_dir():
+            with contextlib.suppress(OSError):  # another process cached the same model first
+                model_dir.rename(cached)
+    return _model_dir_of(_detector_in(cached, model_uri), model_uri)
+
+
+def _model_dir_of(detector_dir: Path, model_uri: str) -> Path:
     model_dir = detector_dir.parent.parent
     if detector_dir.parent.name != "artifacts" or not (model_dir / "MLmodel").is_file():
         raise InputError(
@@ -435,6 +458,48 @@ def resolve_model_dir(model_uri: str, tracking_uri: str | None = None) -> Path:
             "use its models:/ or runs:/ URI"
         )
     return model_dir
+
+
+def _stored_model_dir(model_uri: str, tracking_uri: str | None) -> Path | None:
+    """The model's own folder in the store, where the store keeps it as local files."""
+    import urllib.parse
+    import urllib.request
+
+    configure_tracking(tracking_uri, create=False)
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+    models = model_uri.startswith("models:")
+    repository = ModelsArtifactRepository if models else RunsArtifactRepository
+    try:
+        location = urllib.parse.urlparse(repository.get_underlying_uri(model_uri))
+    except MlflowException:
+        return None  # the download says what is wrong, as for every other command
+    # A run's `model` folder is empty in MLflow 3 (models are logged models): downloaded then.
+    path = Path(urllib.request.url2pathname(location.path))
+    if location.scheme != "file" or location.netloc or not (path / "MLmodel").is_file():
+        return None
+    return _model_dir_of(_detector_in(path, model_uri), model_uri)
+
+
+def _model_cache() -> Path:
+    """This user's folder of downloaded models: $XDG_CACHE_HOME/anomaly-vae/models."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    root = Path(base) / "anomaly-vae" / "models"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _content_digest(folder: Path) -> str:
+    """A name for the folder's files and their contents, the same wherever they came from."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:32]
 
 
 def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:

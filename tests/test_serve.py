@@ -214,3 +214,56 @@ def test_serve_refuses_a_model_that_cannot_load_before_starting(
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: ") and result.stderr.count("\n") == 1
     assert "corrupt detector artifact" in result.stderr
+
+
+@pytest.fixture
+def started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[str]]]:
+    """The server command lines `serve` would replace itself with, in a private temporary
+    folder and cache folder (`tmp_path/tmp`, `tmp_path/cache`)."""
+    import tempfile
+
+    from anomaly_vae.tracking import _download_root
+
+    commands: list[list[str]] = []
+    monkeypatch.setattr("pipelines.serve.os.execve", lambda exe, argv, env: commands.append(argv))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    _download_root.cache_clear()  # a folder this process made before would hide new copies
+    yield commands
+    _download_root.cache_clear()
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("store", ["local", "remote"])
+def test_starting_serve_again_and_again_leaves_no_more_files(
+    breast_cancer_model: tuple[str, str],
+    started: list[list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    store: str,
+) -> None:
+    """Each start left a copy of the model (about 400 KB) in /tmp: the server replaces the
+    process, which so never removed it."""
+    model_uri, tracking = breast_cancer_model
+    if store == "remote":  # artifacts that are not local files, as on a tracking server
+        monkeypatch.setattr("anomaly_vae.tracking._stored_model_dir", lambda *args: None)
+    left: list[list[Path]] = []
+    for _ in range(2):
+        result = run_cli("serve", model_uri, "--tracking-uri", tracking)
+        assert result.exit_code == 0, result.output
+        left.append(files_under(tmp_path))
+
+    first, second = (Path(command[command.index("--model-uri") + 1]) for command in started)
+    assert first == second and (first / "MLmodel").is_file()
+    assert left[0] == left[1]
+    assert files_under(tmp_path / "tmp") == []
+    if store == "local":  # served from the store's own folder: no copy at all
+        assert first.is_relative_to(Path(tracking.removeprefix("sqlite:///")).parent)
+        assert not (tmp_path / "cache").exists()
+    else:  # one copy, in the cache, found again by the second start
+        assert first.parent == tmp_path / "cache" / "anomaly-vae" / "models"
+        assert [p.name for p in first.parent.iterdir()] == [first.name]
