@@ -160,6 +160,37 @@ def test_a_large_photo_is_read_from_fewer_pixels_to_nearly_the_same_result(
         assert difference.max() < 1 / 255 and difference.mean() < 0.2 / 255, name
 
 
+@pytest.mark.parametrize("mode", ["1", "L"])
+def test_a_large_grayscale_image_is_averaged_down_in_8_bits(tmp_path: Path, mode: str) -> None:
+    from anomaly_vae.data import images
+
+    rows, columns = np.mgrid[0:900, 0:1200]
+    shade = 128 + 100 * np.sin(columns / 90) * np.cos(rows / 70)
+    gray = np.clip(shade + np.random.default_rng(0).normal(0, 20, shade.shape), 0, 255)
+    img = Image.fromarray(gray.astype(np.uint8), "L")
+    img = img.convert("1") if mode == "1" else img  # dithered, as scanners store bilevel
+    img.save(tmp_path / "scan.png")
+    with Image.open(tmp_path / "scan.png") as whole:
+        expected = images.resize(images._to_float(whole, "scan.png", 1), 16)
+    reduced = read_image(tmp_path / "scan.png", 16, channels=1)
+    assert np.abs(reduced - expected).max() < (0.03 if mode == "1" else 2 / 255)
+
+
+def test_pixels_that_their_checks_need_whole_are_not_averaged_away(tmp_path: Path) -> None:
+    """One coloured pixel in a grayscale model's image, one 32-bit value past 16 bits: a box
+    average would hide either, so such images are read whole however large."""
+    gray = np.full((900, 1200, 3), 120, np.uint8)
+    gray[450, 600] = (121, 120, 120)
+    Image.fromarray(gray, "RGB").save(tmp_path / "tinted.png")
+    with pytest.raises(InputError, match="tinted.png: a colour image"):
+        read_image(tmp_path / "tinted.png", 16, channels=1)
+    wide = np.full((900, 1200), 30_000, np.int32)
+    wide[450, 600] = 70_000
+    Image.fromarray(wide, "I").save(tmp_path / "wide.tif")
+    with pytest.raises(InputError, match=r"wide.tif: pixel values 30000\.\.70000 lie outside"):
+        read_image(tmp_path / "wide.tif", 16, channels=1)
+
+
 def test_an_image_too_large_for_pillow_is_one_unreadable_line(tmp_path, monkeypatch) -> None:
     Image.fromarray(np.zeros((40, 40), np.uint8), "L").save(tmp_path / "huge.png")
     # Pillow refuses twice this many pixels as a decompression bomb (179 million by default).
@@ -168,6 +199,82 @@ def test_an_image_too_large_for_pillow_is_one_unreadable_line(tmp_path, monkeypa
         read_image(tmp_path / "huge.png", 8, channels=1)
     with pytest.raises(InputError, match="huge.png: unreadable mask"):
         read_mask(tmp_path / "huge.png", 8)
+
+
+def write_bilevel_png(path: Path, width: int, height: int, white: tuple[int, int]) -> None:
+    """A 1-bit PNG, black but for a white (columns, rows) rectangle at the top left, written row
+    by row: some 100 million pixels take a few kilobytes, and no memory to make."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    row_bytes = (width + 7) // 8
+    lit = bytearray(row_bytes)
+    lit[: white[0] // 8] = b"\xff" * (white[0] // 8)
+    lit_row, dark_row = b"\0" + bytes(lit), b"\0" + bytes(row_bytes)  # each row: filter 0
+    packer = zlib.compressobj(9)
+    data = b"".join(packer.compress(lit_row if y < white[1] else dark_row) for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1 bit, grayscale
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", data + packer.flush())
+        + chunk(b"IEND", b"")
+    )
+
+
+# Reads the image in a fresh process, whose peak memory is then this read's (and its imports'):
+# VmHWM, which starts anew at exec, where ru_maxrss keeps the forking parent's.
+READ_LARGE = """
+import json, re, sys, warnings
+from pathlib import Path
+from PIL import Image
+from anomaly_vae.data.images import read_image
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    pixels = read_image(sys.argv[1], 64, channels=1)
+    ours = [str(w.category.__name__) for w in caught]
+    Image.open(sys.argv[1]).close()  # Pillow's own warning is left alone elsewhere
+    theirs = [str(w.category.__name__) for w in caught[len(ours):]]
+print(json.dumps({
+    "ours": ours, "theirs": theirs, "quarters": [
+        float(pixels[0, :32, :32].mean()), float(pixels[0, 32:, :].mean()),
+        float(pixels[0, :, 32:].mean()),
+    ],
+    "peak_mb": int(re.search(r"VmHWM:\\s*(\\d+)", Path("/proc/self/status").read_text())[1]) / 1024,
+}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").is_file(), reason="measures memory in /proc")
+def test_a_large_image_is_read_without_pillows_warning_and_in_little_memory(
+    tmp_path: Path,
+) -> None:
+    """Pillow printed DecompressionBombWarning amid `score`'s output for every image of 89 to
+    179 million pixels, and reading one at full size as float32 took over a gigabyte."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "line-scan.png"
+    write_bilevel_png(path, 10_000, 9_000, white=(5_000, 4_500))  # 90 Mpx, white top-left
+    assert path.stat().st_size < 100_000
+    child = subprocess.run(
+        [sys.executable, "-c", READ_LARGE, str(path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert child.stderr == ""
+    result = json.loads(child.stdout)
+    assert result["ours"] == []
+    assert result["theirs"] == ["DecompressionBombWarning"]
+    assert result["quarters"] == pytest.approx([1.0, 0.0, 0.0], abs=0.01)
+    assert result["peak_mb"] < 500  # imports about 150, the 1-bit image as 8 bits 90, twice
 
 
 def test_a_folder_is_images_unless_it_holds_parquet_files_and_no_images(tmp_path: Path) -> None:

@@ -12,9 +12,11 @@ is an anomaly), from a `path,label` CSV, or from an IDX labels file and the norm
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import re
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -59,7 +61,9 @@ _UNREADABLE = (
 # read for a 128-pixel model, most of it converting and resizing pixels that the resize then
 # averaged away; a gap of 4 leaves the resize enough pixels that its result barely moves.
 REDUCING_GAP = 4
-_REDUCIBLE_MODES = {"L", "LA", "RGB", "RGBA", "I", "F"}
+# The modes `_reduced` averages down, and the mode it averages them in.
+_REDUCED_AS = {"1": "L", "L": "L", "LA": "L"}
+_REDUCED_AS_COLOUR = {**_REDUCED_AS, "RGB": "RGB", "RGBA": "RGB"}
 # The EXIF orientation tag and the turn that shows each stored orientation upright.
 _EXIF_ORIENTATION = 0x0112
 _EXIF_TURNS = {
@@ -271,7 +275,7 @@ def held_out_only(items: list[ImageItem], fraction: float, seed: int) -> list[Im
 def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
     """One image file as float32 (channels, size, size) in [0, 1]."""
     try:
-        with Image.open(path) as img:
+        with _open(path) as img:
             # Pillow reads the first page of a multi-page TIFF (the first frame of an animated
             # WebP or PNG): the others went unscored without a word. A camera's JPEG with a
             # preview or depth map after the photo (MPO) is one image, the first.
@@ -285,7 +289,7 @@ def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
             drafted = img.draft(img.mode, (REDUCING_GAP * size, REDUCING_GAP * size))
             extent = drafted[1] if drafted else (0, 0, *img.size)
             img.load()
-            reduced, extent = _reduced(img, extent, size)
+            reduced, extent = _reduced(img, extent, size, channels)
             pixels = resize(_to_float(reduced, path, channels), size, extent)
             return _upright(pixels, img)
     except InputError:
@@ -294,17 +298,35 @@ def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
         raise InputError(f"{path}: unreadable image ({first_line(exc)})") from None
 
 
+@contextlib.contextmanager
+def _open(path: str | Path) -> Iterator[Image.Image]:
+    """`Image.open` without Pillow's DecompressionBombWarning, which it printed amid the output
+    of `score` for every image of 89 to 179 million pixels: legitimate line-scan photos, read
+    reduced (`_reduced`). Larger ones are still refused. Only our own reads are silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        img = Image.open(path)
+    with img:
+        yield img
+
+
 def _reduced(
-    img: Image.Image, extent: tuple[float, float, float, float], size: int
+    img: Image.Image, extent: tuple[float, float, float, float], size: int, channels: int
 ) -> tuple[Image.Image, tuple[float, float, float, float]]:
     """The image shrunk by a whole factor (averaging boxes of pixels) while both sides stay
     at least `REDUCING_GAP * size`, as Pillow's own `reducing_gap` resizing does, and the part
     of it the original spans (the last box holds what is left over). The float conversion and
-    the antialiased resize that follow then see a fraction of the pixels."""
+    the antialiased resize that follow then see a fraction of the pixels.
+
+    Only 1-bit, 8-bit gray and (for a colour model) RGB images: an average would hide what
+    `_to_float` checks pixel by pixel, a 16-bit or float value out of range or a coloured
+    pixel in an image a grayscale model reads, so those are read whole."""
     factor = min(img.size) // (REDUCING_GAP * size)
-    if factor < 2 or img.mode not in _REDUCIBLE_MODES:
+    reading = _REDUCED_AS.get(img.mode) if channels == 1 else _REDUCED_AS_COLOUR.get(img.mode)
+    if factor < 2 or reading is None:
         return img, extent
-    return img.reduce(factor), tuple(edge / factor for edge in extent)
+    converted = img if img.mode == reading else img.convert(reading)
+    return converted.reduce(factor), tuple(edge / factor for edge in extent)
 
 
 def _upright(pixels: np.ndarray, img: Image.Image) -> np.ndarray:
@@ -387,7 +409,7 @@ def resize(
 def read_mask(path: Path, size: int) -> np.ndarray:
     """A mask file as a boolean (size, size) array: any non-zero pixel is a defect."""
     try:
-        with Image.open(path) as img:
+        with _open(path) as img:
             mask = np.asarray(img.convert("L"), dtype=np.float32) > 0
             return _upright(resize(mask[None].astype(np.float32), size), img)[0] >= 0.5
     except _UNREADABLE as exc:
