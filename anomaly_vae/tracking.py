@@ -20,6 +20,7 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,7 +92,7 @@ def use_experiment(name: str) -> str:
 
 
 @contextlib.contextmanager
-def tracked_run(run_name: str) -> Iterator[mlflow.ActiveRun]:
+def tracked_run(run_name: str, parent_run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """`mlflow.start_run`, but a command stopped by the user leaves its run KILLED.
 
     MLflow's own context ends a run FAILED on any exception, so Ctrl-C read as a crash; and
@@ -102,7 +103,7 @@ def tracked_run(run_name: str) -> Iterator[mlflow.ActiveRun]:
     import mlflow
     from mlflow.entities import RunStatus
 
-    with mlflow.start_run(run_name=run_name) as run:
+    with mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id) as run:
         mlflow.set_tags(_process_tags())
         try:
             yield run
@@ -192,6 +193,92 @@ def end_run_of_gone_process(run_id: str, tags: dict[str, str]) -> bool:
     client.set_tag(run_id, ENDED_TAG, note)
     client.update_run(run_id, status=RunStatus.to_string(RunStatus.KILLED))
     return True
+
+
+@dataclass(frozen=True)
+class ModelLineage:
+    """Where a model that a command read came from, as this tracking store knows it."""
+
+    version: str | None = None  # '<name>/<version>', an alias resolved to its version
+    model_id: str | None = None  # MLflow's logged model ('m-...')
+    run_id: str | None = None  # the run that logged the model: training or calibration
+
+
+def model_lineage(model_uri: str, info: dict[str, Any]) -> ModelLineage:
+    """The lineage of the model `model_uri` names now; `info` is its detector.json's `info`.
+
+    An alias is resolved to the version it points at, so that an evaluation of
+    `models:/x@champion` stays with that version after the alias moves. A local directory is
+    traced through the run ids its detector.json holds. What this store does not hold (a model
+    copied from another server, a deleted run) is left out.
+    """
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.utils.models import get_model_name_and_version
+
+    client = mlflow.MlflowClient()
+    try:
+        if model_uri.startswith("models:/"):
+            resolved = get_model_name_and_version(client, model_uri)
+            if len(resolved) == 1:  # models:/<model_id>, a logged model without a version
+                return _run_lineage(client, client.get_logged_model(resolved[0]).source_run_id)
+            name, number = resolved
+            version = client.get_model_version(name, number)
+            lineage = _run_lineage(client, version.run_id)
+            model_id = _logged_model_id(client, version.model_id or version.source)
+            return ModelLineage(f"{name}/{number}", model_id, lineage.run_id)
+        if model_uri.startswith("runs:/"):
+            return _run_lineage(client, model_uri.removeprefix("runs:/").split("/")[0])
+        run_id = info.get("calibration_run_id") or info.get("run_id")
+        return _run_lineage(client, run_id) if run_id else ModelLineage()
+    except MlflowException:
+        return ModelLineage()
+
+
+def _run_lineage(client: mlflow.MlflowClient, run_id: str) -> ModelLineage:
+    """The version and logged model a run registered, and the run itself if it is not deleted."""
+    run = client.get_run(run_id)
+    if run.info.lifecycle_stage != "active":
+        return ModelLineage()
+    outputs = run.outputs.model_outputs if run.outputs else []
+    return ModelLineage(
+        run.data.tags.get("registered_model_version"),
+        outputs[0].model_id if outputs else None,
+        run_id,
+    )
+
+
+def _logged_model_id(client: mlflow.MlflowClient, source: str) -> str | None:
+    """The id of the logged model a version's `source` (`models:/m-...`, or the id) names,
+    if this store holds it; a version registered from a run's files has none."""
+    from mlflow.exceptions import MlflowException
+
+    model_id = source.removeprefix("models:/")
+    if not model_id or "/" in model_id or "@" in model_id:
+        return None
+    try:
+        return client.get_logged_model(model_id).model_id
+    except MlflowException:
+        return None
+
+
+@contextlib.contextmanager
+def run_reading_model(run_name: str, lineage: ModelLineage) -> Iterator[mlflow.ActiveRun]:
+    """`tracked_run` for a command that reads a model (calibrate, evaluate).
+
+    The run is nested under the run that logged the model (the MLflow UI lists it beneath
+    that training or calibration run), tagged with the version it read (`model_version`), and
+    holds the logged model among its inputs.
+    """
+    import mlflow
+    from mlflow.entities import LoggedModelInput
+
+    with tracked_run(run_name, parent_run_id=lineage.run_id) as run:
+        if lineage.version:
+            mlflow.set_tag("model_version", lineage.version)
+        if lineage.model_id:
+            mlflow.log_input(model=LoggedModelInput(lineage.model_id))
+        yield run
 
 
 def log_detector(

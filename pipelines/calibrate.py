@@ -77,9 +77,10 @@ def calibrate_model(
     from anomaly_vae.tracking import (
         configure_tracking,
         log_detector,
+        model_lineage,
         registered_version,
         resolve_detector_dir,
-        tracked_run,
+        run_reading_model,
         use_experiment,
     )
 
@@ -104,7 +105,10 @@ def calibrate_model(
     configure_tracking(tracking_uri)
     use_experiment(detector.info.get("experiment", "anomaly-vae"))
     registered = _registered_name(model_uri, detector.info)
-    with tracked_run(f"calibrate {Path(source).name}") as run:
+    lineage = model_lineage(model_uri, detector.info)
+    with run_reading_model(
+        f"calibrate {lineage.version or model_uri} on {Path(source).name}", lineage
+    ) as run:
         mlflow.set_tags(
             {
                 "kind": "calibration",

@@ -6,14 +6,18 @@ report for people who decide from pictures and costs rather than one AUROC numbe
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
+    import mlflow
+
     from anomaly_vae.calibration import Costs, Threshold
     from anomaly_vae.evaluation.report import Section
 
@@ -133,7 +137,6 @@ def evaluate_file(
 
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import common_sections, top_anomaly_sections
-    from anomaly_vae.tracking import configure_tracking, tracked_run, use_experiment
     from pipelines.score import scored_batches, table_detector
 
     if report_path is not None:
@@ -163,11 +166,7 @@ def evaluate_file(
     )
     sections = common_sections(scores, labels, threshold, evaluation.confusion, costs)
     sections += top_anomaly_sections(top_rows)
-    configure_tracking(tracking_uri)
-    use_experiment(detector.info.get("experiment", "anomaly-vae"))
-    with tracked_run(f"evaluate {Path(source).name}") as run:
-        mlflow.set_tags({"model_uri": model_uri, "input": source, "kind": "evaluation"})
-        mlflow.log_metrics({f"test.{k}": v for k, v in evaluation.metrics.items()})
+    with evaluation_run(model_uri, detector.info, source, tracking_uri, evaluation) as run:
         (tn, fp), (fn, tp) = evaluation.confusion
         mlflow.log_dict(
             {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}, "confusion_matrix.json"
@@ -175,6 +174,37 @@ def evaluate_file(
         publish(evaluation, sections, report_path, model_uri, source, detector.threshold)
     evaluation.run_id = run.info.run_id
     return evaluation
+
+
+@contextmanager
+def evaluation_run(
+    model_uri: str,
+    info: dict[str, Any],
+    source: str,
+    tracking_uri: str | None,
+    evaluation: Evaluation,
+) -> Iterator[mlflow.ActiveRun]:
+    """The evaluation's MLflow run, in the model's experiment and beneath the run that logged
+    the model, holding the `test.*` metrics; they are the logged model's metrics too, so the
+    model's page in `mlflow ui` lists every evaluation of it."""
+    import mlflow
+
+    from anomaly_vae.tracking import (
+        configure_tracking,
+        model_lineage,
+        run_reading_model,
+        use_experiment,
+    )
+
+    configure_tracking(tracking_uri)
+    use_experiment(info.get("experiment", "anomaly-vae"))
+    lineage = model_lineage(model_uri, info)
+    name = f"evaluate {lineage.version or model_uri} on {Path(source).name}"
+    with run_reading_model(name, lineage) as run:
+        mlflow.set_tags({"model_uri": model_uri, "input": source, "kind": "evaluation"})
+        metrics = {f"test.{k}": v for k, v in evaluation.metrics.items()}
+        mlflow.log_metrics(metrics, model_id=lineage.model_id)
+        yield run
 
 
 def publish(

@@ -36,8 +36,7 @@ def evaluate_images(
     from anomaly_vae.data.images import read_mask
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import WorstImages, common_sections
-    from anomaly_vae.tracking import configure_tracking, tracked_run, use_experiment
-    from pipelines.evaluate import evaluate_at_threshold, publish
+    from pipelines.evaluate import evaluate_at_threshold, evaluation_run, publish
     from pipelines.score_images import image_detector, scored_image_batches
 
     if report_path is not None:
@@ -81,13 +80,9 @@ def evaluate_images(
             evaluation.metrics["pixel_auroc"] = float(
                 roc_auc_score(pixel_truth, np.concatenate(pixel_scores))
             )
-    configure_tracking(tracking_uri)
-    use_experiment(detector.info.get("experiment", "anomaly-vae"))
     source = str(input_path)
-    with tracked_run(f"evaluate {Path(source).name}") as run:
-        mlflow.set_tags({"model_uri": model_uri, "input": source, "kind": "evaluation"})
+    with evaluation_run(model_uri, detector.info, source, tracking_uri, evaluation) as run:
         mlflow.log_params({"images": len(items), "held_out_only": held_out_only})
-        mlflow.log_metrics({f"test.{k}": v for k, v in evaluation.metrics.items()})
         publish(evaluation, sections, report_path, model_uri, source, detector.threshold, "images")
     evaluation.run_id = run.info.run_id
     evaluation.note = listing.masks_note()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,16 @@ def breast_cancer_model(
     result = run_cli("train", config, "--tracking-uri", tracking)
     assert result.exit_code == 0, result.output
     return result.stdout.strip().splitlines()[-1], tracking
+
+
+@pytest.fixture
+def private_registry(breast_cancer_model: tuple[str, str], tmp_path: Path) -> tuple[str, str]:
+    """The session's breast-cancer model in a copy of its store: new versions, runs and aliases
+    there leave the shared store untouched."""
+    model_uri, tracking = breast_cancer_model
+    db = tmp_path / "mlflow.db"
+    shutil.copy(tracking.removeprefix("sqlite:///"), db)
+    return model_uri, f"sqlite:///{db}"
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import mlflow
 import numpy as np
 import pandas as pd
@@ -90,15 +88,6 @@ def test_probability_matches_scikit_learn_and_survives_json(scored, method: str)
         reference = LogisticRegression().fit(((scores - center) / scale)[:, None], labels)
         expected = reference.predict_proba(((grid - center) / scale)[:, None])[:, 1]
     assert fitted.predict(grid) == pytest.approx(expected, abs=1e-9)
-
-
-@pytest.fixture
-def private_registry(breast_cancer_model, tmp_path) -> tuple[str, str]:
-    """The session model's store, copied: new versions here leave the shared one untouched."""
-    model_uri, tracking = breast_cancer_model
-    db = tmp_path / "mlflow.db"
-    shutil.copy(tracking.removeprefix("sqlite:///"), db)
-    return model_uri, f"sqlite:///{db}"
 
 
 def test_probability_column_is_in_unit_range_and_monotone(

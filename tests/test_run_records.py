@@ -1,0 +1,47 @@
+"""What the MLflow runs hold for someone comparing them: names, lineage, tags, data, metrics."""
+
+from __future__ import annotations
+
+import mlflow
+from conftest import run_cli
+
+
+def test_evaluate_and_calibrate_runs_stay_with_the_version_they_read(
+    private_registry, breast_cancer_files
+) -> None:
+    """An evaluation of `models:/x@champion` recorded only the alias: once champion moved, no
+    run said which version it had evaluated, and no version led to its evaluations."""
+    model_uri, tracking = private_registry
+    _, test = breast_cancer_files
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    name = model_uri.removeprefix("models:/").split("@")[0]
+    trained = client.get_model_version_by_alias(name, "champion")
+
+    result = run_cli("calibrate", model_uri, test, "--strategy", "f1", "--promote",
+                     "--tracking-uri", tracking)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    calibrated = client.get_model_version_by_alias(name, "champion")
+    calibration = client.get_run(calibrated.run_id)
+    assert calibration.info.run_name == f"calibrate {name}/{trained.version} on {test.name}"
+    assert calibration.data.tags["model_version"] == f"{name}/{trained.version}"
+    assert calibration.data.tags["mlflow.parentRunId"] == trained.run_id
+
+    result = run_cli("evaluate", model_uri, test, "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+    evaluation = client.get_run(result.stderr.strip().split()[-1])
+    assert evaluation.info.run_name == f"evaluate {name}/{calibrated.version} on {test.name}"
+    assert evaluation.data.tags["model_uri"] == model_uri
+    assert evaluation.data.tags["model_version"] == f"{name}/{calibrated.version}"
+    # Nested beneath the calibration run that logged the version it read, in the MLflow UI.
+    assert evaluation.data.tags["mlflow.parentRunId"] == calibrated.run_id
+    # From the registered version to the runs that evaluated it: its logged model's metrics.
+    model_id = calibrated.source.removeprefix("models:/")
+    assert [m.model_id for m in evaluation.inputs.model_inputs] == [model_id]
+    logged = client.get_logged_model(model_id).metrics
+    assert {(m.key, m.run_id) for m in logged} >= {("test.auroc", evaluation.info.run_id)}
+    found = client.search_runs(
+        [evaluation.info.experiment_id],
+        filter_string=f"tags.model_version = '{name}/{calibrated.version}'",
+        order_by=["metrics.`test.auroc` DESC"],
+    )
+    assert [r.info.run_id for r in found] == [evaluation.info.run_id]
