@@ -19,6 +19,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
     field_validator,
     model_validator,
@@ -252,6 +253,19 @@ class Config(_Section):
     scoring: ScoringConfig = ScoringConfig()
     mlflow: MlflowConfig = MlflowConfig()
     name: str | None = Field(default=None, description="Default experiment and model name.")
+    # Where the config came from, for the training run's name and tags; no config keys.
+    _file: str | None = PrivateAttr(default=None)
+    _overrides: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def source_file(self) -> str | None:
+        """The YAML file `load_config` read, if the config came from one."""
+        return self._file
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        """The `--set key=value` overrides `load_config` applied to the file, in order."""
+        return self._overrides
 
 
 class _Yaml12Booleans(yaml.SafeLoader):
@@ -318,7 +332,9 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         _apply_override(raw, override)
     raw.setdefault("name", path.stem)
     # data.path stays relative to the working directory, as every other path a user types.
-    return parse_config(raw, source=str(path))
+    config = parse_config(raw, source=str(path))
+    config._file, config._overrides = str(path), tuple(overrides)
+    return config
 
 
 def parse_config(raw: dict[str, Any], source: str = "config") -> Config:

@@ -88,11 +88,23 @@ def training_run(
 
     configure_tracking(tracking_uri)
     use_experiment(config.mlflow.experiment or run_name(config))
-    with tracked_run(f"train {title}") as run:
+    with tracked_run(training_run_name(title, config.overrides)) as run:
         mlflow.log_params(flatten_params(config.model_dump()))
         mlflow.log_dict(config.model_dump(), "config.json")
         mlflow.log_params(counts)
+        if config.source_file is not None:
+            mlflow.set_tag("config_file", str(Path(config.source_file).resolve()))
+            mlflow.log_artifact(config.source_file)
+        if config.overrides:
+            mlflow.set_tag("overrides", " ".join(f"--set {o}" for o in config.overrides))
         yield run
+
+
+def training_run_name(title: str, overrides: tuple[str, ...]) -> str:
+    """`train <data>`, followed by the `--set` overrides that set this run apart from the other
+    runs of its config (their names were all alike); long lists are cut at 200 characters."""
+    name = " ".join(["train", title, *overrides])
+    return name if len(name) <= 200 else name[:199] + "…"
 
 
 def calibrate_and_log(

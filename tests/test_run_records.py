@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 from conftest import run_cli
 
@@ -45,3 +47,33 @@ def test_evaluate_and_calibrate_runs_stay_with_the_version_they_read(
         order_by=["metrics.`test.auroc` DESC"],
     )
     assert [r.info.run_id for r in found] == [evaluation.info.run_id]
+
+
+def test_training_runs_are_named_by_their_overrides_and_keep_their_config_file(
+    breast_cancer_files, tracking_uri, tmp_path
+) -> None:
+    """Every training of one config was named 'train <data file>': runs that differed by their
+    --set overrides looked alike in `mlflow ui` and `anomaly-vae runs`, and the run did not
+    say which config file it came from."""
+    config = tmp_path / "cancer.yaml"
+    config.write_text(f"# the demo\ndata: {{path: {breast_cancer_files[0]}}}\n")
+    run_ids = []
+    for overrides in ([], ["model.latent=4", "training.epochs=1"]):
+        sets = [arg for override in overrides for arg in ("--set", override)]
+        result = run_cli("train", config, "--set", "training.epochs=1", *sets)
+        assert result.exit_code == 0, result.output
+        run_ids.append(result.stderr.strip().split()[-4])  # "...; run <id> in 1.2 s"
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    plain, changed = (client.get_run(run_id) for run_id in run_ids)
+    data = breast_cancer_files[0].name
+    assert plain.info.run_name == f"train {data} training.epochs=1"
+    assert changed.info.run_name == (
+        f"train {data} training.epochs=1 model.latent=4 training.epochs=1"
+    )
+    assert changed.data.tags["overrides"] == (
+        "--set training.epochs=1 --set model.latent=4 --set training.epochs=1"
+    )
+    assert changed.data.tags["config_file"] == str(config.resolve())
+    assert "cancer.yaml" in [a.path for a in client.list_artifacts(changed.info.run_id)]
+    local = client.download_artifacts(changed.info.run_id, "cancer.yaml", str(tmp_path / "dl"))
+    assert Path(local).read_text() == config.read_text()
