@@ -29,6 +29,7 @@ from anomaly_vae.models.lightning_module import LossTerms, VAETrainingModule
 class FitResult:
     epochs: int
     best_val_loss: float
+    best_epoch: int  # counted from 0, as the steps of the per-epoch metrics
     processes: int  # the world size: 2 for `devices: 2` with a ddp strategy
 
 
@@ -42,6 +43,7 @@ class KeepBestWeights(pl.Callback):
     def __init__(self, monitor: str = "val_loss") -> None:
         self.monitor = monitor
         self.best = float("inf")
+        self.best_epoch = -1
         self.state: dict[str, torch.Tensor] | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -52,6 +54,7 @@ class KeepBestWeights(pl.Callback):
         value = float(trainer.callback_metrics[self.monitor])
         if value < self.best:
             self.best = value
+            self.best_epoch = trainer.current_epoch
             self.state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
 
     def on_fit_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -115,7 +118,10 @@ def fit_vae(
             f"training.learning_rate (now {training.learning_rate:g})"
         )
     return FitResult(
-        epochs=trainer.current_epoch, best_val_loss=best.best, processes=trainer.world_size
+        epochs=trainer.current_epoch,
+        best_val_loss=best.best,
+        best_epoch=best.best_epoch,
+        processes=trainer.world_size,
     )
 
 

@@ -136,6 +136,9 @@ def calibrate_and_log(
     metrics.update(
         threshold=threshold.value,
         epochs=fit.epochs,
+        # The model keeps the weights of its best epoch; the last val_loss is another epoch's.
+        best_val_loss=fit.best_val_loss,
+        best_epoch=fit.best_epoch,
         fit_seconds=fit_seconds,
         processes=fit.processes,
     )

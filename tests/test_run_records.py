@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import mlflow
+import pytest
 from conftest import run_cli
 
 
@@ -77,3 +78,18 @@ def test_training_runs_are_named_by_their_overrides_and_keep_their_config_file(
     assert "cancer.yaml" in [a.path for a in client.list_artifacts(changed.info.run_id)]
     local = client.download_artifacts(changed.info.run_id, "cancer.yaml", str(tmp_path / "dl"))
     assert Path(local).read_text() == config.read_text()
+
+
+def test_a_training_run_logs_the_validation_loss_of_the_weights_it_kept(
+    breast_cancer_model,
+) -> None:
+    """The model keeps its best epoch's weights, but the run's `val_loss` is the last epoch's:
+    sorting runs by it ranked them by weights none of them kept."""
+    model_uri, tracking = breast_cancer_model
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    name = model_uri.removeprefix("models:/").split("@")[0]
+    run = client.get_run(client.get_model_version_by_alias(name, "champion").run_id)
+    history = client.get_metric_history(run.info.run_id, "val_loss")
+    best = min(history, key=lambda m: m.value)
+    assert run.data.metrics["best_val_loss"] == pytest.approx(best.value, rel=1e-6)  # float32
+    assert run.data.metrics["best_epoch"] == best.step
