@@ -76,6 +76,7 @@ def calibrate_model(
     from anomaly_vae.probability import fit_probability
     from anomaly_vae.tracking import (
         configure_tracking,
+        log_data,
         log_detector,
         model_lineage,
         registered_version,
@@ -117,6 +118,7 @@ def calibrate_model(
                 "calibration.strategy": strategy,
             }
         )
+        log_data(source, "calibration")
         mlflow.log_metrics(
             {
                 "threshold": threshold.value,

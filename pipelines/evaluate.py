@@ -191,6 +191,7 @@ def evaluation_run(
 
     from anomaly_vae.tracking import (
         configure_tracking,
+        log_data,
         model_lineage,
         run_reading_model,
         use_experiment,
@@ -203,7 +204,8 @@ def evaluation_run(
     with run_reading_model(name, lineage) as run:
         mlflow.set_tags({"model_uri": model_uri, "input": source, "kind": "evaluation"})
         metrics = {f"test.{k}": v for k, v in evaluation.metrics.items()}
-        mlflow.log_metrics(metrics, model_id=lineage.model_id)
+        dataset = log_data(source, "evaluation")
+        mlflow.log_metrics(metrics, model_id=lineage.model_id, dataset=dataset)
         yield run
 
 

@@ -82,6 +82,7 @@ def training_run(
     from anomaly_vae.tracking import (
         configure_tracking,
         flatten_params,
+        log_data,
         tracked_run,
         use_experiment,
     )
@@ -92,6 +93,7 @@ def training_run(
         mlflow.log_params(flatten_params(config.model_dump()))
         mlflow.log_dict(config.model_dump(), "config.json")
         mlflow.log_params(counts)
+        log_data(config.data.path, "training")
         if config.source_file is not None:
             mlflow.set_tag("config_file", str(Path(config.source_file).resolve()))
             mlflow.log_artifact(config.source_file)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 import pytest
 from conftest import run_cli
+
+from anomaly_vae.tracking import data_digest
 
 
 def test_evaluate_and_calibrate_runs_stay_with_the_version_they_read(
@@ -93,3 +97,56 @@ def test_a_training_run_logs_the_validation_loss_of_the_weights_it_kept(
     best = min(history, key=lambda m: m.value)
     assert run.data.metrics["best_val_loss"] == pytest.approx(best.value, rel=1e-6)  # float32
     assert run.data.metrics["best_epoch"] == best.step
+
+
+def test_runs_on_different_data_are_told_apart_by_their_dataset_digest(
+    breast_cancer_files, tracking_uri, tmp_path
+) -> None:
+    """A run recorded its data only as `data.path` as typed: the same path holding a new file,
+    or two files of the same name, left runs on different data alike."""
+    train, test = breast_cancer_files
+    changed = tmp_path / "changed" / train.name
+    changed.parent.mkdir()
+    pd.read_parquet(train).iloc[:-1].to_parquet(changed)
+    config = tmp_path / "cancer.yaml"
+    config.write_text("data: {path: " + str(train) + ", label: label, id_columns: [id]}\n")
+    inputs = []
+    for path in (train, changed, train):
+        result = run_cli(
+            "train", config, "--set", "training.epochs=1", "--set", f"data.path={path}"
+        )
+        assert result.exit_code == 0, result.output
+        run_id = result.stderr.strip().split()[-4]
+        (dataset,) = mlflow.MlflowClient().get_run(run_id).inputs.dataset_inputs
+        assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "training"
+        assert json.loads(dataset.dataset.source) == {"uri": str(path.resolve())}
+        inputs.append(dataset.dataset)
+    assert inputs[0].name == inputs[1].name == train.name
+    assert inputs[0].digest == inputs[2].digest != inputs[1].digest
+
+    result = run_cli("evaluate", "models:/cancer@champion", test)
+    assert result.exit_code == 0, result.output
+    run_id = result.stderr.strip().split()[-1]
+    (dataset,) = mlflow.MlflowClient().get_run(run_id).inputs.dataset_inputs
+    assert dataset.dataset.name == test.name
+    found = mlflow.search_runs(
+        search_all_experiments=True,
+        filter_string=f"datasets.digest = '{inputs[0].digest}'",
+    )
+    assert len(found) == 2
+
+
+def test_a_folder_digest_follows_its_files_and_skips_hidden_ones(tmp_path) -> None:
+    folder = tmp_path / "images"
+    (folder / "good").mkdir(parents=True)
+    (folder / "good" / "a.png").write_bytes(b"a")
+    (folder / "good" / "loop").symlink_to(folder)  # read once, not forever
+    before = data_digest(folder)
+    (folder / ".ipynb_checkpoints").mkdir()
+    (folder / ".ipynb_checkpoints" / "a.png").write_bytes(b"x")
+    assert data_digest(folder) == before
+    (folder / "good" / "a.png").write_bytes(b"b")
+    changed = data_digest(folder)
+    assert changed != before
+    (folder / "good" / "a.png").rename(folder / "good" / "c.png")  # a file's name counts
+    assert data_digest(folder) not in (changed, data_digest(folder / "good" / "c.png"))
