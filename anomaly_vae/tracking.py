@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -105,7 +106,7 @@ def tracked_run(run_name: str, parent_run_id: str | None = None) -> Iterator[mlf
     from mlflow.entities import RunStatus
 
     with mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id) as run:
-        mlflow.set_tags(_process_tags())
+        mlflow.set_tags({**_process_tags(), **_code_tags(run.data.tags)})
         try:
             yield run
         except (KeyboardInterrupt, SystemExit):
@@ -194,6 +195,43 @@ def end_run_of_gone_process(run_id: str, tags: dict[str, str]) -> bool:
     client.set_tag(run_id, ENDED_TAG, note)
     client.update_run(run_id, status=RunStatus.to_string(RunStatus.KILLED))
     return True
+
+
+def _code_tags(tags: dict[str, str]) -> dict[str, str]:
+    """The anomaly-vae version, and the git commit of its source when that is a checkout.
+
+    MLflow takes `mlflow.source.git.commit` from the started script's folder: for the
+    `anomaly-vae` command that is a virtual environment's bin/, outside any repository or
+    ignored by it, so runs of different code looked alike. A commit MLflow found is kept.
+    """
+    from importlib.metadata import version
+
+    from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
+
+    code = {"anomaly_vae.version": version("anomaly-vae")}
+    if MLFLOW_GIT_COMMIT not in tags and (commit := _source_commit()):
+        code[MLFLOW_GIT_COMMIT] = commit
+    return code
+
+
+@functools.cache
+def _source_commit() -> str | None:
+    """HEAD of the git checkout holding this package's source, if git tracks it there (an
+    installed copy in site-packages may sit inside some other repository)."""
+    package = Path(__file__).parent
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    if git("ls-files", "--error-unmatch", Path(__file__).name) is None:
+        return None
+    return git("rev-parse", "HEAD")
 
 
 @dataclass(frozen=True)

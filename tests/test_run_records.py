@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pytest
-from conftest import run_cli
+from conftest import REPO, run_cli
 
 from anomaly_vae.tracking import data_digest
 
@@ -150,3 +151,21 @@ def test_a_folder_digest_follows_its_files_and_skips_hidden_ones(tmp_path) -> No
     assert changed != before
     (folder / "good" / "a.png").rename(folder / "good" / "c.png")  # a file's name counts
     assert data_digest(folder) not in (changed, data_digest(folder / "good" / "c.png"))
+
+
+def test_runs_name_the_code_that_made_them(breast_cancer_model) -> None:
+    """Started as the `anomaly-vae` command, from a virtual environment's bin/, a run had no
+    git commit: MLflow looks for the repository beside the started script."""
+    from importlib.metadata import version
+
+    model_uri, tracking = breast_cancer_model
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    name = model_uri.removeprefix("models:/").split("@")[0]
+    tags = client.get_run(client.get_model_version_by_alias(name, "champion").run_id).data.tags
+    assert tags["anomaly_vae.version"] == version("anomaly-vae")
+    head = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True
+    )
+    if head.returncode != 0:
+        pytest.skip("the source is not a git checkout here")
+    assert tags["mlflow.source.git.commit"] == head.stdout.strip()
