@@ -25,6 +25,7 @@ KEY_METRICS = (
     "calibration.estimated_f1",  # calibrated without labels (estimated-f1)
     "threshold",
     "epochs",
+    "best_val_loss",
 )
 
 
@@ -58,6 +59,7 @@ def list_runs(
             # like those of a finished run that had nothing to log.
             "status": runs["status"],
             "name": runs.get("tags.mlflow.runName"),
+            "model": _model_versions(runs),
         }
     )
     if experiment is None:
@@ -84,6 +86,16 @@ def _ended_if_gone(runs: pd.DataFrame) -> pd.Series:
         if end_run_of_gone_process(run["run_id"], tags):
             status[index] = "KILLED"
     return status
+
+
+def _model_versions(runs: pd.DataFrame) -> pd.Series:
+    """The version each run registered (training, calibration), else the one it read
+    (evaluation): without it, which run made or judged which model took `mlflow ui`."""
+    versions = pd.Series(None, index=runs.index, dtype=object)
+    for tag in ("tags.model_version", "tags.registered_model_version"):
+        if tag in runs.columns:
+            versions = runs[tag].where(runs[tag].notna(), versions)
+    return versions
 
 
 def format_runs(table: pd.DataFrame) -> str:

@@ -12,6 +12,7 @@ import pytest
 from conftest import REPO, run_cli
 
 from anomaly_vae.tracking import data_digest
+from pipelines.runs import list_runs
 
 
 def test_evaluate_and_calibrate_runs_stay_with_the_version_they_read(
@@ -53,6 +54,18 @@ def test_evaluate_and_calibrate_runs_stay_with_the_version_they_read(
         order_by=["metrics.`test.auroc` DESC"],
     )
     assert [r.info.run_id for r in found] == [evaluation.info.run_id]
+
+    # `anomaly-vae runs` shows the version each run registered, else the one it read.
+    experiment = client.get_experiment(evaluation.info.experiment_id).name
+    table = list_runs(experiment, tracking)
+    models = dict(zip(table["run_id"], table["model"], strict=True))
+    assert models[trained.run_id] == f"{name}/{trained.version}"
+    assert models[calibrated.run_id] == f"{name}/{calibrated.version}"
+    assert models[evaluation.info.run_id] == f"{name}/{calibrated.version}"
+    listed = run_cli("runs", "--experiment", experiment, "--tracking-uri", tracking)
+    assert listed.stdout.splitlines()[0].split()[:6] == [
+        "run_id", "started", "status", "name", "model", "validation.auroc"
+    ]  # fmt: skip
 
 
 def test_training_runs_are_named_by_their_overrides_and_keep_their_config_file(
