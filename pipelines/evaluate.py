@@ -166,7 +166,7 @@ def evaluate_file(
     )
     sections = common_sections(scores, labels, threshold, evaluation.confusion, costs)
     sections += top_anomaly_sections(top_rows)
-    with evaluation_run(model_uri, detector.info, source, tracking_uri, evaluation) as run:
+    with evaluation_run(model_uri, detector, source, tracking_uri, evaluation) as run:
         (tn, fp), (fn, tp) = evaluation.confusion
         mlflow.log_dict(
             {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}, "confusion_matrix.json"
@@ -179,14 +179,15 @@ def evaluate_file(
 @contextmanager
 def evaluation_run(
     model_uri: str,
-    info: dict[str, Any],
+    detector: Any,  # a TabularDetector or ImageDetector
     source: str,
     tracking_uri: str | None,
     evaluation: Evaluation,
 ) -> Iterator[mlflow.ActiveRun]:
     """The evaluation's MLflow run, in the model's experiment and beneath the run that logged
-    the model, holding the `test.*` metrics; they are the logged model's metrics too, so the
-    model's page in `mlflow ui` lists every evaluation of it."""
+    the model, holding the `test.*` metrics and the strategy that chose the threshold they
+    were measured at; the metrics are the logged model's too, so the model's page in
+    `mlflow ui` lists every evaluation of it."""
     import mlflow
 
     from anomaly_vae.tracking import (
@@ -198,11 +199,13 @@ def evaluation_run(
     )
 
     configure_tracking(tracking_uri)
-    use_experiment(info.get("experiment", "anomaly-vae"))
-    lineage = model_lineage(model_uri, info)
+    use_experiment(detector.info.get("experiment", "anomaly-vae"))
+    lineage = model_lineage(model_uri, detector.info)
     name = f"evaluate {lineage.version or model_uri} on {Path(source).name}"
     with run_reading_model(name, lineage) as run:
         mlflow.set_tags({"model_uri": model_uri, "input": source, "kind": "evaluation"})
+        if detector.threshold is not None:
+            mlflow.set_tag("calibration.strategy", detector.threshold.strategy)
         metrics = {f"test.{k}": v for k, v in evaluation.metrics.items()}
         dataset = log_data(source, "evaluation")
         mlflow.log_metrics(metrics, model_id=lineage.model_id, dataset=dataset)

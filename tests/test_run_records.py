@@ -26,7 +26,7 @@ def test_evaluate_and_calibrate_runs_stay_with_the_version_they_read(
     name = model_uri.removeprefix("models:/").split("@")[0]
     trained = client.get_model_version_by_alias(name, "champion")
 
-    result = run_cli("calibrate", model_uri, test, "--strategy", "f1", "--promote",
+    result = run_cli("calibrate", model_uri, test, "--strategy", "recall>=0.9", "--promote",
                      "--tracking-uri", tracking)  # fmt: skip
     assert result.exit_code == 0, result.output
     calibrated = client.get_model_version_by_alias(name, "champion")
@@ -41,6 +41,8 @@ def test_evaluate_and_calibrate_runs_stay_with_the_version_they_read(
     assert evaluation.info.run_name == f"evaluate {name}/{calibrated.version} on {test.name}"
     assert evaluation.data.tags["model_uri"] == model_uri
     assert evaluation.data.tags["model_version"] == f"{name}/{calibrated.version}"
+    # The test.* metrics at the threshold of that version, chosen by the strategy calibrate used.
+    assert evaluation.data.tags["calibration.strategy"] == "recall>=0.9"
     # Nested beneath the calibration run that logged the version it read, in the MLflow UI.
     assert evaluation.data.tags["mlflow.parentRunId"] == calibrated.run_id
     # From the registered version to the runs that evaluated it: its logged model's metrics.
