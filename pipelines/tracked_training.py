@@ -125,6 +125,7 @@ def calibrate_and_log(
     from sklearn.metrics import average_precision_score, roc_auc_score
 
     from anomaly_vae.calibration import NormalScores, choose_threshold, default_strategy
+    from anomaly_vae.evaluation.figures import score_histogram_figure
     from anomaly_vae.probability import fit_probability
 
     has_anomalies = bool(labels.any())
@@ -149,6 +150,9 @@ def calibrate_and_log(
         metrics["validation.average_precision"] = average_precision_score(labels, scores)
     mlflow.log_metrics(metrics)
     mlflow.set_tag("calibration.strategy", strategy)
+    # Where the threshold fell among the validation scores, as evaluate's report draws it.
+    histogram = score_histogram_figure(scores, labels, threshold.value)
+    mlflow.log_figure(histogram, "figures/validation_scores.png")
     return Calibration(strategy, threshold, probability, NormalScores.from_scores(scores[~labels]))
 
 

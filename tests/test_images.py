@@ -356,7 +356,9 @@ def test_training_logs_the_vae_figures(digits_model) -> None:
     client = mlflow.MlflowClient(tracking)
     version = client.get_model_version_by_alias(model_uri.split("/")[1].split("@")[0], "champion")
     figures = {Path(a.path).name for a in client.list_artifacts(version.run_id, "figures")}
-    assert figures == {"reconstructions.png", "latent_scatter.png", "latent_decodes.png"}
+    assert figures == {
+        "reconstructions.png", "latent_scatter.png", "latent_decodes.png", "validation_scores.png"
+    }  # fmt: skip
 
 
 def test_pyfunc_scores_a_path_column_like_the_cli(digits_model, tmp_path) -> None:

@@ -184,3 +184,25 @@ def test_runs_name_the_code_that_made_them(breast_cancer_model) -> None:
     if head.returncode != 0:
         pytest.skip("the source is not a git checkout here")
     assert tags["mlflow.source.git.commit"] == head.stdout.strip()
+
+
+def test_a_training_run_draws_its_threshold_among_the_validation_scores(
+    breast_cancer_model, breast_cancer_files, tracking_uri, tmp_path
+) -> None:
+    """A table's training run held no figure: where the threshold fell among the validation
+    scores showed only in an evaluation's report."""
+    model_uri, tracking = breast_cancer_model
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    name = model_uri.removeprefix("models:/").split("@")[0]
+    run_id = client.get_model_version_by_alias(name, "champion").run_id
+    assert "figures/validation_scores.png" in [
+        a.path for a in client.list_artifacts(run_id, "figures")
+    ]
+    # Without labels every validation row is normal; the figure is drawn all the same.
+    config = tmp_path / "unlabelled.yaml"
+    config.write_text(f"data: {{path: {breast_cancer_files[0]}, drop: [label]}}\n")
+    result = run_cli("train", config, "--set", "training.epochs=1")
+    assert result.exit_code == 0, result.output
+    run_id = result.stderr.strip().split()[-4]
+    figures = mlflow.MlflowClient().list_artifacts(run_id, "figures")
+    assert [a.path for a in figures] == ["figures/validation_scores.png"]
