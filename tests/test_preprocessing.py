@@ -300,9 +300,51 @@ def test_codes_read_as_text_match_a_detector_fitted_on_numbers() -> None:
     lookup = pre.categorical[0].lookup
     expected = [lookup["1234"], lookup["5411"], *[lookup["<missing>"]] * 2, lookup["5411"], 0, 0]
     assert codes.tolist() == expected
-    # Fitted on the text itself, each text is its own category and a blank is missing.
+    # Fitted on the text itself, each text is its own category; a blank and "NA" are missing.
     pre = TabularPreprocessor.fit(texts.loc[np.resize(range(5), 60)], ["mcc"], categorical=["mcc"])
-    assert pre.categorical[0].categories == ["01234", "5411", "5411.0", "<missing>", "NA"]
+    assert pre.categorical[0].categories == ["01234", "5411", "5411.0", "<missing>"]
+
+
+def test_a_detector_fitted_on_text_matches_the_numbers_booleans_and_nulls_it_spells() -> None:
+    # A CSV's text "NA" is a Parquet file's null, its "01234" (a code read as text) the
+    # Parquet integer 1234 once the zero was lost, its "true" the boolean True: fitted on the
+    # text, the Parquet values scored as unseen categories, every row flagged without a word.
+    texts = pd.DataFrame(
+        {
+            "zip": np.resize(["01234", "10001", "NA"], 60),
+            "flag": np.resize(["true", "false", "null"], 60),
+        }
+    )
+    pre = TabularPreprocessor.fit(texts, ["zip", "flag"], categorical=["zip", "flag"])
+    assert pre.categorical[0].categories == ["01234", "10001", "<missing>"]
+    typed = pd.DataFrame(
+        {
+            "zip": pd.array([1234, 10001, None], dtype="Int64"),
+            "flag": np.array([True, False, None], dtype=object),
+        }
+    )
+    expected = pre.transform(texts.head(3), "csv").codes
+    assert (expected > 0).all()
+    np.testing.assert_array_equal(pre.transform(typed, "parquet").codes, expected)
+    np.testing.assert_array_equal(
+        pre.transform(typed.astype({"zip": float}), "parquet").codes, expected
+    )
+    # A detector saved before "NA" was missing still finds a null by it.
+    old = pre.to_dict()
+    old["categorical"][0]["categories"] = ["01234", "10001", "NA"]
+    restored = TabularPreprocessor.from_dict(old)
+    np.testing.assert_array_equal(restored.transform(typed, "parquet").codes, expected)
+
+
+def test_a_number_two_categories_spell_matches_only_its_own_spelling() -> None:
+    # "01234" and "001234" both spell 1234: the number matches neither rather than one by
+    # chance, and a category spelled as the number itself wins over padded ones.
+    pre = TabularPreprocessor.fit(
+        pd.DataFrame({"zip": np.resize(["01234", "001234", "0742", "742"], 80)}), ["zip"], ["zip"]
+    )
+    lookup = pre.categorical[0].lookup
+    numbers = pd.DataFrame({"zip": [1234, 742, 1234.0]})
+    assert pre.transform(numbers, "s").codes[:, 0].tolist() == [0, lookup["742"], 0]
 
 
 @pytest.mark.parametrize("dtype", ["Float64", "double[pyarrow]"])

@@ -76,10 +76,6 @@ class BinaryColumn:
     unseen_nll: float
 
 
-# How detectors saved before whole-number categories lost their ".0" spelled them.
-_OLD_WHOLE_NUMBER = re.compile(r"-?\d+\.0")
-
-
 @dataclass
 class CategoricalColumn:
     name: str
@@ -94,16 +90,19 @@ class CategoricalColumn:
 
     @cached_property
     def lookup(self) -> dict[str, int]:
-        """Category string -> code. Detectors saved before whole numbers were written without
-        a decimal point hold "5411.0" where `_category_strings` now gives "5411": both match;
-        those saved before an empty text was missing hold "" for it."""
+        """Category string -> code, each category also found by the number, boolean or
+        missing value its text spells (`_spelled_value`), unless another category spells the
+        same: a detector fitted on a CSV's text holds "01234", "true" or "NA" where a Parquet
+        file holds 1234, True or a null, which scored as unseen values without a word.
+        Detectors saved before whole numbers lost their decimal point hold "5411.0", and
+        those saved before an empty text was missing hold "": they match the same way."""
         codes = {value: i + 1 for i, value in enumerate(self.categories)}
-        for value, code in list(codes.items()):
-            if _OLD_WHOLE_NUMBER.fullmatch(value):
-                codes.setdefault(value[:-2], code)
-        if "" in codes:
-            codes.setdefault(MISSING_CATEGORY, codes[""])
-        return codes
+        aliases: dict[str, int] = {}
+        for value, code in codes.items():
+            spelled = _spelled_value(value)
+            if spelled is not None and spelled not in codes:
+                aliases[spelled] = code if aliases.get(spelled, code) == code else 0
+        return {**{alias: code for alias, code in aliases.items() if code}, **codes}
 
     def codes(self, series: pd.Series) -> np.ndarray:
         """Codes of a column's values (0: unknown), spelled as `_category_strings` spells them
@@ -495,7 +494,12 @@ def _fit_numeric(series: pd.Series, name: str, source: str, may_miss: bool) -> N
 
 
 def _fit_categorical(series: pd.Series, name: str) -> CategoricalColumn:
-    counts = pd.Series(_category_strings(series)).value_counts()
+    """The column's frequent values. A text that a CSV reader takes for a missing value ("NA",
+    "null", "N/A": `_null_spellings`) is the missing category, as a Parquet null is: kept as a
+    category of its own, it made every null of a Parquet file an unseen value."""
+    nulls = _null_spellings()
+    strings = [MISSING_CATEGORY if s in nulls else s for s in _category_strings(series)]
+    counts = pd.Series(strings).value_counts()
     frequent = counts[counts >= MIN_CATEGORY_COUNT]
     if frequent.empty:
         frequent = counts
