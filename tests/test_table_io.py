@@ -395,3 +395,27 @@ def test_parquet_bytes_that_are_text_read_as_the_text(tmp_path) -> None:
     assert frame["digest"].tolist() == [b"\xff\x00", b"ok", b""]
     echoed = next(iter_table_batches(tmp_path / "binary.parquet", echoed={"merchant"}.__contains__))
     assert echoed.frame["merchant"].dtype == pd.ArrowDtype(pa.binary())
+
+
+def test_training_reads_a_csv_column_of_zero_padded_numbers_as_codes(tmp_path) -> None:
+    # "01234" read as the number 1234 trained a numeric feature where the same table's
+    # Parquet file (text) trained a category; a padded value past pyarrow's first 1 MB block
+    # counts too. Lone zeros and numbers written plainly stay numbers.
+    rows = 120_000
+    frame = pd.DataFrame(
+        {
+            "zip": [str(10000 + i % 50) for i in range(rows)],
+            "items": [i % 7 for i in range(rows)],
+            "signed": [-(i % 3) for i in range(rows)],
+        }
+    )
+    frame.loc[rows - 1, "zip"] = "01234"
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    assert path.stat().st_size > 1 << 20
+    read = read_table(path)
+    assert read["zip"].tolist() == frame["zip"].tolist()
+    assert read.dtypes[["items", "signed"]].tolist() == ["float64", "float64"]
+    # Scoring reads columns as the model knows them, so only training looks.
+    batch = next(iter_table_batches(path))
+    assert batch.frame["zip"].dtype == "float64"

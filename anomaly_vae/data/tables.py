@@ -128,7 +128,13 @@ def read_table(path: str | Path, text_columns: Collection[str] = ()) -> pd.DataF
     concatenated, a column one part lacked was missing in its rows, and one of numbers in one
     part and text in another held both; training learnt the gaps as missing values and the
     numbers as categories without a word. A name repeated in any part is refused naming the
-    part: a later part's repeat came to the comparison as two columns, an AttributeError."""
+    part: a later part's repeat came to the comparison as two columns, an AttributeError.
+
+    A CSV's integer columns that hold a zero-padded value ("01234") are read as text, as the
+    codes they are (`_zero_padded_columns`), as the same table's Parquet file holds them."""
+    fmt, files = table_files(Path(path))
+    if fmt == "csv":
+        text_columns = [*text_columns, *_zero_padded_columns(files[0], text_columns)]
     frames = []
     for batch in iter_table_batches(path, text_columns=text_columns):
         check_columns(list(batch.frame.columns), (), (), batch.source, allow_extra=True)
@@ -283,27 +289,7 @@ def _open_parquet(path: Path) -> pq.ParquetFile:
 def _csv_batches(path: Path, as_text: Callable[[str], bool]) -> Iterator[pa.RecordBatch]:
     """Stream a CSV; integer columns are read as floats so a later block with decimals parses,
     those `as_text` picks as text."""
-    delimiter, decimal_point = _csv_dialect(path)  # an empty file stops here
-    parse = pacsv.ParseOptions(delimiter=delimiter)
-    try:
-        first = pacsv.open_csv(
-            path,
-            parse_options=parse,
-            convert_options=pacsv.ConvertOptions(decimal_point=decimal_point),
-        )
-        schema = first.schema
-        first.close()
-        names = schema.names  # pyarrow decodes the header here
-    except pa.ArrowInvalid as exc:
-        raise InputError(
-            _ragged_row_error(path, delimiter, exc)
-            or f"{path}: not a readable CSV file ({first_line(exc)})"
-        ) from None
-    except UnicodeDecodeError as exc:  # a header saved as latin-1 was a traceback
-        byte = exc.object[exc.start]
-        raise InputError(
-            f"{path}: not UTF-8 text (byte 0x{byte:02x} in the header); save it as UTF-8"
-        ) from None
+    parse, decimal_point, schema = _csv_schema(path)
     column_types = {
         field.name: pa.string()
         if as_text(field.name)
@@ -316,7 +302,65 @@ def _csv_batches(path: Path, as_text: Callable[[str], bool]) -> Iterator[pa.Reco
     try:
         yield from pacsv.open_csv(path, parse_options=parse, convert_options=convert)
     except pa.ArrowInvalid as exc:
-        raise InputError(_conversion_error(path, parse, exc, names)) from None
+        raise InputError(_conversion_error(path, parse, exc, schema.names)) from None
+
+
+# A whole number written with a leading zero (007, -01): a code, not a quantity.
+_ZERO_PADDED = r"^\s*[+-]?0[0-9]"
+
+
+def _zero_padded_columns(path: Path, skip: Collection[str]) -> list[str]:
+    """The columns of a CSV, but those in `skip`, that pyarrow reads as integers and that hold
+    a value written with a leading zero: codes such as zip codes or merchant codes, which
+    training reads as text. Read as numbers, "01234" trained a number where the same table's
+    Parquet file (text) trained a category. Costs training one more pass over the integer
+    columns; a Parquet file knows its types."""
+    parse, _, schema = _csv_schema(path)
+    integers = [f.name for f in schema if pa.types.is_integer(f.type) and f.name not in skip]
+    if not integers:
+        return []
+    convert = pacsv.ConvertOptions(
+        column_types=dict.fromkeys(integers, pa.string()), include_columns=integers
+    )
+    padded: set[str] = set()
+    try:
+        for batch in pacsv.open_csv(path, parse_options=parse, convert_options=convert):
+            for name, column in zip(batch.schema.names, batch.columns, strict=True):
+                if (
+                    name not in padded
+                    and pc.any(pc.match_substring_regex(column, _ZERO_PADDED)).as_py()
+                ):
+                    padded.add(name)
+    except pa.ArrowInvalid:  # reading the file proper names the problem
+        return []
+    return [name for name in integers if name in padded]
+
+
+def _csv_schema(path: Path) -> tuple[pacsv.ParseOptions, str, pa.Schema]:
+    """A CSV's parse options, decimal mark and the column types pyarrow infers from its first
+    block."""
+    delimiter, decimal_point = _csv_dialect(path)  # an empty file stops here
+    parse = pacsv.ParseOptions(delimiter=delimiter)
+    try:
+        first = pacsv.open_csv(
+            path,
+            parse_options=parse,
+            convert_options=pacsv.ConvertOptions(decimal_point=decimal_point),
+        )
+        schema = first.schema
+        first.close()
+        schema.names  # noqa: B018 - pyarrow decodes the header here, and raises
+    except pa.ArrowInvalid as exc:
+        raise InputError(
+            _ragged_row_error(path, delimiter, exc)
+            or f"{path}: not a readable CSV file ({first_line(exc)})"
+        ) from None
+    except UnicodeDecodeError as exc:  # a header saved as latin-1 was a traceback
+        byte = exc.object[exc.start]
+        raise InputError(
+            f"{path}: not UTF-8 text (byte 0x{byte:02x} in the header); save it as UTF-8"
+        ) from None
+    return parse, decimal_point, schema
 
 
 # pyarrow reads a CSV in blocks with the column types of its first block; a later value that

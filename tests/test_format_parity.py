@@ -1,0 +1,94 @@
+"""The same rows get the same scores from a CSV file and from a Parquet file, whichever of the
+two the model was trained on: an analyst trains on a CSV export and scores the daily Parquet
+file, or the other way round."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from conftest import run_cli, train_cli
+
+from pipelines.score import load_model
+
+ROWS = 400
+CATEGORICAL = ["merchant", "country", "zip", "mcc", "flag", "flag2"]
+
+
+def mixed_frame() -> pd.DataFrame:
+    """Numbers, text categories, missing values in text, booleans and numbers, zero-padded
+    codes, booleans and a long integer id."""
+    rng = np.random.default_rng(0)
+    country = rng.choice(["US", "GB", "DE", "FR"], ROWS).astype(object)
+    country[rng.random(ROWS) < 0.1] = None
+    flag2 = rng.choice([True, False], ROWS).astype(object)
+    flag2[rng.random(ROWS) < 0.1] = None
+    return pd.DataFrame(
+        {
+            "txn_id": 9007199254740993 + 7 * np.arange(ROWS),
+            "amount": rng.lognormal(size=ROWS).round(2),
+            "items": rng.integers(1, 6, ROWS),
+            "merchant": rng.choice(["grocery", "fuel", "travel", "online"], ROWS),
+            "country": country,
+            "zip": rng.choice(["01234", "02139", "10001", "00501"], ROWS),
+            "mcc": rng.choice(["0742", "5411", "5812", "4111"], ROWS),
+            "flag": rng.choice([True, False], ROWS),
+            "flag2": flag2,
+            "balance": np.where(rng.random(ROWS) < 0.1, np.nan, rng.normal(100, 10, ROWS).round(1)),
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One table as Parquet, as CSV with blank missing cells (pandas' default) and with "NA"
+    (R's, and many databases'), and as Parquet whose codes lost their zeros to integers."""
+    folder = tmp_path_factory.mktemp("formats")
+    frame = mixed_frame()
+    paths = {
+        "parquet": folder / "day.parquet",
+        "csv": folder / "day.csv",
+        "csv_na": folder / "day_na.csv",
+        "parquet_int": folder / "day_int.parquet",
+    }
+    frame.to_parquet(paths["parquet"], index=False)
+    frame.to_csv(paths["csv"], index=False)
+    frame.to_csv(paths["csv_na"], index=False, na_rep="NA")
+    frame.astype({"zip": int, "mcc": int}).to_parquet(paths["parquet_int"], index=False)
+    return paths
+
+
+def _train(path: Path, folder: Path, categorical: list[str] | None) -> str:
+    data = {"path": str(path), "id_columns": ["txn_id"]}
+    if categorical:
+        data["categorical"] = categorical
+    config = folder / "config.yaml"
+    config.write_text(yaml.safe_dump({"data": data, "training": {"epochs": 2}}))
+    return train_cli(config)
+
+
+def _scores(model: str, path: Path, out: Path) -> np.ndarray:
+    result = run_cli("score", model, path, "-o", out)
+    assert result.exit_code == 0, result.output
+    return pd.read_parquet(out)["score"].to_numpy()
+
+
+@pytest.mark.parametrize("categorical", [None, CATEGORICAL], ids=["inferred", "listed"])
+@pytest.mark.parametrize("trained_on", ["csv_na", "parquet"])
+def test_the_same_rows_score_the_same_from_csv_and_parquet(
+    files, trained_on, categorical, tmp_path, tracking_uri
+) -> None:
+    model = _train(files[trained_on], tmp_path, categorical)
+    pre = load_model(model).preprocessor
+    # Both formats give the same kinds of columns: a CSV's zero-padded codes are codes.
+    assert [c.name for c in pre.numeric] == ["amount", "items", "balance"]
+    assert [c.name for c in pre.categorical] == CATEGORICAL
+    assert "NA" not in pre.categorical[1].categories  # country's missing values
+    scores = {
+        name: _scores(model, path, tmp_path / f"{name}.parquet") for name, path in files.items()
+    }
+    for name, got in scores.items():
+        np.testing.assert_allclose(got, scores["parquet"], rtol=1e-6, err_msg=name)
