@@ -92,3 +92,34 @@ def test_the_same_rows_score_the_same_from_csv_and_parquet(
     }
     for name, got in scores.items():
         np.testing.assert_allclose(got, scores["parquet"], rtol=1e-6, err_msg=name)
+
+
+def test_dates_where_a_category_belongs_are_refused_in_either_format(
+    files, tmp_path, tracking_uri
+) -> None:
+    # Typed dates (Parquet) were refused in one line; the same dates as text (a CSV, or
+    # Parquet strings) scored every row as an unseen merchant without a word.
+    model = _train(files["parquet"], tmp_path, None)
+    frame = pd.read_parquet(files["parquet"])
+    dates = pd.date_range("2026-11-01", periods=ROWS, freq="h")
+    shifted = {
+        "typed.parquet": frame.assign(merchant=dates),
+        "text.parquet": frame.assign(merchant=dates.strftime("%Y-%m-%d %H:%M")),
+        "text.csv": frame.assign(merchant=dates),
+    }
+    for name, table in shifted.items():
+        path = tmp_path / name
+        table.to_csv(path, index=False) if name.endswith(".csv") else table.to_parquet(path)
+        result = run_cli("score", model, path, "-o", tmp_path / "out.parquet")
+        assert result.exit_code == 1, name
+        assert result.stderr.strip() == (
+            f"Error: {path}: column 'merchant' holds dates or times, not categories"
+        )
+    # Times of day train in neither format: pyarrow types them in a CSV.
+    times = frame.assign(at=[f"{i % 24:02d}:{i % 60:02d}" for i in range(ROWS)])
+    for path in (tmp_path / "times.csv", tmp_path / "times.parquet"):
+        times.to_csv(path, index=False) if path.suffix == ".csv" else times.to_parquet(path)
+        config = tmp_path / "times.yaml"
+        config.write_text(yaml.safe_dump({"data": {"path": str(path), "id_columns": ["txn_id"]}}))
+        result = run_cli("train", config)
+        assert result.exit_code == 1 and "column 'at' holds dates or times" in result.stderr

@@ -229,6 +229,9 @@ def test_bad_values_name_file_column_and_row(frame, column, value, message) -> N
         ([f"2026-01-{1 + i % 28:02d}T10:{i % 60:02d}:00Z" for i in range(400)], "dates or times"),
         ([f"2026-{1 + i % 12:02d}-15" for i in range(400)], "dates or times"),
         ([f"{1 + i % 12}/15/2026 10:{i % 60:02d} PM" for i in range(400)], "dates or times"),
+        # Times of day, which pyarrow types in a CSV (refused) and Parquet holds as text.
+        ([f"{i % 24:02d}:{i % 60:02d}" for i in range(400)], "dates or times"),
+        ([f"{i % 24:02d}:{i % 60:02d}:15.5" for i in range(400)], "dates or times"),
         (pd.to_timedelta(np.arange(400), unit="s"), "durations; convert them to a number"),
     ],
 )
@@ -259,6 +262,25 @@ def test_dates_where_categories_belong_are_refused_when_scored(frame) -> None:
     when = pd.date_range("2026-01-01", periods=5, freq="h")
     with pytest.raises(InputError, match="^new.parquet: column 'merchant' holds dates or times"):
         _fit(frame).transform(frame.head(5).assign(merchant=when), "new.parquet")
+
+
+@pytest.mark.parametrize(
+    "when",
+    [
+        ["2026-01-01", "2026-01-02", None, "2026-01-03", "2026-01-04"],
+        ["10:30", "11:45:00", "12:00", "", "13:15"],
+        [f"{1 + i}/15/2026" for i in range(5)],
+    ],
+)
+def test_dates_written_as_text_where_categories_belong_are_refused_when_scored(frame, when) -> None:
+    # Typed, they were refused; as text (a CSV, or Parquet strings) every row scored as an
+    # unseen category without a word.
+    pre = _fit(frame)
+    with pytest.raises(InputError, match="^new.csv: column 'merchant' holds dates or times"):
+        pre.transform(frame.head(5).assign(merchant=when), "new.csv")
+    # A date among known categories is one unseen value, scored as such.
+    known = frame.head(5).assign(merchant=[*frame["merchant"].head(4), when[0]])
+    assert (pre.transform(known, "new.csv").codes[:, 0] > 0).sum() == 4
 
 
 def test_text_that_only_contains_digits_or_dashes_stays_categorical(frame) -> None:

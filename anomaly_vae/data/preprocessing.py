@@ -26,6 +26,7 @@ scoring reproduces training's encoding exactly without unpickling anything.
 from __future__ import annotations
 
 import datetime
+import itertools
 import math
 import re
 from collections.abc import Collection, Hashable, Sequence
@@ -399,10 +400,13 @@ class TabularPreprocessor:
 
 
 # Dates and times written as text: ISO 8601 (2026-11-25, 2026-11-25T10:00:00Z) and US-style
-# (11/25/2026 10:00 PM), which CSV readers leave as strings.
+# (11/25/2026 10:00 PM), which CSV readers leave as strings, and times of day (10:30,
+# 10:30:15), which pyarrow reads from a CSV as times: as text, a Parquet file's trained as
+# categories where the same table's CSV was refused.
 _DATE_TEXT = re.compile(
     r"\d{4}-\d{2}-\d{2}([ T]\d{2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?"
     r"|\d{1,2}/\d{1,2}/\d{2,4}( \d{1,2}:\d{2}(:\d{2})?( ?[AaPp][Mm])?)?"
+    r"|\d{2}:\d{2}(:\d{2}(\.\d+)?)?"
 )
 DATE_SAMPLE_ROWS = 1000
 
@@ -417,19 +421,26 @@ def _reject_dates(series: pd.Series, name: str) -> None:
             f"training data: column '{name}' holds durations; convert them to a number first, "
             "such as seconds"
         )
-    if _is_time_dtype(dtype):
-        dates = True
-    elif pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype):
-        sample = series.dropna().head(DATE_SAMPLE_ROWS).to_numpy(dtype=object)
-        dates = len(sample) > 0 and all(_is_date_value(v) for v in sample)
-    else:
-        dates = False
-    if dates:
+    if _holds_dates(series):
         raise InputError(
             f"training data: column '{name}' holds dates or times: as categories, every later "
             "one would be unseen. Drop it (data.drop) or derive stationary features from it "
             "first, such as the hour or the weekday"
         )
+
+
+def _holds_dates(series: pd.Series) -> bool:
+    """Whether a column holds dates or times: typed, or text that all looks like them (in its
+    first `DATE_SAMPLE_ROWS` values but missing ones, blank or "NA" in a CSV's text)."""
+    dtype = series.dtype
+    if _is_time_dtype(dtype):
+        return True
+    if not (pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)):
+        return False
+    nulls = _null_spellings()
+    present = (v for v in series.dropna() if not (isinstance(v, str) and v in nulls))
+    sample = list(itertools.islice(present, DATE_SAMPLE_ROWS))
+    return len(sample) > 0 and all(_is_date_value(v) for v in sample)
 
 
 def _is_time_dtype(dtype: object) -> bool:
@@ -683,10 +694,25 @@ def _category_codes(
     if _is_time_dtype(series.dtype):
         raise InputError(f"{source}: column '{column.name}' holds dates or times, not categories")
     try:
-        return column.codes(series)
+        codes = column.codes(series)
     except TypeError:
         _reject_nested(series, column.name, source, row_offset)
         raise
+    if not codes.all() and _unmatched_dates(column, series, codes):
+        raise InputError(f"{source}: column '{column.name}' holds dates or times, not categories")
+    return codes
+
+
+def _unmatched_dates(column: CategoricalColumn, series: pd.Series, codes: np.ndarray) -> bool:
+    """Whether a batch's column holds only dates or times written as text, none of them a
+    category, where training's held none: the same dates typed (a Parquet timestamp column)
+    are refused, and as text (a CSV, or Parquet strings) every row scored as an unseen value
+    without a word. Looked at only when no value found its category: two passes over the
+    codes, no more, on a batch that scores as it should."""
+    missing = column.lookup.get(MISSING_CATEGORY, 0)
+    if not ((codes == 0) | (codes == missing)).all():
+        return False
+    return _holds_dates(series) and not any(map(_is_date_value, column.categories))
 
 
 def _reject_nested(series: pd.Series, name: str, source: str, row_offset: int) -> None:
