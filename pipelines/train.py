@@ -84,9 +84,20 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
 
 def _reject_row_counter(column: pd.Series, name: str, source: str) -> None:
     """Refuse a feature that counts the rows (a saved pandas index, a sequence number): as a
-    feature it ranks later files by their row numbers, not by their transactions."""
-    if len(column) < MIN_NORMAL_ROWS or not pd.api.types.is_numeric_dtype(column):
+    feature it ranks later files by their row numbers, not by their transactions. So does a
+    text column of numbers (a zero-padded 00001, 00002, ... which a CSV's reader keeps as text,
+    as Parquet does): as categories, each of its values is seen once."""
+    if len(column) < MIN_NORMAL_ROWS:
         return
+    if not pd.api.types.is_numeric_dtype(column):
+        if not (pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)):
+            return
+        # Two values tell whether the column can count; only such a column is converted.
+        if pd.to_numeric(column.iloc[:2], errors="coerce").isna().any():
+            return
+        column = pd.to_numeric(column, errors="coerce")
+        if column.isna().any():
+            return
     steps = np.diff(column.to_numpy(dtype=np.float64))
     if abs(steps[0]) == 1 and (steps == steps[0]).all():
         counts = f"counts the rows ({column.iloc[0]:g}, {column.iloc[1]:g}, ...)"

@@ -461,3 +461,17 @@ def test_a_validation_fraction_that_leaves_no_training_rows_is_refused(frame) ->
         split_table(small, config)
     config.training.val_fraction = 0.9
     assert len(split_table(small, config).train) == 3  # 22 of 25 (22.5 rounds to even)
+
+
+def test_a_zero_padded_sequence_number_is_refused_as_a_feature(frame) -> None:
+    # A CSV's 00001, 00002, ... is read as text, a code, as Parquet holds it: as categories it
+    # trained without a word, each value seen once, where the plain numbers were refused.
+    config = parse_config({"data": {"path": "train.csv"}})
+    numbered = frame.assign(invoice=[f"{i + 1:05d}" for i in range(len(frame))])
+    with pytest.raises(InputError, match=r"column 'invoice' counts the rows \(1, 2, \.\.\.\)"):
+        split_table(numbered, config)
+    # Codes that do not count the rows, and text that is not numbers, are features.
+    codes = np.resize(["00501", "01234", "02139"], len(frame))
+    assert "invoice" in split_table(frame.assign(invoice=codes), config).features
+    letters = [f"A{i:05d}" for i in range(len(frame))]
+    assert "invoice" in split_table(frame.assign(invoice=letters), config).features
