@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomaly_vae.data.files import files_below
 from anomaly_vae.errors import InputError, first_line
 
 if TYPE_CHECKING:
@@ -357,19 +358,8 @@ def _data_files(path: Path) -> list[tuple[str | None, Path]]:
     """(path relative to the folder, file) of `path`'s files; (None, path) for a file."""
     if not path.is_dir():
         return [(None, path)]
-    files, seen = [], set()
-    for folder, dirs, names in os.walk(path, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:  # a link back to a folder read already
-            dirs.clear()
-            continue
-        seen.add(real)
-        dirs[:] = [name for name in dirs if not name.startswith(".")]
-        for name in names:
-            file = Path(folder) / name
-            if not name.startswith(".") and file.is_file():
-                files.append((file.relative_to(path).as_posix(), file))
-    return sorted(files)
+    files = (file for file in files_below(path, None, hidden=(".",)) if file.is_file())
+    return sorted((file.relative_to(path).as_posix(), file) for file in files)
 
 
 def log_detector(
