@@ -74,7 +74,7 @@ def run_name(config: Config) -> str:
 
 @contextmanager
 def training_run(
-    config: Config, tracking_uri: str | None, title: str, counts: dict[str, int]
+    config: Config, tracking_uri: str | None, data: str | Path, counts: dict[str, int]
 ) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run in the config's experiment holding the config, its params and `counts`."""
     import mlflow
@@ -89,7 +89,7 @@ def training_run(
 
     configure_tracking(tracking_uri)
     use_experiment(config.mlflow.experiment or run_name(config))
-    with tracked_run(training_run_name(title, config.overrides)) as run:
+    with tracked_run(training_run_name(data_title(data), config.overrides)) as run:
         mlflow.log_params(flatten_params(config.model_dump()))
         mlflow.log_dict(config.model_dump(), "config.json")
         mlflow.log_params(counts)
@@ -100,6 +100,13 @@ def training_run(
         if config.overrides:
             mlflow.set_tag("overrides", " ".join(f"--set {o}" for o in config.overrides))
         yield run
+
+
+def data_title(data: str | Path) -> str:
+    """A file's name, or a folder's with its parent's: image folders are often named alike
+    (`train`, `good`), and runs on `digits/train` and `tiles/train` were both `train train`."""
+    path = Path(data)
+    return f"{path.parent.name}/{path.name}" if path.is_dir() and path.parent.name else path.name
 
 
 def training_run_name(title: str, overrides: tuple[str, ...]) -> str:

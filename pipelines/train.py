@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -217,7 +216,7 @@ def train(
         "features.binary": len(preprocessor.binary),
         "features.categorical": len(preprocessor.categorical),
     }
-    with training_run(config, tracking_uri, Path(source).name, counts) as run:
+    with training_run(config, tracking_uri, source, counts) as run:
         fit_started = time.perf_counter()
         fit = fit_vae(
             model, tabular_loss_terms, train_data, val_data, config.training, config.model.beta

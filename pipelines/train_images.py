@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -124,7 +123,7 @@ def train_images(
         "images.validation_anomaly": int((~val_normal).sum()),
         "images.held_out": split.held_out,
     }
-    with training_run(config, tracking_uri, Path(config.data.path).name, counts) as run:
+    with training_run(config, tracking_uri, config.data.path, counts) as run:
         fit_started = time.perf_counter()
         fit = fit_vae(model, loss_terms, train_data, val_data, config.training, config.model.beta)
         fit_seconds = time.perf_counter() - fit_started

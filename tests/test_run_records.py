@@ -70,6 +70,17 @@ def test_evaluate_and_calibrate_runs_stay_with_the_version_they_read(
     ]  # fmt: skip
 
 
+def test_a_data_folder_is_named_with_its_parent_in_run_names(tmp_path: Path) -> None:
+    """Image folders are often named alike: runs on digits/train and tiles/train were both
+    'train train'."""
+    from pipelines.tracked_training import data_title
+
+    (tmp_path / "digits" / "train").mkdir(parents=True)
+    (tmp_path / "day.parquet").touch()
+    assert data_title(tmp_path / "digits" / "train") == "digits/train"
+    assert data_title(str(tmp_path / "day.parquet")) == "day.parquet"
+
+
 def test_training_runs_are_named_by_their_overrides_and_keep_their_config_file(
     breast_cancer_files, tracking_uri, tmp_path
 ) -> None:
