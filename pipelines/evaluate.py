@@ -206,7 +206,10 @@ def evaluation_run(
         mlflow.set_tags({"model_uri": model_uri, "input": source, "kind": "evaluation"})
         if detector.threshold is not None:
             mlflow.set_tag("calibration.strategy", detector.threshold.strategy)
-        metrics = {f"test.{k}": v for k, v in evaluation.metrics.items()}
+        (tn, fp), (fn, tp) = evaluation.confusion
+        # The counts beside the rates: a recall of 0.9 on 10 anomalies is not one on 10,000.
+        counts = {"rows": tn + fp + fn + tp, "anomalies": fn + tp, "flagged": fp + tp}
+        metrics = {f"test.{k}": v for k, v in {**evaluation.metrics, **counts}.items()}
         dataset = log_data(source, "evaluation")
         mlflow.log_metrics(metrics, model_id=lineage.model_id, dataset=dataset)
         yield run

@@ -43,6 +43,12 @@ def test_evaluate_and_calibrate_runs_stay_with_the_version_they_read(
     assert evaluation.data.tags["model_version"] == f"{name}/{calibrated.version}"
     # The test.* metrics at the threshold of that version, chosen by the strategy calibrate used.
     assert evaluation.data.tags["calibration.strategy"] == "recall>=0.9"
+    # With the counts they were measured on.
+    labelled = pd.read_parquet(test)["label"].astype(bool)
+    recall = evaluation.data.metrics["test.recall"]
+    assert evaluation.data.metrics["test.rows"] == len(labelled)
+    assert evaluation.data.metrics["test.anomalies"] == labelled.sum()
+    assert evaluation.data.metrics["test.flagged"] >= round(recall * labelled.sum())
     # Nested beneath the calibration run that logged the version it read, in the MLflow UI.
     assert evaluation.data.tags["mlflow.parentRunId"] == calibrated.run_id
     # From the registered version to the runs that evaluated it: its logged model's metrics.
