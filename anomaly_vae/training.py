@@ -6,6 +6,7 @@ The only module that imports Lightning, and only training pipelines import it.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import sys
@@ -31,6 +32,9 @@ class FitResult:
     best_val_loss: float
     best_epoch: int  # counted from 0, as the steps of the per-epoch metrics
     processes: int  # the world size: 2 for `devices: 2` with a ddp strategy
+    # The first epoch (from 0) whose validation loss was NaN or infinite, where early stopping
+    # ended the fit; None when every epoch's loss was finite.
+    diverged_epoch: int | None = None
 
 
 class KeepBestWeights(pl.Callback):
@@ -44,6 +48,7 @@ class KeepBestWeights(pl.Callback):
         self.monitor = monitor
         self.best = float("inf")
         self.best_epoch = -1
+        self.diverged_epoch: int | None = None
         self.state: dict[str, torch.Tensor] | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
@@ -52,6 +57,8 @@ class KeepBestWeights(pl.Callback):
         if trainer.sanity_checking:
             return
         value = float(trainer.callback_metrics[self.monitor])
+        if not math.isfinite(value) and self.diverged_epoch is None:
+            self.diverged_epoch = trainer.current_epoch
         if value < self.best:
             self.best = value
             self.best_epoch = trainer.current_epoch
@@ -122,6 +129,7 @@ def fit_vae(
         best_val_loss=best.best,
         best_epoch=best.best_epoch,
         processes=trainer.world_size,
+        diverged_epoch=best.diverged_epoch,
     )
 
 

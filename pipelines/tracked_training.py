@@ -46,11 +46,22 @@ def closing_lines(
 ) -> list[str]:  # fmt: skip
     """What `train` reports on stderr once the model is registered; `trained`: '1,000 rows',
     `version`: 'name/3', which `calibrate` names the same way."""
-    return [
+    lines = [
         f"trained on {trained} in {fit_seconds:.1f} s "
         f"({fit.epochs} epoch{'' if fit.epochs == 1 else 's'}); " + calibration.summary(),
         f"registered models:/{version}; run {run_id} in {total_seconds:.1f} s",
     ]
+    if fit.diverged_epoch is not None:
+        # Early stopping ends a fit at its first NaN validation loss without a word: the
+        # README's `--set training.epochs=20` on the credit-card sample stopped at its third
+        # epoch and kept the first's weights, reported only as "(3 epochs)".
+        lines.insert(
+            1,
+            f"training diverged: the validation loss was not finite from epoch "
+            f"{fit.diverged_epoch + 1}; the model keeps epoch {fit.best_epoch + 1}'s weights; "
+            "a lower training.learning_rate may train longer",
+        )
+    return lines
 
 
 def split_normals(

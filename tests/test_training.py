@@ -85,6 +85,39 @@ def test_a_fit_keeps_its_best_finite_weights() -> None:
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_a_fit_that_diverges_after_its_first_epoch_says_so_when_training_ends() -> None:
+    """Early stopping ended such a fit at its first NaN validation loss, and `train` said only
+    "(3 epochs)": the credit-card sample with `--set training.epochs=20`, as the README runs
+    it, kept its first epoch's weights without a word."""
+    from types import SimpleNamespace
+
+    from pipelines.tracked_training import closing_lines
+
+    model, data = _tiny_model_and_rows()
+    calls = 0
+
+    def diverging(
+        model: TabularVAE, batch: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        # Epoch 0: two training batches and one validation batch; NaN from then on.
+        nonlocal calls
+        calls += 1
+        recon, kl = tabular_loss_terms(model, batch)
+        return (recon * math.nan, kl) if calls > 3 else (recon, kl)
+
+    training = TrainingConfig(epochs=10, batch_size=32)
+    fit = fit_vae(model, diverging, data, data, training, beta=1.0)
+    assert (fit.diverged_epoch, fit.best_epoch) == (1, 0)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    calibration = SimpleNamespace(summary=lambda: "threshold 1 by f1: {}")
+    lines = closing_lines("64 rows", fit, 0.1, calibration, "run", 0.2, "x/1")
+    assert lines[1] == (
+        "training diverged: the validation loss was not finite from epoch 2; the model "
+        "keeps epoch 1's weights; a lower training.learning_rate may train longer"
+    )
+    assert len(lines) == 3
+
+
 def test_a_fit_stopped_by_sigterm_exits_as_a_terminated_process_does() -> None:
     """Lightning ended it with SystemExit(None): `anomaly-vae train` exited 0, no model made."""
     model, data = _tiny_model_and_rows()
@@ -108,6 +141,6 @@ def test_the_closing_line_counts_one_epoch_in_the_singular() -> None:
 
     calibration = SimpleNamespace(summary=lambda: "threshold 1 by f1: {}")
     for epochs, said in ((1, "(1 epoch);"), (2, "(2 epochs);")):
-        fit = SimpleNamespace(epochs=epochs)
+        fit = SimpleNamespace(epochs=epochs, diverged_epoch=None)
         first, _ = closing_lines("10 rows", fit, 0.1, calibration, "run", 0.2, "x/1")
         assert said in first
