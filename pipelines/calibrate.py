@@ -46,8 +46,24 @@ class Calibration:
         return [
             f"threshold {self.threshold.value:.6g} by {self.threshold.strategy} on "
             f"{self.rows:,} {self.unit}: {metrics}",
+            *self._clean_batch_note(),
             *([f"calibrated probability: {self.probability}"] if self.probability else []),
             f"registered {self.model_uri}; {alias}; run {self.run_id}",
+        ]
+
+    def _clean_batch_note(self) -> list[str]:
+        """estimated-f1 on a batch that shows no anomalies beyond chance places the threshold
+        just above the highest normal validation score the model kept, an F1 it does not
+        estimate: the line said only `{"alert_rate": 0.0003, "estimated_anomaly_share": ...}`
+        and a threshold far above the others, with nothing to say why."""
+        from anomaly_vae.calibration import ESTIMATED_F1
+
+        metrics = self.threshold.metrics
+        if self.threshold.strategy != ESTIMATED_F1 or "estimated_f1" in metrics:
+            return []
+        return [
+            f"no more anomalies than chance among these {self.unit} (a clean batch): the "
+            "threshold lies just above the highest normal validation score the model kept"
         ]
 
 

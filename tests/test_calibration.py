@@ -215,3 +215,24 @@ def test_metrics_leave_out_the_rates_of_a_class_the_labels_lack() -> None:
     assert normals.metrics == {"alert_rate": 0.2, "fpr": 0.2}
     anomalies = threshold_metrics(scores, np.ones(10, bool), 5.0)
     assert anomalies == {"alert_rate": 0.5, "precision": 1.0, "recall": 0.5, "f1": 2 / 3}
+
+
+def test_calibrate_says_when_it_read_a_batch_as_clean() -> None:
+    """`calibrate` on such a batch printed only the threshold, far above the others, with
+    `{"alert_rate": 0.0003, "estimated_anomaly_share": 0.0004}`: nothing said that it had
+    found no anomalies beyond chance and placed the threshold above every kept normal."""
+    from pipelines.calibrate import Calibration
+
+    normal = NormalScores.from_scores(np.random.default_rng(0).normal(0, 1, 5_000))
+    quiet = choose_threshold(normal.quantiles[::7], None, "estimated-f1", normal=normal)
+    lines = Calibration(quiet, 715, "models:/m/2", False, None, "run").lines()
+    assert lines[1] == (
+        "no more anomalies than chance among these rows (a clean batch): the threshold lies "
+        "just above the highest normal validation score the model kept"
+    )
+    batch = np.concatenate([normal.quantiles[::7], np.full(40, 6.0)])
+    found = choose_threshold(batch, None, "estimated-f1", normal=normal)
+    assert "estimated_f1" in found.metrics
+    assert not any(
+        "clean batch" in line for line in Calibration(found, 755, "m", False, None, "r").lines()
+    )
