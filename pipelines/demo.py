@@ -9,6 +9,7 @@ other digit an anomaly. Each step runs the real command line.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -92,9 +93,18 @@ def main() -> None:
     )
     run("evaluate", model_uri, str(test_path))
     images_demo()
-    print(
-        "\nBrowse the runs and the registered model: mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db"
-    )
+    print("\n" + browse_hint(os.environ.get("MLFLOW_TRACKING_URI")))
+
+
+def browse_hint(tracking_uri: str | None) -> str:
+    """Where to browse the demo's runs: the store its commands used, which
+    MLFLOW_TRACKING_URI moves (the hint named the default store whatever it was)."""
+    from anomaly_vae.tracking import DEFAULT_TRACKING_URI
+
+    uri = tracking_uri or DEFAULT_TRACKING_URI
+    if uri.startswith(("http://", "https://")):
+        return f"Browse the runs and the registered model: open {uri}"
+    return f"Browse the runs and the registered model: mlflow ui --backend-store-uri {uri}"
 
 
 def images_demo() -> None:
