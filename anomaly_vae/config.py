@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import string
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -332,18 +332,28 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         _apply_override(raw, override)
     raw.setdefault("name", path.stem)
     # data.path stays relative to the working directory, as every other path a user types.
-    config = parse_config(raw, source=str(path))
+    config = parse_config(raw, source=str(path), overrides=overrides)
     config._file, config._overrides = str(path), tuple(overrides)
     return config
 
 
-def parse_config(raw: dict[str, Any], source: str = "config") -> Config:
-    """Validate a config mapping, turning pydantic's report into one readable line."""
+def parse_config(
+    raw: dict[str, Any], source: str = "config", overrides: Sequence[str] = ()
+) -> Config:
+    """Validate a config mapping, turning pydantic's report into one readable line.
+
+    A key an override set is blamed on the `--set` that set it, not on `source`: the typo in
+    `--set training.epoch=3` was reported as the config file's, which does not hold it."""
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
+        for override in reversed(overrides):  # the last --set of a key is the one that counts
+            key = override.partition("=")[0]
+            if where == key or where.startswith(key + "."):
+                source = f"--set {override!r}"
+                break
         if error["type"] == "extra_forbidden":
             raise InputError(f"{source}: unknown key '{where}'") from None
         if error["type"] == "missing":

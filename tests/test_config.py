@@ -90,3 +90,20 @@ def test_models_saved_before_the_activation_option_keep_silu() -> None:
     older = build_tabular_model(preprocessor, saved)
     assert any(isinstance(m, nn.SiLU) for m in older.modules())
     assert not any(isinstance(m, nn.SiLU) for m in current.modules())
+
+
+def test_a_mistake_in_an_override_names_the_override_not_the_file(tmp_path: Path) -> None:
+    """`train configs/mnist.yaml --set training.epoch=3` said "configs/mnist.yaml: unknown key
+    'training.epoch'", sending the reader to a file that does not hold it."""
+    path = _write(tmp_path, "data:\n  path: t.parquet\n")
+    with pytest.raises(InputError) as info:
+        load_config(path, ["training.epoch=3"])
+    assert str(info.value) == "--set 'training.epoch=3': unknown key 'training.epoch'"
+    with pytest.raises(InputError) as info:
+        load_config(path, ["training.epochs=3", "training.epochs=many"])
+    assert str(info.value).startswith("--set 'training.epochs=many': 'training.epochs': ")
+    # A mistake in the file is still the file's, whatever else is set.
+    path = _write(tmp_path, "data:\n  path: t.parquet\n  lable: y\n")
+    with pytest.raises(InputError) as info:
+        load_config(path, ["training.epochs=3"])
+    assert str(info.value) == f"{path}: unknown key 'data.lable'"
