@@ -62,6 +62,11 @@ def configure_tracking(tracking_uri: str | None = None, create: bool = True) -> 
     # MLflow sets its logger's level when first imported, from this variable (default INFO);
     # the variable also reaches the processes started from here (model server, Spark workers).
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # With a tracking server MLflow writes "View run ... at: <url>" and "View experiment at:"
+    # to stdout as each run ends: `train` and `calibrate` printed them before the model URI,
+    # their one line of stdout that `uri=$(anomaly-vae train ...)` takes, and `evaluate`
+    # amid its metrics. The run id is in the summary already.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     import mlflow
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -223,3 +223,41 @@ def test_a_training_run_draws_its_threshold_among_the_validation_scores(
     run_id = result.stderr.strip().split()[-4]
     figures = mlflow.MlflowClient().list_artifacts(run_id, "figures")
     assert [a.path for a in figures] == ["figures/validation_scores.png"]
+
+
+def test_runs_on_a_tracking_server_leave_stdout_to_the_command(monkeypatch, capsys) -> None:
+    """As each run on a tracking server ended, MLflow wrote "🏃 View run ... at: <url>" and
+    "🧪 View experiment at: <url>" to stdout: `anomaly-vae train` printed them before the
+    model URI that `uri=$(anomaly-vae train ...)` takes. A stand-in server answers the one
+    request MLflow makes to write them."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from anomaly_vae.tracking import configure_tracking
+
+    class TrackingServer(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            info = {
+                "run_id": "r1",
+                "experiment_id": "1",
+                "run_name": "train t",
+                "status": "FINISHED",
+            }
+            body = json.dumps({"run": {"info": info, "data": {}}}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
+    configure_tracking(mlflow.get_tracking_uri())  # as every command does; the store stays
+    with ThreadingHTTPServer(("127.0.0.1", 0), TrackingServer) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{server.server_port}")
+        client._tracking_client._log_url("r1")  # what ending a run calls
+        server.shutdown()
+    assert capsys.readouterr().out == ""
