@@ -188,7 +188,9 @@ def train(
     # Categorical columns as the text they hold: a zip code keeps its leading zero, and a code
     # column whose first rows are digits may hold letters later.
     frame = read_table(
-        config.data.path, [*config.data.id_columns, *(config.data.categorical or [])]
+        config.data.path,
+        [*config.data.id_columns, *(config.data.categorical or [])],
+        padded_as_text=config.data.categorical is None,
     )
     split = split_table(frame, config)
     source = config.data.path

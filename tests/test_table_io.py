@@ -419,3 +419,21 @@ def test_training_reads_a_csv_column_of_zero_padded_numbers_as_codes(tmp_path) -
     # Scoring reads columns as the model knows them, so only training looks.
     batch = next(iter_table_batches(path))
     assert batch.frame["zip"].dtype == "float64"
+
+
+def test_a_listed_categorical_keeps_zero_padded_numbers_numeric_with_their_blanks(
+    tmp_path, tracking_uri
+) -> None:
+    # data.categorical lists every categorical column, so "007" is a quantity here, read as a
+    # number when scored; training read it as text, where a blank or "NA" cell is no number,
+    # and stopped with "'' is not a number" on a file that trained before.
+    amount = [f"{7 * i % 300:03d}" for i in range(200)]
+    amount[5], amount[9] = "", "NA"
+    frame = pd.DataFrame({"merchant": ["a", "b", "c", "d"] * 50, "amount": amount})
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"data: {{path: {tmp_path / 't.csv'}, categorical: [merchant]}}\ntraining: {{epochs: 1}}\n"
+    )
+    result = run_cli("train", config)
+    assert result.exit_code == 0, result.output

@@ -121,7 +121,9 @@ class TableBatch:
     first_row: int  # 0-based, within `source`
 
 
-def read_table(path: str | Path, text_columns: Collection[str] = ()) -> pd.DataFrame:
+def read_table(
+    path: str | Path, text_columns: Collection[str] = (), padded_as_text: bool = True
+) -> pd.DataFrame:
     """Read a whole table; training needs all rows at once to split and fit the scalers.
 
     The batches of a folder's parts must have the first one's columns, of the same kind:
@@ -131,9 +133,11 @@ def read_table(path: str | Path, text_columns: Collection[str] = ()) -> pd.DataF
     part: a later part's repeat came to the comparison as two columns, an AttributeError.
 
     A CSV's integer columns that hold a zero-padded value ("01234") are read as text, as the
-    codes they are (`_zero_padded_columns`), as the same table's Parquet file holds them."""
+    codes they are (`_zero_padded_columns`), as the same table's Parquet file holds them,
+    unless `padded_as_text` is false (`data.categorical` lists every categorical column: the
+    others are numbers, as scoring reads them, a blank or "NA" cell a missing one)."""
     fmt, files = table_files(Path(path))
-    if fmt == "csv":
+    if fmt == "csv" and padded_as_text:
         text_columns = [*text_columns, *_zero_padded_columns(files[0], text_columns)]
     frames = []
     for batch in iter_table_batches(path, text_columns=text_columns):
