@@ -280,8 +280,11 @@ def model_lineage(model_uri: str, info: dict[str, Any]) -> ModelLineage:
         return ModelLineage()
 
 
-def _run_lineage(client: mlflow.MlflowClient, run_id: str) -> ModelLineage:
-    """The version and logged model a run registered, and the run itself if it is not deleted."""
+def _run_lineage(client: mlflow.MlflowClient, run_id: str | None) -> ModelLineage:
+    """The version and logged model a run registered, and the run itself if it is not deleted;
+    nothing for no run (a version registered from a model's files, copied from elsewhere)."""
+    if not run_id:
+        return ModelLineage()
     run = client.get_run(run_id)
     if run.info.lifecycle_stage != "active":
         return ModelLineage()

@@ -261,3 +261,26 @@ def test_runs_on_a_tracking_server_leave_stdout_to_the_command(monkeypatch, caps
         client._tracking_client._log_url("r1")  # what ending a run calls
         server.shutdown()
     assert capsys.readouterr().out == ""
+
+
+def test_a_version_registered_without_a_run_is_evaluated_all_the_same(
+    private_registry, breast_cancer_files, tmp_path
+) -> None:
+    """A model copied from another server is registered from its files, with no run: the
+    evaluation, computed whole, ended in a TypeError traceback looking for the run's lineage."""
+    model_uri, tracking = private_registry
+    _, test = breast_cancer_files
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    name = model_uri.removeprefix("models:/").split("@")[0]
+    files = mlflow.artifacts.download_artifacts(
+        artifact_uri=model_uri, dst_path=str(tmp_path / "model"), tracking_uri=tracking
+    )
+    version = client.create_model_version(name, source=files)
+    assert version.run_id is None
+
+    result = run_cli("evaluate", f"models:/{name}/{version.version}", test,
+                     "--tracking-uri", tracking)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    evaluation = client.get_run(result.stderr.strip().split()[-1])
+    assert evaluation.data.tags["model_version"] == f"{name}/{version.version}"
+    assert "mlflow.parentRunId" not in evaluation.data.tags
