@@ -614,6 +614,8 @@ def resolve_model_dir(model_uri: str, tracking_uri: str | None = None) -> Path:
     if stored is not None:
         return stored
     root = _model_cache()
+    if root is None:  # a copy in the temporary folder, as each start made before the cache
+        return _model_dir_of(resolve_detector_dir(model_uri, tracking_uri), model_uri)
     with tempfile.TemporaryDirectory(prefix=".download-", dir=root) as download:
         detector_dir = _detector_in(
             Path(_download_model(model_uri, tracking_uri, download)), model_uri
@@ -659,12 +661,16 @@ def _stored_model_dir(model_uri: str, tracking_uri: str | None) -> Path | None:
     return _model_dir_of(_detector_in(path, model_uri), model_uri)
 
 
-def _model_cache() -> Path:
-    """This user's folder of downloaded models: $XDG_CACHE_HOME/anomaly-vae/models."""
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    root = Path(base) / "anomaly-vae" / "models"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
+def _model_cache() -> Path | None:
+    """This user's folder of downloaded models: $XDG_CACHE_HOME/anomaly-vae/models; None where
+    it cannot be made or written (a container's read-only or missing home directory)."""
+    try:
+        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+        root = Path(base) / "anomaly-vae" / "models"
+        root.mkdir(parents=True, exist_ok=True)
+    except (OSError, RuntimeError):  # RuntimeError: Path.home() found no home directory
+        return None
+    return root if os.access(root, os.W_OK | os.X_OK) else None
 
 
 def _content_digest(folder: Path) -> str:

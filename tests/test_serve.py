@@ -267,3 +267,22 @@ def test_starting_serve_again_and_again_leaves_no_more_files(
     else:  # one copy, in the cache, found again by the second start
         assert first.parent == tmp_path / "cache" / "anomaly-vae" / "models"
         assert [p.name for p in first.parent.iterdir()] == [first.name]
+
+
+def test_serve_starts_where_no_cache_folder_can_be_made(
+    breast_cancer_model: tuple[str, str],
+    started: list[list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A container's home is often read-only or missing: the cache folder could not be made,
+    and `serve` of a tracking server's model stopped in a traceback where it used to start."""
+    model_uri, tracking = breast_cancer_model
+    monkeypatch.setattr("anomaly_vae.tracking._stored_model_dir", lambda *args: None)
+    (tmp_path / "home").write_text("not a folder")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    result = run_cli("serve", model_uri, "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+    (command,) = started
+    assert (Path(command[command.index("--model-uri") + 1]) / "MLmodel").is_file()
