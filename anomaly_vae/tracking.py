@@ -210,11 +210,13 @@ def _code_tags(tags: dict[str, str]) -> dict[str, str]:
     `anomaly-vae` command that is a virtual environment's bin/, outside any repository or
     ignored by it, so runs of different code looked alike. A commit MLflow found is kept.
     """
-    from importlib.metadata import version
-
     from mlflow.utils.mlflow_tags import MLFLOW_GIT_COMMIT
 
-    code = {"anomaly_vae.version": version("anomaly-vae")}
+    from anomaly_vae import __version__
+
+    # The package's own version, as detector.json records it: a source tree on sys.path that
+    # pip did not install has no metadata to ask.
+    code = {"anomaly_vae.version": __version__}
     if MLFLOW_GIT_COMMIT not in tags and (commit := _source_commit()):
         code[MLFLOW_GIT_COMMIT] = commit
     return code

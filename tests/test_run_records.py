@@ -284,3 +284,29 @@ def test_a_version_registered_without_a_run_is_evaluated_all_the_same(
     evaluation = client.get_run(result.stderr.strip().split()[-1])
     assert evaluation.data.tags["model_version"] == f"{name}/{version.version}"
     assert "mlflow.parentRunId" not in evaluation.data.tags
+
+
+def test_a_run_from_a_source_tree_that_pip_did_not_install_is_tracked(
+    breast_cancer_files, tracking_uri, tmp_path, monkeypatch
+) -> None:
+    """A checkout on sys.path (a notebook beside the repository, `python -m pipelines.cli`)
+    has no installed metadata: asking it for the version raised PackageNotFoundError, and
+    every tracked command stopped in a traceback once its run had started."""
+    import importlib.metadata
+
+    import anomaly_vae
+
+    installed = importlib.metadata.version
+
+    def not_installed(name: str) -> str:
+        if name.replace("_", "-") == "anomaly-vae":
+            raise importlib.metadata.PackageNotFoundError(name)
+        return installed(name)
+
+    monkeypatch.setattr(importlib.metadata, "version", not_installed)
+    config = tmp_path / "cancer.yaml"
+    config.write_text(f"data: {{path: {breast_cancer_files[0]}}}\n")
+    result = run_cli("train", config, "--set", "training.epochs=1")
+    assert result.exit_code == 0, result.output
+    run = mlflow.MlflowClient().get_run(result.stderr.strip().split()[-4])
+    assert run.data.tags["anomaly_vae.version"] == anomaly_vae.__version__
