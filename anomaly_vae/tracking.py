@@ -351,9 +351,9 @@ def log_data(path: str | Path, context: str) -> mlflow.data.dataset.Dataset:
 
 
 def data_digest(path: Path) -> str:
-    """The first 16 hex digits of a SHA-256 over a file's bytes, or over each file in a folder
-    (its path there, size and bytes, in path order; hidden files skipped, as the readers skip
-    them, and each linked folder read once)."""
+    """The first 16 hex digits of a SHA-256 over a file's bytes, or over each file of a folder
+    that the readers read (`_data_files`: its path there, size and bytes, in path order; each
+    linked folder read once)."""
     digest = hashlib.sha256()
     for relative, file in _data_files(path):
         if relative is not None:
@@ -365,10 +365,19 @@ def data_digest(path: Path) -> str:
 
 
 def _data_files(path: Path) -> list[tuple[str | None, Path]]:
-    """(path relative to the folder, file) of `path`'s files; (None, path) for a file."""
+    """(path relative to the folder, file) of the files the readers read in `path`: a folder's
+    images, or a table's Parquet parts without its writers' _SUCCESS, _committed_<job> or
+    _temporary/ (a name starting with '_' is no part); (None, path) for a file."""
+    from anomaly_vae.data.images import IMAGE_SUFFIXES, is_image_source
+    from anomaly_vae.data.tables import PARQUET_SUFFIXES
+
     if not path.is_dir():
         return [(None, path)]
-    files = (file for file in files_below(path, None, hidden=(".",)) if file.is_file())
+    if is_image_source(path):
+        suffixes, hidden = IMAGE_SUFFIXES, (".",)
+    else:
+        suffixes, hidden = PARQUET_SUFFIXES, (".", "_")
+    files = (file for file in files_below(path, suffixes, hidden) if file.is_file())
     return sorted((file.relative_to(path).as_posix(), file) for file in files)
 
 

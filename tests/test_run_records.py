@@ -310,3 +310,20 @@ def test_a_run_from_a_source_tree_that_pip_did_not_install_is_tracked(
     assert result.exit_code == 0, result.output
     run = mlflow.MlflowClient().get_run(result.stderr.strip().split()[-4])
     assert run.data.tags["anomaly_vae.version"] == anomaly_vae.__version__
+
+
+def test_a_table_folder_digest_is_of_the_parts_the_reader_reads(tmp_path) -> None:
+    """Spark's and Databricks' markers (_SUCCESS, _committed_<job>) and a failed job's
+    _temporary/ folder are no data, and the reader skips them: the digest counted them, so the
+    same table written twice, by two jobs, looked like two data sets."""
+    table = tmp_path / "table"
+    table.mkdir()
+    pd.DataFrame({"x": [1.0, 2.0]}).to_parquet(table / "part-00000.parquet")
+    before = data_digest(table)
+    (table / "_SUCCESS").write_text("")
+    (table / "_committed_8431").write_text('{"added": ["part-00000.parquet"]}')
+    (table / "_temporary" / "0").mkdir(parents=True)
+    pd.DataFrame({"x": [3.0]}).to_parquet(table / "_temporary" / "0" / "part-00001.parquet")
+    assert data_digest(table) == before
+    pd.DataFrame({"x": [3.0]}).to_parquet(table / "part-00001.parquet")
+    assert data_digest(table) != before
