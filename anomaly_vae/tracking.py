@@ -183,12 +183,14 @@ def end_run_of_gone_process(run_id: str, tags: dict[str, str]) -> bool:
     """Mark a RUNNING run KILLED if `process_gone` is certain its process has ended.
 
     Its end time stays unknown (empty), as MLflow shows a run that never said when it ended; a
-    tag says who marked it and when. Returns whether the run was marked.
+    tag says who marked it and when. Returns whether the run was marked: a store that cannot
+    be written (read-only, a full disk, a server that grants reading only) keeps its status.
     """
     import datetime
 
     import mlflow
     from mlflow.entities import RunStatus
+    from mlflow.exceptions import MlflowException
 
     if not process_gone(tags):
         return False
@@ -198,8 +200,11 @@ def end_run_of_gone_process(run_id: str, tags: dict[str, str]) -> bool:
         return False
     now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
     note = f"process {tags[PID_TAG]} on {tags[HOST_TAG]} had ended; marked KILLED at {now}"
-    client.set_tag(run_id, ENDED_TAG, note)
-    client.update_run(run_id, status=RunStatus.to_string(RunStatus.KILLED))
+    try:
+        client.set_tag(run_id, ENDED_TAG, note)
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.KILLED))
+    except MlflowException:
+        return False
     return True
 
 

@@ -94,3 +94,33 @@ def test_only_a_process_of_this_machine_that_has_certainly_ended_counts_as_gone(
     tags[PROCESS_TAG] = f"{boot} {namespace} {start}"
     tags.update(change)
     assert process_gone({k: v for k, v in tags.items() if v is not None}) is gone
+
+
+@needs_proc
+def test_runs_lists_a_read_only_store_whose_run_lost_its_process(
+    tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Marking the run KILLED is a write: on a store that cannot be written (a read-only copy
+    or mount, a full disk, a server that grants reading only) `runs` stopped in a traceback."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD], cwd=REPO, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        run_id = child.stdout.readline().strip()
+        assert run_id, "the child process started no run"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        child.stdout.close()
+    from mlflow.exceptions import MlflowException
+
+    def read_only(*args: object, **kwargs: object) -> None:
+        raise MlflowException("(sqlite3.OperationalError) attempt to write a readonly database")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(mlflow.MlflowClient, "set_tag", read_only)
+        patch.setattr(mlflow.MlflowClient, "update_run", read_only)
+        result = run_cli("runs", "--experiment", "killed")
+    assert result.exit_code == 0, result.output
+    assert run_id in result.stdout
+    assert mlflow.MlflowClient().get_run(run_id).info.status == "RUNNING"  # as stored
