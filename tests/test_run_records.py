@@ -272,8 +272,10 @@ def test_a_version_registered_without_a_run_is_evaluated_all_the_same(
     _, test = breast_cancer_files
     client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     name = model_uri.removeprefix("models:/").split("@")[0]
+    champion = client.get_model_version_by_alias(name, "champion")
     files = mlflow.artifacts.download_artifacts(
-        artifact_uri=model_uri, dst_path=str(tmp_path / "model"), tracking_uri=tracking
+        artifact_uri=client.get_model_version_download_uri(name, champion.version),
+        dst_path=str(tmp_path / "model"),
     )
     version = client.create_model_version(name, source=files)
     assert version.run_id is None
