@@ -145,6 +145,7 @@ def _trainer(training: TrainingConfig, callbacks: list[pl.Callback]) -> pl.Train
             strategy=settings.strategy,
             precision=settings.precision,
             callbacks=callbacks,
+            gradient_clip_val=training.gradient_clip,
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,

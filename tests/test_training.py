@@ -144,3 +144,35 @@ def test_the_closing_line_counts_one_epoch_in_the_singular() -> None:
         fit = SimpleNamespace(epochs=epochs, diverged_epoch=None)
         first, _ = closing_lines("10 rows", fit, 0.1, calibration, "run", 0.2, "x/1")
         assert said in first
+
+
+def _best_val_loss_after_a_spike(gradient_clip: float | None, spike: float) -> float:
+    """The best validation loss of a fit whose fifth loss term is `spike` times too large, as
+    one extreme row makes it."""
+    model, _ = _tiny_model_and_rows()
+    data = TensorDataset(torch.randn(256, 4), torch.ones(256, 4), torch.zeros(256, 0).long())
+    calls = 0
+
+    def spiking(
+        model: TabularVAE, batch: Sequence[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        nonlocal calls
+        calls += 1
+        recon, kl = tabular_loss_terms(model, batch)
+        return (recon * spike, kl) if model.training and calls == 5 else (recon, kl)
+
+    training = TrainingConfig(
+        epochs=10, batch_size=32, early_stopping_patience=0, gradient_clip=gradient_clip
+    )
+    return fit_vae(model, spiking, data, data, training, beta=1.0).best_val_loss
+
+
+def test_the_gradient_cap_keeps_one_spike_from_setting_training_back() -> None:
+    """One huge gradient fills Adam's second moment for hundreds of steps and its first moment
+    pushes on for tens: on the full credit-card sample the loss blew up in the third epoch and
+    the model kept its first epoch's weights. The default cap on the gradient's norm holds the
+    spike to an ordinary step."""
+    default = TrainingConfig().gradient_clip
+    calm = _best_val_loss_after_a_spike(default, spike=1.0)
+    assert _best_val_loss_after_a_spike(default, spike=1e6) < 1.005 * calm
+    assert _best_val_loss_after_a_spike(None, spike=1e6) > 1.01 * calm
