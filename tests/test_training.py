@@ -3,7 +3,7 @@
 import math
 import os
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import pytest
 import pytorch_lightning as pl
@@ -70,6 +70,22 @@ def _tiny_model_and_rows() -> tuple[TabularVAE, TensorDataset]:
     return model, data
 
 
+def _scaled_loss(
+    factor: float, when: Callable[[int, TabularVAE], bool]
+) -> Callable[[TabularVAE, Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]]:
+    """`tabular_loss_terms` with the recon term times `factor` on the calls (counted from 1,
+    training and validation batches alike) that `when` picks."""
+    calls = 0
+
+    def terms(model: TabularVAE, batch: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        nonlocal calls
+        calls += 1
+        recon, kl = tabular_loss_terms(model, batch)
+        return (recon * factor, kl) if when(calls, model) else (recon, kl)
+
+    return terms
+
+
 def test_a_fit_whose_loss_is_never_finite_says_so_in_one_line() -> None:
     model, data = _tiny_model_and_rows()
     # Adam moves every weight by about the learning rate on its first step: 1e20 overflows.
@@ -94,17 +110,8 @@ def test_a_fit_that_diverges_after_its_first_epoch_says_so_when_training_ends() 
     from pipelines.tracked_training import closing_lines
 
     model, data = _tiny_model_and_rows()
-    calls = 0
-
-    def diverging(
-        model: TabularVAE, batch: Sequence[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        # Epoch 0: two training batches and one validation batch; NaN from then on.
-        nonlocal calls
-        calls += 1
-        recon, kl = tabular_loss_terms(model, batch)
-        return (recon * math.nan, kl) if calls > 3 else (recon, kl)
-
+    # Epoch 0: two training batches and one validation batch; NaN from then on.
+    diverging = _scaled_loss(math.nan, lambda call, _: call > 3)
     training = TrainingConfig(epochs=10, batch_size=32)
     fit = fit_vae(model, diverging, data, data, training, beta=1.0)
     assert (fit.diverged_epoch, fit.best_epoch) == (1, 0)
@@ -151,16 +158,7 @@ def _best_val_loss_after_a_spike(gradient_clip: float | None, spike: float) -> f
     one extreme row makes it."""
     model, _ = _tiny_model_and_rows()
     data = TensorDataset(torch.randn(256, 4), torch.ones(256, 4), torch.zeros(256, 0).long())
-    calls = 0
-
-    def spiking(
-        model: TabularVAE, batch: Sequence[torch.Tensor]
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        nonlocal calls
-        calls += 1
-        recon, kl = tabular_loss_terms(model, batch)
-        return (recon * spike, kl) if model.training and calls == 5 else (recon, kl)
-
+    spiking = _scaled_loss(spike, lambda call, model: model.training and call == 5)
     training = TrainingConfig(
         epochs=10, batch_size=32, early_stopping_patience=0, gradient_clip=gradient_clip
     )
