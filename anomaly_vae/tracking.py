@@ -392,12 +392,9 @@ def log_detector(
     output_example: pd.DataFrame,
     registered_model: str,
     promote: bool = True,
-) -> str:
-    """Log the detector directory as a pyfunc model, register it and move `champion` to it.
-
-    Returns `models:/<name>@champion`; with `promote=False` the alias stays where it was and
-    the new version's own URI, `models:/<name>/<version>`, comes back instead.
-    """
+) -> Registration:
+    """Log the detector directory as a pyfunc model, register it and, unless `promote` is
+    False, move `champion` to it."""
     import mlflow
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema
@@ -423,19 +420,35 @@ def log_detector(
             input_example=input_example,
             pip_requirements=_pip_requirements(),
         )
-    version = _new_version(registered_model, info)
-    mlflow.set_tag("registered_model_version", f"{registered_model}/{version}")
-    if not promote:
-        return f"models:/{registered_model}/{version}"
-    mlflow.MlflowClient().set_registered_model_alias(registered_model, CHAMPION_ALIAS, version)
-    return f"models:/{registered_model}@{CHAMPION_ALIAS}"
+    registration = Registration(registered_model, _new_version(registered_model, info), promote)
+    mlflow.set_tag("registered_model_version", registration.label)
+    if promote:
+        mlflow.MlflowClient().set_registered_model_alias(
+            registered_model, CHAMPION_ALIAS, registration.version
+        )
+    return registration
 
 
-def registered_version(run_id: str) -> str:
-    """`<name>/<version>` of the model that `log_detector` registered in the run."""
-    import mlflow
+@dataclass(frozen=True)
+class Registration:
+    """The model version `log_detector` registered, and whether `champion` moved to it."""
 
-    return mlflow.get_run(run_id).data.tags["registered_model_version"]
+    name: str
+    version: str
+    promoted: bool
+
+    @property
+    def label(self) -> str:
+        """'<name>/<version>', as runs are tagged with it."""
+        return f"{self.name}/{self.version}"
+
+    @property
+    def uri(self) -> str:
+        """`models:/<name>@champion` when the alias moved to this version, else the version's
+        own `models:/<name>/<version>`."""
+        if self.promoted:
+            return f"models:/{self.name}@{CHAMPION_ALIAS}"
+        return f"models:/{self.label}"
 
 
 def _new_version(name: str, info: ModelInfo) -> str:

@@ -95,7 +95,6 @@ def calibrate_model(
         log_data,
         log_detector,
         model_lineage,
-        registered_version,
         resolve_detector_dir,
         run_reading_model,
         use_experiment,
@@ -151,14 +150,13 @@ def calibrate_model(
         with tempfile.TemporaryDirectory() as tmp:
             new_dir = Path(shutil.copytree(source_dir, Path(tmp) / "detector"))
             (new_dir / ARTIFACT_FILE).write_text(json.dumps(detector.to_state(), indent=2))
-            log_detector(
+            registration = log_detector(
                 new_dir, example, detector.score_frame(example), registered, promote=promote
             )
-        version = registered_version(run.info.run_id)
     return Calibration(
         threshold=threshold,
         rows=len(scores),
-        model_uri=f"models:/{version}",
+        model_uri=f"models:/{registration.label}",
         promoted=promote,
         probability=fitted.method if fitted else None,
         run_id=run.info.run_id,

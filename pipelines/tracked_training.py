@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from anomaly_vae.calibration import NormalScores, Threshold
     from anomaly_vae.probability import ProbabilityMap
+    from anomaly_vae.tracking import Registration
     from anomaly_vae.training import FitResult
 
 
@@ -174,7 +175,7 @@ def calibrate_and_log(
     return Calibration(strategy, threshold, probability, NormalScores.from_scores(scores[~labels]))
 
 
-def register_detector(config: Config, detector: Any, example: Any) -> str:
+def register_detector(config: Config, detector: Any, example: Any) -> Registration:
     """Log the detector as the run's pyfunc model, registered under the config's name.
 
     `example` is a few input rows: MLflow infers the signature from them and their scores.

@@ -181,7 +181,6 @@ def train(
     from anomaly_vae.data.preprocessing import TabularPreprocessor
     from anomaly_vae.detector import ColumnRoles, TabularDetector, build_tabular_model
     from anomaly_vae.scoring import score_tabular
-    from anomaly_vae.tracking import registered_version
     from anomaly_vae.training import fit_vae, is_ddp_worker
 
     started = time.perf_counter()
@@ -249,11 +248,12 @@ def train(
             split.train[[*config.data.id_columns, *split.features]],
             [c.name for c in preprocessor.number_columns],
         )
-        uri = register_detector(config, detector, example)
+        registration = register_detector(config, detector, example)
     total = time.perf_counter() - started
     trained = f"{len(split.train):,} rows"
-    version = registered_version(run.info.run_id)
-    lines = closing_lines(trained, fit, fit_seconds, calibration, run.info.run_id, total, version)
+    lines = closing_lines(
+        trained, fit, fit_seconds, calibration, run.info.run_id, total, registration.label
+    )
     for line in lines:
         echo(line)
-    return uri
+    return registration.uri

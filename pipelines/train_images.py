@@ -87,7 +87,6 @@ def train_images(
     from anomaly_vae.data.images import read_images
     from anomaly_vae.detector import ImageDetector, build_image_model
     from anomaly_vae.scoring import image_terms, score_images
-    from anomaly_vae.tracking import registered_version
     from anomaly_vae.training import fit_vae, is_ddp_worker
 
     config.model.check_likelihood("image")
@@ -150,14 +149,15 @@ def train_images(
             normal=calibration.normal,
         )
         example = pd.DataFrame({"path": [item.path for item in split.train[:2]]})
-        uri = register_detector(config, detector, example)
+        registration = register_detector(config, detector, example)
     total = time.perf_counter() - started
     trained = f"{len(split.train):,} images"
-    version = registered_version(run.info.run_id)
-    lines = closing_lines(trained, fit, fit_seconds, calibration, run.info.run_id, total, version)
+    lines = closing_lines(
+        trained, fit, fit_seconds, calibration, run.info.run_id, total, registration.label
+    )
     for line in lines:
         echo(line)
-    return uri
+    return registration.uri
 
 
 def log_figures(model, pixels: np.ndarray, labels: np.ndarray, latent: int) -> None:  # noqa: ANN001
