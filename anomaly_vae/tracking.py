@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -359,14 +359,20 @@ def data_digest(path: Path) -> str:
     """The first 16 hex digits of a SHA-256 over a file's bytes, or over each file of a folder
     that the readers read (`_data_files`: its path there, size and bytes, in path order; each
     linked folder read once)."""
+    return _files_digest(_data_files(path))[:16]
+
+
+def _files_digest(files: Iterable[tuple[str | None, Path]]) -> str:
+    """A SHA-256 over (path relative to a folder, or None for a lone file; file) pairs: each
+    named path, its size and its bytes, read a megabyte at a time."""
     digest = hashlib.sha256()
-    for relative, file in _data_files(path):
+    for relative, file in files:
         if relative is not None:
             digest.update(f"{relative}\0{file.stat().st_size}\0".encode())
         with file.open("rb") as handle:
             while block := handle.read(1 << 20):
                 digest.update(block)
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()
 
 
 def _data_files(path: Path) -> list[tuple[str | None, Path]]:
@@ -704,13 +710,8 @@ def _model_cache() -> Path | None:
 
 def _content_digest(folder: Path) -> str:
     """A name for the folder's files and their contents, the same wherever they came from."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()[:32]
+    files = (p for p in folder.rglob("*") if p.is_file())
+    return _files_digest(sorted((p.relative_to(folder).as_posix(), p) for p in files))[:32]
 
 
 def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
