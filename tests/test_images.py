@@ -191,6 +191,65 @@ def test_pixels_that_their_checks_need_whole_are_not_averaged_away(tmp_path: Pat
         read_image(tmp_path / "wide.tif", 16, channels=1)
 
 
+# Every mode Pillow writes as TIFF but RGBX, which reads back as RGB, and LAB, which Pillow
+# cannot convert to RGB or gray: such a TIFF is unreadable however it is turned.
+TIFF_MODES = ["1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "I;16", "I;16B", "F"]
+
+
+def random_image(mode: str, width: int, height: int) -> Image.Image:
+    """Random pixels of `mode` over its whole range: converted from 8 bits, a 16-bit or float
+    image would hold a 256th of it, and an F image values over 1."""
+    rng = np.random.default_rng(0)
+    if mode == "F":
+        return Image.fromarray(rng.random((height, width), np.float32), "F")
+    values = rng.integers(0, 65536, (height, width))
+    if mode == "I":
+        return Image.fromarray(values.astype(np.int32), "I")
+    if mode.startswith("I;16"):
+        order = ">u2" if mode == "I;16B" else "<u2"
+        return Image.frombytes(mode, (width, height), values.astype(order).tobytes())
+    colours = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    return Image.fromarray(colours, "RGB").convert(mode)
+
+
+def save_turned_and_upright(image: Image.Image, orientation: int, folder: Path) -> None:
+    """turned.tif: `image` as stored, tagged to be shown turned by `orientation`; upright.tif:
+    the picture shown, stored upright and untagged."""
+    from anomaly_vae.data.images import _EXIF_TURNS
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    image.save(folder / "turned.tif", exif=exif)
+    image.transpose(_EXIF_TURNS[orientation]).save(folder / "upright.tif")
+
+
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+@pytest.mark.parametrize("mode", TIFF_MODES)
+def test_a_tiff_whose_orientation_swaps_its_sides_reads_upright(
+    tmp_path: Path, mode: str, orientation: int
+) -> None:
+    """Pillow turns a TIFF upright itself as it loads it. Opened by name, a non-square L, P,
+    RGBA, CMYK or 16-bit one was memory-mapped at its upright size, its rows cut at the wrong
+    width, and refused: "unreadable image (box can't exceed original image size)"."""
+    save_turned_and_upright(random_image(mode, 12, 8), orientation, tmp_path)
+    np.testing.assert_array_equal(
+        read_image(tmp_path / "turned.tif", 6, channels=3),
+        read_image(tmp_path / "upright.tif", 6, channels=3),
+    )
+
+
+@pytest.mark.parametrize("orientation", [5, 6, 7, 8])
+def test_a_tiff_mask_whose_orientation_swaps_its_sides_reads_upright(
+    tmp_path: Path, orientation: int
+) -> None:
+    """Memory-mapped as an image was (above), such a mask was read scrambled, without a word."""
+    defects = np.random.default_rng(0).random((8, 12)) < 0.5
+    save_turned_and_upright(Image.fromarray(defects).convert("L"), orientation, tmp_path)
+    turned, upright = read_mask(tmp_path / "turned.tif", 6), read_mask(tmp_path / "upright.tif", 6)
+    assert upright.any() and not upright.all()
+    np.testing.assert_array_equal(turned, upright)
+
+
 def test_an_image_too_large_for_pillow_is_one_unreadable_line(tmp_path, monkeypatch) -> None:
     Image.fromarray(np.zeros((40, 40), np.uint8), "L").save(tmp_path / "huge.png")
     # Pillow refuses twice this many pixels as a decompression bomb (179 million by default).

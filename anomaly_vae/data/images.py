@@ -302,12 +302,21 @@ def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
 def _open(path: str | Path) -> Iterator[Image.Image]:
     """`Image.open` without Pillow's DecompressionBombWarning, which it printed amid the output
     of `score` for every image of 89 to 179 million pixels: legitimate line-scan photos, read
-    reduced (`_reduced`). Larger ones are still refused. Only our own reads are silenced."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        img = Image.open(path)
-    with img:
-        yield img
+    reduced (`_reduced`). Larger ones are still refused. Only our own reads are silenced.
+
+    Pillow is given the open file, not the name: an uncompressed image opened by name it
+    memory-maps, and a TIFF whose orientation tag swaps its sides (5 to 8) it maps at the
+    upright size rather than the stored one. In the modes it maps (L, P, RGBA, CMYK, 16-bit)
+    every row was cut at the wrong width and the scrambled picture turned back to the stored
+    shape: the resize refused it ("box can't exceed original image size"), and a mask was read
+    so without a word. Decoded from the file, such a TIFF is turned upright by Pillow as it
+    loads, its tag dropped, so `_upright` turns it no further."""
+    with open(path, "rb") as file:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(file)
+        with img:
+            yield img
 
 
 def _reduced(
