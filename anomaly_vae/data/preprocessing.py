@@ -690,17 +690,19 @@ def _category_codes(
     column of timestamps where the merchant belongs), which training refuses as features, so
     every value was unseen and every row flagged without a word; and lists and structs, which
     pandas cannot hash. Those are looked for only once hashing failed: a pass over every
-    value of a text column cost a third of its encoding on each batch."""
-    if _is_time_dtype(series.dtype):
-        raise InputError(f"{source}: column '{column.name}' holds dates or times, not categories")
-    try:
-        codes = column.codes(series)
-    except TypeError:
-        _reject_nested(series, column.name, source, row_offset)
-        raise
-    if not codes.all() and _unmatched_dates(column, series, codes):
-        raise InputError(f"{source}: column '{column.name}' holds dates or times, not categories")
-    return codes
+    value of a text column cost a third of its encoding on each batch.
+
+    Typed dates are refused before encoding, dates as text once none found a category; both
+    fall through to the one error, so the two kinds read alike."""
+    if not _is_time_dtype(series.dtype):
+        try:
+            codes = column.codes(series)
+        except TypeError:
+            _reject_nested(series, column.name, source, row_offset)
+            raise
+        if codes.all() or not _unmatched_dates(column, series, codes):
+            return codes
+    raise InputError(f"{source}: column '{column.name}' holds dates or times, not categories")
 
 
 def _unmatched_dates(column: CategoricalColumn, series: pd.Series, codes: np.ndarray) -> bool:
