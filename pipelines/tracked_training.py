@@ -20,6 +20,11 @@ import numpy as np
 from anomaly_vae.config import Config, TrainingConfig
 from anomaly_vae.errors import InputError
 
+# What a training run logs at the top of its artifacts, besides the config file: every key
+# of the config, defaults included, and the folder of figures.
+RESOLVED_CONFIG = "config.json"
+RUN_ARTIFACTS = frozenset({RESOLVED_CONFIG, "figures"})
+
 if TYPE_CHECKING:
     import mlflow
 
@@ -103,15 +108,25 @@ def training_run(
     use_experiment(config.mlflow.experiment or run_name(config))
     with tracked_run(training_run_name(data_title(data), config.overrides)) as run:
         mlflow.log_params(flatten_params(config.model_dump()))
-        mlflow.log_dict(config.model_dump(), "config.json")
+        mlflow.log_dict(config.model_dump(), RESOLVED_CONFIG)
         mlflow.log_params(counts)
         log_data(config.data.path, "training")
         if config.source_file is not None:
-            mlflow.set_tag("config_file", str(Path(config.source_file).resolve()))
-            mlflow.log_artifact(config.source_file)
+            log_config_file(config.source_file)
         if config.overrides:
             mlflow.set_tag("overrides", " ".join(f"--set {o}" for o in config.overrides))
         yield run
+
+
+def log_config_file(path: str) -> None:
+    """Tag the run with the config file's path and log the file as written, under its own name
+    at the top of the run's artifacts; a file named as something the run logs there itself
+    goes under `config_file/`, as its tag is named: a config.json overwrote the resolved
+    config, and a file named figures blocked the folder of figures."""
+    import mlflow
+
+    mlflow.set_tag("config_file", str(Path(path).resolve()))
+    mlflow.log_artifact(path, "config_file" if Path(path).name in RUN_ARTIFACTS else None)
 
 
 def data_title(data: str | Path) -> str:

@@ -117,6 +117,31 @@ def test_training_runs_are_named_by_their_overrides_and_keep_their_config_file(
     assert Path(local).read_text() == config.read_text()
 
 
+@pytest.mark.parametrize("name", ["config.json", "figures"])
+def test_a_config_file_named_as_a_run_artifact_is_kept_beside_it(
+    name, breast_cancer_files, tracking_uri, tmp_path
+) -> None:
+    """The run logs the resolved config as config.json, its figures under figures/, and the
+    user's file under its own name: a config file called config.json (JSON is YAML) overwrote
+    the resolved config, and one called figures ended training in a NotADirectoryError."""
+    config = tmp_path / name
+    config.write_text(json.dumps({"data": {"path": str(breast_cancer_files[0])}}, indent=2))
+    result = run_cli("train", config, "--set", "training.epochs=1")
+    assert result.exit_code == 0, result.output
+    run_id = result.stderr.strip().split()[-4]  # "...; run <id> in 1.2 s"
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri)
+    folder = str(tmp_path / "downloaded")
+    resolved = json.loads(
+        Path(client.download_artifacts(run_id, "config.json", folder)).read_text()
+    )
+    assert resolved["data"]["path"] == str(breast_cancer_files[0])
+    assert resolved["training"]["epochs"] == 1  # every key, the override and defaults included
+    written = client.download_artifacts(run_id, f"config_file/{name}", folder)
+    assert Path(written).read_text() == config.read_text()
+    figures = client.list_artifacts(run_id, "figures")
+    assert [a.path for a in figures] == ["figures/validation_scores.png"]
+
+
 def test_a_training_run_logs_the_validation_loss_of_the_weights_it_kept(
     breast_cancer_model,
 ) -> None:
