@@ -437,3 +437,22 @@ def test_a_listed_categorical_keeps_zero_padded_numbers_numeric_with_their_blank
     )
     result = run_cli("train", config)
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("kept", [0.001, 0.01, 0.7])
+def test_training_on_a_truncated_csv_gz_fails_in_one_line(kept, tmp_path, tracking_uri) -> None:
+    """A .csv.gz cut short (a copy that did not finish) ended `train` in an OSError traceback
+    where `score` named the file. `kept` of its compressed bytes survive: the cut falls in the
+    64 kB read for the delimiter, in the first 1 MB block whose types pyarrow infers, or past
+    it, in the pass that looks for zero-padded codes."""
+    rows = 1_000_000  # 8.9 MB, well past what pyarrow reads ahead of the first block
+    frame = pd.DataFrame({"items": [i % 7 for i in range(rows)], "amount": range(rows)})
+    path = tmp_path / "t.csv.gz"
+    frame.to_csv(path, index=False)
+    whole = path.read_bytes()
+    path.write_bytes(whole[: int(len(whole) * kept)])
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data: {{path: {path}}}\ntraining: {{epochs: 1}}\n")
+    result = run_cli("train", config)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == f"Error: {path}: cannot read (Truncated compressed stream)"

@@ -218,10 +218,16 @@ def iter_table_batches(
         # NotImplemented: a column whose type the file's pandas metadata contradicts (a
         # table of pandas' written again with a column replaced) cannot be converted.
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
-            raise InputError(f"{file}: cannot read ({first_line(exc)})") from None
+            raise InputError(_cannot_read(file, exc)) from None
         seen_rows += first_row
     if not seen_rows:
         raise InputError(f"{path}: the {'folder' if path.is_dir() else 'file'} holds no rows")
+
+
+def _cannot_read(path: Path, exc: Exception) -> str:
+    """The line for a file that fails as it is read, whichever pass meets the failure first:
+    a truncated .csv.gz fails in the first block, or in any later one."""
+    return f"{path}: cannot read ({first_line(exc)})"
 
 
 def _to_frame(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pd.DataFrame:
@@ -335,7 +341,7 @@ def _zero_padded_columns(path: Path, skip: Collection[str]) -> list[str]:
                     and pc.any(pc.match_substring_regex(column, _ZERO_PADDED)).as_py()
                 ):
                     padded.add(name)
-    except pa.ArrowInvalid:  # reading the file proper names the problem
+    except (pa.ArrowInvalid, OSError):  # reading the file proper names the problem
         return []
     return [name for name in integers if name in padded]
 
@@ -364,6 +370,8 @@ def _csv_schema(path: Path) -> tuple[pacsv.ParseOptions, str, pa.Schema]:
         raise InputError(
             f"{path}: not UTF-8 text (byte 0x{byte:02x} in the header); save it as UTF-8"
         ) from None
+    except OSError as exc:  # a .csv.gz cut short within its first block
+        raise InputError(_cannot_read(path, exc)) from None
     return parse, decimal_point, schema
 
 
@@ -396,7 +404,7 @@ def _conversion_error(
         )
     found = _CSV_CONVERSION.search(str(exc))
     if not found:
-        return f"{path}: cannot read ({first_line(exc)})"
+        return _cannot_read(path, exc)
     position, kind, value = found.groups()
     name = names[int(position)]
     expected = {"bool": "true or false", "timestamp": "a date and time"}.get(kind, "a number")
@@ -446,8 +454,11 @@ def _csv_dialect(path: Path) -> tuple[str, str]:
     """The delimiter the header line uses most, outside quoted names (a comma when it has
     none), and the decimal mark: a comma in a file not separated by commas whose first rows
     hold more numbers written 1,5 than 1.5."""
-    with pa.input_stream(str(path)) as file:  # decompressed, by the path's extension
-        raw = file.read(HEAD_BYTES)
+    try:
+        with pa.input_stream(str(path)) as file:  # decompressed, by the path's extension
+            raw = file.read(HEAD_BYTES)
+    except OSError as exc:  # a .csv.gz cut short within its first 64 kB
+        raise InputError(_cannot_read(path, exc)) from None
     _check_not_binary(path, raw)
     head = raw.decode("utf-8", errors="replace")
     if not head:
