@@ -222,15 +222,16 @@ def _code_tags(tags: dict[str, str]) -> dict[str, str]:
     # The package's own version, as detector.json records it: a source tree on sys.path that
     # pip did not install has no metadata to ask.
     code = {"anomaly_vae.version": __version__}
-    if MLFLOW_GIT_COMMIT not in tags and (commit := _source_commit()):
+    if MLFLOW_GIT_COMMIT not in tags and (commit := source_commit()):
         code[MLFLOW_GIT_COMMIT] = commit
     return code
 
 
 @functools.cache
-def _source_commit() -> str | None:
+def source_commit() -> str | None:
     """HEAD of the git checkout holding this package's source, if git tracks it there (an
-    installed copy in site-packages may sit inside some other repository)."""
+    installed copy in site-packages may sit inside some other repository). Runs and benchmark
+    results record it, so a figure can be traced to the code that produced it."""
     package = Path(__file__).parent
 
     def git(*args: str) -> str | None:

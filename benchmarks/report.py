@@ -209,8 +209,12 @@ def machine() -> str:
 
 
 def write_results(sections: list[str], path: Path | None = None) -> Path:
-    """Write the results file (default `results/<date>.md`) headed by command, date, machine."""
+    """Write the results file (default `results/<date>.md`) headed by command, date, the
+    commit it ran at and machine: a file committed later than the code it measured cannot say
+    by its place in history which code that was."""
     import torch
+
+    from anomaly_vae.tracking import source_commit
 
     today = dt.date.today().isoformat()
     path = path or RESULTS_DIR / f"{today}.md"
@@ -220,6 +224,7 @@ def write_results(sections: list[str], path: Path | None = None) -> Path:
         "",
         f"- command: `{_command()}`",
         f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
+        f"- code: {source_commit() or 'not a git checkout'}",
         f"- machine: {machine()}",
         f"- python {platform.python_version()}, torch {torch.__version__}, "
         f"torch threads: {torch.get_num_threads()}",

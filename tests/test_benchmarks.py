@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,15 @@ def test_tiny_run_fills_the_table_and_the_results_file(tmp_path: Path) -> None:
     path = write_results([section], tmp_path / "results.md")
     text = path.read_text()
     assert "- command: `" in text and "- machine: " in text and "cores" in text
+    # The commit the benchmarked code is at, read here by git itself.
+    head = subprocess.run(
+        ["git", "-C", str(Path(__file__).parent), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+    )
+    assert (
+        f"- code: {head.stdout.strip() if head.returncode == 0 else 'not a git checkout'}\n" in text
+    )
     assert section in text
 
 
