@@ -250,6 +250,22 @@ def test_a_tiff_mask_whose_orientation_swaps_its_sides_reads_upright(
     np.testing.assert_array_equal(turned, upright)
 
 
+def test_a_file_pillow_cannot_identify_is_named_by_its_path(tmp_path: Path) -> None:
+    """Given the open file (`_open`), Pillow named it by the file object's repr:
+    "cannot identify image file <_io.BufferedReader name='...'>"."""
+    (tmp_path / "notes.png").write_text("not an image")
+    for read, what in (
+        (lambda p: read_image(p, 8, 1), "image"),
+        (lambda p: read_mask(p, 8), "mask"),
+    ):
+        with pytest.raises(InputError) as refused:
+            read(tmp_path / "notes.png")
+        assert str(refused.value) == (
+            f"{tmp_path / 'notes.png'}: unreadable {what} (cannot identify image file "
+            f"'{tmp_path / 'notes.png'}')"
+        )
+
+
 def test_an_image_too_large_for_pillow_is_one_unreadable_line(tmp_path, monkeypatch) -> None:
     Image.fromarray(np.zeros((40, 40), np.uint8), "L").save(tmp_path / "huge.png")
     # Pillow refuses twice this many pixels as a decompression bomb (179 million by default).

@@ -310,11 +310,15 @@ def _open(path: str | Path) -> Iterator[Image.Image]:
     every row was cut at the wrong width and the scrambled picture turned back to the stored
     shape: the resize refused it ("box can't exceed original image size"), and a mask was read
     so without a word. Decoded from the file, such a TIFF is turned upright by Pillow as it
-    loads, its tag dropped, so `_upright` turns it no further."""
+    loads, its tag dropped, so `_upright` turns it no further. Pillow names what it was given
+    in 'cannot identify image file': the file object's repr, so the path is put back."""
     with open(path, "rb") as file:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(file)
+            try:
+                img = Image.open(file)
+            except UnidentifiedImageError:
+                raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
         with img:
             yield img
 
