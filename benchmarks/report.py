@@ -10,6 +10,7 @@ import datetime as dt
 import os
 import platform
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -214,8 +215,6 @@ def write_results(sections: list[str], path: Path | None = None) -> Path:
     by its place in history which code that was."""
     import torch
 
-    from anomaly_vae.tracking import source_commit
-
     today = dt.date.today().isoformat()
     path = path or RESULTS_DIR / f"{today}.md"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -224,7 +223,7 @@ def write_results(sections: list[str], path: Path | None = None) -> Path:
         "",
         f"- command: `{_command()}`",
         f"- date: {dt.datetime.now().isoformat(timespec='seconds')}",
-        f"- code: {source_commit() or 'not a git checkout'}",
+        f"- code: {code_version()}",
         f"- machine: {machine()}",
         f"- python {platform.python_version()}, torch {torch.__version__}, "
         f"torch threads: {torch.get_num_threads()}",
@@ -232,6 +231,39 @@ def write_results(sections: list[str], path: Path | None = None) -> Path:
     ]
     path.write_text("\n".join(header + sections) + "\n")
     return path
+
+
+def code_version() -> str:
+    """The commit the benchmarked code is at (`source_commit`), and whether files git tracks
+    differ from it: measured on uncommitted changes, a figure is not that commit's. The results
+    files themselves are left out, as a run rewrites its own after each part."""
+    from anomaly_vae import tracking
+
+    commit = tracking.source_commit()
+    if commit is None:
+        return "not a git checkout"
+    try:
+        changed = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(Path(tracking.__file__).parent),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ":(top)",
+                ":(top,exclude)benchmarks/results",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        changed = None
+    if changed is None or changed.returncode != 0:
+        return f"{commit}, uncommitted changes unknown"
+    return f"{commit} with uncommitted changes" if changed.stdout.strip() else commit
 
 
 def _command() -> str:

@@ -11,7 +11,7 @@ from sklearn.datasets import load_breast_cancer
 
 from benchmarks.detectors import OURS
 from benchmarks.protocol import Table, protocol_split
-from benchmarks.report import TABLE_COLUMNS, write_results
+from benchmarks.report import TABLE_COLUMNS, code_version, write_results
 from benchmarks.tabular import run_tables, tabular_section
 
 
@@ -78,10 +78,46 @@ def test_tiny_run_fills_the_table_and_the_results_file(tmp_path: Path) -> None:
         capture_output=True,
         text=True,
     )
-    assert (
-        f"- code: {head.stdout.strip() if head.returncode == 0 else 'not a git checkout'}\n" in text
+    code = next(line for line in text.splitlines() if line.startswith("- code: "))
+    assert code.startswith(
+        f"- code: {head.stdout.strip()}" if head.returncode == 0 else "- code: not a git checkout"
     )
     assert section in text
+
+
+def test_the_code_line_says_when_tracked_files_differ_from_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run on uncommitted changes named the commit alone, as if its figures were that
+    commit's. The results files, which a run rewrites itself after each part, do not count."""
+    from anomaly_vae import tracking
+
+    def git(*args: str) -> str:
+        who = ["-c", "user.name=t", "-c", "user.email=t@example.com", "-c", "commit.gpgsign=false"]
+        command = ["git", "-C", str(tmp_path), *who, *args]
+        done = subprocess.run(command, capture_output=True, text=True, check=True)
+        return done.stdout.strip()
+
+    package, results = tmp_path / "anomaly_vae", tmp_path / "benchmarks" / "results"
+    package.mkdir()
+    results.mkdir(parents=True)
+    (package / "tracking.py").write_text("# tracked\n")
+    (results / "today.md").write_text("# results\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one commit")
+    head = git("rev-parse", "HEAD")
+    monkeypatch.setattr(tracking, "__file__", str(package / "tracking.py"))
+    tracking.source_commit.cache_clear()
+    try:
+        assert code_version() == head
+        (results / "today.md").write_text("# rewritten by the run\n")
+        (package / "new.py").write_text("# untracked\n")
+        assert code_version() == head
+        (package / "tracking.py").write_text("# changed\n")
+        assert code_version() == f"{head} with uncommitted changes"
+    finally:
+        tracking.source_commit.cache_clear()
 
 
 def test_image_peers_train_on_the_images_our_model_trains_on_and_fill_the_table(
