@@ -1,7 +1,7 @@
 """Per-run metrics, the Markdown tables built from them, and the results file.
 
 A table is only worth what its provenance says, so every results file starts with the
-command that made it, the date and the machine.
+command that made it, the date, the commit of the code it measured and the machine.
 """
 
 from __future__ import annotations
