@@ -75,6 +75,8 @@ _EXIF_TURNS = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+# The orientations that swap an image's width and height.
+_SIDES_SWAPPED = (5, 6, 7, 8)
 
 
 @dataclass(frozen=True)
@@ -304,23 +306,21 @@ def _open(path: str | Path) -> Iterator[Image.Image]:
     of `score` for every image of 89 to 179 million pixels: legitimate line-scan photos, read
     reduced (`_reduced`). Larger ones are still refused. Only our own reads are silenced.
 
-    Pillow is given the open file, not the name: an uncompressed image opened by name it
-    memory-maps, and a TIFF whose orientation tag swaps its sides (5 to 8) it maps at the
+    A TIFF whose orientation tag swaps its sides (5 to 8) is opened again from the open file:
+    an uncompressed image opened by name Pillow memory-maps, and such a TIFF it maps at the
     upright size rather than the stored one. In the modes it maps (L, P, RGBA, CMYK, 16-bit)
     every row was cut at the wrong width and the scrambled picture turned back to the stored
     shape: the resize refused it ("box can't exceed original image size"), and a mask was read
-    so without a word. Decoded from the file, such a TIFF is turned upright by Pillow as it
-    loads, its tag dropped, so `_upright` turns it no further. Pillow names what it was given
-    in 'cannot identify image file': the file object's repr, so the path is put back."""
-    with open(path, "rb") as file:
+    so without a word. Decoded from the file, it is turned upright by Pillow as it loads, its
+    tag dropped, so `_upright` turns it no further. Every other image keeps the map: read from
+    the file, a 48-megapixel gray TIFF or BMP took 28 ms where the map took 15."""
+    with contextlib.ExitStack() as stack:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            try:
-                img = Image.open(file)
-            except UnidentifiedImageError:
-                raise UnidentifiedImageError(f"cannot identify image file {str(path)!r}") from None
-        with img:
-            yield img
+            img = stack.enter_context(Image.open(path))
+            if img.format == "TIFF" and img.getexif().get(_EXIF_ORIENTATION, 1) in _SIDES_SWAPPED:
+                img = stack.enter_context(Image.open(stack.enter_context(open(path, "rb"))))
+        yield img
 
 
 def _reduced(
