@@ -179,13 +179,20 @@ def tabular_targets(summary: pd.DataFrame) -> list[str]:
         vae = vae.reindex(ours.index)
         fit_ratio = ours.fit_seconds / vae.fit_seconds
         speedup = ours.rows_per_second / vae.rows_per_second
-        not_worse = (ours.auroc >= vae.auroc).sum()
+        # The fit-time target holds "at equal or better AUROC": two lines, so that
+        # a table short of PyOD VAE's AUROC does not read as slow fitting.
+        behind = (ours.auroc - vae.auroc)[ours.auroc < vae.auroc]
         checks += [
             (
-                bool((fit_ratio <= 0.2).all()) and not_worse == len(ours),
+                bool((fit_ratio <= 0.2).all()),
                 f"fit time / PyOD VAE's: worst {fit_ratio.max():.2f} on {fit_ratio.idxmax()}, "
-                f"median {fit_ratio.median():.2f} (target <= 0.20 on every table); AUROC at "
-                f"least PyOD VAE's on {not_worse} of {len(ours)} tables",
+                f"median {fit_ratio.median():.2f} (target <= 0.20 on every table)",
+            ),
+            (
+                behind.empty,
+                f"AUROC at least PyOD VAE's, the fit-time target's condition: on "
+                f"{len(ours) - len(behind)} of {len(ours)} tables"
+                + "".join(f"; {table} {gap:+.3f}" for table, gap in behind.items()),
             ),
             (
                 bool((speedup >= 20).all()),
