@@ -23,7 +23,8 @@ from anomaly_vae.errors import InputError
 # What a training run logs at the top of its artifacts, besides the config file: every key
 # of the config, defaults included, and the folder of figures.
 RESOLVED_CONFIG = "config.json"
-RUN_ARTIFACTS = frozenset({RESOLVED_CONFIG, "figures"})
+FIGURES = "figures"
+RUN_ARTIFACTS = frozenset({RESOLVED_CONFIG, FIGURES})
 
 if TYPE_CHECKING:
     import mlflow
@@ -186,7 +187,7 @@ def calibrate_and_log(
     mlflow.set_tag("calibration.strategy", strategy)
     # Where the threshold fell among the validation scores, as evaluate's report draws it.
     histogram = score_histogram_figure(scores, labels, threshold.value)
-    mlflow.log_figure(histogram, "figures/validation_scores.png")
+    mlflow.log_figure(histogram, f"{FIGURES}/validation_scores.png")
     return Calibration(strategy, threshold, probability, NormalScores.from_scores(scores[~labels]))
 
 

@@ -18,6 +18,7 @@ from anomaly_vae.config import Config
 from anomaly_vae.data.images import ImageItem
 from anomaly_vae.errors import InputError
 from pipelines.tracked_training import (
+    FIGURES,
     calibrate_and_log,
     closing_lines,
     detector_info,
@@ -181,7 +182,7 @@ def log_figures(model, pixels: np.ndarray, labels: np.ndarray, latent: int) -> N
         ("latent_scatter", figures.latent_scatter(mu, labels)),
         ("latent_decodes", figures.latent_decodes(model, latent)),
     ):
-        mlflow.log_figure(figure, f"figures/{name}.png")
+        mlflow.log_figure(figure, f"{FIGURES}/{name}.png")
         plt.close(figure)
 
 
