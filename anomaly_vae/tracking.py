@@ -232,20 +232,24 @@ def source_commit() -> str | None:
     """HEAD of the git checkout holding this package's source, if git tracks it there (an
     installed copy in site-packages may sit inside some other repository). Runs and benchmark
     results record it, so a figure can be traced to the code that produced it."""
-    package = Path(__file__).parent
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.SubprocessError):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    if git("ls-files", "--error-unmatch", Path(__file__).name) is None:
+    if source_git("ls-files", "--error-unmatch", Path(__file__).name) is None:
         return None
-    return git("rev-parse", "HEAD")
+    return source_git("rev-parse", "HEAD")
+
+
+def source_git(*args: str) -> str | None:
+    """What `git <args>` prints (stripped) in this package's folder; None where git is missing,
+    hangs or fails there."""
+    try:
+        done = subprocess.run(
+            ["git", "-C", str(Path(__file__).parent), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ import datetime as dt
 import os
 import platform
 import shlex
-import subprocess
 import sys
 from pathlib import Path
 
@@ -244,33 +243,22 @@ def code_version() -> str:
     """The commit the benchmarked code is at (`source_commit`), and whether files git tracks
     differ from it: measured on uncommitted changes, a figure is not that commit's. The results
     files themselves are left out, as a run rewrites its own after each part."""
-    from anomaly_vae import tracking
+    from anomaly_vae.tracking import source_commit, source_git
 
-    commit = tracking.source_commit()
+    commit = source_commit()
     if commit is None:
         return "not a git checkout"
-    try:
-        changed = subprocess.run(
-            [
-                "git",
-                "-C",
-                str(Path(tracking.__file__).parent),
-                "status",
-                "--porcelain",
-                "--untracked-files=no",
-                "--",
-                ":(top)",
-                ":(top,exclude)benchmarks/results",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        changed = None
-    if changed is None or changed.returncode != 0:
+    changed = source_git(
+        "status",
+        "--porcelain",
+        "--untracked-files=no",
+        "--",
+        ":(top)",
+        ":(top,exclude)benchmarks/results",
+    )
+    if changed is None:
         return f"{commit}, uncommitted changes unknown"
-    return f"{commit} with uncommitted changes" if changed.stdout.strip() else commit
+    return f"{commit} with uncommitted changes" if changed else commit
 
 
 def _command() -> str:
