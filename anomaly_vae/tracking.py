@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from anomaly_vae.data.files import files_below
 from anomaly_vae.errors import InputError, first_line
 
 if TYPE_CHECKING:
@@ -382,19 +381,15 @@ def _files_digest(files: Iterable[tuple[str | None, Path]]) -> str:
 
 def _data_files(path: Path) -> list[tuple[str | None, Path]]:
     """(path relative to the folder, file) of the files the readers read in `path`: a folder's
-    images, or a table's Parquet parts without its writers' _SUCCESS, _committed_<job> or
-    _temporary/ (a name starting with '_' is no part); (None, path) for a file."""
-    from anomaly_vae.data.images import IMAGE_SUFFIXES, is_image_source
-    from anomaly_vae.data.tables import PARQUET_SUFFIXES
+    images (`image_files`) or a table's Parquet parts (`parquet_parts`), listed as they list
+    them; (None, path) for a file."""
+    from anomaly_vae.data.images import image_files, is_image_source
+    from anomaly_vae.data.tables import parquet_parts
 
     if not path.is_dir():
         return [(None, path)]
-    if is_image_source(path):
-        suffixes, hidden = IMAGE_SUFFIXES, (".",)
-    else:
-        suffixes, hidden = PARQUET_SUFFIXES, (".", "_")
-    files = (file for file in files_below(path, suffixes, hidden) if file.is_file())
-    return sorted((file.relative_to(path).as_posix(), file) for file in files)
+    files = image_files(path) if is_image_source(path) else parquet_parts(path)
+    return sorted((file.relative_to(path).as_posix(), file) for file in files if file.is_file())
 
 
 def log_detector(

@@ -17,12 +17,12 @@ from anomaly_vae.errors import InputError, first_line
 
 def files_below(
     folder: Path,
-    suffixes: Collection[str] | None,
+    suffixes: Collection[str],
     hidden: tuple[str, ...],
     above: frozenset[Path] = frozenset(),
 ) -> Iterator[Path]:
-    """The paths below `folder` with one of `suffixes` (any, for None), but none under a name
-    that starts with one of `hidden`: copies such as .ipynb_checkpoints/ are not data.
+    """The paths below `folder` with one of `suffixes`, but none under a name that starts with
+    one of `hidden`: copies such as .ipynb_checkpoints/ are not data.
 
     Linked folders are followed, as linked files always were. A link back to a folder `above`
     (real paths of the folders walked down through) is not: its files are listed already, and
@@ -40,7 +40,7 @@ def files_below(
             continue
         if path.is_dir():
             yield from files_below(path, suffixes, hidden, above | {real})
-        elif suffixes is None or path.suffix.lower() in suffixes:
+        elif path.suffix.lower() in suffixes:
             yield path
 
 

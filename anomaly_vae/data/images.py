@@ -126,11 +126,11 @@ def is_image_source(path: str | Path, kind: str = "auto") -> bool:
     if path.is_dir():
         # Images first: a folder of images stops at its first one, where looking for Parquet
         # parts walked all of it.
-        return next(_image_files(path), None) is not None or not parquet_parts(path)
+        return next(image_files(path), None) is not None or not parquet_parts(path)
     return is_idx(path)
 
 
-def _image_files(folder: Path) -> Iterator[Path]:
+def image_files(folder: Path) -> Iterator[Path]:
     """The paths below `folder` with an image suffix (`files_below`), under no name starting
     with '.': copies such as .ipynb_checkpoints/ were read as images (and labelled by their
     folder). Unlike Parquet parts, a name starting with '_' is an image like any other."""
@@ -163,7 +163,7 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
         return ImageListing(_idx_items(source, image), [])
     if not source.is_dir():
         raise InputError(f"{source}: expected a folder of images or an *-idx3-ubyte(.gz) file")
-    files = sorted(_image_files(source))
+    files = sorted(image_files(source))
     refuse_broken_links(files, "image")
     real = real_paths(p for p in files if p.is_file())  # each path resolved once
     # A rule such as {stem}.png names a PNG image itself: that image has no mask.
