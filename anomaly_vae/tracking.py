@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from anomaly_vae.errors import InputError, first_line
 
@@ -321,23 +321,49 @@ def _logged_model_id(client: mlflow.MlflowClient, source: str) -> str | None:
         return None
 
 
-@contextlib.contextmanager
-def run_reading_model(run_name: str, lineage: ModelLineage) -> Iterator[mlflow.ActiveRun]:
-    """`tracked_run` for a command that reads a model (calibrate, evaluate).
+# The commands that read a model and log a run of it, by the run's kind.
+_READING_COMMANDS = {"calibration": "calibrate", "evaluation": "evaluate"}
 
-    The run is nested under the run that logged the model (the MLflow UI lists it beneath
-    that training or calibration run), tagged with the version it read (`model_version`), and
-    holds the logged model among its inputs.
+
+@dataclass(frozen=True)
+class ModelReadingRun:
+    """The run a command that reads a model logs, with the model's lineage and the data."""
+
+    run: mlflow.ActiveRun
+    lineage: ModelLineage
+    dataset: mlflow.data.dataset.Dataset
+
+
+@contextlib.contextmanager
+def run_reading_model(
+    kind: Literal["calibration", "evaluation"],
+    model_uri: str,
+    info: dict[str, Any],
+    source: str,
+    tracking_uri: str | None,
+) -> Iterator[ModelReadingRun]:
+    """`tracked_run` for a command that reads a model (`kind`: calibration, evaluation) and
+    the file or folder `source`, in the experiment the model was trained in.
+
+    The run is named for the version it read (`evaluate fraud/3 on x.parquet`), nested under
+    the run that logged the model (the MLflow UI lists it beneath that training or calibration
+    run), tagged with that version (`model_version`), and holds the logged model and the data
+    (`log_data`) among its inputs. `info` is the model's detector.json `info`.
     """
     import mlflow
     from mlflow.entities import LoggedModelInput
 
-    with tracked_run(run_name, parent_run_id=lineage.run_id) as run:
+    configure_tracking(tracking_uri)
+    use_experiment(info.get("experiment", "anomaly-vae"))
+    lineage = model_lineage(model_uri, info)
+    name = f"{_READING_COMMANDS[kind]} {lineage.version or model_uri} on {Path(source).name}"
+    with tracked_run(name, parent_run_id=lineage.run_id) as run:
+        mlflow.set_tags({"kind": kind, "model_uri": model_uri, "input": source})
         if lineage.version:
             mlflow.set_tag("model_version", lineage.version)
         if lineage.model_id:
             mlflow.log_input(model=LoggedModelInput(lineage.model_id))
-        yield run
+        yield ModelReadingRun(run, lineage, log_data(source, kind))
 
 
 def log_data(path: str | Path, context: str) -> mlflow.data.dataset.Dataset:

@@ -90,15 +90,7 @@ def calibrate_model(
     from anomaly_vae.calibration import check_strategy, choose_threshold, recalibration_strategy
     from anomaly_vae.detector import ARTIFACT_FILE, load_detector
     from anomaly_vae.probability import fit_probability
-    from anomaly_vae.tracking import (
-        configure_tracking,
-        log_data,
-        log_detector,
-        model_lineage,
-        resolve_detector_dir,
-        run_reading_model,
-        use_experiment,
-    )
+    from anomaly_vae.tracking import log_detector, resolve_detector_dir, run_reading_model
 
     if strategy != "auto":
         check_strategy(strategy, costs)  # a typo fails before the file is scored
@@ -118,22 +110,9 @@ def calibrate_model(
         detector.probability = fitted
     detector.threshold = threshold
 
-    configure_tracking(tracking_uri)
-    use_experiment(detector.info.get("experiment", "anomaly-vae"))
     registered = _registered_name(model_uri, detector.info)
-    lineage = model_lineage(model_uri, detector.info)
-    with run_reading_model(
-        f"calibrate {lineage.version or model_uri} on {Path(source).name}", lineage
-    ) as run:
-        mlflow.set_tags(
-            {
-                "kind": "calibration",
-                "model_uri": model_uri,
-                "input": source,
-                "calibration.strategy": strategy,
-            }
-        )
-        log_data(source, "calibration")
+    with run_reading_model("calibration", model_uri, detector.info, source, tracking_uri) as read:
+        mlflow.set_tag("calibration.strategy", strategy)
         mlflow.log_metrics(
             {
                 "threshold": threshold.value,
@@ -144,7 +123,7 @@ def calibrate_model(
         detector.info = {
             **detector.info,
             "calibrated_from": model_uri,
-            "calibration_run_id": run.info.run_id,
+            "calibration_run_id": read.run.info.run_id,
             "calibration_data": source,
         }
         with tempfile.TemporaryDirectory() as tmp:
@@ -159,7 +138,7 @@ def calibrate_model(
         model_uri=f"models:/{registration.label}",
         promoted=promote,
         probability=fitted.method if fitted else None,
-        run_id=run.info.run_id,
+        run_id=read.run.info.run_id,
         unit="images" if detector.kind == "image" else "rows",
     )
 

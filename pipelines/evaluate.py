@@ -190,29 +190,17 @@ def evaluation_run(
     `mlflow ui` lists every evaluation of it."""
     import mlflow
 
-    from anomaly_vae.tracking import (
-        configure_tracking,
-        log_data,
-        model_lineage,
-        run_reading_model,
-        use_experiment,
-    )
+    from anomaly_vae.tracking import run_reading_model
 
-    configure_tracking(tracking_uri)
-    use_experiment(detector.info.get("experiment", "anomaly-vae"))
-    lineage = model_lineage(model_uri, detector.info)
-    name = f"evaluate {lineage.version or model_uri} on {Path(source).name}"
-    with run_reading_model(name, lineage) as run:
-        mlflow.set_tags({"model_uri": model_uri, "input": source, "kind": "evaluation"})
+    with run_reading_model("evaluation", model_uri, detector.info, source, tracking_uri) as read:
         if detector.threshold is not None:
             mlflow.set_tag("calibration.strategy", detector.threshold.strategy)
         (tn, fp), (fn, tp) = evaluation.confusion
         # The counts beside the rates: a recall of 0.9 on 10 anomalies is not one on 10,000.
         counts = {"rows": tn + fp + fn + tp, "anomalies": fn + tp, "flagged": fp + tp}
         metrics = {f"test.{k}": v for k, v in {**evaluation.metrics, **counts}.items()}
-        dataset = log_data(source, "evaluation")
-        mlflow.log_metrics(metrics, model_id=lineage.model_id, dataset=dataset)
-        yield run
+        mlflow.log_metrics(metrics, model_id=read.lineage.model_id, dataset=read.dataset)
+        yield read.run
 
 
 def publish(
