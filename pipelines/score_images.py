@@ -62,6 +62,8 @@ def score_images_file(
 
     writer = AtomicTableWriter(output_path)  # checks the output's extension and folder first
     maps = MapWriter(maps_dir, input_path) if maps_dir else None
+    if maps:
+        maps.check_apart_from(Path(output_path))
     detector = image_detector(model_uri, input_path, tracking_uri)
     listing = detector.list_images(input_path)
     items = listing.items
@@ -101,6 +103,18 @@ class MapWriter:
                 f"{self.root} would read the heatmaps as images"
             )
         self.tmp: Path | None = None
+
+    def check_apart_from(self, output: Path) -> None:
+        """Refuse a scores file that is the maps folder or lies in it: the heatmaps moved into
+        place first, then the table's rename onto that folder (or the folder's rename over the
+        table's temporary file) failed in a traceback, leaving the heatmaps and a temporary file
+        behind."""
+        target, resolved = self.target.resolve(), output.resolve()
+        if target in (resolved, *resolved.parents):
+            raise InputError(
+                f"{self.target}: --maps is or holds the scores file {output}; give the "
+                "heatmaps a folder of their own"
+            )
 
     def __enter__(self) -> MapWriter:
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))

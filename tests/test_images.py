@@ -774,3 +774,29 @@ def test_an_ssim_model_trains_scores_and_maps_the_digits(tmp_path: Path) -> None
                       "--set", "model.likelihood=ssim", "--tracking-uri", tracking)  # fmt: skip
     assert refused.exit_code != 0
     assert "model.likelihood: ssim is for images" in refused.stderr
+
+
+@pytest.mark.parametrize("maps", ["scores.csv", "."])
+def test_maps_folder_that_is_or_holds_the_scores_file_is_one_line_and_writes_nothing(
+    digits_model, tmp_path, maps
+) -> None:
+    """The heatmaps moved into place first, then the table's rename onto that folder (or the
+    folder's over the table's temporary file) ended in a traceback, leaving both behind."""
+    model_uri, tracking, test_dir = digits_model
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli(
+        "score",
+        model_uri,
+        test_dir,
+        "-o",
+        out / "scores.csv",
+        "--maps",
+        out / maps,
+        "--tracking-uri",
+        tracking,
+    )
+    assert result.exit_code != 0
+    assert "--maps is or holds the scores file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
