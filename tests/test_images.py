@@ -19,6 +19,7 @@ from sklearn.metrics import roc_auc_score
 from anomaly_vae.config import Config, ImageConfig
 from anomaly_vae.data.images import (
     ImageItem,
+    check_mask_size,
     is_held_out,
     is_image_source,
     list_images,
@@ -492,6 +493,47 @@ def test_pixel_auroc_matches_sklearn_on_pasted_defects(digits_model, tmp_path) -
     expected = roc_auc_score(truth.ravel(), maps.ravel())
     assert evaluation.metrics["pixel_auroc"] == pytest.approx(expected, abs=1e-12)
     assert expected > 0.6
+
+
+def test_a_mask_of_another_size_than_its_image_is_one_line_and_logs_nothing(
+    digits_model, tmp_path
+) -> None:
+    """Both were resized to the model's square: a mask of another shape was stretched over
+    its image and pixel AUROC computed against it without a word."""
+    model_uri, tracking, test_dir = digits_model
+    shutil.copytree(test_dir / "good", tmp_path / "good")
+    (tmp_path / "defect").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(tmp_path / "defect" / "a.bmp")
+    Image.fromarray(np.full((8, 4), 255, np.uint8), "L").save(tmp_path / "defect" / "a.png")
+    runs = mlflow.MlflowClient(tracking).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(tracking).search_experiments()]
+    )
+
+    result = run_cli("evaluate", model_uri, tmp_path, "--tracking-uri", tracking)
+
+    assert result.exit_code != 0
+    assert result.stderr.strip() == (
+        f"Error: {(tmp_path / 'defect' / 'a.png').resolve()}: a mask of 4x8 pixels, but its "
+        f"image {tmp_path / 'defect' / 'a.bmp'} is 8x8; a mask marks the pixels of its own image"
+    )
+    after = mlflow.MlflowClient(tracking).search_runs(
+        [e.experiment_id for e in mlflow.MlflowClient(tracking).search_experiments()]
+    )
+    assert len(after) == len(runs)
+
+
+def test_a_mask_is_compared_with_its_image_as_both_are_shown(tmp_path: Path) -> None:
+    """The sizes compared are those viewers show: a mask stored on its side, with the turn in
+    its EXIF tag, is its upright image's size (Pillow turns a TIFF's size itself)."""
+    Image.fromarray(np.zeros((4, 8), np.uint8), "L").save(tmp_path / "a.png")  # 8 wide, 4 high
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for suffix in (".jpg", ".tif"):
+        Image.fromarray(np.zeros((8, 4), np.uint8), "L").save(tmp_path / f"m{suffix}", exif=exif)
+        check_mask_size(tmp_path / f"m{suffix}", tmp_path / "a.png")
+    Image.fromarray(np.zeros((8, 4), np.uint8), "L").save(tmp_path / "unturned.png")
+    with pytest.raises(InputError, match="a mask of 4x8 pixels, but its image .* is 8x4"):
+        check_mask_size(tmp_path / "unturned.png", tmp_path / "a.png")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not an image"])

@@ -429,6 +429,31 @@ def read_mask(path: Path, size: int) -> np.ndarray:
         raise InputError(f"{path}: unreadable mask ({first_line(exc)})") from None
 
 
+def check_mask_size(mask: Path, image: str | Path) -> None:
+    """Refuse a mask whose size is not its image's. Both are resized to the model's square, so
+    a mask of another shape (a mask of another image, one cropped or exported at another size)
+    was stretched over the picture and marked pixels it does not cover, and pixel AUROC was
+    computed against it without a word."""
+    mask_size, image_size = _shown_size(mask, "mask"), _shown_size(image, "image")
+    if mask_size != image_size:
+        raise InputError(
+            f"{mask}: a mask of {mask_size[0]}x{mask_size[1]} pixels, but its image {image} "
+            f"is {image_size[0]}x{image_size[1]}; a mask marks the pixels of its own image"
+        )
+
+
+def _shown_size(path: str | Path, kind: str) -> tuple[int, int]:
+    """(width, height) of an image file as viewers show it, turned by its EXIF orientation;
+    only the header is read. Pillow gives a TIFF's size turned already."""
+    try:
+        with _open(path) as img:
+            width, height = img.size
+            turned = img.getexif().get(_EXIF_ORIENTATION, 1) in _SIDES_SWAPPED
+            return (height, width) if turned and img.format != "TIFF" else (width, height)
+    except _UNREADABLE as exc:
+        raise InputError(f"{path}: unreadable {kind} ({first_line(exc)})") from None
+
+
 def iter_image_batches(
     items: Sequence[ImageItem], size: int, channels: int, batch_size: int
 ) -> Iterator[tuple[Sequence[ImageItem], np.ndarray]]:
