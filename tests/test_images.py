@@ -495,6 +495,32 @@ def test_pixel_auroc_matches_sklearn_on_pasted_defects(digits_model, tmp_path) -
     assert expected > 0.6
 
 
+def test_masks_whose_defects_vanish_at_the_models_size_say_why_pixel_auroc_is_missing(
+    digits_model, tmp_path
+) -> None:
+    """One-pixel defects on 32x32 images are under half a pixel of an 8x8 model: pixel AUROC
+    went missing though masks exist, and evaluate said nothing."""
+    from pipelines.evaluate_images import evaluate_images
+
+    model_uri, tracking, test_dir = digits_model
+    shutil.copytree(test_dir / "good", tmp_path / "good")
+    (tmp_path / "defect").mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((32, 32), 40 * i, np.uint8), "L").save(
+            tmp_path / "defect" / f"{i}.bmp"
+        )
+        mask = np.zeros((32, 32), np.uint8)
+        mask[5, 5] = 255
+        Image.fromarray(mask, "L").save(tmp_path / "defect" / f"{i}.png")
+
+    evaluation = evaluate_images(model_uri, tmp_path, tracking_uri=tracking)
+
+    assert "pixel_auroc" not in evaluation.metrics
+    assert evaluation.note.splitlines()[-1] == (
+        "no pixel AUROC: at the model's 8x8 resolution the masks mark no pixel as a defect"
+    )
+
+
 def test_a_mask_of_another_size_than_its_image_is_one_line_and_logs_nothing(
     digits_model, tmp_path
 ) -> None:
