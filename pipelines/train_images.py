@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -40,13 +41,18 @@ class ImageSplit:
 
 def split_images(config: Config, echo: Callable[[str], None] = print) -> ImageSplit:
     """Normal images split into training and validation; anomalies go to validation only."""
-    from anomaly_vae.data.images import is_held_out, is_idx, list_images
+    from anomaly_vae.data.images import idx_labels_path, is_held_out, is_idx, list_images
 
     source, image = config.data.path, config.image
     listing = list_images(source, image)
     if note := listing.masks_note():
         echo(note)
     items = listing.labelled(image.labels_csv or None, source)
+    if items[0].label is None:
+        # Without its labels file an IDX file's images count as normal, every digit whatever
+        # image.normal_digits says; that trained and registered without a word.
+        labels_file = idx_labels_path(Path(source))
+        echo(f"no labels file {labels_file.name} beside {source}: all images count as normal")
     labels = np.array([bool(item.label) for item in items])
     if labels.all() and (image.labels_csv or is_idx(source)):
         # The all-normal fallback is for folders without a normal one: applied to labels the

@@ -336,6 +336,22 @@ def test_damaged_idx_files_are_named_in_one_line(tmp_path: Path) -> None:
         read_idx(damaged)
 
 
+def test_an_idx_file_without_its_labels_file_says_every_image_trains(tmp_path: Path) -> None:
+    """Without the labels file every digit trained as normal, whatever image.normal_digits
+    said, and nothing said so; a labels file left uncompressed beside a .gz images file is
+    not found either."""
+    images = tmp_path / "d-images-idx3-ubyte.gz"
+    write_idx(images, np.zeros((20, 4, 4), np.uint8))
+    write_idx(tmp_path / "d-labels-idx1-ubyte", np.arange(20, dtype=np.uint8) % 2)
+    config = parse_config({"data": {"path": str(images)}, "image": {"normal_digits": [1]}})
+    said: list[str] = []
+    split = split_images(config, echo=said.append)
+    assert said == [
+        f"no labels file d-labels-idx1-ubyte.gz beside {images}: all images count as normal"
+    ]
+    assert len(split.train) + len(split.validation) == 20
+
+
 def test_normal_digits_that_no_image_has_stop_training(tmp_path: Path) -> None:
     # The folders' all-normal fallback took every digit as normal: trained and registered.
     images = tmp_path / "d-images-idx3-ubyte"
