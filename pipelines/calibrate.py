@@ -88,15 +88,21 @@ def calibrate_model(
     import mlflow
 
     from anomaly_vae.calibration import check_strategy, choose_threshold, recalibration_strategy
+    from anomaly_vae.data.images import is_image_source
     from anomaly_vae.detector import ARTIFACT_FILE, load_detector
+    from anomaly_vae.errors import InputError
     from anomaly_vae.probability import fit_probability
     from anomaly_vae.tracking import log_detector, resolve_detector_dir, run_reading_model
+    from pipelines.score_images import images_for_a_table_model
 
     if strategy != "auto":
         check_strategy(strategy, costs)  # a typo fails before the file is scored
     source_dir = resolve_detector_dir(model_uri, tracking_uri)
     detector = load_detector(source_dir)
     source = str(input_path)
+    if detector.kind != "image" and is_image_source(input_path):
+        # As score and evaluate say it: an IDX file was refused for its '.gz' extension.
+        raise InputError(images_for_a_table_model(model_uri, input_path))
     if detector.kind == "image":
         scores, labels, example = _image_scores_and_labels(detector, input_path, label)
     else:

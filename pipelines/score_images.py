@@ -33,12 +33,17 @@ def image_detector(model_uri: str, input_path: str | Path, tracking_uri: str | N
 
     detector = load_model(model_uri, tracking_uri)
     if detector.kind != "image":
-        what = "an IDX file of images" if is_idx(input_path) else "a folder without Parquet files"
-        raise InputError(
-            f"{input_path}: {what}, but model '{model_uri}' was trained on a table: give a CSV "
-            "or Parquet file, or a folder of Parquet files"
-        )
+        raise InputError(images_for_a_table_model(model_uri, input_path))
     return detector
+
+
+def images_for_a_table_model(model_uri: str, input_path: str | Path) -> str:
+    """The line for images given to a model trained on a table."""
+    what = "an IDX file of images" if is_idx(input_path) else "a folder without Parquet files"
+    return (
+        f"{input_path}: {what}, but model '{model_uri}' was trained on a table: give a CSV "
+        "or Parquet file, or a folder of Parquet files"
+    )
 
 
 def scored_image_batches(detector, items: list[ImageItem]) -> Iterator:  # noqa: ANN001

@@ -269,3 +269,23 @@ def test_calibrate_without_labels_estimates_f1_against_the_kept_normal_scores(
     runs = list_runs(tracking_uri=tracking).set_index("run_id")
     estimate = runs.loc[after.info["calibration_run_id"], "calibration.estimated_f1"]
     assert estimate == after.threshold.metrics["estimated_f1"]
+
+
+def test_calibrate_names_images_given_to_a_table_model_as_score_does(
+    private_registry, tmp_path
+) -> None:
+    """An IDX file was refused for its '.gz' extension, as if it were a misnamed table."""
+    from anomaly_vae.data.images import write_idx
+
+    model_uri, tracking = private_registry
+    images = tmp_path / "t-images-idx3-ubyte.gz"
+    write_idx(images, np.zeros((3, 4, 4), np.uint8))
+    result = run_cli("calibrate", model_uri, images, "--tracking-uri", tracking)
+    assert result.exit_code != 0
+    assert result.stderr == (
+        f"Error: {images}: an IDX file of images, but model '{model_uri}' was trained on a "
+        "table: give a CSV or Parquet file, or a folder of Parquet files\n"
+    )
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    name = model_uri.removeprefix("models:/").split("@")[0]
+    assert len(client.search_model_versions(f"name='{name}'")) == 1
