@@ -104,6 +104,8 @@ def calibrate_model(
         # As score and evaluate say it: an IDX file was refused for its '.gz' extension.
         raise InputError(images_for_a_table_model(model_uri, input_path))
     if detector.kind == "image":
+        if allow_extra:  # ignored without a word, as evaluate's was
+            raise InputError(f"{input_path}: --allow-extra-columns is for tables")
         scores, labels, example = _image_scores_and_labels(detector, input_path, label)
     else:
         scores, labels, example = _scores_and_labels(detector, input_path, label, allow_extra)

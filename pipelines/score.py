@@ -127,6 +127,11 @@ def score_file(
     if is_image_source(input_path):
         from pipelines.score_images import score_images_file
 
+        # Ignored, they said nothing: the scores came back without the columns asked for.
+        if keep_columns or allow_extra:
+            option = "--keep-columns" if keep_columns else "--allow-extra-columns"
+            raise InputError(f"{input_path}: {option} is for tables")
+
         return score_images_file(model_uri, input_path, output_path, maps_dir, tracking_uri)
     if maps_dir:
         raise InputError(f"{input_path}: --maps is for images (a folder or an IDX file)")

@@ -650,6 +650,30 @@ def test_evaluate_refuses_the_options_of_the_other_input_kind(
         assert line.startswith(f"Error: {data}: {said}"), line
 
 
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["score", "-o", "scores.csv", "--keep-columns"],
+        ["score", "-o", "scores.csv", "--allow-extra-columns"],
+        ["calibrate", "--allow-extra-columns"],
+    ],
+)
+def test_score_and_calibrate_refuse_table_options_on_images(
+    digits_model, tmp_path, monkeypatch, command
+) -> None:
+    """Ignored without a word: the scores came back without the columns asked for, as
+    evaluate's --allow-extra-columns on images was before it was refused."""
+    model_uri, tracking, test_dir = digits_model
+    monkeypatch.chdir(tmp_path)
+    versions = len(mlflow.MlflowClient(tracking).search_model_versions())
+    name, *options = command
+    result = run_cli(name, model_uri, test_dir, *options, "--tracking-uri", tracking)
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {test_dir}: {options[-1]} is for tables\n"
+    assert list(tmp_path.iterdir()) == []
+    assert len(mlflow.MlflowClient(tracking).search_model_versions()) == versions
+
+
 def test_a_table_given_to_an_image_model_is_one_line_and_writes_nothing(
     digits_model, tmp_path
 ) -> None:
