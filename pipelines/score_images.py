@@ -11,8 +11,8 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
@@ -122,7 +122,10 @@ class MapWriter:
             )
 
     def __enter__(self) -> MapWriter:
-        self.tmp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", dir=self.target.parent))
+        # mkdir, not mkdtemp: mkdtemp makes an owner-only folder (0700) whatever the umask,
+        # and the rename kept that mode, so nobody else could open the heatmaps.
+        self.tmp = self.target.parent / f".{self.target.name}.{uuid.uuid4().hex[:8]}.tmp"
+        self.tmp.mkdir()
         return self
 
     def name(self, item: ImageItem) -> Path:

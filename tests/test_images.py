@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shutil
+import stat
 from pathlib import Path
 
 import mlflow
@@ -672,6 +674,29 @@ def test_score_and_calibrate_refuse_table_options_on_images(
     assert result.stderr == f"Error: {test_dir}: {options[-1]} is for tables\n"
     assert list(tmp_path.iterdir()) == []
     assert len(mlflow.MlflowClient(tracking).search_model_versions()) == versions
+
+
+def test_the_maps_folder_gets_the_permissions_of_the_umask(digits_model, tmp_path) -> None:
+    """Made by mkdtemp and renamed into place, the folder was owner-only (0700) whatever the
+    umask: nobody else could open the heatmaps."""
+    model_uri, tracking, test_dir = digits_model
+    previous = os.umask(0o022)
+    try:
+        result = run_cli(
+            "score",
+            model_uri,
+            test_dir,
+            "-o",
+            tmp_path / "scores.csv",
+            "--maps",
+            tmp_path / "maps",
+            "--tracking-uri",
+            tracking,
+        )
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE((tmp_path / "maps").stat().st_mode) == 0o755
 
 
 def test_a_table_given_to_an_image_model_is_one_line_and_writes_nothing(
