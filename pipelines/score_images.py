@@ -97,11 +97,15 @@ class MapWriter:
         self.root = Path(input_path)
         if self.target.exists() and (not self.target.is_dir() or any(self.target.iterdir())):
             raise InputError(f"{self.target}: --maps needs a new or empty folder")
-        check_output_folder(self.target)
+        # A link to an empty folder: the maps go into the folder it names. The link itself
+        # cannot be replaced by a folder, and after every image had scored that ended in a
+        # traceback (NotADirectoryError) with the maps left in a temporary folder.
+        self.destination = self.target.resolve()
+        check_output_folder(self.destination)
         # Heatmaps are PNG images: written among the input's, the next run over the folder
         # scored them as images (an RGB model without a word), as a table's next read would
         # take a scores file written into its folder as a part.
-        target = self.target.resolve()
+        target = self.destination
         if self.root.resolve() in (target, *target.parents):
             raise InputError(
                 f"{self.target}: --maps inside the input folder; the next run over "
@@ -114,8 +118,8 @@ class MapWriter:
         place first, then the table's rename onto that folder (or the folder's rename over the
         table's temporary file) failed in a traceback, leaving the heatmaps and a temporary file
         behind."""
-        target, resolved = self.target.resolve(), output.resolve()
-        if target in (resolved, *resolved.parents):
+        resolved = output.resolve()
+        if self.destination in (resolved, *resolved.parents):
             raise InputError(
                 f"{self.target}: --maps is or holds the scores file {output}; give the "
                 "heatmaps a folder of their own"
@@ -124,7 +128,8 @@ class MapWriter:
     def __enter__(self) -> MapWriter:
         # mkdir, not mkdtemp: mkdtemp makes an owner-only folder (0700) whatever the umask,
         # and the rename kept that mode, so nobody else could open the heatmaps.
-        self.tmp = self.target.parent / f".{self.target.name}.{uuid.uuid4().hex[:8]}.tmp"
+        folder, name = self.destination.parent, self.destination.name
+        self.tmp = folder / f".{name}.{uuid.uuid4().hex[:8]}.tmp"
         self.tmp.mkdir()
         return self
 
@@ -167,6 +172,6 @@ class MapWriter:
         if exc_type is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             return
-        if self.target.exists():
-            self.target.rmdir()  # empty, checked in __init__
-        os.replace(self.tmp, self.target)
+        if self.destination.exists():
+            self.destination.rmdir()  # empty, checked in __init__
+        os.replace(self.tmp, self.destination)

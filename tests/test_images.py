@@ -699,6 +699,32 @@ def test_the_maps_folder_gets_the_permissions_of_the_umask(digits_model, tmp_pat
     assert stat.S_IMODE((tmp_path / "maps").stat().st_mode) == 0o755
 
 
+def test_maps_named_by_a_link_to_an_empty_folder_land_in_that_folder(
+    digits_model, tmp_path
+) -> None:
+    """The link could not be replaced by the maps folder: once every image had scored,
+    NotADirectoryError, and the maps were left in a temporary folder beside the link."""
+    model_uri, tracking, test_dir = digits_model
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to("real")
+    result = run_cli(
+        "score",
+        model_uri,
+        test_dir / "good",
+        "-o",
+        tmp_path / "scores.csv",
+        "--maps",
+        tmp_path / "link",
+        "--tracking-uri",
+        tracking,
+    )
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "real", "scores.csv"]
+    assert (tmp_path / "link").is_symlink()
+    images = sorted(p.with_suffix(".png").name for p in (test_dir / "good").iterdir())
+    assert sorted(p.name for p in (tmp_path / "real").iterdir()) == images
+
+
 def test_a_table_given_to_an_image_model_is_one_line_and_writes_nothing(
     digits_model, tmp_path
 ) -> None:
