@@ -9,7 +9,7 @@ named by `image.holdout_fraction` are kept out of both, for `evaluate --held-out
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,6 +61,11 @@ def split_images(config: Config, echo: Callable[[str], None] = print) -> ImageSp
         given = image.labels_csv or f"image.normal_digits {image.normal_digits}"
         raise InputError(f"{source}: every image is an anomaly by {given}; none to train on")
     if labels.all():
+        if empty := normal_folder_without_images(Path(source), image.normal):
+            raise InputError(
+                f"{empty}: the normal folder holds no images, so every image in {source} is an "
+                "anomaly; none to train on"
+            )
         echo(f"no folder named {', '.join(image.normal)} in {source}: all images count as normal")
         labels[:] = False
     held = np.array(
@@ -81,6 +86,18 @@ def split_images(config: Config, echo: Callable[[str], None] = print) -> ImageSp
         validation_labels=labels[val_rows],
         held_out=int((held & ~labels).sum()),
     )
+
+
+def normal_folder_without_images(source: Path, normal: Sequence[str]) -> Path | None:
+    """A folder below `source` named in `normal`, not hidden, when no image lies under one.
+    With good/ empty (its images not copied yet) and crack/ full, the all-normal fallback said
+    there was no folder named good and trained on the cracks as normal."""
+    for name in normal:
+        for folder in sorted(source.rglob(name)):
+            hidden = any(part.startswith(".") for part in folder.relative_to(source).parts)
+            if folder.is_dir() and not hidden:
+                return folder
+    return None
 
 
 def train_images(

@@ -352,6 +352,29 @@ def test_an_idx_file_without_its_labels_file_says_every_image_trains(tmp_path: P
     assert len(split.train) + len(split.validation) == 20
 
 
+def test_an_empty_normal_folder_beside_anomalies_stops_training(tmp_path: Path) -> None:
+    """The all-normal fallback said there was no folder named good and trained on the cracks
+    as normal images."""
+    (tmp_path / "train" / "good").mkdir(parents=True)
+    (tmp_path / "train" / "crack").mkdir()
+    (tmp_path / "train" / ".ipynb_checkpoints" / "good").mkdir(parents=True)
+    for i in range(12):
+        Image.fromarray(np.full((4, 4), i, np.uint8), "L").save(
+            tmp_path / "train" / "crack" / f"{i}.png"
+        )
+    config = parse_config({"data": {"path": str(tmp_path / "train")}})
+    with pytest.raises(InputError) as info:
+        split_images(config, echo=print)
+    assert str(info.value) == (
+        f"{tmp_path / 'train' / 'good'}: the normal folder holds no images, so every image in "
+        f"{tmp_path / 'train'} is an anomaly; none to train on"
+    )
+    (tmp_path / "train" / "good").rmdir()  # no normal folder at all: every image is normal
+    said: list[str] = []
+    assert len(split_images(config, echo=said.append).train) > 0
+    assert said == [f"no folder named good in {tmp_path / 'train'}: all images count as normal"]
+
+
 def test_normal_digits_that_no_image_has_stop_training(tmp_path: Path) -> None:
     # The folders' all-normal fallback took every digit as normal: trained and registered.
     images = tmp_path / "d-images-idx3-ubyte"
