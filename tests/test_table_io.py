@@ -103,6 +103,35 @@ def test_parquet_parts_whose_numbers_differ_in_width_are_cast(
     assert scored.column("id").to_pylist() == frame["id"].tolist()
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_parquet_parts_whose_first_holds_a_column_of_nulls_are_scored(
+    suffix, breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    # pandas writes an all-None column with Arrow's null type; the output took that type
+    # from the first part and refused the second's ids and notes, which training reads.
+    frame = pd.read_parquet(breast_cancer_files[1]).drop(columns="label")
+    frame["note"] = "checked"
+    folder = tmp_path / "table"
+    folder.mkdir()
+    first = frame.iloc[:100].assign(id=None, note=None)
+    first.to_parquet(folder / "part-0.parquet", index=False)
+    frame.iloc[100:].to_parquet(folder / "part-1.parquet", index=False)
+    assert pq.read_schema(folder / "part-0.parquet").field("note").type == pa.null()
+    model_uri, tracking = breast_cancer_model
+    out = tmp_path / f"scored{suffix}"
+    options = ["--keep-columns", "--allow-extra-columns", "--tracking-uri", tracking]
+    result = run_cli("score", model_uri, folder, "-o", out, *options)
+    assert result.exit_code == 0, result.output
+    blanks_as_nulls = pacsv.ConvertOptions(strings_can_be_null=True)
+    scored = (
+        pq.read_table(out)
+        if suffix == ".parquet"
+        else pacsv.read_csv(out, convert_options=blanks_as_nulls)
+    )
+    assert scored.column("id").to_pylist() == [None] * 100 + frame["id"].iloc[100:].tolist()
+    assert scored.column("note").to_pylist() == [None] * 100 + ["checked"] * (len(frame) - 100)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
