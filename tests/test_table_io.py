@@ -450,6 +450,32 @@ def test_training_reads_a_csv_column_of_zero_padded_numbers_as_codes(tmp_path) -
     assert batch.frame["zip"].dtype == "float64"
 
 
+@pytest.mark.parametrize(
+    ("late", "dtype"), [("SPRING", "str"), ("2,5", "float64")], ids=["text", "numbers"]
+)
+def test_a_csv_column_blank_through_the_first_block_takes_the_type_of_its_values(
+    late, dtype, tmp_path
+) -> None:
+    # Typed by pyarrow's first 1 MB block, a column blank there was read as numbers: the first
+    # promo code past it stopped training ("'SPRING' is not a number"), where the same
+    # table's Parquet file trains, and stopped scoring of a file whose extra column it was.
+    rows = 250_000
+    frame = pd.DataFrame({"items": [f"{i % 7},5" for i in range(rows)], "promo": ""})
+    frame.loc[rows - 2, "promo"] = "NA"
+    frame.loc[rows - 1, "promo"] = late
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False, sep=";")
+    assert path.stat().st_size > 1 << 20
+    read = read_table(path)
+    assert read["promo"].dtype == dtype
+    assert read["promo"].iloc[-1] == (late if dtype == "str" else 2.5)
+    if dtype == "float64":  # blank and NA cells are missing numbers (text: missing categories)
+        assert read["promo"].isna().sum() == rows - 1
+    assert read["items"].iloc[1] == 1.5
+    batches = list(iter_table_batches(path))
+    assert [batch.frame["promo"].dtype for batch in batches][-1] == dtype
+
+
 def test_a_listed_categorical_keeps_zero_padded_numbers_numeric_with_their_blanks(
     tmp_path, tracking_uri
 ) -> None:

@@ -422,7 +422,50 @@ def _csv_schema(path: Path) -> _CsvLayout:
         ) from None
     except OSError as exc:  # a .csv.gz cut short within its first block
         raise InputError(_cannot_read(path, exc)) from None
-    return parse, decimal_point, schema
+    return parse, decimal_point, _with_late_types(path, parse, decimal_point, schema)
+
+
+def _with_late_types(
+    path: Path, parse: pacsv.ParseOptions, decimal_point: str, schema: pa.Schema
+) -> pa.Schema:
+    """`schema` with each column that its first block held only missing values in (a promo
+    code blank in the first ten thousand rows) typed by the rest of the file: numbers if every
+    value is one, else text. Read as numbers, the first text value stopped training ("'y' is
+    not a number") where the same table's Parquet file trains, and scoring where the column
+    was an extra one to ignore. Costs one more pass, over those columns, and only then."""
+    names = schema.names
+    nulls = [f.name for f in schema if pa.types.is_null(f.type) and names.count(f.name) == 1]
+    if not nulls:
+        return schema
+    convert = pacsv.ConvertOptions(
+        column_types=dict.fromkeys(nulls, pa.string()),
+        include_columns=nulls,
+        strings_can_be_null=True,  # blank, "NA", "null", ...: missing, as in a number column
+    )
+    numbers = set(nulls)
+    try:
+        for batch in pacsv.open_csv(path, parse_options=parse, convert_options=convert):
+            numbers -= {n for n in numbers if not _all_numbers(batch.column(n), decimal_point)}
+            if not numbers:
+                break
+    except (pa.ArrowInvalid, OSError):  # reading the file proper names the problem
+        return schema
+    text = set(nulls) - numbers
+    return pa.schema(
+        field.with_type(pa.string()) if field.name in text else field for field in schema
+    )
+
+
+def _all_numbers(column: pa.Array, decimal_point: str) -> bool:
+    """Whether every value of a CSV column read as text is a number, as pyarrow reads one."""
+    text = pc.utf8_trim_whitespace(column)
+    if decimal_point != ".":
+        text = pc.replace_substring(text, decimal_point, ".")
+    try:
+        text.cast(pa.float64())
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 # pyarrow reads a CSV in blocks with the column types of its first block; a later value that
