@@ -60,7 +60,7 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
     features = [c for c in frame.columns if c not in set(roles.known)]
     for name in features:
         _reject_row_counter(frame[name], name, source)
-    may_miss = check_training_rows(frame, features, source)
+    may_miss = check_training_rows(frame, features, source, data.categorical)
     if data.label:
         labels = anomaly_labels(frame[data.label], data.anomaly_value, source)
         check_anomaly_value_matches(frame[data.label], labels, data.anomaly_value, source)

@@ -494,6 +494,36 @@ def test_a_listed_categorical_keeps_zero_padded_numbers_numeric_with_their_blank
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_text_in_a_column_a_categorical_list_leaves_numeric_names_the_files_row(
+    seed, tmp_path, tracking_uri
+) -> None:
+    # Found once the rows were split, the text was named by its row among the training or
+    # validation rows: the file's row 6 read as row 50, or another, by the seed.
+    amount = [str(i % 37) for i in range(200)]
+    amount[5] = "abc"
+    frame = pd.DataFrame({"merchant": ["a", "b", "c", "d"] * 50, "amount": amount})
+    path = tmp_path / "t.csv"
+    frame.to_csv(path, index=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        f"data: {{path: {path}, categorical: [merchant]}}\ntraining: {{epochs: 1, seed: {seed}}}\n"
+    )
+    result = run_cli("train", config)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: {path}: column 'amount', row 6: 'abc' is not a number (data.categorical "
+        "lists every categorical column: add 'amount' there if it is one, or leave "
+        "data.categorical out to infer them)"
+    )
+    # A listed name that is no feature is the first thing wrong, and named first.
+    config.write_text(f"data: {{path: {path}, categorical: [merchnt]}}\n")
+    result = run_cli("train", config)
+    assert result.stderr.strip() == (
+        "Error: data.categorical names columns that are not features: ['merchnt']"
+    )
+
+
 @pytest.mark.parametrize("kept", [0.001, 0.01, 0.7])
 def test_training_on_a_truncated_csv_gz_fails_in_one_line(kept, tmp_path, tracking_uri) -> None:
     """A .csv.gz cut short (a copy that did not finish) ended `train` in an OSError traceback

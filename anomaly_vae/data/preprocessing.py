@@ -217,9 +217,7 @@ class TabularPreprocessor:
         if categorical is None:
             categorical = [c for c in features if not _is_numeric_column(frame[c])]
             two_valued = {c for c in features if c not in categorical and _has_two_values(frame[c])}
-        unknown = sorted(set(categorical) - set(features))
-        if unknown:
-            raise InputError(f"data.categorical names columns that are not features: {unknown}")
+        _check_listed(categorical, features)
         numeric = []
         for c in features:
             if c in categorical or c in two_valued:
@@ -229,11 +227,7 @@ class TabularPreprocessor:
             except InputError as exc:
                 if listed is None or _is_numeric_column(frame[c]):
                     raise
-                # A list turns inference off for every column, not just for those it names.
-                raise InputError(
-                    f"{exc} (data.categorical lists every categorical column: add '{c}' "
-                    "there if it is one, or leave data.categorical out to infer them)"
-                ) from None
+                raise _unlisted_categorical(exc, c) from None
         binary = [_fit_binary(frame[c], c, c in may_miss) for c in features if c in two_valued]
         cats = [_fit_categorical(frame[c], c) for c in features if c in categorical]
         if not numeric and not binary and not cats:
@@ -462,7 +456,12 @@ def _is_numeric_column(series: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(series) and not pd.api.types.is_bool_dtype(series)
 
 
-def check_training_rows(frame: pd.DataFrame, features: Sequence[str], source: str) -> list[str]:
+def check_training_rows(
+    frame: pd.DataFrame,
+    features: Sequence[str],
+    source: str,
+    categorical: Collection[str] | None = None,
+) -> list[str]:
     """The features with missing values among all the rows given for training, checked before
     they are split into training and validation rows.
 
@@ -470,19 +469,43 @@ def check_training_rows(frame: pd.DataFrame, features: Sequence[str], source: st
     alone, one missing value that the split put among the validation rows stopped training
     with "missing value, and the training data had none", or not, by the seed. An infinite
     value is refused here, where the row is still the file's (after the split, errors named a
-    row of the split: the file's row 6 read as row 37)."""
+    row of the split: the file's row 6 read as row 37). So is text in a column that a
+    `categorical` list leaves to be a number (dates are `TabularPreprocessor.fit`'s to refuse)."""
+    _check_listed(categorical or (), features)
     may_miss = []
     for name in features:
         series = frame[name]
         _reject_nested(series, name, source, 0)
         if _is_numeric_column(series):
             _reject_infinite(_as_float(series, name, source, 0), name, source, 0)
+        elif categorical is not None and name not in categorical and not _holds_dates(series):
+            try:
+                _reject_infinite(_as_float(series, name, source, 0), name, source, 0)
+            except InputError as exc:
+                raise _unlisted_categorical(exc, name) from None
         missing = series.isna()
         if missing.any():
             if missing.all():
                 raise InputError(f"{source}: column '{name}' has no values (data.drop can drop it)")
             may_miss.append(name)
     return may_miss
+
+
+def _check_listed(categorical: Collection[str], features: Sequence[str]) -> None:
+    """Refuse a categorical column that is not a feature (a typo, the label): named first, as
+    the reason every other column is then read as a number."""
+    unknown = sorted(set(categorical) - set(features))
+    if unknown:
+        raise InputError(f"data.categorical names columns that are not features: {unknown}")
+
+
+def _unlisted_categorical(exc: InputError, name: str) -> InputError:
+    """`exc` about text in column `name`, which a `data.categorical` list left a number: a
+    list turns inference off for every column, not just for those it names."""
+    return InputError(
+        f"{exc} (data.categorical lists every categorical column: add '{name}' there if it is "
+        "one, or leave data.categorical out to infer them)"
+    )
 
 
 def _fit_numeric(series: pd.Series, name: str, source: str, may_miss: bool) -> NumericColumn:
