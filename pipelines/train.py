@@ -52,11 +52,15 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
         anomaly_labels,
         check_anomaly_value_matches,
         check_columns,
+        check_kept_columns,
     )
     from anomaly_vae.detector import ColumnRoles
 
     roles = ColumnRoles(data.id_columns, data.label, data.drop)
     check_columns(list(frame.columns), roles.known, (), source, allow_extra=True)
+    # An id named like a score column ('score') is refused before training, not by the
+    # signature example once the model had trained: a FAILED run, and "input:" for the file.
+    check_kept_columns(data.id_columns, source)
     features = [c for c in frame.columns if c not in set(roles.known)]
     for name in features:
         _reject_row_counter(frame[name], name, source)

@@ -316,6 +316,26 @@ def test_keep_columns_refuses_an_input_column_named_like_a_score(
     )
 
 
+def test_an_id_column_named_like_a_score_fails_before_training(
+    breast_cancer_files, tmp_path, tracking_uri
+) -> None:
+    """Refused only by the signature example once the model had trained, it left a FAILED
+    run behind and named the file 'input'; no model could ever have scored with it."""
+    train, _ = breast_cancer_files
+    renamed = tmp_path / "ids.parquet"
+    pd.read_parquet(train).rename(columns={"id": "score"}).to_parquet(renamed)
+    config = tmp_path / "ids.yaml"
+    config.write_text(yaml.safe_dump({"data": {"path": str(renamed), "id_columns": ["score"]}}))
+    result = run_cli("train", config)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: {renamed}: column 'score' has the name of a column scoring writes; "
+        "rename or drop it to keep it beside the scores"
+    )
+    client = mlflow.MlflowClient(tracking_uri)
+    assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
 def test_evaluate_separates_malignant_from_benign(breast_cancer_model, breast_cancer_files) -> None:
     model_uri, tracking = breast_cancer_model
     _, test = breast_cancer_files
