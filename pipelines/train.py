@@ -122,9 +122,10 @@ def signature_example(frame: pd.DataFrame, number_columns: Sequence[str]) -> pd.
     floats as soon as a value is missing, and MLflow would refuse those. A column of pandas'
     category dtype (a Parquet dictionary column) holds its values: MLflow declared it a
     string, then refused the category example, and the trained run ended in a traceback.
-    Columns of types MLflow cannot declare hold text (`_untyped_by_mlflow`).
+    Columns of types MLflow cannot declare hold text (`_untyped_by_mlflow`). Rows with a
+    missing value MLflow cannot check come last (`_checkable_first`).
     """
-    example = frame.head(5)
+    example = _checkable_first(frame, EXAMPLE_ROWS)
     categories = [c for c in example.columns if isinstance(example[c].dtype, pd.CategoricalDtype)]
     return example.astype(
         {
@@ -133,6 +134,28 @@ def signature_example(frame: pd.DataFrame, number_columns: Sequence[str]) -> pd.
             **dict.fromkeys(number_columns, "float64"),
         }
     )
+
+
+EXAMPLE_ROWS = 5
+
+
+def _checkable_first(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
+    """The first `rows` rows of `frame`, those without a missing value in a column of pandas'
+    nullable integers or booleans (`Int64`, `boolean`) before the others. MLflow checks the
+    example against the signature it infers from it and cannot convert such a missing value
+    to the column's type: a Parquet file written from those dtypes (an id missing in some
+    rows) trained, then ended in a traceback when one of the first rows had one."""
+    nullable = [c for c, dtype in frame.dtypes.items() if _is_nullable_extension(dtype)]
+    if not nullable:
+        return frame.head(rows)
+    complete = frame[nullable].notna().all(axis=1).to_numpy()
+    first = np.flatnonzero(complete)[:rows]
+    rest = np.flatnonzero(~complete)[: rows - len(first)]
+    return frame.iloc[np.concatenate([first, rest])]
+
+
+def _is_nullable_extension(dtype: object) -> bool:
+    return isinstance(dtype, pd.api.extensions.ExtensionDtype) and dtype.kind in "iub"
 
 
 def _untyped_by_mlflow(dtype: object) -> bool:

@@ -607,6 +607,27 @@ def test_ids_of_times_with_a_zone_or_durations_train(tmp_path, tracking_uri) -> 
     assert pq.read_table(out).select(ids).equals(pq.read_table(path).select(ids))
 
 
+def test_nullable_integer_ids_and_booleans_with_missing_values_train(
+    tmp_path, tracking_uri
+) -> None:
+    # pandas writes its Int64 and boolean dtypes into the Parquet file and reads them back so;
+    # MLflow cannot check a missing value in them against the signature it infers, and
+    # logging the model failed once it had trained whenever an example row held one.
+    rng = np.random.default_rng(0)
+    ids = pd.array(np.arange(300) + 10**18, dtype="Int64")
+    ids[::2] = pd.NA
+    flags = pd.array(rng.random(300) < 0.3, dtype="boolean")
+    flags[::3] = pd.NA
+    frame = pd.DataFrame({"account": ids, "flag": flags, "x": rng.normal(size=300)})
+    path = tmp_path / "nullable.parquet"
+    frame.to_parquet(path)
+    model_uri = train_briefly(path, "  id_columns: [account]\n")
+    out = tmp_path / "scored.parquet"
+    result = run_cli("score", model_uri, path, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(out).column("account").equals(pq.read_table(path).column("account"))
+
+
 def test_python_scores_keep_the_rows_index(breast_cancer_model, breast_cancer_files) -> None:
     from pipelines.score import load_model
 
