@@ -156,7 +156,8 @@ def evaluate_file(
         detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
         labels.append(detector.roles.labels(batch[label], part.source, part.first_row))
         scores.append(scored["score"].to_numpy())
-        scored.insert(0, label, batch[label].to_numpy())
+        if label not in scored.columns:  # an id column too: scored holds it already
+            scored.insert(0, label, batch[label].to_numpy())
         top_rows = pd.concat([top_rows, scored.nlargest(TOP_ROWS, "score")]).nlargest(
             TOP_ROWS, "score"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import shutil
 import subprocess
 import sys
 import warnings
@@ -334,6 +335,21 @@ def test_an_id_column_named_like_a_score_fails_before_training(
     )
     client = mlflow.MlflowClient(tracking_uri)
     assert not client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+def test_evaluate_reads_a_label_that_is_also_an_id_column(
+    breast_cancer_files, tmp_path, tracking_uri
+) -> None:
+    """Listing the label among the ids carries it into scored files; evaluate then tried to
+    add it beside the scores a second time: a ValueError traceback."""
+    train, test = breast_cancer_files
+    shutil.copy(train, tmp_path / "train.parquet")
+    model_uri = train_briefly(
+        tmp_path / "train.parquet", "  label: label\n  id_columns: [id, label]\n"
+    )
+    result = run_cli("evaluate", model_uri, test)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("auroc")
 
 
 def test_evaluate_separates_malignant_from_benign(breast_cancer_model, breast_cancer_files) -> None:
