@@ -1,6 +1,8 @@
 """Label columns read as anomaly flags (numbers, words and an explicit anomaly value), and
 the columns a table must have."""
 
+import unicodedata
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -62,4 +64,16 @@ def test_a_missing_column_spelled_with_spaces_or_in_capitals_is_named_as_present
     assert str(info.value) == (
         "new.csv: missing column(s) 'amount', 'merchant', 'country' (present as ' amount', "
         "'MERCHANT ': names must match exactly, spaces and case included)"
+    )
+
+
+def test_a_missing_column_in_another_unicode_form_is_named_as_present() -> None:
+    # 'größe' with its ö written as o and a combining diaeresis (NFD) looks the same as the
+    # model's 'größe' (NFC): "missing column(s) 'größe'" named a column the file plainly held.
+    decomposed = unicodedata.normalize("NFD", "größe")
+    with pytest.raises(InputError) as info:
+        check_columns(["id", decomposed], ["größe"], ["id"], "new.csv")
+    assert str(info.value) == (
+        f"new.csv: missing column(s) 'größe' (present as '{decomposed}', the same letters in "
+        "another Unicode form: names must match character for character)"
     )

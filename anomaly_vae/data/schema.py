@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import unicodedata
 from collections import Counter
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 import pandas as pd
@@ -49,13 +50,27 @@ def check_columns(
 
 def _spelled_otherwise(missing: Sequence[str], columns: Sequence[str]) -> str:
     """A hint naming the columns that differ from missing ones only in case or surrounding
-    spaces (a header written "id, amount" holds ' amount'): reported missing alone, they
-    seemed plainly there."""
-    folded = {column.strip().casefold(): column for column in columns}
-    near = [folded[key] for name in missing if (key := name.strip().casefold()) in folded]
-    if not near:
-        return ""
-    return f" (present as {_names(near)}: names must match exactly, spaces and case included)"
+    spaces (a header written "id, amount" holds ' amount'), or else only in their Unicode form
+    (a 'größe' whose ö is an o and a combining diaeresis): reported missing alone, they
+    seemed plainly there, the second even when shown."""
+    near = _near_names(missing, columns, lambda name: name.strip().casefold())
+    if near:
+        return f" (present as {_names(near)}: names must match exactly, spaces and case included)"
+    near = _near_names(missing, columns, lambda name: unicodedata.normalize("NFC", name))
+    if near:
+        return (
+            f" (present as {_names(near)}, the same letters in another Unicode form: names "
+            "must match character for character)"
+        )
+    return ""
+
+
+def _near_names(
+    missing: Sequence[str], columns: Sequence[str], folded: Callable[[str], str]
+) -> list[str]:
+    """The `columns` whose `folded` form is that of a `missing` name."""
+    by_fold = {folded(column): column for column in columns}
+    return [by_fold[key] for name in missing if (key := folded(name)) in by_fold]
 
 
 def check_kept_columns(columns: Sequence[str], source: str) -> None:
