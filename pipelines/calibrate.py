@@ -177,6 +177,7 @@ def _scores_and_labels(
     """All scores of the file, its labels (or None) and a few rows as the model's example."""
     from anomaly_vae.errors import InputError
     from pipelines.score import scored_batches
+    from pipelines.train import signature_example
 
     explicit = label is not None
     label = label or detector.roles.label
@@ -189,15 +190,16 @@ def _scores_and_labels(
             if label and label not in batch.columns and not explicit:
                 label = None  # the model's label column is optional here
             known = [*detector.roles.id_columns, *detector.feature_names]
-            example = batch[[c for c in known if c in batch.columns]].head(5)
+            # As training's example: MLflow refused a category (a Parquet dictionary column)
+            # or a missing value in pandas' Int64, in a traceback once the file had scored.
+            numbers = [c.name for c in detector.preprocessor.number_columns]
+            example = signature_example(batch[[c for c in known if c in batch.columns]], numbers)
         if label and label not in batch.columns:  # asked for, or absent from a later part
             raise InputError(f"{part.source}: missing label column '{label}'")
         detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
         if label:
             labels.append(detector.roles.labels(batch[label], part.source, part.first_row))
         scores.append(scored["score"].to_numpy())
-    numbers = detector.preprocessor.number_columns
-    example = example.astype({c.name: "float64" for c in numbers if c.name in example.columns})
     return np.concatenate(scores), np.concatenate(labels) if label else None, example
 
 
