@@ -21,6 +21,7 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -247,9 +248,19 @@ class ScoringConfig(_Section):
     top_features: int = Field(default=3, ge=0)
 
 
+def _model_name(name: str | None) -> str | None:
+    """Refuse a registered model name MLflow refuses: it did so only once the model had
+    trained, in a traceback that left a FAILED run."""
+    if name and ("/" in name or ":" in name):
+        raise ValueError(f"{name!r} is no model name: MLflow's names hold no '/' or ':'")
+    return name
+
+
 class MlflowConfig(_Section):
     experiment: str | None = None
     registered_model: str | None = None
+
+    _valid_name = field_validator("registered_model")(_model_name)
 
 
 class Config(_Section):
@@ -261,6 +272,15 @@ class Config(_Section):
     scoring: ScoringConfig = ScoringConfig()
     mlflow: MlflowConfig = MlflowConfig()
     name: str | None = Field(default=None, description="Default experiment and model name.")
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, name: str | None, info: ValidationInfo) -> str | None:
+        """`name` names the registered model unless `mlflow.registered_model` does (declared
+        before it, so validated already)."""
+        mlflow = info.data.get("mlflow")
+        return name if mlflow and mlflow.registered_model else _model_name(name)
+
     # Where the config came from, for the training run's name and tags; no config keys.
     _file: str | None = PrivateAttr(default=None)
     _overrides: tuple[str, ...] = PrivateAttr(default=())

@@ -107,3 +107,25 @@ def test_a_mistake_in_an_override_names_the_override_not_the_file(tmp_path: Path
     with pytest.raises(InputError) as info:
         load_config(path, ["training.epochs=3"])
     assert str(info.value) == f"{path}: unknown key 'data.lable'"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("mlflow: {registered_model: fraud/cards}\n", "mlflow.registered_model"),
+        ("name: 'fraud:cards'\n", "name"),
+    ],
+)
+def test_a_model_name_mlflow_refuses_is_refused_before_training(
+    tmp_path: Path, text: str, key: str
+) -> None:
+    # MLflow refused it only when the trained model was registered: a traceback, a FAILED run.
+    with pytest.raises(InputError, match=f"'{key}': .* is no model name: MLflow's names hold"):
+        load_config(_write(tmp_path, f"data: {{path: t.parquet}}\n{text}"))
+
+
+def test_a_name_with_a_slash_may_name_the_experiment_beside_a_registered_model(
+    tmp_path: Path,
+) -> None:
+    text = "data: {path: t.parquet}\nname: team/fraud\nmlflow: {registered_model: fraud}\n"
+    assert load_config(_write(tmp_path, text)).name == "team/fraud"
