@@ -988,6 +988,29 @@ def test_evaluating_labels_of_one_class_names_the_file(
     )
 
 
+def test_evaluating_labels_the_models_anomaly_value_misses_names_what_they_hold(
+    breast_cancer_files, tmp_path, tracking_uri
+) -> None:
+    # Labels spelled 'YES' for the model's 'yes' all read as normal, and the error said only
+    # that the labels mark 0 rows as anomalies, of a file full of them.
+    train, test = breast_cancer_files
+    words = {0: "no", 1: "yes"}
+    pd.read_parquet(train).assign(label=lambda f: f["label"].map(words)).to_parquet(
+        tmp_path / "train.parquet"
+    )
+    data = "  label: label\n  anomaly_value: 'yes'\n"
+    model_uri = train_briefly(tmp_path / "train.parquet", data)
+    shouted = tmp_path / "shouted.parquet"
+    frame = pd.read_parquet(test)
+    frame.assign(label=frame["label"].map(words).str.upper()).to_parquet(shouted)
+    result = run_cli("evaluate", model_uri, shouted)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: {shouted}: data.anomaly_value 'yes' matches no row of label column 'label', "
+        "which holds 'NO', 'YES'"
+    )
+
+
 @pytest.mark.parametrize("command", ["evaluate", "calibrate"])
 def test_unreadable_labels_at_evaluate_ask_for_what_the_model_reads(
     command, breast_cancer_model, breast_cancer_files, tmp_path
