@@ -349,10 +349,20 @@ class ImageDetector:
 
 
 def _check_frame(frame: object, source: str) -> None:
-    """A pandas DataFrame, else one line: a Series or an array failed on `.columns`."""
+    """A pandas DataFrame with text column names, else one line: a Series or an array failed
+    on `.columns`, and a frame of an array (`pd.DataFrame(X)`, columns 0, 1, ...) on the
+    check of its names, an AttributeError where the model's '0', '1', ... were missing."""
     if not isinstance(frame, pd.DataFrame):
         raise InputError(
             f"{source}: score_frame takes a pandas DataFrame, not {type(frame).__name__}"
+        )
+    if frame.columns.inferred_type == "string":  # cached by pandas: no pass on each batch
+        return
+    name = next((c for c in frame.columns if not isinstance(c, str)), None)
+    if name is not None:
+        raise InputError(
+            f"{source}: column names are text, as the model's are; {name!r} is of type "
+            f"{type(name).__name__} (frame.columns = frame.columns.astype(str))"
         )
 
 

@@ -667,6 +667,10 @@ def test_python_scores_keep_the_rows_index(breast_cancer_model, breast_cancer_fi
     with pytest.raises(InputError, match="score_frame takes a pandas DataFrame, not Series"):
         detector.score_frame(frame.iloc[0])
 
+    # A frame of an array (columns 0, 1, ...) failed on its names: an AttributeError.
+    with pytest.raises(InputError, match="^input: column names are text, as the model's are; 0 is"):
+        detector.score_frame(pd.DataFrame(frame.to_numpy()))
+
     dated = frame.assign(**{"mean area": pd.Timestamp("2026-11-27")})
     with pytest.raises(InputError, match="column 'mean area' holds dates or times, not numbers"):
         detector.score_frame(dated)
