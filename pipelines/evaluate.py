@@ -157,7 +157,8 @@ def evaluate_file(
             raise InputError(f"{part.source}: missing label column '{label}'")
         detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
         labels.append(detector.roles.labels(batch[label], part.source, part.first_row))
-        held.update(batch[label].astype(str).str.strip().unique())
+        if detector.roles.anomaly_value is not None:  # distinct values only: cheap per batch
+            held.update(pd.Series(batch[label].unique()).astype(str).str.strip())
         scores.append(scored["score"].to_numpy())
         if label not in scored.columns:  # an id column too: scored holds it already
             scored.insert(0, label, batch[label].to_numpy())
