@@ -613,13 +613,18 @@ def test_ids_of_times_with_a_zone_or_durations_train(tmp_path, tracking_uri) -> 
             "x": rng.normal(size=300),
         }
     )
-    path = tmp_path / "events.parquet"
+    assert_ids_train_and_score(tmp_path, frame, ["event_time", "waited"])
+
+
+def assert_ids_train_and_score(tmp_path: Path, frame: pd.DataFrame, ids: list[str]) -> None:
+    """Train on `frame` written to Parquet with `ids` as id columns, score the file, and
+    check the scored ids are the file's, types included."""
+    path = tmp_path / "ids.parquet"
     frame.to_parquet(path)
-    model_uri = train_briefly(path, "  id_columns: [event_time, waited]\n")
+    model_uri = train_briefly(path, f"  id_columns: [{', '.join(ids)}]\n")
     out = tmp_path / "scored.parquet"
     result = run_cli("score", model_uri, path, "-o", out)
     assert result.exit_code == 0, result.output
-    ids = ["event_time", "waited"]
     assert pq.read_table(out).select(ids).equals(pq.read_table(path).select(ids))
 
 
@@ -635,13 +640,7 @@ def test_nullable_integer_ids_and_booleans_with_missing_values_train(
     flags = pd.array(rng.random(300) < 0.3, dtype="boolean")
     flags[::3] = pd.NA
     frame = pd.DataFrame({"account": ids, "flag": flags, "x": rng.normal(size=300)})
-    path = tmp_path / "nullable.parquet"
-    frame.to_parquet(path)
-    model_uri = train_briefly(path, "  id_columns: [account]\n")
-    out = tmp_path / "scored.parquet"
-    result = run_cli("score", model_uri, path, "-o", out)
-    assert result.exit_code == 0, result.output
-    assert pq.read_table(out).column("account").equals(pq.read_table(path).column("account"))
+    assert_ids_train_and_score(tmp_path, frame, ["account"])
 
 
 def test_python_scores_keep_the_rows_index(breast_cancer_model, breast_cancer_files) -> None:
