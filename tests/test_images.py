@@ -943,3 +943,19 @@ def test_maps_folder_that_is_or_holds_the_scores_file_is_one_line_and_writes_not
     assert "--maps is or holds the scores file" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+@pytest.mark.parametrize(
+    "mode, marked",
+    [("F", 0.3), ("I;16", 1), ("I", 70_000), ("L", 1), ("RGB", (1, 0, 0)), ("P", 3)],
+)
+def test_every_non_zero_pixel_of_a_mask_is_a_defect(tmp_path: Path, mode: str, marked) -> None:
+    """Read through 8-bit gray, a float mask's 0.3 and an RGB mask's dark red rounded to 0:
+    the defect was dropped and its image's pixels counted as normal."""
+    mask = Image.new(mode, (8, 8))
+    if mode == "P":  # index 3 is a colour, index 0 black
+        mask.putpalette([0, 0, 0] * 3 + [0, 0, 9] + [0, 0, 0] * 252)
+    mask.paste(marked, (0, 0, 4, 8))
+    mask.save(tmp_path / "mask.tif")
+    read = read_mask(tmp_path / "mask.tif", 8)
+    assert read[:, :4].all() and not read[:, 4:].any()

@@ -423,10 +423,18 @@ def read_mask(path: Path, size: int) -> np.ndarray:
     """A mask file as a boolean (size, size) array: any non-zero pixel is a defect."""
     try:
         with _open(path) as img:
-            mask = np.asarray(img.convert("L"), dtype=np.float32) > 0
+            mask = _marked(img).astype(np.float32)
             return _upright(resize(mask[None].astype(np.float32), size), img)[0] >= 0.5
     except _UNREADABLE as exc:
         raise InputError(f"{path}: unreadable mask ({first_line(exc)})") from None
+
+
+def _marked(img: Image.Image) -> np.ndarray:
+    """The pixels of a mask that are not zero in any channel. Through 8-bit gray, a float
+    mask's 0.3 and an RGB mask's dark red (1, 0, 0) rounded to 0: defects dropped unseen."""
+    if img.mode != "P" and len(img.getbands()) == 1:  # a palette's index is no colour
+        return np.asarray(img) != 0
+    return np.asarray(img.convert("RGB")).any(axis=2)
 
 
 def check_mask_size(mask: Path, image: str | Path) -> None:
