@@ -81,7 +81,8 @@ def tabular_section(runs: pd.DataFrame, notes: dict[str, str], seeds: int) -> st
         [
             "## Tabular detection",
             "",
-            f"Mean ± standard deviation over {seeds} protocol split seeds (train on 70% of the "
+            f"Mean ± population standard deviation (ddof 0, so that one seed reads 0) over "
+            f"{seeds} protocol split seeds (train on 70% of the "
             "normal rows, test on the other 30% plus every anomaly). F1 ratio: F1 at the "
             "threshold a detector gives without test labels over the best F1 any threshold "
             "reaches. Ours: `calibrate`'s default without labels (estimated-f1 against the "
