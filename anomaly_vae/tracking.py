@@ -78,7 +78,23 @@ def configure_tracking(tracking_uri: str | None = None, create: bool = True) -> 
         db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    _open_store(uri)
     return uri
+
+
+def _open_store(uri: str) -> None:
+    """Refuse a store MLflow cannot open in one line: MLflow 3's refusal of a file store (a
+    bare path such as MLflow 2's `./mlruns`, or `file:///...`) or of an unknown scheme ended
+    `train` and `runs` in a traceback, and `score` in "model not found"."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    except MlflowException as exc:
+        raise InputError(
+            f"{uri}: MLflow cannot open this tracking store ({first_line(exc)})"
+        ) from None
 
 
 def use_experiment(name: str) -> str:

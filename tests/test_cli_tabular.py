@@ -1044,3 +1044,14 @@ def test_a_tracking_store_that_is_not_there_is_named_and_not_created(
                      "--tracking-uri", missing)  # fmt: skip
     assert result.exit_code == 1 and result.stderr.strip() == expected
     assert not (tmp_path / "typo").exists() and not out.exists()
+
+
+@pytest.mark.parametrize("store", ["mlruns", "file:///tmp/anomaly-vae-file-store", "foo://bar"])
+def test_a_tracking_store_mlflow_cannot_open_stops_in_one_line(breast_cancer_files, store) -> None:
+    # MLflow 3 refuses a file store (MLflow 2's `./mlruns`) and unknown schemes: `train` and
+    # `runs` ended in MLflow's traceback, `score` in "model ... not found".
+    for args in (("runs",), ("score", "models:/m@champion", breast_cancer_files[1], "-o", "x.csv")):
+        result = run_cli(*args, "--tracking-uri", store)
+        assert result.exit_code == 1
+        assert result.stderr.startswith(f"Error: {store}: MLflow cannot open this tracking store (")
+        assert len(result.stderr.strip().splitlines()) == 1
