@@ -250,9 +250,12 @@ class ScoringConfig(_Section):
 
 def _model_name(name: str | None) -> str | None:
     """Refuse a registered model name MLflow refuses: it did so only once the model had
-    trained, in a traceback that left a FAILED run."""
+    trained, in a traceback that left a FAILED run. MLflow registers a name with '@', but
+    reads `models:/a@b/1` as an alias: `train` printed version URIs that found no model."""
     if name and ("/" in name or ":" in name):
         raise ValueError(f"{name!r} is no model name: MLflow's names hold no '/' or ':'")
+    if name and "@" in name:
+        raise ValueError(f"{name!r} is no model name: '@' starts an alias in models:/ URIs")
     return name
 
 

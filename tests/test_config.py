@@ -124,6 +124,16 @@ def test_a_model_name_mlflow_refuses_is_refused_before_training(
         load_config(_write(tmp_path, f"data: {{path: t.parquet}}\n{text}"))
 
 
+@pytest.mark.parametrize("text", ["mlflow: {registered_model: a@b}\n", "name: a@b\n"])
+def test_a_model_name_with_an_alias_sign_is_refused_before_training(
+    tmp_path: Path, text: str
+) -> None:
+    # MLflow registered it, but models:/a@b/1, the version URI `train` printed, read as the
+    # alias 'b/1' of a model 'a': "Registered Model with name=a not found".
+    with pytest.raises(InputError, match="'a@b' is no model name: '@' starts an alias"):
+        load_config(_write(tmp_path, f"data: {{path: t.parquet}}\n{text}"))
+
+
 def test_a_name_with_a_slash_may_name_the_experiment_beside_a_registered_model(
     tmp_path: Path,
 ) -> None:
