@@ -109,9 +109,21 @@ def use_experiment(name: str) -> str:
             location = (db.parent / "artifacts" / _slug(name)).resolve().as_uri()
         experiment_id = mlflow.create_experiment(name, artifact_location=location)
     else:
+        refuse_deleted(experiment)
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def refuse_deleted(experiment: mlflow.entities.Experiment) -> None:
+    """Refuse an experiment deleted in `mlflow ui`, which keeps its name until it is purged:
+    `train`, `evaluate` and `calibrate` ended in MLflow's "Cannot set a deleted experiment"
+    traceback, and `runs --experiment` said "no runs yet"."""
+    if experiment.lifecycle_stage == "deleted":
+        raise InputError(
+            f"experiment '{experiment.name}' is deleted: restore it (mlflow experiments restore "
+            f"--experiment-id {experiment.experiment_id}) or purge it (mlflow gc)"
+        )
 
 
 @contextlib.contextmanager

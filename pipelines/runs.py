@@ -36,12 +36,15 @@ def list_runs(
     import mlflow
 
     from anomaly_vae.errors import InputError
-    from anomaly_vae.tracking import configure_tracking
+    from anomaly_vae.tracking import configure_tracking, refuse_deleted
 
     configure_tracking(tracking_uri, create=False)
-    if experiment is not None and mlflow.get_experiment_by_name(experiment) is None:
-        known = ", ".join(e.name for e in mlflow.search_experiments()) or "none"
-        raise InputError(f"experiment '{experiment}' not found (experiments: {known})")
+    if experiment is not None:
+        found = mlflow.get_experiment_by_name(experiment)
+        if found is None:
+            known = ", ".join(e.name for e in mlflow.search_experiments()) or "none"
+            raise InputError(f"experiment '{experiment}' not found (experiments: {known})")
+        refuse_deleted(found)
     runs = mlflow.search_runs(
         experiment_names=[experiment] if experiment else None,
         search_all_experiments=experiment is None,

@@ -354,3 +354,23 @@ def test_a_table_folder_digest_is_of_the_parts_the_reader_reads(tmp_path) -> Non
     assert data_digest(table) == before
     pd.DataFrame({"x": [3.0]}).to_parquet(table / "part-00001.parquet")
     assert data_digest(table) != before
+
+
+def test_a_deleted_experiment_is_named_in_one_line(tracking_uri: str) -> None:
+    # MLflow keeps a deleted experiment's name: `train`, `evaluate` and `calibrate` ended in
+    # its "Cannot set a deleted experiment" traceback, `runs --experiment` said "no runs yet".
+    from anomaly_vae.errors import InputError
+    from anomaly_vae.tracking import configure_tracking, use_experiment
+
+    configure_tracking(tracking_uri)
+    experiment_id = use_experiment("fraud")
+    mlflow.MlflowClient().delete_experiment(experiment_id)
+    expected = (
+        f"experiment 'fraud' is deleted: restore it (mlflow experiments restore --experiment-id "
+        f"{experiment_id}) or purge it (mlflow gc)"
+    )
+    with pytest.raises(InputError) as info:
+        use_experiment("fraud")
+    assert str(info.value) == expected
+    result = run_cli("runs", "--experiment", "fraud")
+    assert result.exit_code == 1 and result.stderr.strip() == f"Error: {expected}"
