@@ -342,6 +342,16 @@ def read_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Yaml12Booleans)  # noqa: S506 - a SafeLoader subclass
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong in the YAML and where. The first line of PyYAML's message is its context,
+    "while scanning for the next token" for a tab indent, which names neither the problem
+    (a tab) nor its line."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or not exc.problem:
+        return first_line(exc)
+    mark = exc.problem_mark
+    return f"line {mark.line + 1}, column {mark.column + 1}: {exc.problem}" if mark else exc.problem
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read a YAML config, apply `key.sub=value` overrides and validate the result."""
     path = Path(path)
@@ -356,7 +366,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     except OSError as exc:
         raise InputError(f"{path}: cannot read the config file ({exc.strerror})") from None
     except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({first_line(exc)})") from None
+        raise InputError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(raw, dict):
         raise InputError(f"{path}: a config must be a mapping of sections")
     for override in overrides:
@@ -407,5 +417,5 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
         node[parts[-1]] = read_yaml(value) if value else None
     except yaml.YAMLError as exc:
         raise InputError(
-            f"--set {override!r}: not a valid YAML value ({first_line(exc)})"
+            f"--set {override!r}: not a valid YAML value ({yaml_problem(exc)})"
         ) from None

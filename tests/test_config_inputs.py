@@ -117,3 +117,18 @@ def test_a_mask_rule_with_other_placeholders_or_braces_is_refused(
     assert why in str(info.value) and "\n" not in str(info.value)
     for fine in ("{stem}_mask.png", "../masks/{parent}/{name}", "{{literal}}{stem}.png"):
         assert load_config(path, [f"image.mask_rule='{fine}'"]).image.mask_rule == fine
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("data:\n\tpath: t.parquet\n", "line 2, column 1: found character '\\t' that cannot start"),
+        ("data:\n  path: [t.parquet\n", "line 3, column 1: expected ',' or ']', but got '<stream"),
+    ],
+)
+def test_a_yaml_mistake_is_named_with_its_line(tmp_path: Path, text: str, problem: str) -> None:
+    # The message held only PyYAML's context, "while scanning for the next token" or "while
+    # parsing a flow sequence": neither what was wrong nor where.
+    with pytest.raises(InputError) as info:
+        load_config(_write(tmp_path, text))
+    assert str(info.value).startswith(f"{tmp_path / 'fraud.yaml'}: not valid YAML ({problem}")
