@@ -56,19 +56,8 @@ def configure_tracking(tracking_uri: str | None = None, create: bool = True) -> 
     `create=False` is for reading a store that must exist (a model lookup, `runs`): a SQLite
     path that is not there is an error, where a mistyped one used to create a new, empty store
     (its folder too) and read as "no runs yet"."""
-    # MLflow's per-file download bars and INFO lines drown our one-line summaries.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # MLflow sets its logger's level when first imported, from this variable (default INFO);
-    # the variable also reaches the processes started from here (model server, Spark workers).
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    # With a tracking server MLflow writes "View run ... at: <url>" and "View experiment at:"
-    # to stdout as each run ends: `train` and `calibrate` printed them before the model URI,
-    # their one line of stdout that `uri=$(anomaly-vae train ...)` takes, and `evaluate`
-    # amid its metrics. The run id is in the summary already.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    quiet_mlflow()
     import mlflow
-
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     db = _sqlite_path(uri)
@@ -80,6 +69,25 @@ def configure_tracking(tracking_uri: str | None = None, create: bool = True) -> 
     mlflow.set_registry_uri(uri)
     _open_store(uri)
     return uri
+
+
+def quiet_mlflow() -> None:
+    """Keep MLflow, here and in the processes started from here, to what leaves our one-line
+    summaries readable; every command needs it, also one that opens no tracking store
+    (`serve` of a model folder)."""
+    # MLflow's per-file download bars and INFO lines drown our one-line summaries.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # MLflow sets its logger's level when first imported, from this variable (default INFO);
+    # the variable also reaches the processes started from here (model server, Spark workers).
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # With a tracking server MLflow writes "View run ... at: <url>" and "View experiment at:"
+    # to stdout as each run ends: `train` and `calibrate` printed them before the model URI,
+    # their one line of stdout that `uri=$(anomaly-vae train ...)` takes, and `evaluate`
+    # amid its metrics. The run id is in the summary already.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    import mlflow  # noqa: F401 - after the variables above, which it reads when first imported
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def _open_store(uri: str) -> None:

@@ -75,9 +75,11 @@ def serve(
     reach it directly.
     """
     from anomaly_vae.detector import load_detector
-    from anomaly_vae.tracking import configure_tracking, resolve_detector_dir, resolve_model_dir
+    from anomaly_vae.tracking import quiet_mlflow, resolve_detector_dir, resolve_model_dir
 
-    configure_tracking(tracking_uri)
+    # Not configure_tracking(tracking_uri): it made the default store where there was none,
+    # and "model not found" in it; resolve_model_dir opens a store only to look a model up.
+    quiet_mlflow()
     model_dir = resolve_model_dir(model_uri, tracking_uri)
     # A detector that cannot load (damaged weights) stopped the server after it had started,
     # in uvicorn's and MLflow's tracebacks around the one line that said why.

@@ -286,3 +286,14 @@ def test_serve_starts_where_no_cache_folder_can_be_made(
     assert result.exit_code == 0, result.output
     (command,) = started
     assert (Path(command[command.index("--model-uri") + 1]) / "MLmodel").is_file()
+
+
+def test_serve_names_a_missing_store_and_does_not_make_it(started, tmp_path: Path) -> None:
+    # serve made the store, an empty mlruns/mlflow.db, and said the model was not found in it.
+    missing = f"sqlite:///{tmp_path}/typo/mlflow.db"
+    result = run_cli("serve", "models:/fraud@champion", "--tracking-uri", missing)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: {missing}: no MLflow tracking store there; `anomaly-vae train` makes one"
+    )
+    assert not (tmp_path / "typo").exists() and not started
