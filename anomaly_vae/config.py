@@ -26,7 +26,7 @@ from pydantic import (
     model_validator,
 )
 
-from anomaly_vae.calibration import Costs
+from anomaly_vae.calibration import Costs, parse_strategy
 from anomaly_vae.errors import InputError, first_line
 
 
@@ -225,6 +225,15 @@ class CalibrationConfig(_Section):
         default="isotonic",
         description="Calibrated anomaly probability, fitted when validation holds anomalies.",
     )
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, strategy: str) -> str:
+        """A misspelt strategy (`fpr<0.01`) stopped `train` only once the model had trained,
+        leaving a FAILED run; `calibrate --strategy` checks it before scoring too."""
+        if strategy != "auto":
+            parse_strategy(strategy)
+        return strategy
 
     @model_validator(mode="after")
     def _costs_go_with_cost(self) -> CalibrationConfig:

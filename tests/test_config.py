@@ -69,6 +69,17 @@ def test_config_mistakes_name_the_key(tmp_path: Path, text: str, message: str) -
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("strategy", ["fpr<0.01", "F1", "recall>=90"])
+def test_a_misspelt_calibration_strategy_is_refused_before_training(
+    tmp_path: Path, strategy: str
+) -> None:
+    # It was found only once the model had trained, leaving a FAILED run behind.
+    path = _write(tmp_path, "data: {path: t.parquet}\n")
+    with pytest.raises(InputError, match=f"'calibration.strategy': .*strategy '{strategy}'"):
+        load_config(path, [f"calibration.strategy={strategy}"])
+    assert load_config(path, ["calibration.strategy=recall >= 0.9"]).calibration.strategy
+
+
 def test_missing_config_file(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="config file not found"):
         load_config(tmp_path / "nope.yaml")
