@@ -390,8 +390,8 @@ def run_reading_model(
     from mlflow.entities import LoggedModelInput
 
     configure_tracking(tracking_uri)
-    use_experiment(info.get("experiment", "anomaly-vae"))
     lineage = model_lineage(model_uri, info)
+    use_parent_experiment(lineage.run_id, info.get("experiment", "anomaly-vae"))
     name = f"{_READING_COMMANDS[kind]} {lineage.version or model_uri} on {Path(source).name}"
     with tracked_run(name, parent_run_id=lineage.run_id) as run:
         mlflow.set_tags({"kind": kind, "model_uri": model_uri, "input": source})
@@ -400,6 +400,20 @@ def run_reading_model(
         if lineage.model_id:
             mlflow.log_input(model=LoggedModelInput(lineage.model_id))
         yield ModelReadingRun(run, lineage, log_data(source, kind))
+
+
+def use_parent_experiment(parent_run_id: str | None, name: str) -> None:
+    """Activate the experiment of the run a nested run goes beneath, else the one named `name`
+    (the model's training experiment, from its detector.json). That name is a copy: once the
+    experiment was renamed in `mlflow ui`, an evaluation made a new experiment of the old name
+    and nested its run beneath a parent in the other one, where neither listed it."""
+    import mlflow
+
+    if parent_run_id is None:
+        use_experiment(name)
+        return
+    experiment_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
+    mlflow.set_experiment(experiment_id=experiment_id)
 
 
 def log_data(path: str | Path, context: str) -> mlflow.data.dataset.Dataset:

@@ -374,3 +374,20 @@ def test_a_deleted_experiment_is_named_in_one_line(tracking_uri: str) -> None:
     assert str(info.value) == expected
     result = run_cli("runs", "--experiment", "fraud")
     assert result.exit_code == 1 and result.stderr.strip() == f"Error: {expected}"
+
+
+def test_a_model_read_after_its_experiment_was_renamed_logs_beside_its_parent_run(
+    private_registry, breast_cancer_files
+) -> None:
+    # The run went to a new experiment of the old name, nested beneath a run in the other one.
+    model_uri, tracking = private_registry
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    name = model_uri.removeprefix("models:/").split("@")[0]
+    trained = client.get_run(client.get_model_version_by_alias(name, "champion").run_id)
+    client.rename_experiment(trained.info.experiment_id, "renamed")
+    result = run_cli("evaluate", model_uri, breast_cancer_files[1], "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+    evaluation = client.get_run(result.stderr.strip().split()[-1])
+    assert evaluation.data.tags["mlflow.parentRunId"] == trained.info.run_id
+    assert evaluation.info.experiment_id == trained.info.experiment_id
+    assert [e.name for e in client.search_experiments()] == ["renamed", "Default"]
