@@ -335,8 +335,11 @@ class _Yaml12Booleans(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+# YAML 1.1's integers go too: PyYAML read `anomaly_value: 010` as octal, the label 8, and
+# `1:30` (base 60) as 90, `0b11` as 3; YAML 1.2 reads 10, and the text 1:30 and 0b11.
+_YAML_1_1_ONLY = ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")
 _Yaml12Booleans.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML_1_1_ONLY]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Yaml12Booleans.add_implicit_resolver(
@@ -344,10 +347,24 @@ _Yaml12Booleans.add_implicit_resolver(
     re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
     list("tTfF"),
 )
+_Yaml12Booleans.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    """A YAML 1.2 integer: decimal whatever its leading zeros, or 0o octal, or 0x hex."""
+    text = loader.construct_scalar(node)
+    return int(text, 0) if text.startswith(("0o", "0x")) else int(text)
+
+
+_Yaml12Booleans.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
 
 
 def read_yaml(text: str) -> Any:
-    """A config file's or `--set` value's YAML, with YAML 1.2 booleans."""
+    """A config file's or `--set` value's YAML, with YAML 1.2 booleans and integers."""
     return yaml.load(text, Loader=_Yaml12Booleans)  # noqa: S506 - a SafeLoader subclass
 
 

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from anomaly_vae.config import load_config
+from anomaly_vae.config import load_config, read_yaml
 from anomaly_vae.errors import InputError
 
 
@@ -46,6 +46,16 @@ def test_yes_and_no_are_label_values_not_booleans(tmp_path: Path) -> None:
     assert load_config(path, ["image.augment=false"]).image.augment is False
     # A number (a class code) is kept as the text it was written as.
     assert load_config(path, ["data.anomaly_value=2"]).data.anomaly_value == "2"
+
+
+@pytest.mark.parametrize(
+    ("value", "read"),
+    [("010", 10), ("-007", -7), ("1:30", "1:30"), ("0b11", "0b11"), ("0o17", 15), ("0x1F", 31)],
+)
+def test_integers_are_yaml_1_2_integers(value: str, read: int | str) -> None:
+    # YAML 1.1 (PyYAML's default) read 010 as octal 8, 1:30 in base 60 as 90 and 0b11 as 3:
+    # `anomaly_value: 010` named the label 8.
+    assert read_yaml(value) == read
 
 
 @pytest.mark.parametrize(
