@@ -74,12 +74,13 @@ def write_digits(folder: Path, seed: int = 0, anomalies_per_digit: int = 20) -> 
 def run(*args: str) -> str:
     print("$ anomaly-vae " + " ".join(args), flush=True)
     result = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", *args],
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
+        [sys.executable, "-m", "pipelines.cli", *args], stdout=subprocess.PIPE, text=True
     )
     print(result.stdout, end="", flush=True)
+    if result.returncode != 0:
+        # The command has said why in one line on stderr; a CalledProcessError traceback
+        # of the demo's own followed it.
+        raise SystemExit(result.returncode)
     return result.stdout
 
 

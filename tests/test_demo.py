@@ -1,6 +1,10 @@
-"""The demo's closing hint."""
+"""The demo's steps and closing hint."""
 
-from pipelines.demo import browse_hint
+from pathlib import Path
+
+import pytest
+
+from pipelines.demo import browse_hint, run
 
 
 def test_the_demo_points_mlflow_ui_at_the_store_its_runs_went_to() -> None:
@@ -12,3 +16,15 @@ def test_the_demo_points_mlflow_ui_at_the_store_its_runs_went_to() -> None:
     assert browse_hint("http://mlflow.internal:5000") == (
         "Browse the runs and the registered model: open http://mlflow.internal:5000"
     )
+
+
+def test_a_failed_demo_step_ends_with_its_own_error_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The command's one-line error was followed by the demo's CalledProcessError traceback.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/missing/mlflow.db")
+    with pytest.raises(SystemExit) as info:
+        run("runs")
+    assert info.value.code == 1
+    err = capfd.readouterr().err
+    assert "no MLflow tracking store there" in err and "Traceback" not in err
