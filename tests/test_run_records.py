@@ -391,3 +391,18 @@ def test_a_model_read_after_its_experiment_was_renamed_logs_beside_its_parent_ru
     assert evaluation.data.tags["mlflow.parentRunId"] == trained.info.run_id
     assert evaluation.info.experiment_id == trained.info.experiment_id
     assert [e.name for e in client.search_experiments()] == ["renamed", "Default"]
+
+
+def test_a_model_read_after_its_experiment_was_deleted_is_one_line(
+    private_registry, breast_cancer_files
+) -> None:
+    # MLflow deletes the experiment's runs with it: no parent run to log beside, and the
+    # experiment of the model's name is the deleted one, refused as `train` refuses it.
+    model_uri, tracking = private_registry
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    name = model_uri.removeprefix("models:/").split("@")[0]
+    trained = client.get_run(client.get_model_version_by_alias(name, "champion").run_id)
+    client.delete_experiment(trained.info.experiment_id)
+    result = run_cli("evaluate", model_uri, breast_cancer_files[1], "--tracking-uri", tracking)
+    assert result.exit_code == 1
+    assert result.stderr.strip().startswith("Error: experiment '") and "is deleted" in result.stderr
