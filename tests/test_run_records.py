@@ -10,6 +10,7 @@ import mlflow
 import pandas as pd
 import pytest
 from conftest import REPO, run_cli
+from mlflow.entities import Run
 
 from anomaly_vae.tracking import data_digest
 from pipelines.runs import list_runs
@@ -381,9 +382,7 @@ def test_a_model_read_after_its_experiment_was_renamed_logs_beside_its_parent_ru
 ) -> None:
     # The run went to a new experiment of the old name, nested beneath a run in the other one.
     model_uri, tracking = private_registry
-    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
-    name = model_uri.removeprefix("models:/").split("@")[0]
-    trained = client.get_run(client.get_model_version_by_alias(name, "champion").run_id)
+    client, trained = champion_training_run(model_uri, tracking)
     client.rename_experiment(trained.info.experiment_id, "renamed")
     result = run_cli("evaluate", model_uri, breast_cancer_files[1], "--tracking-uri", tracking)
     assert result.exit_code == 0, result.output
@@ -399,10 +398,15 @@ def test_a_model_read_after_its_experiment_was_deleted_is_one_line(
     # MLflow deletes the experiment's runs with it: no parent run to log beside, and the
     # experiment of the model's name is the deleted one, refused as `train` refuses it.
     model_uri, tracking = private_registry
-    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
-    name = model_uri.removeprefix("models:/").split("@")[0]
-    trained = client.get_run(client.get_model_version_by_alias(name, "champion").run_id)
+    client, trained = champion_training_run(model_uri, tracking)
     client.delete_experiment(trained.info.experiment_id)
     result = run_cli("evaluate", model_uri, breast_cancer_files[1], "--tracking-uri", tracking)
     assert result.exit_code == 1
     assert result.stderr.strip().startswith("Error: experiment '") and "is deleted" in result.stderr
+
+
+def champion_training_run(model_uri: str, tracking: str) -> tuple[mlflow.MlflowClient, Run]:
+    """A client of the store and the run that trained the model's @champion version."""
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    name = model_uri.removeprefix("models:/").split("@")[0]
+    return client, client.get_run(client.get_model_version_by_alias(name, "champion").run_id)
