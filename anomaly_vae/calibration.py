@@ -225,8 +225,7 @@ def choose_threshold(
             raise InputError(f"calibration '{strategy}' needs normal validation rows")
         value = _fpr_threshold(normals, bound)
     elif kind == "quantile=":
-        # Rounded so that quantile=0.9 allows exactly a tenth of the rows, not 0.0999...
-        value = _fpr_threshold(scores, round(1 - bound, 12))
+        value = _fpr_threshold(scores, 1 - bound)
     else:
         if labels is None or not labels.any() or labels.all():
             raise InputError(
@@ -365,9 +364,14 @@ def threshold_metrics(
 
 
 def _fpr_threshold(normal_scores: np.ndarray, fpr: float) -> float:
-    """The lowest threshold that flags at most floor(fpr * n) of the normal scores."""
+    """The lowest threshold that flags at most floor(fpr * n) of the normal scores.
+
+    The product is rounded before the floor: in binary, 0.29 * 100 is 28.999999999999996 and
+    1 - 0.9 is 0.0999..., so `fpr<=0.29` on 100 normals flagged 28 and `quantile=0.9` on 10
+    rows none, a row fewer than the budget allows.
+    """
     ranked = np.sort(normal_scores)[::-1]
-    allowed = int(np.floor(fpr * len(ranked)))
+    allowed = int(np.floor(round(fpr * len(ranked), 9)))
     if allowed >= len(ranked):
         return float(ranked[-1])
     # Strictly above the first score that must stay unflagged.

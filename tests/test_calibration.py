@@ -59,6 +59,16 @@ def test_fpr_budget_on_normals_only(scored, fpr: float) -> None:
     assert int(np.sum(normals >= np.max(normals[normals < chosen.value]))) > fpr * len(normals)
 
 
+@pytest.mark.parametrize("strategy", ["fpr<=0.29", "fpr<=0.57", "quantile=0.71", "quantile=0.9"])
+def test_a_budget_that_is_a_whole_number_of_rows_flags_all_of_them(strategy: str) -> None:
+    """0.29 * 100 is 28.999... in binary: the budget of 29 rows flagged 28."""
+    scores = np.arange(100.0)
+    kind, bound = parse_strategy(strategy)
+    share = bound if kind == "fpr<=" else 1 - bound
+    chosen = choose_threshold(scores, None, strategy)
+    assert np.sum(scores >= chosen.value) == round(share * 100)
+
+
 @pytest.mark.parametrize(
     "bad", ["F1", "recall>0.9", "fpr<=1.5", "precision>=", "cost=1", "quantile=1.5"]
 )
