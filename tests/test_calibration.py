@@ -70,6 +70,28 @@ def test_a_budget_that_is_a_whole_number_of_rows_flags_all_of_them(strategy: str
 
 
 @pytest.mark.parametrize(
+    "strategy", ["f1", "recall>=1", "recall>=0.9", "precision>=0.8", "fpr<=0.05", "quantile=0.9"]
+)
+def test_float_noise_does_not_flip_the_rows_beside_the_threshold(scored, strategy: str) -> None:
+    """Scores move by a few 1e-7 (relative) with the rows batched with them: a threshold on a
+    row's own score let the anomaly recall>=1 caught score alone as normal."""
+    scores, labels = scored
+    scores = scores + 50.0  # a VAE's scale, where float32 noise is a few 1e-6 absolute
+    chosen = choose_threshold(scores, labels, strategy)
+    flagged = scores >= chosen.value
+    lowest, highest = np.min(scores[flagged]), np.max(scores[~flagged])
+    assert lowest * (1 - 5e-7) >= chosen.value > highest * (1 + 5e-7)
+
+
+def test_the_estimated_f1_threshold_clears_the_row_it_was_chosen_at() -> None:
+    rng = np.random.default_rng(0)
+    normal = NormalScores.from_scores(rng.normal(50, 1, 2000))
+    batch = np.r_[rng.normal(50, 1, 900), rng.normal(56, 1, 100)]
+    chosen = choose_threshold(batch, None, "estimated-f1", normal=normal)
+    assert np.min(batch[batch >= chosen.value]) * (1 - 5e-7) >= chosen.value
+
+
+@pytest.mark.parametrize(
     "bad", ["F1", "recall>0.9", "fpr<=1.5", "precision>=", "cost=1", "quantile=1.5"]
 )
 def test_unknown_strategies_are_rejected(bad: str) -> None:
