@@ -6,6 +6,7 @@ Heavy libraries are imported inside the commands, so `anomaly-vae --help` is ins
 from __future__ import annotations
 
 import functools
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -51,6 +52,30 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(str(exc)) from None
 
     return wrapper
+
+
+def stopped_by_sigterm(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Run the command with SIGTERM raising SystemExit(143), as Ctrl-C raises KeyboardInterrupt.
+
+    Python's default SIGTERM action ends the process at once, running no `finally` and no
+    `with` exit: `timeout` or a job scheduler stopping `score` left its temporary output file
+    (hundreds of MB on a large input), Spark's staging folder and the downloaded model's
+    folder behind. `train` keeps Lightning's own SIGTERM handling (`anomaly_vae.training`).
+    """
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            return command(*args, **kwargs)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    return wrapper
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -112,6 +137,7 @@ def train(config_path: str, overrides: tuple[str, ...], tracking_uri: str | None
 )
 @tracking_option
 @user_errors
+@stopped_by_sigterm
 def score(
     model_uri: str,
     input_path: str,
@@ -188,6 +214,7 @@ def serve(model_uri: str, host: str, port: int, tracking_uri: str | None) -> Non
 )
 @tracking_option
 @user_errors
+@stopped_by_sigterm
 def evaluate(
     model_uri: str,
     input_path: str,
@@ -257,6 +284,7 @@ def evaluate(
 )
 @tracking_option
 @user_errors
+@stopped_by_sigterm
 def calibrate(
     model_uri: str,
     input_path: str,

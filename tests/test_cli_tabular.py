@@ -1055,3 +1055,34 @@ def test_a_tracking_store_mlflow_cannot_open_stops_in_one_line(breast_cancer_fil
         assert result.exit_code == 1
         assert result.stderr.startswith(f"Error: {store}: MLflow cannot open this tracking store (")
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+# Writes one batch of output, then is stopped as `timeout` or a job scheduler stops it.
+STOPPED_WHILE_WRITING = """
+import os, signal, sys
+import pandas as pd
+import pipelines.cli, pipelines.score
+from anomaly_vae.data.tables import AtomicTableWriter
+
+def stopped_while_writing(model_uri, input_path, output_path, *args, **kwargs):
+    with AtomicTableWriter(output_path) as writer:
+        writer.write(pd.DataFrame({"score": [1.0]}), str(input_path))
+        os.kill(os.getpid(), signal.SIGTERM)
+
+pipelines.score.score_file = stopped_while_writing
+pipelines.cli.main(["score", "models:/m@champion", sys.argv[1], "-o", sys.argv[2]])
+"""
+
+
+def test_score_stopped_by_sigterm_leaves_no_temporary_output(tmp_path) -> None:
+    """SIGTERM ended the process at once: the temporary output file stayed beside the output."""
+    (tmp_path / "in.csv").write_text("a\n1\n")
+    out = tmp_path / "out" / "scored.csv"
+    out.parent.mkdir()
+    stopped = subprocess.run(
+        [sys.executable, "-c", STOPPED_WHILE_WRITING, str(tmp_path / "in.csv"), str(out)],
+        capture_output=True,
+        text=True,
+    )
+    assert stopped.returncode == 128 + 15, stopped.stderr
+    assert list(out.parent.iterdir()) == []
