@@ -57,7 +57,7 @@ def list_runs(
     table = pd.DataFrame(
         {
             "run_id": runs["run_id"],
-            "started": runs["start_time"].dt.strftime("%Y-%m-%d %H:%M"),
+            "started": _local_times(runs["start_time"]),
             # A failed or interrupted run logs no metrics: without its status, its '-' read
             # like those of a finished run that had nothing to log.
             "status": runs["status"],
@@ -72,6 +72,13 @@ def list_runs(
         if f"metrics.{metric}" in runs.columns:
             table[metric] = runs[f"metrics.{metric}"]
     return table
+
+
+def _local_times(times: pd.Series) -> pd.Series:
+    """The start times (MLflow gives them in UTC) in this machine's time zone, as `mlflow ui`
+    and `date` show them: in New York a run started at 14:34 was listed as started at 19:34,
+    with no zone to say so. Each time gets its own date's offset, summer time or not."""
+    return times.map(lambda time: time.to_pydatetime().astimezone().strftime("%Y-%m-%d %H:%M"))
 
 
 def _ended_if_gone(runs: pd.DataFrame) -> pd.Series:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import signal
 import socket
 import subprocess
 import sys
+import time
+import zoneinfo
 
 import mlflow
 import pytest
@@ -124,3 +127,20 @@ def test_runs_lists_a_read_only_store_whose_run_lost_its_process(
     assert result.exit_code == 0, result.output
     assert run_id in result.stdout
     assert mlflow.MlflowClient().get_run(run_id).info.status == "RUNNING"  # as stored
+
+
+def test_runs_lists_start_times_in_the_local_time_zone(tracking_uri, monkeypatch) -> None:
+    """MLflow's start times are UTC: `runs` listed them so, unlabelled, in any time zone."""
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.create_run(client.create_experiment("zoned"))
+    started = run.info.start_time / 1000
+    try:
+        with monkeypatch.context() as zone:
+            zone.setenv("TZ", "America/New_York")
+            time.tzset()
+            listed = run_cli("runs", "--experiment", "zoned")
+    finally:
+        time.tzset()
+    assert listed.exit_code == 0, listed.output
+    local = datetime.datetime.fromtimestamp(started, zoneinfo.ZoneInfo("America/New_York"))
+    assert local.strftime("%Y-%m-%d %H:%M") in listed.stdout
