@@ -93,6 +93,7 @@ def calibrate_model(
     from anomaly_vae.errors import InputError
     from anomaly_vae.probability import fit_probability
     from anomaly_vae.tracking import log_detector, resolve_detector_dir, run_reading_model
+    from pipelines.score import refuse_options
     from pipelines.score_images import images_for_a_table_model
 
     if strategy != "auto":
@@ -104,8 +105,7 @@ def calibrate_model(
         # As score and evaluate say it: an IDX file was refused for its '.gz' extension.
         raise InputError(images_for_a_table_model(model_uri, input_path))
     if detector.kind == "image":
-        if allow_extra:  # ignored without a word, as evaluate's was
-            raise InputError(f"{input_path}: --allow-extra-columns is for tables")
+        refuse_options(input_path, {"--allow-extra-columns": allow_extra}, "tables")
         scores, labels, example = _image_scores_and_labels(detector, input_path, label)
     else:
         scores, labels, example = _scores_and_labels(detector, input_path, label, allow_extra)

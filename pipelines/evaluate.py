@@ -109,6 +109,7 @@ def evaluate_file(
     """
     from anomaly_vae.data.images import is_image_source
     from anomaly_vae.errors import InputError
+    from pipelines.score import refuse_options
 
     # A mistyped image folder is neither kind: it read as a table, and --label-from was
     # refused as "for images", the folder's name not.
@@ -123,16 +124,14 @@ def evaluate_file(
                 f"{input_path}: --label names a table's label column; for images use "
                 "--label-from folder or --label-from a path,label CSV"
             )
-        if allow_extra:
-            raise InputError(f"{input_path}: --allow-extra-columns is for tables")
+        refuse_options(input_path, {"--allow-extra-columns": allow_extra}, "tables")
         from pipelines.evaluate_images import evaluate_images
 
         return evaluate_images(
             model_uri, input_path, label_from, held_out_only, tracking_uri, report_path, costs
         )
-    if label_from is not None or held_out_only:
-        option = "--label-from" if label_from is not None else "--held-out-only"
-        raise InputError(f"{input_path}: {option} is for images (a folder or an IDX file)")
+    options = {"--label-from": label_from is not None, "--held-out-only": held_out_only}
+    refuse_options(input_path, options, "images")
     import mlflow
 
     from anomaly_vae.data.schema import check_anomaly_value_matches

@@ -128,13 +128,10 @@ def score_file(
         from pipelines.score_images import score_images_file
 
         # Ignored, they said nothing: the scores came back without the columns asked for.
-        if keep_columns or allow_extra:
-            option = "--keep-columns" if keep_columns else "--allow-extra-columns"
-            raise InputError(f"{input_path}: {option} is for tables")
-
+        options = {"--keep-columns": keep_columns, "--allow-extra-columns": allow_extra}
+        refuse_options(input_path, options, "tables")
         return score_images_file(model_uri, input_path, output_path, maps_dir, tracking_uri)
-    if maps_dir:
-        raise InputError(f"{input_path}: --maps is for images (a folder or an IDX file)")
+    refuse_options(input_path, {"--maps": maps_dir}, "images")
     input_table_format(input_path)
     refuse_overwriting(input_path, output_path)
     writer = AtomicTableWriter(output_path)  # checks the output's extension and folder first
@@ -150,6 +147,18 @@ def score_file(
     return ScoreSummary(
         writer.rows_written, anomalies, time.perf_counter() - started, Path(output_path)
     )
+
+
+# What `refuse_options` says an option is for.
+_INPUT_KINDS = {"tables": "tables", "images": "images (a folder or an IDX file)"}
+
+
+def refuse_options(input_path: str | Path, options: dict[str, object], kind: str) -> None:
+    """Refuse the first given option of `options` (flag: value) as one for `kind` of input,
+    "tables" or "images": an option of the other input kind was ignored without a word."""
+    for option, value in options.items():
+        if value:
+            raise InputError(f"{input_path}: {option} is for {_INPUT_KINDS[kind]}")
 
 
 def refuse_overwriting(input_path: str | Path, output_path: str | Path) -> None:
