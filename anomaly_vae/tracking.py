@@ -294,6 +294,7 @@ class ModelLineage:
     version: str | None = None  # '<name>/<version>', an alias resolved to its version
     model_id: str | None = None  # MLflow's logged model ('m-...')
     run_id: str | None = None  # the run that logged the model: training or calibration
+    experiment_id: str | None = None  # that run's experiment
 
 
 def model_lineage(model_uri: str, info: dict[str, Any]) -> ModelLineage:
@@ -318,7 +319,7 @@ def model_lineage(model_uri: str, info: dict[str, Any]) -> ModelLineage:
             version = client.get_model_version(name, number)
             lineage = _run_lineage(client, version.run_id)
             model_id = _logged_model_id(client, version.model_id or version.source)
-            return ModelLineage(f"{name}/{number}", model_id, lineage.run_id)
+            return ModelLineage(f"{name}/{number}", model_id, lineage.run_id, lineage.experiment_id)
         if model_uri.startswith("runs:/"):
             return _run_lineage(client, model_uri.removeprefix("runs:/").split("/")[0])
         run_id = info.get("calibration_run_id") or info.get("run_id")
@@ -340,6 +341,7 @@ def _run_lineage(client: mlflow.MlflowClient, run_id: str | None) -> ModelLineag
         run.data.tags.get("registered_model_version"),
         outputs[0].model_id if outputs else None,
         run_id,
+        run.info.experiment_id,
     )
 
 
@@ -391,7 +393,7 @@ def run_reading_model(
 
     configure_tracking(tracking_uri)
     lineage = model_lineage(model_uri, info)
-    use_parent_experiment(lineage.run_id, info.get("experiment", "anomaly-vae"))
+    use_parent_experiment(lineage, info.get("experiment", "anomaly-vae"))
     name = f"{_READING_COMMANDS[kind]} {lineage.version or model_uri} on {Path(source).name}"
     with tracked_run(name, parent_run_id=lineage.run_id) as run:
         mlflow.set_tags({"kind": kind, "model_uri": model_uri, "input": source})
@@ -402,18 +404,18 @@ def run_reading_model(
         yield ModelReadingRun(run, lineage, log_data(source, kind))
 
 
-def use_parent_experiment(parent_run_id: str | None, name: str) -> None:
-    """Activate the experiment of the run a nested run goes beneath, else the one named `name`
-    (the model's training experiment, from its detector.json). That name is a copy: once the
-    experiment was renamed in `mlflow ui`, an evaluation made a new experiment of the old name
-    and nested its run beneath a parent in the other one, where neither listed it."""
+def use_parent_experiment(lineage: ModelLineage, name: str) -> None:
+    """Activate the experiment of the run a nested run goes beneath (`lineage.run_id`), else
+    the one named `name` (the model's training experiment, from its detector.json). That name
+    is a copy: once the experiment was renamed in `mlflow ui`, an evaluation made a new
+    experiment of the old name and nested its run beneath a parent in the other one, where
+    neither listed it."""
     import mlflow
 
-    if parent_run_id is None:
+    if lineage.experiment_id is None:
         use_experiment(name)
         return
-    experiment_id = mlflow.MlflowClient().get_run(parent_run_id).info.experiment_id
-    mlflow.set_experiment(experiment_id=experiment_id)
+    mlflow.set_experiment(experiment_id=lineage.experiment_id)
 
 
 def log_data(path: str | Path, context: str) -> mlflow.data.dataset.Dataset:
