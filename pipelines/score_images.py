@@ -105,8 +105,7 @@ class MapWriter:
         # Heatmaps are PNG images: written among the input's, the next run over the folder
         # scored them as images (an RGB model without a word), as a table's next read would
         # take a scores file written into its folder as a part.
-        target = self.destination
-        if self.root.resolve() in (target, *target.parents):
+        if self.root.resolve() in (self.destination, *self.destination.parents):
             raise InputError(
                 f"{self.target}: --maps inside the input folder; the next run over "
                 f"{self.root} would read the heatmaps as images"

@@ -423,8 +423,8 @@ def read_mask(path: Path, size: int) -> np.ndarray:
     """A mask file as a boolean (size, size) array: any non-zero pixel is a defect."""
     try:
         with _open(path) as img:
-            mask = _marked(img).astype(np.float32)
-            return _upright(resize(mask[None].astype(np.float32), size), img)[0] >= 0.5
+            marked = _marked(img)[None].astype(np.float32)
+            return _upright(resize(marked, size), img)[0] >= 0.5
     except _UNREADABLE as exc:
         raise InputError(f"{path}: unreadable mask ({first_line(exc)})") from None
 
