@@ -33,7 +33,7 @@ def evaluate_images(
     import mlflow
     from sklearn.metrics import roc_auc_score
 
-    from anomaly_vae.data.images import check_mask_size, read_mask
+    from anomaly_vae.data.images import read_mask
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import WorstImages, common_sections
     from pipelines.evaluate import evaluate_at_threshold, evaluation_run, publish
@@ -65,9 +65,11 @@ def evaluate_images(
                   np.array([item.label for item in batch]))  # fmt: skip
         for item, heat in zip(batch, batch_scores.maps, strict=True):
             if with_masks and (item.mask or not item.label):
-                if item.mask:
-                    check_mask_size(item.mask, item.path)
-                mask = read_mask(item.mask, size) if item.mask else np.zeros((size, size), bool)
+                mask = (
+                    read_mask(item.mask, size, item.path)
+                    if item.mask
+                    else np.zeros((size, size), bool)
+                )
                 pixel_scores.append(heat.ravel())
                 pixel_labels.append(mask.ravel())
     scores, labels = np.concatenate(scores), np.concatenate(labels).astype(bool)

@@ -21,7 +21,6 @@ from sklearn.metrics import roc_auc_score
 from anomaly_vae.config import Config, ImageConfig
 from anomaly_vae.data.images import (
     ImageItem,
-    check_mask_size,
     is_held_out,
     is_image_source,
     list_images,
@@ -558,10 +557,10 @@ def test_a_mask_is_compared_with_its_image_as_both_are_shown(tmp_path: Path) -> 
     exif[0x0112] = 6
     for suffix in (".jpg", ".tif"):
         Image.fromarray(np.zeros((8, 4), np.uint8), "L").save(tmp_path / f"m{suffix}", exif=exif)
-        check_mask_size(tmp_path / f"m{suffix}", tmp_path / "a.png")
+        read_mask(tmp_path / f"m{suffix}", 8, tmp_path / "a.png")
     Image.fromarray(np.zeros((8, 4), np.uint8), "L").save(tmp_path / "unturned.png")
     with pytest.raises(InputError, match="a mask of 4x8 pixels, but its image .* is 8x4"):
-        check_mask_size(tmp_path / "unturned.png", tmp_path / "a.png")
+        read_mask(tmp_path / "unturned.png", 8, tmp_path / "a.png")
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not an image"])

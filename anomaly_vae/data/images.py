@@ -419,12 +419,21 @@ def resize(
     ).astype(np.float32)
 
 
-def read_mask(path: Path, size: int) -> np.ndarray:
-    """A mask file as a boolean (size, size) array: any non-zero pixel is a defect."""
+def read_mask(path: Path, size: int, image: str | Path | None = None) -> np.ndarray:
+    """A mask file as a boolean (size, size) array: any non-zero pixel is a defect.
+
+    Given its `image`, a mask of another size is refused. Both are resized to the model's
+    square, so a mask of another shape (a mask of another image, one cropped or exported at
+    another size) was stretched over the picture and marked pixels it does not cover, and
+    pixel AUROC was computed against it without a word."""
     try:
         with _open(path) as img:
+            if image is not None:
+                _check_same_size(path, _size_shown(img), image)
             marked = _marked(img)[None].astype(np.float32)
             return _upright(resize(marked, size), img)[0] >= 0.5
+    except InputError:  # the size check's own line (a ValueError, as some unreadable files')
+        raise
     except _UNREADABLE as exc:
         raise InputError(f"{path}: unreadable mask ({first_line(exc)})") from None
 
@@ -437,12 +446,8 @@ def _marked(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB")).any(axis=2)
 
 
-def check_mask_size(mask: Path, image: str | Path) -> None:
-    """Refuse a mask whose size is not its image's. Both are resized to the model's square, so
-    a mask of another shape (a mask of another image, one cropped or exported at another size)
-    was stretched over the picture and marked pixels it does not cover, and pixel AUROC was
-    computed against it without a word."""
-    mask_size, image_size = _shown_size(mask, "mask"), _shown_size(image, "image")
+def _check_same_size(mask: Path, mask_size: tuple[int, int], image: str | Path) -> None:
+    image_size = _shown_size(image)
     if mask_size != image_size:
         raise InputError(
             f"{mask}: a mask of {mask_size[0]}x{mask_size[1]} pixels, but its image {image} "
@@ -450,16 +455,22 @@ def check_mask_size(mask: Path, image: str | Path) -> None:
         )
 
 
-def _shown_size(path: str | Path, kind: str) -> tuple[int, int]:
-    """(width, height) of an image file as viewers show it, turned by its EXIF orientation;
-    only the header is read. Pillow gives a TIFF's size turned already."""
+def _shown_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file as viewers show it (`_size_shown`); only the header
+    is read."""
     try:
         with _open(path) as img:
-            width, height = img.size
-            turned = img.getexif().get(_EXIF_ORIENTATION, 1) in _SIDES_SWAPPED
-            return (height, width) if turned and img.format != "TIFF" else (width, height)
+            return _size_shown(img)
     except _UNREADABLE as exc:
-        raise InputError(f"{path}: unreadable {kind} ({first_line(exc)})") from None
+        raise InputError(f"{path}: unreadable image ({first_line(exc)})") from None
+
+
+def _size_shown(img: Image.Image) -> tuple[int, int]:
+    """(width, height) of an open image, turned by its EXIF orientation. Pillow gives a
+    TIFF's size turned already."""
+    width, height = img.size
+    turned = img.getexif().get(_EXIF_ORIENTATION, 1) in _SIDES_SWAPPED
+    return (height, width) if turned and img.format != "TIFF" else (width, height)
 
 
 def iter_image_batches(
