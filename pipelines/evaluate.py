@@ -134,7 +134,7 @@ def evaluate_file(
     refuse_options(input_path, options, "images")
     import mlflow
 
-    from anomaly_vae.data.schema import check_anomaly_value_matches
+    from anomaly_vae.data.schema import check_anomaly_value_matches, label_texts
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import common_sections, top_anomaly_sections
     from pipelines.score import scored_batches, table_detector
@@ -156,8 +156,8 @@ def evaluate_file(
             raise InputError(f"{part.source}: missing label column '{label}'")
         detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
         labels.append(detector.roles.labels(batch[label], part.source, part.first_row))
-        if detector.roles.anomaly_value is not None:  # distinct values only: cheap per batch
-            held.update(pd.Series(batch[label].unique()).astype(str).str.strip())
+        if detector.roles.anomaly_value is not None:
+            held.update(label_texts(batch[label]))
         scores.append(scored["score"].to_numpy())
         if label not in scored.columns:  # an id column too: scored holds it already
             scored.insert(0, label, batch[label].to_numpy())

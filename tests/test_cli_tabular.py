@@ -991,11 +991,12 @@ def test_evaluating_labels_of_one_class_names_the_file(
     )
 
 
-def test_evaluating_labels_the_models_anomaly_value_misses_names_what_they_hold(
+def test_labels_the_models_anomaly_value_misses_are_named_by_evaluate_and_calibrate(
     breast_cancer_files, tmp_path, tracking_uri
 ) -> None:
-    # Labels spelled 'YES' for the model's 'yes' all read as normal, and the error said only
-    # that the labels mark 0 rows as anomalies, of a file full of them.
+    # Labels spelled 'YES' for the model's 'yes' all read as normal: evaluate said only that
+    # the labels mark 0 rows as anomalies, of a file full of them, and calibrate by fpr<=F
+    # counted every anomaly as a normal and registered the threshold without a word.
     train, test = breast_cancer_files
     words = {0: "no", 1: "yes"}
     pd.read_parquet(train).assign(label=lambda f: f["label"].map(words)).to_parquet(
@@ -1006,12 +1007,14 @@ def test_evaluating_labels_the_models_anomaly_value_misses_names_what_they_hold(
     shouted = tmp_path / "shouted.parquet"
     frame = pd.read_parquet(test)
     frame.assign(label=frame["label"].map(words).str.upper()).to_parquet(shouted)
-    result = run_cli("evaluate", model_uri, shouted)
-    assert result.exit_code == 1
-    assert result.stderr.strip() == (
-        f"Error: {shouted}: data.anomaly_value 'yes' matches no row of label column 'label', "
-        "which holds 'NO', 'YES'"
-    )
+    calibrate = ("calibrate", model_uri, shouted, "--label", "label", "--strategy", "fpr<=0.05")
+    for command in [("evaluate", model_uri, shouted), calibrate]:
+        result = run_cli(*command)
+        assert result.exit_code == 1
+        assert result.stderr.strip() == (
+            f"Error: {shouted}: data.anomaly_value 'yes' matches no row of label column "
+            "'label', which holds 'NO', 'YES'"
+        )
 
 
 @pytest.mark.parametrize("command", ["evaluate", "calibrate"])

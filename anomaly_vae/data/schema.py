@@ -150,6 +150,12 @@ def check_anomaly_value_matches(
     )
 
 
+def label_texts(series: pd.Series) -> set[str]:
+    """A label column's distinct values as text, as `check_anomaly_value_matches` names them;
+    taken per batch from the distinct values only, so a large file costs little."""
+    return set(pd.Series(series.unique()).astype(str).str.strip())
+
+
 def _label_numbers(series: pd.Series, source: str, row_offset: int) -> np.ndarray | None:
     """The labels as numbers: a number column, or text that reads as numbers throughout (a
     string column of "0.0"/"1.0" was refused as unreadable); None for booleans and words.
