@@ -113,12 +113,19 @@ class NormalScores:
         and flagged more than 5% of their rows. The batch shows anomalies where Storey's
         estimate clears `SHARE_Z` standard errors or the tail bound, which has its band
         already, is above 0: 3-5% of clean batches of 100 to 5,000 rows do.
+
+        Rows that tie with the cut count half below it, in the batch and in the reference,
+        whose share below it then stands for lambda: counted strictly, a batch and reference
+        whose scores all tie had no row below the cut, read as all anomalies, and every row
+        was flagged. Without ties the reference's share is lambda within 1 / len(quantiles).
         """
-        below = np.mean(scores < np.quantile(self.quantiles, SHARE_LAMBDA))
-        storey = float(1.0 - below / SHARE_LAMBDA)
-        spread = SHARE_LAMBDA * (1 - SHARE_LAMBDA) * (1 / len(scores) + 1 / len(self.quantiles))
+        cut = np.quantile(self.quantiles, SHARE_LAMBDA)
+        below = _share_below(scores, cut)
+        normals_below = _share_below(self.quantiles, cut)  # at least half a row: never 0
+        storey = float(1.0 - below / normals_below)
+        spread = normals_below * (1 - normals_below) * (1 / len(scores) + 1 / len(self.quantiles))
         excess = self.excess_share(scores)
-        shown = storey > SHARE_Z * np.sqrt(spread) / SHARE_LAMBDA or excess > 0
+        shown = storey > SHARE_Z * np.sqrt(spread) / normals_below or excess > 0
         return max(storey, excess, 0.0), shown
 
     def excess_share(self, scores: np.ndarray) -> float:
@@ -316,6 +323,11 @@ def _clear_of_scores(scores: np.ndarray, threshold: float) -> float:
     margin = min(SCORE_NOISE * max(abs(below), abs(above), 1.0), (above - below) / 2)
     moved = min(max(threshold, below + margin), above - margin)
     return moved if below < moved <= above else above  # adjacent floats: the flagged one
+
+
+def _share_below(scores: np.ndarray, cut: float) -> float:
+    """The share of `scores` below `cut`, a score equal to it counting half (its mid-rank)."""
+    return float(np.mean(scores < cut) + np.mean(scores == cut) / 2)
 
 
 def _flagged_at_each_score(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

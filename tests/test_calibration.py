@@ -197,6 +197,27 @@ def test_anomalies_in_the_tail_count_where_the_bulk_sits_below_the_reference() -
     assert normal.excess_share(rng.normal(0, 1, 20_000)) < 0.002
 
 
+def test_tied_scores_are_not_read_as_anomalies() -> None:
+    """Storey's count took only the rows strictly below the normals' 85th percentile: where
+    batch and reference scores all tie (a table of one category per column, say) no row is
+    below it, the share read 1 and every row of the batch was flagged. A batch of the same
+    few values as the reference, in the same proportions, read 18% anomalies."""
+    tied = NormalScores.from_scores(np.full(1_000, 3.5))
+    chosen = choose_threshold(np.full(400, 3.5), None, "estimated-f1", normal=tied)
+    assert chosen.metrics == {"alert_rate": 0.0, "estimated_anomaly_share": 0.0}
+    assert chosen.value > 3.5  # above every normal, as for any clean batch
+    rng = np.random.default_rng(3)
+    normal = NormalScores.from_scores(rng.choice([1.0, 2.0], 5_000, p=[0.7, 0.3]))
+    batch = rng.choice([1.0, 2.0], 2_000, p=[0.7, 0.3])
+    assert normal.anomaly_share(batch) == (pytest.approx(0.0, abs=0.03), False)
+    assert not np.any(batch >= choose_threshold(batch, None, "estimated-f1", normal=normal).value)
+    # Rows above the tie are still seen: a tenth of the batch, scoring 9 against the normals' 3.5.
+    scores = np.r_[np.full(360, 3.5), np.full(40, 9.0)]
+    chosen = choose_threshold(scores, None, "estimated-f1", normal=tied)
+    assert chosen.metrics["estimated_anomaly_share"] == pytest.approx(0.1)
+    assert np.array_equal(scores >= chosen.value, scores == 9.0)
+
+
 def test_one_extreme_reference_normal_does_not_choose_the_threshold() -> None:
     """Validation normals of 1,000 rows with one far outlier: past the anomalies, where the
     plain estimate sees the outlier's exceedance, a handful of batch rows would decide."""
