@@ -75,11 +75,13 @@ def scored_batches(
     as they are in the file, to be written back unchanged."""
     from tqdm import tqdm
 
+    from anomaly_vae.data.preprocessing import check_category_values, holds_a_value
     from anomaly_vae.data.tables import count_rows, iter_table_batches
 
     ids = detector.roles.id_columns
     features = set(detector.feature_names)
     text_columns = {*ids, *detector.preprocessor.text_columns}
+    empty = detector.preprocessor.never_missing  # those not yet seen to hold a value
 
     def echoed(name: str) -> bool:
         return name not in features if keep_columns else name in ids
@@ -95,7 +97,10 @@ def scored_batches(
                 batch.frame, batch.source, batch.first_row, keep_columns, allow_extra
             )
             progress.update(len(batch.frame))
+            # Missing on every row of the file, not of one batch: a day's nulls may come first.
+            empty = [c for c in empty if not holds_a_value(batch.frame[c])]
             yield batch, scored
+    check_category_values(empty, str(input_path))
 
 
 def _prefetched(batches: Iterator[TableBatch]) -> Iterator[TableBatch]:

@@ -123,3 +123,37 @@ def test_dates_where_a_category_belongs_are_refused_in_either_format(
         config.write_text(yaml.safe_dump({"data": {"path": str(path), "id_columns": ["txn_id"]}}))
         result = run_cli("train", config)
         assert result.exit_code == 1 and "column 'at' holds dates or times" in result.stderr
+
+
+def test_a_category_missing_on_every_row_is_refused_where_the_model_never_learnt_it_missing(
+    files, tmp_path, tracking_uri
+) -> None:
+    # A merchant column null on every row (a broken export) scored every row as an unseen
+    # merchant without a word, as a number column that training never saw missing would not.
+    model = _train(files["parquet"], tmp_path, None)
+    frame = pd.read_parquet(files["parquet"])
+    empty = frame.assign(merchant=None)
+    for name in ("empty.parquet", "blank.csv", "na.csv"):
+        path, out = tmp_path / name, tmp_path / f"{name}.scored.parquet"
+        if name.endswith(".csv"):
+            empty.to_csv(path, index=False, na_rep="NA" if name == "na.csv" else "")
+        else:
+            empty.to_parquet(path)
+        result = run_cli("score", model, path, "-o", out)
+        assert result.exit_code == 1, name
+        assert result.stderr.strip() == (
+            f"Error: {path}: column 'merchant' is missing on every row, and the model learnt no "
+            "missing value in it: every row would score as an unseen category"
+        )
+        assert not out.exists()
+    # Country was missing in training: missing on every row it scores as the model learnt it.
+    # So does one null or one unseen merchant, even as a file's only row.
+    one = frame.head(1)
+    tables = {
+        "countries.parquet": frame.assign(country=None),
+        "one_null.parquet": frame.assign(merchant=frame["merchant"].where(frame.index > 0)),
+        "one_unseen.parquet": one.assign(merchant="casino"),
+    }
+    for name, table in tables.items():
+        table.to_parquet(tmp_path / name)
+        assert len(_scores(model, tmp_path / name, tmp_path / f"{name}.out.parquet")) == len(table)

@@ -187,6 +187,12 @@ class TabularPreprocessor:
         return [c.name for c in self.categorical if c.values is None]
 
     @property
+    def never_missing(self) -> list[str]:
+        """The categorical columns without a category for a missing value, in which a missing
+        one scores as an unseen category (`check_category_values`)."""
+        return [c.name for c in self.categorical if c.values is None and not _learnt_missing(c)]
+
+    @property
     def category_sizes(self) -> list[int]:
         return [c.size for c in self.categorical]
 
@@ -726,6 +732,37 @@ def _category_codes(
         if codes.all() or not _unmatched_dates(column, series, codes):
             return codes
     raise InputError(f"{source}: column '{column.name}' holds dates or times, not categories")
+
+
+def _learnt_missing(column: CategoricalColumn) -> bool:
+    """Whether a missing value has a category of its own (also an old detector's "" or "NA")."""
+    return bool(column.lookup.get(MISSING_CATEGORY))
+
+
+def holds_a_value(series: pd.Series) -> bool:
+    """Whether a column holds any value that is not missing as `CategoricalColumn.codes` reads
+    it: a null, an empty text or a text a CSV reader takes for missing ("NA", "null")."""
+    present = series.dropna()
+    if present.empty:
+        return False
+    nulls = _null_spellings()
+    strings = _category_strings(pd.Series(present.unique(), dtype=present.dtype))
+    return any(s != MISSING_CATEGORY and s not in nulls for s in strings)
+
+
+def check_category_values(empty: Sequence[str], source: str) -> None:
+    """Refuse the categorical columns of `empty`, missing on every row of `source`, where the
+    model learnt no missing value (`TabularPreprocessor.never_missing`).
+
+    A single missing or unseen category is a row to score (the unknown bucket is what it
+    costs), but a column missing throughout is a broken export: every row scored as an unseen
+    category without a word, where a number column the model never saw missing stops at its
+    first missing value. Training refuses a column with no values for the same reason."""
+    if empty:
+        raise InputError(
+            f"{source}: column '{empty[0]}' is missing on every row, and the model learnt no "
+            "missing value in it: every row would score as an unseen category"
+        )
 
 
 def _unmatched_dates(column: CategoricalColumn, series: pd.Series, codes: np.ndarray) -> bool:
