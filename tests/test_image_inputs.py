@@ -98,14 +98,19 @@ def test_16_bit_and_float_images_in_range_read_as_before(tmp_path: Path) -> None
 
 
 @pytest.mark.parametrize("name", ["pages.tif", "frames.webp", "frames.png"])
-def test_files_of_several_images_are_refused(tmp_path: Path, name: str) -> None:
-    """Only the first page or frame was read, and the others were never scored."""
+def test_files_of_several_images_or_masks_are_refused(tmp_path: Path, name: str) -> None:
+    """Only the first page or frame was read, and the others were never scored; a mask's
+    other pages marked no pixel of the pixel AUROC, without a word."""
     digit = np.zeros((8, 8), np.uint8)
     digit[2:6, 3] = 255
     frames = [Image.fromarray(digit, "L"), Image.fromarray(255 - digit, "L")]
     frames[0].save(tmp_path / name, save_all=True, append_images=frames[1:])
-    with pytest.raises(InputError, match=rf"{name}: 2 pages or frames in one file"):
+    with pytest.raises(
+        InputError, match=rf"{name}: 2 pages or frames in one file; save each image"
+    ):
         read_image(tmp_path / name, 8, 1)
+    with pytest.raises(InputError, match=rf"{name}: 2 pages or frames in one file; save each mask"):
+        read_mask(tmp_path / name, 8)
 
 
 def test_a_camera_jpeg_with_a_preview_after_the_photo_is_one_image(tmp_path: Path) -> None:

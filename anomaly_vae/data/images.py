@@ -278,13 +278,7 @@ def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
     """One image file as float32 (channels, size, size) in [0, 1]."""
     try:
         with _open(path) as img:
-            # Pillow reads the first page of a multi-page TIFF (the first frame of an animated
-            # WebP or PNG): the others went unscored without a word. A camera's JPEG with a
-            # preview or depth map after the photo (MPO) is one image, the first.
-            if (frames := getattr(img, "n_frames", 1)) > 1 and img.format != "MPO":
-                raise InputError(
-                    f"{path}: {frames} pages or frames in one file; save each image on its own"
-                )
+            _refuse_frames(img, path, "image")
             # A JPEG decodes straight to 1/2, 1/4 or 1/8 of its size, no smaller than this
             # (Pillow says which part of the smaller image the photo spans); other formats
             # decode whole.
@@ -419,6 +413,17 @@ def resize(
     ).astype(np.float32)
 
 
+def _refuse_frames(img: Image.Image, path: str | Path, kind: str) -> None:
+    """Refuse a file of several images or masks (`kind`). Pillow reads the first page of a
+    multi-page TIFF (the first frame of an animated WebP or PNG): the others went unscored,
+    or marked no pixel of a mask, without a word. A camera's JPEG with a preview or depth map
+    after the photo (MPO) is one image, the first."""
+    if (frames := getattr(img, "n_frames", 1)) > 1 and img.format != "MPO":
+        raise InputError(
+            f"{path}: {frames} pages or frames in one file; save each {kind} on its own"
+        )
+
+
 def read_mask(path: Path, size: int, image: str | Path | None = None) -> np.ndarray:
     """A mask file as a boolean (size, size) array: any non-zero pixel is a defect.
 
@@ -428,6 +433,7 @@ def read_mask(path: Path, size: int, image: str | Path | None = None) -> np.ndar
     pixel AUROC was computed against it without a word."""
     try:
         with _open(path) as img:
+            _refuse_frames(img, path, "mask")
             if image is not None:
                 _check_same_size(path, _size_shown(img), image)
             marked = _marked(img)[None].astype(np.float32)
