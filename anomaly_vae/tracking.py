@@ -64,6 +64,7 @@ def configure_tracking(tracking_uri: str | None = None, create: bool = True) -> 
     if db is not None and not create and not db.is_file():
         raise InputError(f"{uri}: no MLflow tracking store there; `anomaly-vae train` makes one")
     if db is not None:
+        _refuse_non_sqlite(db)
         db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -88,6 +89,25 @@ def quiet_mlflow() -> None:
     import mlflow  # noqa: F401 - after the variables above, which it reads when first imported
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+# Every SQLite database file begins with these 16 bytes (sqlite.org/fileformat.html).
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _refuse_non_sqlite(db: Path) -> None:
+    """Refuse a file at the store's path that is not an SQLite database (a text file, a file
+    overwritten by mistake): SQLAlchemy's "file is not a database" ended every command in a
+    traceback. A missing or empty file is one SQLite makes into a database."""
+    try:
+        with db.open("rb") as handle:
+            header = handle.read(len(_SQLITE_HEADER))
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise InputError(f"{db}: cannot read the tracking store ({exc.strerror})") from None
+    if header and header != _SQLITE_HEADER:
+        raise InputError(f"{db}: not an SQLite database, so not an MLflow tracking store")
 
 
 def _open_store(uri: str) -> None:

@@ -1060,6 +1060,37 @@ def test_a_tracking_store_mlflow_cannot_open_stops_in_one_line(breast_cancer_fil
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_store_file_that_is_not_a_database_is_named_by_every_command(
+    breast_cancer_files, tmp_path
+) -> None:
+    # A text file at the store's path ended every command in SQLAlchemy's "file is not a
+    # database" traceback.
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    db.write_text("not a database\n")
+    store = f"sqlite:///{db}"
+    table = breast_cancer_files[1]
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data:\n  path: {breast_cancer_files[0]}\n")
+    model, out = "models:/m@champion", tmp_path / "scored.csv"
+    for args in (
+        ("train", config, "--set", "training.epochs=1"),
+        ("score", model, table, "-o", out),
+        ("evaluate", model, table),
+        ("calibrate", model, table, "--promote"),
+        ("serve", model),
+        ("runs",),
+    ):
+        result = run_cli(*args, "--tracking-uri", store)
+        assert result.exit_code == 1, args
+        assert (
+            result.stderr
+            == f"Error: {db}: not an SQLite database, so not an MLflow tracking store\n"
+        )
+        assert result.stdout == ""
+    assert db.read_text() == "not a database\n" and not out.exists()
+
+
 # Writes one batch of output, then is stopped as `timeout` or a job scheduler stops it.
 STOPPED_WHILE_WRITING = """
 import os, signal, sys
