@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from anomaly_vae.errors import InputError, first_line
+from anomaly_vae.tracking_server import check_server_answers
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -113,7 +114,8 @@ def _refuse_non_sqlite(db: Path) -> None:
 def _open_store(uri: str) -> None:
     """Refuse a store MLflow cannot open in one line: MLflow 3's refusal of a file store (a
     bare path such as MLflow 2's `./mlruns`, or `file:///...`) or of an unknown scheme ended
-    `train` and `runs` in a traceback, and `score` in "model not found"."""
+    `train` and `runs` in a traceback, and `score` in "model not found"; so did a tracking
+    server that does not answer, after minutes of MLflow's retries."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -123,6 +125,8 @@ def _open_store(uri: str) -> None:
         raise InputError(
             f"{uri}: MLflow cannot open this tracking store ({first_line(exc)})"
         ) from None
+    if uri.startswith(("http://", "https://")):
+        check_server_answers(uri)
 
 
 def use_experiment(name: str) -> str:

@@ -1,0 +1,81 @@
+"""Whether a tracking server answers, asked once and briefly before a command relies on it.
+
+MLflow retries a request that gets no answer 7 times with exponential backoff, each try waiting
+up to 120 seconds for the server: pointed at a server that is down or mistyped, a command sat
+silent for minutes and then ended in a traceback (`runs`, `train`) or in "model not found"
+(`score`). Its own defaults stay in force for every later request, which may meet a rate
+limit or a slow upload, where patience pays.
+"""
+
+from __future__ import annotations
+
+from anomaly_vae.errors import InputError, first_line
+
+# How the first request tries, unless the user set MLflow's own variable for it: one retry,
+# a second after the first try, each try waiting at most 5 seconds for the server.
+_PROBE_RETRIES = 1
+_PROBE_BACKOFF_FACTOR = 1
+_PROBE_TIMEOUT_S = 5
+# The answers that say no server is there: a gateway's or load balancer's stand-ins for one.
+# A rate limit (429), which MLflow also retries, is an answer: a server is there, and MLflow's
+# own patience rides it out.
+_NO_SERVER_CODES = frozenset({502, 503, 504})
+
+
+def check_server_answers(uri: str) -> None:
+    """Raise InputError naming `uri` where no HTTP server answers there (refused, unknown host,
+    no answer in time, or only a gateway's 502, 503 or 504); any other answer, an error status
+    included, is left for the command's own requests to judge.
+
+    A retry or timeout setting the user made through MLflow's environment variables
+    (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _BACKOFF_FACTOR, _TIMEOUT) applies to this request as
+    to every other: they asked MLflow to wait that long.
+    """
+    from mlflow.environment_variables import (
+        MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
+        MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+        MLFLOW_HTTP_REQUEST_TIMEOUT,
+    )
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.credentials import get_default_host_creds
+    from mlflow.utils.rest_utils import http_request
+
+    def unless_set(variable, value: int) -> int | None:  # noqa: ANN001 - MLflow's variable
+        return None if variable.defined else value  # None: http_request reads the variable
+
+    try:
+        # MLflow's server answers /health; behind a gateway or a path prefix a 404 is an
+        # answer too. The user's credentials, certificates and proxies apply as to any request.
+        http_request(
+            get_default_host_creds(uri),
+            "/health",
+            "GET",
+            retry_codes=_NO_SERVER_CODES,
+            max_retries=unless_set(MLFLOW_HTTP_REQUEST_MAX_RETRIES, _PROBE_RETRIES),
+            backoff_factor=unless_set(MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR, _PROBE_BACKOFF_FACTOR),
+            timeout=unless_set(MLFLOW_HTTP_REQUEST_TIMEOUT, _PROBE_TIMEOUT_S),
+        )
+    except MlflowException as exc:
+        raise InputError(
+            f"{uri}: cannot reach the MLflow tracking server ({_root_cause(exc)})"
+        ) from None
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost reason in the chain of exceptions that requests and urllib3 wrap around a
+    failed connection ('Connection refused', 'Name or service not known', 'timed out'): the
+    outer ones repeat the URL and urllib3's retry bookkeeping over several lines' worth."""
+    seen: set[int] = set()
+    inner: BaseException = exc
+    while id(inner) not in seen:
+        seen.add(id(inner))
+        reason = getattr(inner, "reason", None)  # urllib3's MaxRetryError holds the last error
+        wrapped = inner.args[0] if inner.args else None  # requests wraps urllib3's error
+        chain = (inner.__cause__, inner.__context__, reason, wrapped)
+        following = next((e for e in chain if isinstance(e, BaseException)), None)
+        if following is None:
+            break
+        inner = following
+    if isinstance(inner, OSError) and inner.strerror:
+        return inner.strerror
+    return first_line(inner)
