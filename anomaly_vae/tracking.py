@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from anomaly_vae.errors import InputError, first_line
+from anomaly_vae.store_lock import store_lock
 from anomaly_vae.tracking_server import check_server_answers
 
 if TYPE_CHECKING:
@@ -69,7 +70,9 @@ def configure_tracking(tracking_uri: str | None = None, create: bool = True) -> 
         db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
-    _open_store(uri)
+    # MLflow makes a new SQLite store's tables as it opens it: one process at a time.
+    with store_lock(db) if db is not None else contextlib.nullcontext():
+        _open_store(uri)
     return uri
 
 
