@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from anomaly_vae.errors import InputError, first_line
+from anomaly_vae.interruptions import hold_interruptions
 from anomaly_vae.store_lock import store_lock
 from anomaly_vae.tracking_server import check_server_answers
 
@@ -531,6 +532,9 @@ def log_detector(
             input_example=input_example,
             pip_requirements=_pip_requirements(),
         )
+    # A version without its tag, or without the alias asked for, would be a half-done command:
+    # a signal from here on waits for the command to finish and report the version.
+    hold_interruptions()
     registration = Registration(registered_model, _new_version(registered_model, info), promote)
     mlflow.set_tag("registered_model_version", registration.label)
     if promote:

@@ -78,6 +78,26 @@ def _exit_on_sigterm(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def finished_once_registered(command: Callable[..., Any]) -> Callable[..., Any]:
+    """A Ctrl-C or SIGTERM that arrives once the command has begun registering a version is
+    acted on after the command has finished and reported: the version stands, and its
+    lines name it (`anomaly_vae.interruptions`). The exit status is then the signal's."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from anomaly_vae.interruptions import interruptions_held_to_the_end
+
+        with interruptions_held_to_the_end() as held:
+            result = command(*args, **kwargs)
+        if held.signum is None:
+            return result
+        name = signal.Signals(held.signum).name
+        click.echo(f"stopped by {name} after the version above was registered; it stands", err=True)
+        raise SystemExit(128 + held.signum)
+
+    return wrapper
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="anomaly-vae")
 def main() -> None:
@@ -95,6 +115,7 @@ def main() -> None:
 )
 @tracking_option
 @user_errors
+@finished_once_registered
 def train(config_path: str, overrides: tuple[str, ...], tracking_uri: str | None) -> None:
     """Train, calibrate and register a model; prints its URI last."""
     from anomaly_vae.config import load_config
@@ -285,6 +306,7 @@ def evaluate(
 @tracking_option
 @user_errors
 @stopped_by_sigterm
+@finished_once_registered
 def calibrate(
     model_uri: str,
     input_path: str,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 
 import mlflow
 import numpy as np
@@ -258,6 +260,44 @@ def test_runs_shows_a_training_that_failed_or_was_stopped_as_such(
     header, row = result.stdout.splitlines()
     assert header.split()[:4] == ["run_id", "started", "status", "name"]
     assert row.split()[3:6] == [status, "train", breast_cancer_files[0].name]
+
+
+@pytest.mark.parametrize(
+    "signum, after_call",
+    [(signal.SIGINT, "create_model_version"), (signal.SIGTERM, "set_registered_model_alias")],
+)
+def test_a_signal_once_calibrate_registers_finishes_it_and_names_the_version(
+    private_registry, breast_cancer_files, monkeypatch, signum: int, after_call: str
+) -> None:
+    """Ctrl-C just after the version was made left champion where it was despite --promote
+    ("Aborted!"); SIGTERM just after champion moved exited 143 without a word: either way
+    the user could not tell what the registry now held."""
+    model_uri, tracking = private_registry
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    name = model_uri.removeprefix("models:/").split("@")[0]
+    version = int(client.get_model_version_by_alias(name, "champion").version) + 1
+    call = getattr(mlflow.MlflowClient, after_call)
+
+    def then_signalled(*args: object, **kwargs: object) -> object:
+        answer = call(*args, **kwargs)
+        os.kill(os.getpid(), signum)
+        return answer
+
+    monkeypatch.setattr(mlflow.MlflowClient, after_call, then_signalled)
+    result = run_cli("calibrate", model_uri, breast_cancer_files[1], "--promote",
+                     "--tracking-uri", tracking)  # fmt: skip
+
+    assert result.exit_code == 128 + signum
+    *lines, last = result.stderr.strip().splitlines()
+    assert f"registered models:/{name}/{version}; champion now points to it; run " in lines[-1]
+    assert last == (
+        f"stopped by {signal.Signals(signum).name} after the version above was registered; "
+        "it stands"
+    )
+    assert result.stdout == f"models:/{name}/{version}\n"
+    assert int(client.get_model_version_by_alias(name, "champion").version) == version
+    run_id = lines[-1].rsplit(" ", 1)[-1]
+    assert client.get_run(run_id).info.status == "FINISHED"  # its work is done
 
 
 def test_calibrate_without_labels_estimates_f1_against_the_kept_normal_scores(
