@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     import mlflow
     import pandas as pd
+    from mlflow.exceptions import MlflowException
     from mlflow.models.model import ModelInfo
 
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
@@ -139,16 +140,41 @@ def use_experiment(name: str) -> str:
 
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        db = _sqlite_path(mlflow.get_tracking_uri())
-        location = None
-        if db is not None:
-            location = (db.parent / "artifacts" / _slug(name)).resolve().as_uri()
-        experiment_id = mlflow.create_experiment(name, artifact_location=location)
+        experiment_id = _create_experiment(name)
     else:
         refuse_deleted(experiment)
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)
     return experiment_id
+
+
+def _create_experiment(name: str) -> str:
+    """Create the experiment `name`; its id.
+
+    Two commands started together (a sweep of `train`s on a new store) both found no
+    experiment of that name and both created it: the second ended in MLflow's "already
+    exists" traceback. It takes the one the first created."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    db = _sqlite_path(mlflow.get_tracking_uri())
+    location = None
+    if db is not None:
+        location = (db.parent / "artifacts" / _slug(name)).resolve().as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        if not _already_exists(exc):
+            raise
+    return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def _already_exists(exc: MlflowException) -> bool:
+    """Whether MLflow refused to create something because it exists; a tracking server may
+    answer with either code, as MLflow's own registration allows."""
+    from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
+
+    return exc.error_code in map(ErrorCode.Name, (RESOURCE_ALREADY_EXISTS, ALREADY_EXISTS))
 
 
 def refuse_deleted(experiment: mlflow.entities.Experiment) -> None:
@@ -576,15 +602,13 @@ def _new_version(name: str, info: ModelInfo) -> str:
     """
     import mlflow
     from mlflow.exceptions import MlflowException
-    from mlflow.protos.databricks_pb2 import ALREADY_EXISTS, RESOURCE_ALREADY_EXISTS, ErrorCode
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
     client = mlflow.MlflowClient()
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
-        # A tracking server may answer with either code, as MLflow's own registration allows.
-        if exc.error_code not in map(ErrorCode.Name, (RESOURCE_ALREADY_EXISTS, ALREADY_EXISTS)):
+        if not _already_exists(exc):
             raise
     version = client.create_model_version(name, info.model_uri, model_id=info.model_id).version
     # The logged model's link to its version in `mlflow ui`, which log_model set too.
