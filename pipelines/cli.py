@@ -134,7 +134,9 @@ def train(config_path: str, overrides: tuple[str, ...], tracking_uri: str | None
     "--output",
     "output_path",
     required=True,
-    type=click.Path(dir_okay=False),
+    # No dir_okay=False: an existing folder is for the engine to refuse in its own line
+    # (Spark writes a folder); click's usage error said only "is a directory".
+    type=click.Path(),
     help="Output CSV (.csv, or compressed: .csv.gz, .csv.bz2, .csv.zst) or Parquet file (with --engine spark: a new folder of Parquet parts).",
 )
 @click.option(

@@ -831,6 +831,23 @@ def test_bad_input_files_fail_cleanly(name, bad_inputs, breast_cancer_model, tmp
     assert list(out.parent.iterdir()) == []  # nothing written, not even a temporary file
 
 
+def test_an_existing_folder_as_the_output_is_refused_in_one_line(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    """The engine's own line, as Spark's for its output: click's usage error ("File '...' is
+    a directory.", three lines, exit 2) answered before the engine could."""
+    model_uri, tracking = breast_cancer_model
+    output = tmp_path / "scored.parquet"
+    output.mkdir()
+    result = run_cli("score", model_uri, breast_cancer_files[1], "-o", output,
+                     "--allow-extra-columns", "--tracking-uri", tracking)  # fmt: skip
+    assert result.exit_code == 1
+    assert (
+        result.stderr == f"Error: {output}: already exists as a folder; the scores go to a file\n"
+    )
+    assert list(output.iterdir()) == [] and list(tmp_path.iterdir()) == [output]
+
+
 def test_a_bad_row_in_a_later_batch_leaves_no_output(
     breast_cancer_model, breast_cancer_files, tmp_path, monkeypatch
 ) -> None:

@@ -217,3 +217,19 @@ def test_spark_refuses_an_output_folder_that_cannot_be_written_first(
     assert result.stderr == (
         f"Error: {output}: cannot write in folder '{output.parent}' (Permission denied)\n"
     )
+
+
+def test_spark_refuses_an_existing_output_folder_in_its_own_line(
+    breast_cancer_model: tuple[str, str], breast_cancer_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """As it refuses an existing file, before the JVM starts: an existing folder got click's
+    usage error instead ("File '...' is a directory.", exit 2)."""
+    model_uri, tracking = breast_cancer_model
+    output = tmp_path / "scored"
+    output.mkdir()
+    (output / "part-0.parquet").write_bytes(b"earlier scores")
+    result = run_cli("score", model_uri, breast_cancer_files[1], "-o", output,
+                     "--engine", "spark", "--tracking-uri", tracking)  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr == f"Error: {output}: already exists; Spark writes a new folder there\n"
+    assert [p.name for p in output.iterdir()] == ["part-0.parquet"]

@@ -602,6 +602,10 @@ class AtomicTableWriter:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        if self.path.is_dir():
+            # The rename onto a folder would fail only once every row had scored. Checked
+            # before the extension, which a folder named `scored.parquet` may have.
+            raise InputError(f"{self.path}: already exists as a folder; the scores go to a file")
         self.format = table_format(self.path)
         check_output_folder(self.path)
         self._tmp_path: Path | None = None
