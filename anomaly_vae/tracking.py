@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from anomaly_vae.errors import InputError, first_line
+from anomaly_vae.errors import InputError, Interrupted, first_line
 from anomaly_vae.interruptions import hold_interruptions
 from anomaly_vae.store_lock import store_lock
 from anomaly_vae.tracking_server import check_server_answers
@@ -193,19 +194,27 @@ def tracked_run(run_name: str, parent_run_id: str | None = None) -> Iterator[mlf
     """`mlflow.start_run`, but a command stopped by the user leaves its run KILLED.
 
     MLflow's own context ends a run FAILED on any exception, so Ctrl-C read as a crash; and
-    Lightning turns Ctrl-C or SIGTERM during a fit into SystemExit, which is no failure of the
-    run either. FINISHED and FAILED stay MLflow's. A process killed outright ends nothing:
-    the run's tags name the process, so that `end_run_of_gone_process` can end it later.
+    Lightning turns SIGTERM during a fit into SystemExit, which is no failure of the run
+    either. FINISHED and FAILED stay MLflow's. Ctrl-C and SIGTERM (SystemExit(143)) come out
+    as `Interrupted`, naming the run, for the command to say in one line. A process killed
+    outright ends nothing: the run's tags name the process, so that
+    `end_run_of_gone_process` can end it later.
     """
     import mlflow
     from mlflow.entities import RunStatus
 
     with mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id) as run:
         mlflow.set_tags({**_process_tags(), **_code_tags(run.data.tags)})
+        killed = f"MLflow run {run.info.run_id} ended KILLED"
         try:
             yield run
-        except (KeyboardInterrupt, SystemExit):
+        except KeyboardInterrupt:
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            raise Interrupted(signal.SIGINT, killed) from None
+        except SystemExit as exc:
+            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            if exc.code == 128 + signal.SIGTERM:
+                raise Interrupted(signal.SIGTERM, killed) from None
             raise
 
 

@@ -69,6 +69,18 @@ class KeepBestWeights(pl.Callback):
             module.model.load_state_dict(self.state)
 
 
+class SeesCtrlC(pl.Callback):
+    """Notes whether Ctrl-C (KeyboardInterrupt) stopped the fit, which Lightning hides."""
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def on_exception(
+        self, trainer: pl.Trainer, module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self.seen = isinstance(exception, KeyboardInterrupt)
+
+
 class EpochMetricsToMlflow(pl.Callback):
     """Logs the epoch's train and validation losses to the active MLflow run."""
 
@@ -105,18 +117,31 @@ def fit_vae(
     train_loader = _loader(train_data, training.batch_size, shuffle=True, generator=generator)
     val_loader = _loader(val_data, max(training.batch_size, 1024))
     best = KeepBestWeights()
-    callbacks: list[pl.Callback] = [best, EpochMetricsToMlflow()]
+    ctrl_c = SeesCtrlC()
+    callbacks: list[pl.Callback] = [best, EpochMetricsToMlflow(), ctrl_c]
     if training.early_stopping_patience:
         callbacks.append(
             EarlyStopping(monitor="val_loss", patience=training.early_stopping_patience)
         )
     trainer = _trainer(training, callbacks)
+    sigint_handler = signal.getsignal(signal.SIGINT)
     try:
         trainer.fit(module, train_loader, val_loader)
     except SIGTERMException:
         # Lightning ends a fit that SIGTERM stopped with SystemExit(None), exit status 0: a
         # training stopped by `timeout` or a job scheduler read as a success, with no model.
         raise SystemExit(128 + signal.SIGTERM) from None
+    except BaseException:
+        if not ctrl_c.seen:
+            raise
+    finally:
+        # Lightning ignores Ctrl-C from the first one on, and never restores it.
+        signal.signal(signal.SIGINT, sigint_handler)
+    if ctrl_c.seen:
+        # Lightning swallows the KeyboardInterrupt and ends the fit its own way: SystemExit(1)
+        # since 2.4 (`train` exited 1 without a word), a NameError in some 2.5 releases, a
+        # plain return before. Raised again, the command says it was interrupted.
+        raise KeyboardInterrupt
     if best.state is None:
         # Every epoch's loss was NaN or infinite: weights that score every row NaN, which
         # calibration cannot place a threshold among. A learning rate far too high does it.

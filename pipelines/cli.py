@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import signal
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -40,18 +40,31 @@ def parse_costs(cost_fn: float | None, cost_fp: float | None):  # noqa: ANN201 -
 
 
 def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Report InputError as one line and a non-zero exit, without a traceback."""
+    """Report InputError as one line and a non-zero exit, without a traceback; and a command
+    stopped by Ctrl-C (or SIGTERM, where it says what it left) in one line, exit 128 + signal
+    as a shell reports it: click's "Aborted!" exited 1, as a failure does."""
 
     @functools.wraps(command)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from anomaly_vae.errors import InputError
+        from anomaly_vae.errors import InputError, Interrupted
 
         try:
             return command(*args, **kwargs)
         except InputError as exc:
             raise click.ClickException(str(exc)) from None
+        except Interrupted as exc:
+            _say_interrupted(exc.signum, str(exc))
+        except KeyboardInterrupt:
+            _say_interrupted(signal.SIGINT, "")
 
     return wrapper
+
+
+def _say_interrupted(signum: int, left: str) -> NoReturn:
+    name = click.get_current_context().info_name
+    line = f"{name} interrupted ({signal.Signals(signum).name})"
+    click.echo(f"{line}: {left}" if left else line, err=True)
+    raise click.exceptions.Exit(128 + signum)
 
 
 def stopped_by_sigterm(command: Callable[..., Any]) -> Callable[..., Any]:

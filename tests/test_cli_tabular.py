@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import warnings
@@ -902,6 +904,40 @@ def test_bad_models_and_options(
     assert result.exit_code != 0
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not any(p.suffix in {".parquet", ".txt"} for p in tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_train_stopped_during_the_fit_says_so_in_one_line(
+    stop: signal.Signals, breast_cancer_files, tmp_path, tracking_uri, monkeypatch
+) -> None:
+    """Ctrl-C exited 1 without a word (Lightning took the KeyboardInterrupt and ended the fit
+    with SystemExit(1)), and left Ctrl-C ignored in the process; SIGTERM exited 143 without
+    a word. Both ended the run KILLED and registered nothing, as they still do."""
+    import pipelines.train
+
+    loss_terms, steps = pipelines.train.tabular_loss_terms, []
+
+    def stopped(*args: object) -> object:
+        steps.append(None)
+        if len(steps) == 3:  # in the first epoch's third step
+            os.kill(os.getpid(), stop)
+        return loss_terms(*args)
+
+    monkeypatch.setattr(pipelines.train, "tabular_loss_terms", stopped)
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"data": {"path": str(breast_cancer_files[0])}}))
+
+    result = run_cli("train", config)
+
+    assert result.exit_code == 128 + stop
+    client = mlflow.MlflowClient(tracking_uri, tracking_uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("config").experiment_id])
+    assert result.stderr == (
+        f"train interrupted ({stop.name}): MLflow run {run.info.run_id} ended KILLED\n"
+    )
+    assert result.stdout == "" and run.info.status == "KILLED"
+    assert client.search_registered_models() == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_config_typo_fails_before_training(tmp_path, tracking_uri) -> None:
