@@ -9,14 +9,18 @@ your own (any session, any cluster where anomaly-vae is installed on the workers
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -36,13 +40,17 @@ _NUMERIC = {"double", "float", "long", "integer"}
 _LOG4J2 = Path(__file__).with_name("spark-log4j2.properties")
 
 
+def _require_pyspark() -> None:
+    """Refuse the Spark engine in one line where pyspark (an extra) is not installed."""
+    if importlib.util.find_spec("pyspark") is None:
+        raise InputError("--engine spark needs pyspark: pip install 'anomaly-vae[spark]'")
+
+
 def spark_session(master: str = DEFAULT_MASTER) -> SparkSession:
     """A Spark session whose Python workers run this interpreter, bound to the loopback."""
-    try:
-        from pyspark.sql import SparkSession
-    except ImportError:
-        raise InputError("--engine spark needs pyspark: pip install 'anomaly-vae[spark]'") from None
+    _require_pyspark()
     from pyspark.errors import PySparkException
+    from pyspark.sql import SparkSession
 
     # Local sessions talk to their own workers only; without this Spark binds to the first
     # network interface it finds and warns about it.
@@ -162,7 +170,7 @@ def score_with_spark(
     detector = load_detector(resolve_detector_dir(str(model_dir)))
     if detector.kind != "tabular":
         raise InputError(f"model '{model_uri}': --engine spark scores tables, not {detector.kind}s")
-    spark = spark_session(master)
+    _require_pyspark()  # before the imports the `except` clauses below name
     from py4j.protocol import Py4JJavaError
     from pyspark.errors import AnalysisException, PythonException
     from pyspark.sql import functions as F
@@ -170,26 +178,27 @@ def score_with_spark(
     started = time.perf_counter()
     staging = output.parent / f".{output.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        try:
-            frame = spark.read.parquet(*(str(file) for file in files))
-        except AnalysisException as exc:
-            raise InputError(
-                f"{source}: not a readable Parquet dataset ({first_line(exc)})"
-            ) from None
-        detector.check_columns(frame.columns, source, allow_extra)
-        scored = score_dataframe(
-            _in_input_order(frame, files), str(model_dir), keep_columns, source
-        )
-        scored.write.parquet(str(staging))
-        rows, anomalies = (
-            spark.read.parquet(str(staging))
-            .agg(F.count(F.lit(1)), F.sum(F.col("is_anomaly").cast("long")))
-            .first()
-        )
-        if not rows:  # as the local engine: an empty output of an empty input helps no one
-            kind = "folder" if Path(input_path).is_dir() else "file"
-            raise InputError(f"{source}: the {kind} holds no rows")
-        staging.rename(output)
+        with _session_stopped_by_ctrl_c(master) as spark:
+            try:
+                frame = spark.read.parquet(*(str(file) for file in files))
+            except AnalysisException as exc:
+                raise InputError(
+                    f"{source}: not a readable Parquet dataset ({first_line(exc)})"
+                ) from None
+            detector.check_columns(frame.columns, source, allow_extra)
+            scored = score_dataframe(
+                _in_input_order(frame, files), str(model_dir), keep_columns, source
+            )
+            scored.write.parquet(str(staging))
+            rows, anomalies = (
+                spark.read.parquet(str(staging))
+                .agg(F.count(F.lit(1)), F.sum(F.col("is_anomaly").cast("long")))
+                .first()
+            )
+            if not rows:  # as the local engine: an empty output of an empty input helps no one
+                kind = "folder" if Path(input_path).is_dir() else "file"
+                raise InputError(f"{source}: the {kind} holds no rows")
+            staging.rename(output)
     except PythonException as exc:
         raise InputError(f"{source}: a Spark task failed: {_task_error(exc)}") from None
     except Py4JJavaError as exc:
@@ -199,6 +208,56 @@ def score_with_spark(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return ScoreSummary(rows, anomalies or 0, time.perf_counter() - started, output)
+
+
+@contextmanager
+def _session_stopped_by_ctrl_c(master: str) -> Iterator[SparkSession]:
+    """`spark_session(master)`, stopped by Ctrl-C, so that no task writes into the staging
+    folder once it is removed; the KeyboardInterrupt goes on to the command line's one line.
+
+    pyspark's own SIGINT handler cancels the jobs through the JVM connection that the main
+    thread is waiting on: a "reentrant call", and py4j's tracebacks before "Aborted!".
+    Python's own handler cuts that wait short instead, which py4j still logs with tracebacks:
+    silenced (`_py4j_silenced`) while the session works.
+    """
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        with _py4j_silenced():
+            session = spark_session(master)
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # pyspark set its own
+            try:
+                yield session
+            except KeyboardInterrupt:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one would cut the stop
+                with warnings.catch_warnings():
+                    # "Unable to cleanly shutdown Spark JVM process", at times, on a connection
+                    # the interrupt cut: the JVM ends with this process anyway.
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    session.stop()
+                raise
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@contextmanager
+def _py4j_silenced() -> Iterator[None]:
+    """No py4j log records: a call to the JVM that Ctrl-C cut short is logged with tracebacks,
+    on the root logger (`logging.exception`) and on py4j's own loggers."""
+    root, own = logging.getLogger(), logging.getLogger("py4j")
+    level = own.level
+    root.addFilter(_not_from_py4j)
+    own.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        own.setLevel(level)
+        root.removeFilter(_not_from_py4j)
+
+
+def _not_from_py4j(record: logging.LogRecord) -> bool:
+    import py4j
+
+    return not record.pathname.startswith(os.path.dirname(py4j.__file__))
 
 
 def _listed_files(input_path: Path) -> list[Path]:

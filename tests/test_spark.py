@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -233,3 +234,40 @@ def test_spark_refuses_an_existing_output_folder_in_its_own_line(
     assert result.exit_code == 1
     assert result.stderr == f"Error: {output}: already exists; Spark writes a new folder there\n"
     assert [p.name for p in output.iterdir()] == ["part-0.parquet"]
+
+
+def test_spark_stopped_by_ctrl_c_says_so_in_one_line_and_leaves_nothing(
+    breast_cancer_model: tuple[str, str],
+    breast_cancer_files: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """pyspark's SIGINT handler cancelled the jobs through the JVM connection that the write
+    was waiting on: py4j logged a "reentrant call" and a KeyboardInterrupt, tracebacks both,
+    before "Aborted!" (exit 1), and the session went on scoring into the staging folder."""
+    import os
+    import signal
+    import threading
+
+    from pyspark.sql import DataFrameWriter, SparkSession
+
+    write = DataFrameWriter.parquet
+
+    def interrupted_write(self: DataFrameWriter, *args: object, **kwargs: object) -> None:
+        # Ctrl-C half a second into the scoring job, while the write waits on the JVM.
+        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        write(self, *args, **kwargs)
+
+    monkeypatch.setattr(DataFrameWriter, "parquet", interrupted_write)
+    model_uri, tracking = breast_cancer_model
+    output = tmp_path / "scored"
+    result = run_cli("score", model_uri, breast_cancer_files[1], "-o", output,
+                     "--engine", "spark", "--allow-extra-columns", "--tracking-uri", tracking)  # fmt: skip
+
+    assert result.exit_code == 130
+    assert result.stderr == "score interrupted (SIGINT)\n"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    assert list(tmp_path.iterdir()) == []
+    assert SparkSession.getActiveSession() is None  # no task left to write
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
