@@ -218,14 +218,20 @@ def _session_stopped_by_ctrl_c(master: str) -> Iterator[SparkSession]:
     pyspark's own SIGINT handler cancels the jobs through the JVM connection that the main
     thread is waiting on: a "reentrant call", and py4j's tracebacks before "Aborted!".
     Python's own handler cuts that wait short instead, which py4j still logs with tracebacks:
-    silenced (`_py4j_silenced`) while the session works.
+    silenced (`_py4j_silenced`) while the session works. Ctrl-C while the JVM starts waits
+    for it: cut short there, pyspark lost track of the JVM, which lived on without this process
+    (the JVM itself ignores Ctrl-C).
     """
     previous = signal.getsignal(signal.SIGINT)
+    pressed: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
     try:
         with _py4j_silenced():
             session = spark_session(master)
             signal.signal(signal.SIGINT, signal.default_int_handler)  # pyspark set its own
             try:
+                if pressed:
+                    raise KeyboardInterrupt
                 yield session
             except KeyboardInterrupt:
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one would cut the stop

@@ -271,3 +271,69 @@ def test_spark_stopped_by_ctrl_c_says_so_in_one_line_and_leaves_nothing(
     assert list(tmp_path.iterdir()) == []
     assert SparkSession.getActiveSession() is None  # no task left to write
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# Ctrl-C as soon as Spark's JVM is launched, while pyspark waits for it to start.
+STOPPED_AS_THE_JVM_STARTS = """
+import os, signal, sys
+import pyspark.java_gateway
+import pipelines.cli
+
+launch = pyspark.java_gateway.Popen
+
+def interrupted_launch(*args, **kwargs):
+    process = launch(*args, **kwargs)
+    with open(sys.argv[4], "w") as pid_file:
+        pid_file.write(str(process.pid))
+    os.kill(os.getpid(), signal.SIGINT)
+    return process
+
+pyspark.java_gateway.Popen = interrupted_launch
+pipelines.cli.main(["score", sys.argv[1], sys.argv[2], "-o", sys.argv[3], "--engine", "spark",
+                    "--allow-extra-columns", "--tracking-uri", sys.argv[5]])
+"""
+
+
+def test_spark_stopped_by_ctrl_c_as_its_jvm_starts_leaves_no_jvm_running(
+    breast_cancer_model: tuple[str, str], breast_cancer_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """pyspark lost track of the JVM it was starting: the JVM, which ignores Ctrl-C, lived on
+    for minutes after `score` had exited (a gigabyte of memory)."""
+    import os
+    import signal
+    import time
+
+    model_uri, tracking = breast_cancer_model
+    pid_file, stderr = tmp_path / "jvm.pid", tmp_path / "stderr.txt"
+    args = [model_uri, breast_cancer_files[1], tmp_path / "scored", pid_file, tracking]
+    # A file, not a pipe, for stderr: a JVM left running holds a pipe open, and kept run()
+    # waiting for the end of its output.
+    with stderr.open("w") as errors:
+        done = subprocess.run(
+            [sys.executable, "-c", STOPPED_AS_THE_JVM_STARTS, *map(str, args)],
+            stderr=errors,
+            stdout=subprocess.DEVNULL,
+            timeout=120,
+        )
+    jvm = int(pid_file.read_text())
+    try:
+        deadline = time.monotonic() + 20
+        while _running(jvm) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not _running(jvm)
+    finally:
+        if _running(jvm):
+            os.kill(jvm, signal.SIGKILL)
+    lines = [line for line in stderr.read_text().splitlines() if "incubator modules" not in line]
+    assert done.returncode == 130, lines
+    assert lines == ["score interrupted (SIGINT)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["jvm.pid", "stderr.txt"]
+
+
+def _running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie has)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except FileNotFoundError:
+        return False
+    return state not in ("Z", "X")
