@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from anomaly_vae.errors import InputError, Interrupted, first_line
 from anomaly_vae.interruptions import hold_interruptions
 from anomaly_vae.store_lock import store_lock
-from anomaly_vae.tracking_server import check_server_answers
+from anomaly_vae.tracking_server import check_server_answers, is_server_uri
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -131,7 +131,7 @@ def _open_store(uri: str) -> None:
         raise InputError(
             f"{uri}: MLflow cannot open this tracking store ({first_line(exc)})"
         ) from None
-    if uri.startswith(("http://", "https://")):
+    if is_server_uri(uri):
         check_server_answers(uri)
 
 

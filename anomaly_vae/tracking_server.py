@@ -22,6 +22,14 @@ _PROBE_TIMEOUT_S = 5
 _NO_SERVER_CODES = frozenset({502, 503, 504})
 
 
+def is_server_uri(uri: str) -> bool:
+    """Whether `uri` names a tracking server: an http or https URL, its scheme in any case, as
+    MLflow reads it ("HTTP://host" is a server to MLflow too, which then retried for minutes)."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(uri).scheme.lower() in ("http", "https")
+
+
 def check_server_answers(uri: str) -> None:
     """Raise InputError naming `uri` where no HTTP server answers there (refused, unknown host,
     no answer in time, or only a gateway's 502, 503 or 504); any other answer, an error status

@@ -117,3 +117,22 @@ def test_an_unavailable_server_is_tried_as_the_user_set_mlflows_retries_else_twi
     result = run_cli("runs", "--tracking-uri", uri)
     assert result.exit_code == 1 and result.stderr.strip() == expected
     assert asked == ["/health"] * 2
+
+
+def test_a_server_uri_with_its_scheme_in_capitals_is_asked_too(
+    mlflow_defaults: None,
+    unavailable_server: tuple[str, list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # MLflow takes "HTTP://host" for a server as it does "http://host", but the question was
+    # skipped for it: minutes of MLflow's retries, then a traceback. No retries here, so that
+    # the skipped question shows at once as MLflow's own traceback.
+    uri, asked = unavailable_server
+    uri = uri.replace("http://", "HTTP://")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    result = run_cli("runs", "--tracking-uri", uri)
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: {uri}: cannot reach the MLflow tracking server (too many 503 error responses)"
+    )
+    assert asked == ["/health"]
