@@ -67,5 +67,8 @@ def hold_interruptions() -> None:
         return
     held = _command[-1]
     for signum in _SIGNALS:
-        if signum not in held.replaced:
+        # An ignored signal stays ignored: a command started in the background by a script
+        # (`cmd &`, where the shell ignores SIGINT for it) is not to be stopped by the Ctrl-C
+        # meant for the script.
+        if signum not in held.replaced and signal.getsignal(signum) is not signal.SIG_IGN:
             held.replaced[signum] = signal.signal(signum, held.hold)

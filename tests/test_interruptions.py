@@ -27,3 +27,18 @@ def test_outside_a_command_signals_act_as_ever() -> None:
     with pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)
         pytest.fail("Ctrl-C was held")
+
+
+def test_an_ignored_signal_stays_ignored_once_held() -> None:
+    # A command that a script starts in the background (`anomaly-vae train ... &`) has SIGINT
+    # ignored: the Ctrl-C meant for the script stopped it with exit 130 if it came while a
+    # version was being registered.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with interruptions_held_to_the_end() as held:
+            hold_interruptions()
+            os.kill(os.getpid(), signal.SIGINT)
+        assert held.signum is None
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
