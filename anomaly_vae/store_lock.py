@@ -32,7 +32,16 @@ def store_lock(db: Path) -> Iterator[None]:
         yield
         return
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        _lock(handle)
         yield
     finally:
         os.close(handle)  # releases the lock
+
+
+def _lock(handle: int) -> None:
+    """Take the exclusive lock on `handle`, waiting for it. A file system that keeps no locks
+    (NFS mounted without its lock service answers ENOLCK, some FUSE ones EOPNOTSUPP) is done
+    without, as a lock file that cannot be made is: every command there stopped on an OSError
+    traceback before it opened a store that had served it well."""
+    with contextlib.suppress(OSError):
+        fcntl.flock(handle, fcntl.LOCK_EX)
