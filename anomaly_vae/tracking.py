@@ -65,6 +65,7 @@ def configure_tracking(tracking_uri: str | None = None, create: bool = True) -> 
     import mlflow
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    _refuse_in_memory(uri)
     db = _sqlite_path(uri)
     if db is not None and not create and not db.is_file():
         raise InputError(f"{uri}: no MLflow tracking store there; `anomaly-vae train` makes one")
@@ -96,6 +97,18 @@ def quiet_mlflow() -> None:
     import mlflow  # noqa: F401 - after the variables above, which it reads when first imported
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+
+def _refuse_in_memory(uri: str) -> None:
+    """Refuse SQLAlchemy's in-memory SQLite stores, `sqlite://` and `sqlite:///:memory:`: each
+    command is a process of its own, so `train` registered a model in a store gone once it
+    exited, printed its URI all the same and left its artifacts (and a `:memory:.lock`) in the
+    working folder; `score` of that URI then found no such model."""
+    if uri.split("?", 1)[0] in ("sqlite://", "sqlite:///:memory:"):
+        raise InputError(
+            f"{uri}: an in-memory store keeps no run or model once the command ends; "
+            f"give a file, such as {DEFAULT_TRACKING_URI}"
+        )
 
 
 # Every SQLite database file begins with these 16 bytes (sqlite.org/fileformat.html).

@@ -1,12 +1,15 @@
-"""The lock around opening a SQLite store never stops a command that could open it."""
+"""Opening a SQLite store: the lock around it never stops a command that could open it, and a
+store that keeps nothing past the command is refused."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
+from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import run_cli
 
 from anomaly_vae.tracking import configure_tracking
 
@@ -23,3 +26,25 @@ def test_a_store_on_a_file_system_without_locks_opens_unlocked(
     assert configure_tracking(tracking_uri) == tracking_uri
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     assert [e.name for e in client.search_experiments()] == ["Default"]
+
+
+@pytest.mark.parametrize("uri", ["sqlite:///:memory:", "sqlite://"])
+def test_an_in_memory_store_is_refused_before_anything_is_written(
+    uri: str,
+    breast_cancer_files: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # train registered its model in a store gone when the command exited, printed the model's
+    # URI all the same, and left artifacts/ and a ':memory:.lock' file in the working folder.
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data:\n  path: {breast_cancer_files[0]}\ntraining:\n  epochs: 1\n")
+    result = run_cli("train", config, "--tracking-uri", uri)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {uri}: an in-memory store keeps no run or model once the command ends; "
+        "give a file, such as sqlite:///mlruns/mlflow.db\n"
+    )
+    assert result.stdout == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
