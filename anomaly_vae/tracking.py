@@ -889,9 +889,10 @@ def _pip_requirements() -> list[str]:
 
 
 def _sqlite_path(uri: str) -> Path | None:
+    """The store's file; SQLAlchemy takes what follows a '?' for its options ('?timeout=20')."""
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri[len("sqlite:///") :])
+    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
 
 
 def _slug(name: str) -> str:

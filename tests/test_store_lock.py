@@ -48,3 +48,14 @@ def test_an_in_memory_store_is_refused_before_anything_is_written(
     )
     assert result.stdout == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
+
+
+def test_a_store_uri_with_sqlite_options_reads_the_store_file(tracking_uri: str) -> None:
+    # SQLAlchemy reads '.../mlflow.db?timeout=20' as the file mlflow.db with an option, but the
+    # store was looked for at a file named 'mlflow.db?timeout=20': runs said there was none.
+    client = mlflow.MlflowClient(tracking_uri)
+    run = client.create_run(client.create_experiment("present"))
+    client.set_terminated(run.info.run_id)
+    result = run_cli("runs", "--tracking-uri", f"{tracking_uri}?timeout=20")
+    assert result.exit_code == 0, result.output
+    assert run.info.run_id in result.stdout
