@@ -134,7 +134,8 @@ def _open_store(uri: str) -> None:
     """Refuse a store MLflow cannot open in one line: MLflow 3's refusal of a file store (a
     bare path such as MLflow 2's `./mlruns`, or `file:///...`) or of an unknown scheme ended
     `train` and `runs` in a traceback, and `score` in "model not found"; so did a tracking
-    server that does not answer, after minutes of MLflow's retries."""
+    server that does not answer, after minutes of MLflow's retries, and a web server that
+    answers but is not MLflow (`check_server_answers`)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
