@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -29,7 +29,7 @@ from anomaly_vae.errors import InputError, first_line
 from pipelines.score import ScoreSummary, refuse_overwriting
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 DEFAULT_MASTER = "local[2]"
 _SCORES = "__anomaly_vae_scores"
@@ -159,6 +159,7 @@ def score_with_spark(
 
     The output appears (by rename) only once every part is written.
     """
+    from anomaly_vae.data.preprocessing import check_category_values
     from anomaly_vae.detector import load_detector
     from anomaly_vae.tracking import resolve_detector_dir, resolve_model_dir
 
@@ -186,9 +187,10 @@ def score_with_spark(
                     f"{source}: not a readable Parquet dataset ({first_line(exc)})"
                 ) from None
             detector.check_columns(frame.columns, source, allow_extra)
-            scored = score_dataframe(
-                _in_input_order(frame, files), str(model_dir), keep_columns, source
+            observed, empty_categories = _observe_empty_categories(
+                _in_input_order(frame, files), detector.preprocessor.never_missing
             )
+            scored = score_dataframe(observed, str(model_dir), keep_columns, source)
             scored.write.parquet(str(staging))
             rows, anomalies = (
                 spark.read.parquet(str(staging))
@@ -198,6 +200,7 @@ def score_with_spark(
             if not rows:  # as the local engine: an empty output of an empty input helps no one
                 kind = "folder" if Path(input_path).is_dir() else "file"
                 raise InputError(f"{source}: the {kind} holds no rows")
+            check_category_values(empty_categories(), source)
             staging.rename(output)
     except PythonException as exc:
         raise InputError(f"{source}: a Spark task failed: {_task_error(exc)}") from None
@@ -302,6 +305,42 @@ def _in_input_order(frame: DataFrame, files: list[Path]) -> DataFrame:
         .sortWithinPartitions(*keys)
         .drop(*keys)
     )
+
+
+def _observe_empty_categories(
+    frame: DataFrame, columns: list[str]
+) -> tuple[DataFrame, Callable[[], list[str]]]:
+    """`frame`, observed while the write scores it, and a function naming those of `columns`
+    in which no row held a value, as `holds_a_value` reads one (not null, NaN, blank or "NA"),
+    once the write is done.
+
+    Observed in the write job itself: a separate aggregate would read the input once more."""
+    if not columns:
+        return frame, list
+    from pyspark.sql import Observation
+    from pyspark.sql import functions as F
+
+    observation = Observation("anomaly-vae categories holding a value")
+    types = dict(frame.dtypes)
+    metrics = [F.max(_holds_a_value(c, types[c]).cast("int")).alias(c) for c in columns]
+    return frame.observe(observation, *metrics), lambda: [
+        name for name, held in observation.get.items() if not held
+    ]
+
+
+def _holds_a_value(name: str, dtype: str) -> Column:
+    """Whether a row's value in column `name` of Spark type `dtype` is not missing."""
+    from pyspark.sql import functions as F
+
+    from anomaly_vae.data.preprocessing import null_spellings
+
+    column = F.col(f"`{name}`")
+    present = column.isNotNull()
+    if dtype in {"double", "float"}:
+        return present & ~F.isnan(column)
+    if dtype == "string":
+        return present & ~column.isin(*sorted(null_spellings()))
+    return present
 
 
 def _check_paths(input_path: Path, output: Path) -> None:

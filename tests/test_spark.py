@@ -195,6 +195,52 @@ def test_spark_scores_integer_codes_with_a_model_trained_on_their_csv_text(
     )
 
 
+def test_spark_refuses_a_category_missing_on_every_row_as_the_local_engine_does(
+    tmp_path: Path, tracking_uri: str
+) -> None:
+    """A merchant column null (or blank, or "NA") on every row, a broken export, scored every
+    row as an unseen merchant without a word with --engine spark, where `score` stops."""
+    from conftest import train_cli
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(
+        {
+            "merchant": np.resize(["grocery", "fuel", "travel"], 300),
+            "rate": np.resize([0.5, 1.5, 2.5], 300),
+            "amount": rng.lognormal(size=300),
+        }
+    )
+    frame.to_parquet(tmp_path / "train.parquet")
+    config = tmp_path / "merchants.yaml"
+    config.write_text(
+        f"data:\n  path: {tmp_path / 'train.parquet'}\n  categorical: [merchant, rate]\n"
+    )
+    model_uri = train_cli(config, "--set", "training.epochs=2")
+    day = frame.head(20)
+    broken = {
+        "null.parquet": ("merchant", day.assign(merchant=None)),
+        "blank_and_na.parquet": ("merchant", day.assign(merchant=np.resize(["", "NA"], 20))),
+        "nan.parquet": ("rate", day.assign(rate=np.nan)),
+    }
+    for name, (column, table) in broken.items():
+        path, output = tmp_path / name, tmp_path / f"{name}.scored"
+        table.to_parquet(path)
+        result = run_cli("score", model_uri, path, "-o", output, "--engine", "spark")
+        assert result.exit_code == 1, result.output
+        assert result.output.strip().splitlines()[-1] == (
+            f"Error: {path}: column '{column}' is missing on every row, and the model learnt no "
+            "missing value in it: every row would score as an unseen category"
+        )
+        assert not any(
+            p.name.startswith((output.name, f".{output.name}")) for p in tmp_path.iterdir()
+        )
+    # One missing merchant is a row to score, as it is in the local engine.
+    some = tmp_path / "some.parquet"
+    day.assign(merchant=day["merchant"].where(day.index > 0)).to_parquet(some)
+    result = run_cli("score", model_uri, some, "-o", tmp_path / "some.scored", "--engine", "spark")
+    assert result.exit_code == 0, result.output
+
+
 def test_spark_refuses_an_output_folder_that_cannot_be_written_first(
     breast_cancer_model: tuple[str, str],
     breast_cancer_files: tuple[Path, Path],

@@ -437,7 +437,7 @@ def _holds_dates(series: pd.Series) -> bool:
         return True
     if not (pd.api.types.is_object_dtype(dtype) or pd.api.types.is_string_dtype(dtype)):
         return False
-    nulls = _null_spellings()
+    nulls = null_spellings()
     present = (v for v in series.dropna() if not (isinstance(v, str) and v in nulls))
     sample = list(itertools.islice(present, DATE_SAMPLE_ROWS))
     return len(sample) > 0 and all(_is_date_value(v) for v in sample)
@@ -535,9 +535,9 @@ def _fit_numeric(series: pd.Series, name: str, source: str, may_miss: bool) -> N
 
 def _fit_categorical(series: pd.Series, name: str) -> CategoricalColumn:
     """The column's frequent values. A text that a CSV reader takes for a missing value ("NA",
-    "null", "N/A": `_null_spellings`) is the missing category, as a Parquet null is: kept as a
+    "null", "N/A": `null_spellings`) is the missing category, as a Parquet null is: kept as a
     category of its own, it made every null of a Parquet file an unseen value."""
-    nulls = _null_spellings()
+    nulls = null_spellings()
     strings = [MISSING_CATEGORY if s in nulls else s for s in _category_strings(series)]
     counts = pd.Series(strings).value_counts()
     frequent = counts[counts >= MIN_CATEGORY_COUNT]
@@ -590,7 +590,7 @@ _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 @lru_cache(maxsize=1)
-def _null_spellings() -> frozenset[str]:
+def null_spellings() -> frozenset[str]:
     """The texts pyarrow reads as missing in a CSV column of numbers ("NA", "null", ...)."""
     import pyarrow.csv as pacsv
 
@@ -615,7 +615,7 @@ def _spelled_value(text: str) -> str | None:
     pyarrow reads a number padded with spaces or tabs (" 5411") as the number, and "true" or
     "FALSE" as a bool: as text they missed the detector's 5411 and True, and scored as
     unseen values without a word. "1" and "0" are numbers first, as pyarrow infers them."""
-    if text in _null_spellings():
+    if text in null_spellings():
         return MISSING_CATEGORY
     if _NUMBER.fullmatch(trimmed := text.strip(" \t")):
         number = float(trimmed)
@@ -745,7 +745,7 @@ def holds_a_value(series: pd.Series) -> bool:
     present = series.dropna()
     if present.empty:
         return False
-    nulls = _null_spellings()
+    nulls = null_spellings()
     strings = _category_strings(pd.Series(present.unique(), dtype=present.dtype))
     return any(s != MISSING_CATEGORY and s not in nulls for s in strings)
 
