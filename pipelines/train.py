@@ -122,8 +122,11 @@ def signature_example(frame: pd.DataFrame, number_columns: Sequence[str]) -> pd.
     floats as soon as a value is missing, and MLflow would refuse those. A column of pandas'
     category dtype (a Parquet dictionary column) holds its values: MLflow declared it a
     string, then refused the category example, and the trained run ended in a traceback.
-    Columns of types MLflow cannot declare hold text (`_untyped_by_mlflow`). Rows with a
-    missing value MLflow cannot check come last (`_checkable_first`).
+    Columns of types MLflow cannot declare hold text (`_untyped_by_mlflow`). An integer column
+    with a missing value, read in its Arrow type where pandas' float64 would lose digits
+    (`anomaly_vae.data.tables._inexact_as_float`), is declared a double as pandas reads it: as
+    a long, MLflow refused every missing value in it. Rows with a missing value MLflow cannot
+    check come last (`_checkable_first`).
     """
     example = _checkable_first(frame, EXAMPLE_ROWS)
     categories = [c for c in example.columns if isinstance(example[c].dtype, pd.CategoricalDtype)]
@@ -132,6 +135,7 @@ def signature_example(frame: pd.DataFrame, number_columns: Sequence[str]) -> pd.
             **{c: object for c in categories},
             **{c: str for c in example.columns if _untyped_by_mlflow(example[c].dtype)},
             **dict.fromkeys(number_columns, "float64"),
+            **{c: "float64" for c in example.columns if _arrow_integer(example[c].dtype)},
         }
     )
 
@@ -156,6 +160,10 @@ def _checkable_first(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
 
 def _is_nullable_extension(dtype: object) -> bool:
     return isinstance(dtype, pd.api.extensions.ExtensionDtype) and dtype.kind in "iub"
+
+
+def _arrow_integer(dtype: object) -> bool:
+    return isinstance(dtype, pd.ArrowDtype) and pd.api.types.is_integer_dtype(dtype)
 
 
 def _untyped_by_mlflow(dtype: object) -> bool:

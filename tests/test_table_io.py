@@ -541,3 +541,44 @@ def test_training_on_a_truncated_csv_gz_fails_in_one_line(kept, tmp_path, tracki
     result = run_cli("train", config)
     assert result.exit_code == 1
     assert result.stderr.strip() == f"Error: {path}: cannot read (Truncated compressed stream)"
+
+
+def test_integer_codes_beyond_2_53_with_missing_values_stay_distinct(
+    tmp_path, tracking_uri
+) -> None:
+    # pandas reads an integer column with a null as float64, exact only to 2^53: merchant codes
+    # 9007199254740992 and ...993 trained as one category and scored as one.
+    from conftest import train_cli
+
+    from pipelines.score import load_model
+
+    low = 2**53
+    codes = pa.array([None if i % 10 == 0 else low + i % 2 for i in range(300)], pa.int64())
+    amounts = pa.array([1.0 + i % 7 for i in range(300)])
+    pq.write_table(pa.table({"code": codes, "amount": amounts}), tmp_path / "train.parquet")
+    config = tmp_path / "codes.yaml"
+    config.write_text(f"data:\n  path: {tmp_path / 'train.parquet'}\n  categorical: [code]\n")
+    model_uri = train_cli(config, "--set", "training.epochs=2")
+    detector = load_model(model_uri)
+    assert detector.preprocessor.categorical[0].categories == [
+        "9007199254740992", "9007199254740993", "<missing>"
+    ]  # fmt: skip
+
+    # Scored with and without a null beside them, each code scores as its own category.
+    day = {"code": [low, low + 1], "amount": [1.0, 1.0]}
+    with_null = {"code": [*day["code"], None], "amount": [*day["amount"], 1.0]}
+    scores = {}
+    for name, table in {"plain": day, "null": with_null}.items():
+        path, out = tmp_path / f"{name}.parquet", tmp_path / f"{name}_scored.parquet"
+        pq.write_table(
+            pa.table(table, pa.schema([("code", pa.int64()), ("amount", pa.float64())])), path
+        )
+        assert run_cli("score", model_uri, path, "-o", out).exit_code == 0
+        scores[name] = pd.read_parquet(out)["score"].tolist()
+    assert scores["null"][:2] == scores["plain"] and scores["plain"][0] != scores["plain"][1]
+    # An integer feature without nulls was always read exactly, as int64.
+    assert read_table(tmp_path / "plain.parquet")["code"].tolist() == [low, low + 1]
+    # The pyfunc declares them doubles, as pandas reads them: as longs, MLflow refused a null.
+    import mlflow
+
+    assert len(mlflow.pyfunc.load_model(model_uri).predict(pd.DataFrame(with_null))) == 3

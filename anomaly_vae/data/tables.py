@@ -40,6 +40,8 @@ TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 PARQUET_SUFFIXES = {suffix for suffix, fmt in TABLE_FORMATS.items() if fmt == "parquet"}
 # Exports are often shipped compressed (transactions.csv.gz): pyarrow decompresses on reading,
 # and compresses on writing, by these extensions; Parquet compresses inside the file.
+# float64 holds every integer up to 2^53 exactly, and not every one beyond it.
+_FLOAT_EXACT = 2**53
 CSV_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 # A CSV's parse options, decimal mark and the column types of its first block (`_csv_schema`).
 _CsvLayout = tuple[pacsv.ParseOptions, str, pa.Schema]
@@ -258,7 +260,7 @@ def _to_frame(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pd.DataFra
     among the columns (`_index_as_columns`)."""
     batch = _readable_types(batch, as_is)
     names = batch.schema.names
-    kept = [i for i, name in enumerate(names) if as_is(name)]
+    kept = [i for i, name in enumerate(names) if as_is(name) or _inexact_as_float(batch.column(i))]
     if not kept:
         return _index_as_columns(batch.to_pandas(), names)
     frame = _index_as_columns(
@@ -268,6 +270,17 @@ def _to_frame(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pd.DataFra
         column = pd.arrays.ArrowExtensionArray(batch.column(i))
         frame.insert(i, names[i], column, allow_duplicates=True)
     return frame
+
+
+def _inexact_as_float(column: pa.Array) -> bool:
+    """Whether pandas would lose digits of an integer column: one with a null becomes float64,
+    exact only to 2^53. Two codes beyond it (9007199254740992 and ...993) read as one
+    category, in training and scoring alike; kept in their Arrow type, they stay two."""
+    if not pa.types.is_integer(column.type) or column.type.bit_width < 64 or not column.null_count:
+        return False
+    extremes = pc.min_max(column)
+    low, high = extremes["min"].as_py(), extremes["max"].as_py()
+    return high is not None and max(-low, high) > _FLOAT_EXACT  # None: nulls only
 
 
 def _index_as_columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
