@@ -216,6 +216,9 @@ def test_an_answer_in_mlflows_json_is_left_to_the_command(mlflow_defaults: None)
     the command's own request says what it means."""
     from anomaly_vae.tracking_server import check_server_answers
 
-    for status, body in [(200, b'{"experiments": []}'), (403, b'{"error_code": "PERMISSION_DENIED"}')]:
+    for status, body in [
+        (200, b'{"experiments": []}'),
+        (403, b'{"error_code": "PERMISSION_DENIED"}'),
+    ]:
         with answering_server(status, body, "application/json") as uri:
             check_server_answers(uri)
