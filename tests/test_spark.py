@@ -317,6 +317,23 @@ def test_spark_stopped_by_ctrl_c_says_so_in_one_line_and_leaves_nothing(
     assert list(tmp_path.iterdir()) == []
     assert SparkSession.getActiveSession() is None  # no task left to write
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _new_jvm_for_later_tests()
+
+
+def _new_jvm_for_later_tests() -> None:
+    """End this process's Spark JVM, so that a later test starts its own. The interrupt cut
+    the connection pyspark stops the JVM's context on: the context may run on in the JVM, and
+    a test after this one failed with "Only one SparkContext should be running in this JVM".
+    The command line exits once interrupted, and its JVM with it."""
+    from pyspark import SparkContext
+
+    gateway = SparkContext._gateway
+    if gateway is None:
+        return
+    gateway.shutdown()
+    gateway.proc.kill()
+    gateway.proc.wait(timeout=60)
+    SparkContext._gateway = SparkContext._jvm = None
 
 
 # Ctrl-C as soon as Spark's JVM is launched, while pyspark waits for it to start.
