@@ -68,33 +68,12 @@ def test_a_server_nobody_listens_at_stops_each_command_in_seconds(
     assert not out.exists()
 
 
-class Unavailable(http.server.BaseHTTPRequestHandler):
-    """Answers every request 503, as a gateway whose tracking server is down; counts them."""
-
-    requests: list[str]
-
-    def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
-        self.requests.append(self.path)
-        self.send_response(503)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    def log_message(self, *args: object) -> None:
-        pass  # not on the test's stderr
-
-
 @pytest.fixture
 def unavailable_server() -> Iterator[tuple[str, list[str]]]:
-    """(URI, the paths it was asked for) of a local server that answers only 503."""
-    handler = type("Handler", (Unavailable,), {"requests": []})
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}", handler.requests
-    finally:
-        server.shutdown()
-        server.server_close()
+    """(URI, the paths it was asked for) of a local server that answers only 503, as a gateway
+    whose tracking server is down."""
+    with answering_server(503, b"", "text/plain") as server:
+        yield server
 
 
 def test_an_unavailable_server_is_tried_as_the_user_set_mlflows_retries_else_twice(
@@ -142,13 +121,15 @@ def test_a_server_uri_with_its_scheme_in_capitals_is_asked_too(
 
 
 class Answering(http.server.BaseHTTPRequestHandler):
-    """Answers every request with `status` and `body` as `content_type`."""
+    """Answers every request with `status` and `body` as `content_type`; notes its path."""
 
     status: int
     body: bytes
     content_type: str
+    requests: list[str]
 
     def do_GET(self) -> None:  # noqa: N802 - the name http.server calls
+        self.requests.append(self.path)
         self.send_response(self.status)
         self.send_header("Content-Type", self.content_type)
         self.send_header("Content-Length", str(len(self.body)))
@@ -156,19 +137,21 @@ class Answering(http.server.BaseHTTPRequestHandler):
         self.wfile.write(self.body)
 
     def log_message(self, *args: object) -> None:
-        pass
+        pass  # not on the test's stderr
 
 
 @contextlib.contextmanager
-def answering_server(status: int, body: bytes, content_type: str) -> Iterator[str]:
-    handler = type(
-        "Handler", (Answering,), {"status": status, "body": body, "content_type": content_type}
-    )
+def answering_server(
+    status: int, body: bytes, content_type: str
+) -> Iterator[tuple[str, list[str]]]:
+    """(URI, the paths it was asked for) of a local server giving every request one answer."""
+    answer = {"status": status, "body": body, "content_type": content_type, "requests": []}
+    handler = type("Handler", (Answering,), answer)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield f"http://127.0.0.1:{server.server_port}", handler.requests
     finally:
         server.shutdown()
         server.server_close()
@@ -184,7 +167,7 @@ def test_a_server_that_is_not_mlflow_stops_every_command_in_one_line(
     config.write_text(f"data:\n  path: {breast_cancer_files[0]}\n")
     table, out = breast_cancer_files[1], tmp_path / "scored.csv"
     page = b"<html><body>404 Not Found</body></html>"
-    with answering_server(404, page, "text/html; charset=utf-8") as uri:
+    with answering_server(404, page, "text/html; charset=utf-8") as (uri, _):
         for args in (
             ("runs",),
             ("train", config, "--set", "training.epochs=1"),
@@ -202,7 +185,7 @@ def test_a_server_that_is_not_mlflow_stops_every_command_in_one_line(
             ), args
     assert not out.exists()
     # MLflow's own authentication refuses in plain text: a server, but not the user's access.
-    with answering_server(401, b"You are not authenticated.", "text/plain") as uri:
+    with answering_server(401, b"You are not authenticated.", "text/plain") as (uri, _):
         result = run_cli("runs", "--tracking-uri", uri)
     assert result.exit_code == 1
     assert result.stderr == (
@@ -220,5 +203,5 @@ def test_an_answer_in_mlflows_json_is_left_to_the_command(mlflow_defaults: None)
         (200, b'{"experiments": []}'),
         (403, b'{"error_code": "PERMISSION_DENIED"}'),
     ]:
-        with answering_server(status, body, "application/json") as uri:
+        with answering_server(status, body, "application/json") as (uri, _):
             check_server_answers(uri)
