@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     import requests
 
 # How the first request tries, unless the user set MLflow's own variable for it: one retry,
-# a second after the first try, each try waiting at most 5 seconds for the server.
+# each try waiting at most 5 seconds for the server. urllib3 waits no backoff before a first
+# retry, so the second try follows the first at once (the factor would space later ones).
 _PROBE_RETRIES = 1
 _PROBE_BACKOFF_FACTOR = 1
 _PROBE_TIMEOUT_S = 5
