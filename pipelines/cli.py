@@ -56,6 +56,12 @@ def user_errors(command: Callable[..., Any]) -> Callable[..., Any]:
             _say_interrupted(exc.signum, str(exc))
         except KeyboardInterrupt:
             _say_interrupted(signal.SIGINT, "")
+        except SystemExit as exc:
+            # `stopped_by_sigterm`'s exit, outside an MLflow run: it exited 143 without a word,
+            # where Ctrl-C at the same point says what stopped the command.
+            if exc.code == 128 + signal.SIGTERM:
+                _say_interrupted(signal.SIGTERM, "")
+            raise
 
     return wrapper
 
@@ -106,7 +112,7 @@ def finished_once_registered(command: Callable[..., Any]) -> Callable[..., Any]:
             return result
         name = signal.Signals(held.signum).name
         click.echo(f"stopped by {name} after the version above was registered; it stands", err=True)
-        raise SystemExit(128 + held.signum)
+        raise click.exceptions.Exit(128 + held.signum)  # said already: not `user_errors`' line
 
     return wrapper
 

@@ -1172,4 +1172,5 @@ def test_score_stopped_by_sigterm_leaves_no_temporary_output(tmp_path) -> None:
         text=True,
     )
     assert stopped.returncode == 128 + 15, stopped.stderr
+    assert stopped.stderr == "score interrupted (SIGTERM)\n"  # it exited without a word
     assert list(out.parent.iterdir()) == []
