@@ -448,13 +448,14 @@ _DETECTOR_KINDS: dict[str, type] = {
 def load_detector(path: str | Path) -> TabularDetector | ImageDetector:
     """Load a detector directory written by `save`."""
     path = Path(path)
+    # Looked for before reading: safetensors' FileNotFoundError has no filename, and naming
+    # it from the exception ended a deleted weights file in a TypeError traceback.
+    for name in (ARTIFACT_FILE, WEIGHTS_FILE):
+        if not (path / name).is_file():
+            raise InputError(f"{path}: not a detector directory ({name} missing)")
     try:
         state = json.loads((path / ARTIFACT_FILE).read_text())
         weights = load_file(str(path / WEIGHTS_FILE))
-    except FileNotFoundError as exc:
-        raise InputError(
-            f"{path}: not a detector directory ({Path(exc.filename).name} missing)"
-        ) from None
     # SafetensorError: weights cut short by a copy or download that stopped, a traceback.
     except (json.JSONDecodeError, OSError, SafetensorError) as exc:
         raise InputError(f"{path}: corrupt detector artifact ({exc})") from None

@@ -216,6 +216,26 @@ def test_serve_refuses_a_model_that_cannot_load_before_starting(
     assert "corrupt detector artifact" in result.stderr
 
 
+@pytest.mark.usefixtures("no_server")
+def test_serve_names_a_deleted_weights_file_before_starting(
+    breast_cancer_model: tuple[str, str], tmp_path: Path
+) -> None:
+    """A version whose weights were deleted from the artifacts ended in a TypeError traceback."""
+    from anomaly_vae.detector import WEIGHTS_FILE
+    from anomaly_vae.tracking import resolve_model_dir
+
+    model_uri, tracking = breast_cancer_model
+    damaged = tmp_path / "model"
+    shutil.copytree(resolve_model_dir(model_uri, tracking), damaged)
+    (damaged / "artifacts" / "detector" / WEIGHTS_FILE).unlink()
+    result = run_cli("serve", damaged, "--tracking-uri", tracking)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {damaged / 'artifacts' / 'detector'}: not a detector directory "
+        f"({WEIGHTS_FILE} missing)\n"
+    )
+
+
 @pytest.fixture
 def started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[str]]]:
     """The server command lines `serve` would replace itself with, in a private temporary
