@@ -156,6 +156,11 @@ def test_true_false_reads_as_a_binary_feature_and_not_as_a_number(frame) -> None
     np.testing.assert_array_equal(as_bools.numeric, pre.transform(flags.head(6), "t").numeric)
     with pytest.raises(InputError, match=r"^t: column 'hour' holds true/false, not numbers$"):
         pre.transform(flags.head(6).assign(hour=True), "t")
+    # One true among numbers, as a frame built from JSON records holds it, was scored as 1.
+    mixed = flags.head(6).astype({"hour": object})
+    mixed.loc[mixed.index[2], "hour"] = True
+    with pytest.raises(InputError, match=r"^t: column 'hour', row 3: True is true/false, not a"):
+        pre.transform(mixed, "t")
 
 
 def test_binary_columns_missing_in_training_get_an_indicator(frame) -> None:

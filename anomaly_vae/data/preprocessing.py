@@ -674,11 +674,28 @@ def _is_number_dtype(dtype: object) -> bool:
 def _numeric_values(
     series: pd.Series, column: NumericColumn | BinaryColumn, source: str, row_offset: int
 ) -> np.ndarray:
-    if isinstance(column, NumericColumn) and pd.api.types.is_bool_dtype(series):
-        raise InputError(f"{source}: column '{column.name}' holds true/false, not numbers")
+    if isinstance(column, NumericColumn):
+        if pd.api.types.is_bool_dtype(series):
+            raise InputError(f"{source}: column '{column.name}' holds true/false, not numbers")
+        _reject_boolean_values(series, column.name, source, row_offset)
     values = _as_float(series, column.name, source, row_offset)
     _check_values(values, column, source, row_offset)
     return values
+
+
+def _reject_boolean_values(series: pd.Series, name: str, source: str, row_offset: int) -> None:
+    """A true or false among numbers (a frame built from JSON records): `pd.to_numeric` read
+    it as 1 or 0 and the row was scored without a word, where a whole true/false column is
+    refused. Only a mixed (object) column can hold one."""
+    if series.dtype != object:
+        return
+    flags = np.fromiter((isinstance(v, (bool, np.bool_)) for v in series), bool, len(series))
+    if flags.any():
+        row = int(np.argmax(flags))
+        raise InputError(
+            f"{source}: column '{name}', row {row_offset + row + 1}: "
+            f"{series.iloc[row]!r} is true/false, not a number"
+        )
 
 
 def _check_values(
