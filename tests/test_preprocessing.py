@@ -260,6 +260,11 @@ def test_lists_and_structs_where_categories_belong_are_refused(frame) -> None:
     structs = pa.array([{"name": m} for m in merchants]).to_pandas()
     with pytest.raises(InputError, match=rf"^new.parquet: {expected.replace('1', '11')}"):
         _fit(frame).transform(frame.assign(merchant=structs), "new.parquet", row_offset=10)
+    # One list among texts, as JSON records (a REST request) give: a TypeError traceback.
+    mixed = frame.head(4).astype({"merchant": object})
+    mixed.at[mixed.index[2], "merchant"] = ["m1"]
+    with pytest.raises(InputError, match=r"^request: column 'merchant', row 3: \['m1'\] is a list"):
+        _fit(frame).transform(mixed, "request")
 
 
 def test_dates_where_categories_belong_are_refused_when_scored(frame) -> None:

@@ -797,15 +797,16 @@ def _unmatched_dates(column: CategoricalColumn, series: pd.Series, codes: np.nda
 def _reject_nested(series: pd.Series, name: str, source: str, row_offset: int) -> None:
     """Refuse a column of lists, structs or maps (Parquet's nested types), which are not one
     value a category can match: pandas cannot hash them, and training and scoring stopped with
-    a traceback. An Arrow column has one type, so its first value tells."""
+    a traceback. Every value is looked at, not the first alone as an Arrow column's one type
+    would allow: a frame from JSON records (a REST request) mixes a list in among texts."""
     if series.dtype != object:
         return
-    present = np.flatnonzero(series.notna().to_numpy())
-    if len(present) and isinstance(value := series.iloc[present[0]], (list, dict, np.ndarray)):
-        raise InputError(
-            f"{source}: column '{name}', row {row_offset + present[0] + 1}: {value!r} is a "
-            "list or struct, not one value"
-        )
+    for row, value in enumerate(series):
+        if isinstance(value, (list, dict, np.ndarray)):
+            raise InputError(
+                f"{source}: column '{name}', row {row_offset + row + 1}: {value!r} is a "
+                "list or struct, not one value"
+            )
 
 
 def _reject_infinite(values: np.ndarray, name: str, source: str, row_offset: int) -> None:
