@@ -813,10 +813,22 @@ def resolve_model_dir(model_uri: str, tracking_uri: str | None = None) -> Path:
         )
         model_dir = _model_dir_of(detector_dir, model_uri)
         cached = root / _content_digest(model_dir)
-        if not cached.is_dir():
-            with contextlib.suppress(OSError):  # another process cached the same model first
-                model_dir.rename(cached)
+        _move_into_cache(model_dir, cached, Path(download))
     return _model_dir_of(_detector_in(cached, model_uri), model_uri)
+
+
+def _move_into_cache(model_dir: Path, cached: Path, scratch: Path) -> None:
+    """Make `cached` the downloaded `model_dir`, unless a folder there still holds the files its
+    name was made from (another start cached the same model). One whose files were deleted or
+    changed since was served as it was, and `serve` failed on every start, naming no cache
+    folder ("no anomaly-vae detector found there"): it is swapped for the fresh download, and
+    the damaged one goes into `scratch`, removed with the download."""
+    if cached.is_dir() and _content_digest(cached) == cached.name:
+        return
+    with contextlib.suppress(OSError):  # another process cached or swapped it first
+        if cached.exists():
+            cached.rename(scratch / "damaged")
+        model_dir.rename(cached)
 
 
 def _model_dir_of(detector_dir: Path, model_uri: str) -> Path:

@@ -289,6 +289,29 @@ def test_starting_serve_again_and_again_leaves_no_more_files(
         assert [p.name for p in first.parent.iterdir()] == [first.name]
 
 
+def test_serve_replaces_a_cached_model_whose_files_were_deleted(
+    breast_cancer_model: tuple[str, str],
+    started: list[list[str]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A cached copy missing its weights was served as it was: every later start failed with
+    "no anomaly-vae detector found there" until the user found and deleted the folder."""
+    from anomaly_vae.detector import WEIGHTS_FILE
+
+    model_uri, tracking = breast_cancer_model
+    monkeypatch.setattr("anomaly_vae.tracking._stored_model_dir", lambda *args: None)
+    assert run_cli("serve", model_uri, "--tracking-uri", tracking).exit_code == 0
+    cached = Path(started[0][started[0].index("--model-uri") + 1])
+    intact = files_under(cached)
+    (cached / "artifacts" / "detector" / WEIGHTS_FILE).unlink()
+
+    result = run_cli("serve", model_uri, "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+    assert Path(started[1][started[1].index("--model-uri") + 1]) == cached
+    assert files_under(cached) == intact
+    assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no damaged copy left
+
+
 def test_serve_starts_where_no_cache_folder_can_be_made(
     breast_cancer_model: tuple[str, str],
     started: list[list[str]],
