@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -807,7 +808,8 @@ def resolve_model_dir(model_uri: str, tracking_uri: str | None = None) -> Path:
     root = _model_cache()
     if root is None:  # a copy in the temporary folder, as each start made before the cache
         return _model_dir_of(resolve_detector_dir(model_uri, tracking_uri), model_uri)
-    with tempfile.TemporaryDirectory(prefix=".download-", dir=root) as download:
+    _remove_stale_downloads(root)
+    with tempfile.TemporaryDirectory(prefix=_DOWNLOAD_PREFIX, dir=root) as download:
         detector_dir = _detector_in(
             Path(_download_model(model_uri, tracking_uri, download)), model_uri
         )
@@ -815,6 +817,21 @@ def resolve_model_dir(model_uri: str, tracking_uri: str | None = None) -> Path:
         cached = root / _content_digest(model_dir)
         _move_into_cache(model_dir, cached, Path(download))
     return _model_dir_of(_detector_in(cached, model_uri), model_uri)
+
+
+_DOWNLOAD_PREFIX = ".download-"
+# Older than any download takes: another start's download in progress is left alone.
+_STALE_DOWNLOAD_SECONDS = 24 * 3600
+
+
+def _remove_stale_downloads(root: Path) -> None:
+    """Remove the download folders of starts killed while downloading: a hidden copy of the
+    model each, which nothing removed and `ls` of the cache did not show."""
+    cutoff = time.time() - _STALE_DOWNLOAD_SECONDS
+    for folder in root.glob(f"{_DOWNLOAD_PREFIX}*"):
+        with contextlib.suppress(OSError):  # gone already: another start removed it
+            if folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder)
 
 
 def _move_into_cache(model_dir: Path, cached: Path, scratch: Path) -> None:

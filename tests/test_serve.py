@@ -312,6 +312,28 @@ def test_serve_replaces_a_cached_model_whose_files_were_deleted(
     assert [p.name for p in cached.parent.iterdir()] == [cached.name]  # no damaged copy left
 
 
+def test_serve_removes_the_download_of_a_start_killed_a_day_ago(
+    breast_cancer_model: tuple[str, str],
+    started: list[list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A start killed while downloading left a hidden copy of the model in the cache, for good;
+    a download as recent as another start's in progress is left alone."""
+    model_uri, tracking = breast_cancer_model
+    monkeypatch.setattr("anomaly_vae.tracking._stored_model_dir", lambda *args: None)
+    models = tmp_path / "cache" / "anomaly-vae" / "models"
+    killed, running = models / ".download-killed", models / ".download-running"
+    for folder in (killed, running):
+        (folder / "partial").mkdir(parents=True)
+        (folder / "partial" / "MLmodel").write_text("flavors: {}")
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(killed, (two_days_ago, two_days_ago))
+
+    assert run_cli("serve", model_uri, "--tracking-uri", tracking).exit_code == 0
+    assert not killed.exists() and running.is_dir()
+
+
 def test_serve_starts_where_no_cache_folder_can_be_made(
     breast_cancer_model: tuple[str, str],
     started: list[list[str]],
