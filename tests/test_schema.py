@@ -77,3 +77,13 @@ def test_a_missing_column_in_another_unicode_form_is_named_as_present() -> None:
         f"new.csv: missing column(s) 'größe' (present as '{decomposed}', the same letters in "
         "another Unicode form: names must match character for character)"
     )
+
+
+def test_unexpected_columns_name_the_option_and_the_python_argument_that_ignore_them() -> None:
+    # `score_frame` users were told to pass a command-line option their call cannot take.
+    with pytest.raises(InputError) as info:
+        check_columns(["id", "amount", "note"], ["amount"], ["id"], "request")
+    assert str(info.value) == (
+        "request: unexpected column(s) 'note' (the model was not trained on them; "
+        "--allow-extra-columns, or allow_extra=True in Python, ignores them)"
+    )

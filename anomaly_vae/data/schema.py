@@ -44,7 +44,8 @@ def check_columns(
         if extra:
             raise InputError(
                 f"{source}: unexpected column(s) {_names(extra)} "
-                "(the model was not trained on them; pass --allow-extra-columns to ignore them)"
+                "(the model was not trained on them; --allow-extra-columns, or allow_extra=True "
+                "in Python, ignores them)"
             )
 
 
