@@ -175,7 +175,7 @@ def _scores_and_labels(
     allow_extra: bool,
 ) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:
     """All scores of the file, its labels (or None) and a few rows as the model's example."""
-    from anomaly_vae.data.schema import check_anomaly_value_matches, label_texts
+    from anomaly_vae.data.schema import HeldLabels
     from anomaly_vae.errors import InputError
     from pipelines.score import scored_batches
     from pipelines.train import signature_example
@@ -185,7 +185,7 @@ def _scores_and_labels(
     if label:
         detector.check_label(label)
     scores, labels, example = [], [], None
-    held: set[str] = set()  # the label values, as the anomaly value is compared with them
+    held = HeldLabels(label, detector.roles.anomaly_value) if label else None
     for part, scored in scored_batches(detector, input_path, allow_extra=True):
         batch = part.frame
         if example is None:
@@ -201,17 +201,12 @@ def _scores_and_labels(
         detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
         if label:
             labels.append(detector.roles.labels(batch[label], part.source, part.first_row))
-            if detector.roles.anomaly_value is not None:
-                held.update(label_texts(batch[label]))
+            held.add(batch[label])
         scores.append(scored["score"].to_numpy())
     if not label:
         return np.concatenate(scores), None, example
-    # Labels that spell the anomaly otherwise ('YES' for 'yes') read as normal: fpr<=F counted
-    # every anomaly as a normal, and the threshold was registered without a word. As training
-    # and evaluate do, a model's anomaly value that matches no label is refused.
     flags = np.concatenate(labels)
-    held_values = pd.Series(sorted(held), name=label)
-    check_anomaly_value_matches(held_values, flags, detector.roles.anomaly_value, str(input_path))
+    held.check(flags, str(input_path))  # as training and evaluate refuse an unmatched value
     return np.concatenate(scores), flags, example
 
 

@@ -134,7 +134,7 @@ def evaluate_file(
     refuse_options(input_path, options, "images")
     import mlflow
 
-    from anomaly_vae.data.schema import check_anomaly_value_matches, label_texts
+    from anomaly_vae.data.schema import HeldLabels
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import common_sections, top_anomaly_sections
     from pipelines.score import scored_batches, table_detector
@@ -148,7 +148,7 @@ def evaluate_file(
     detector.check_label(label)
     source = str(input_path)
     scores, labels = [], []
-    held: set[str] = set()  # the label values, as the anomaly value is compared with them
+    held = HeldLabels(label, detector.roles.anomaly_value)
     top_rows = pd.DataFrame()
     for part, scored in scored_batches(detector, input_path, allow_extra=True):
         batch = part.frame
@@ -156,8 +156,7 @@ def evaluate_file(
             raise InputError(f"{part.source}: missing label column '{label}'")
         detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
         labels.append(detector.roles.labels(batch[label], part.source, part.first_row))
-        if detector.roles.anomaly_value is not None:
-            held.update(label_texts(batch[label]))
+        held.add(batch[label])
         scores.append(scored["score"].to_numpy())
         if label not in scored.columns:  # an id column too: scored holds it already
             scored.insert(0, label, batch[label].to_numpy())
@@ -165,10 +164,7 @@ def evaluate_file(
             TOP_ROWS, "score"
         )
     scores, labels = np.concatenate(scores), np.concatenate(labels)
-    # Labels that spell the anomaly otherwise ('YES' for 'yes') read as normal, and only
-    # "the labels mark 0 of 600 as anomalies" was said of a file full of them.
-    held_values = pd.Series(sorted(held), name=label)
-    check_anomaly_value_matches(held_values, labels, detector.roles.anomaly_value, source)
+    held.check(labels, source)
     evaluation, threshold, costs = evaluate_at_threshold(
         detector.threshold, scores, labels, costs, source
     )

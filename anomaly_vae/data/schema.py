@@ -151,10 +151,25 @@ def check_anomaly_value_matches(
     )
 
 
-def label_texts(series: pd.Series) -> set[str]:
-    """A label column's distinct values as text, as `check_anomaly_value_matches` names them;
-    taken per batch from the distinct values only, so a large file costs little."""
-    return set(pd.Series(series.unique()).astype(str).str.strip())
+class HeldLabels:
+    """A label column read batch by batch, for `check_anomaly_value_matches` once the last
+    batch is in: labels that spell the anomaly otherwise ('YES' for 'yes') read as normal, and
+    `evaluate` said only "the labels mark 0 of 600" while `calibrate` chose `fpr<=F` among
+    them. Its distinct values are kept as text, per batch, so a large file costs little, and
+    only where the model has an anomaly value to match them against."""
+
+    def __init__(self, name: str, anomaly_value: str | None) -> None:
+        self.name = name
+        self.anomaly_value = anomaly_value
+        self.texts: set[str] = set()
+
+    def add(self, batch: pd.Series) -> None:
+        if self.anomaly_value is not None:
+            self.texts.update(pd.Series(batch.unique()).astype(str).str.strip())
+
+    def check(self, labels: np.ndarray, source: str) -> None:
+        held = pd.Series(sorted(self.texts), name=self.name)
+        check_anomaly_value_matches(held, labels, self.anomaly_value, source)
 
 
 def _label_numbers(series: pd.Series, source: str, row_offset: int) -> np.ndarray | None:
