@@ -223,11 +223,10 @@ def tracked_run(run_name: str, parent_run_id: str | None = None) -> Iterator[mlf
         killed = f"MLflow run {run.info.run_id} ended KILLED"
         try:
             yield run
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, SystemExit) as exc:
             mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
-            raise Interrupted(signal.SIGINT, killed) from None
-        except SystemExit as exc:
-            mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+            if isinstance(exc, KeyboardInterrupt):
+                raise Interrupted(signal.SIGINT, killed) from None
             if exc.code == 128 + signal.SIGTERM:
                 raise Interrupted(signal.SIGTERM, killed) from None
             raise
