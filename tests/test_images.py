@@ -127,6 +127,25 @@ def test_grayscale_stored_in_colour_reads_as_the_grayscale_it_is(tmp_path: Path)
         read_image(tmp_path / "tinted.png", 6, channels=1)
 
 
+def test_a_gray_photo_saved_as_lossy_webp_reads_as_grayscale(tmp_path: Path) -> None:
+    # WebP has no grayscale mode; lossy WebP decodes a gray photo with channels a level apart.
+    rows, columns = np.mgrid[0:32, 0:32]
+    gray = Image.fromarray((rows * 4 + columns * 3).astype(np.uint8), "L")
+    gray.save(tmp_path / "gray.png")
+    gray.save(tmp_path / "gray.webp", quality=80)
+    decoded = np.asarray(Image.open(tmp_path / "gray.webp").convert("RGB")).astype(int)
+    assert np.ptp(decoded, axis=2).max() == 1  # what made it "a colour image" before
+
+    read = read_image(tmp_path / "gray.webp", 32, channels=1)
+    assert read.shape == (1, 32, 32)
+    assert np.abs(read - read_image(tmp_path / "gray.png", 32, channels=1)).mean() < 0.01
+    tinted = np.stack([np.asarray(gray)] * 3, -1)
+    tinted[..., 0] //= 2  # a real colour is still refused
+    Image.fromarray(tinted, "RGB").save(tmp_path / "tinted.webp", quality=80)
+    with pytest.raises(InputError, match="tinted.webp: a colour image"):
+        read_image(tmp_path / "tinted.webp", 32, channels=1)
+
+
 def test_a_large_photo_is_read_from_fewer_pixels_to_nearly_the_same_result(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -61,6 +61,10 @@ _UNREADABLE = (
 # read for a 128-pixel model, most of it converting and resizing pixels that the resize then
 # averaged away; a gap of 4 leaves the resize enough pixels that its result barely moves.
 REDUCING_GAP = 4
+# How far apart (in 8-bit levels) a pixel's channels may lie and still be a gray, by format.
+# WebP has no grayscale mode: lossy WebP stores a gray photo as YUV and decodes nearly every
+# one with channels a level apart, so a grayscale model refused every gray WebP as colour.
+_GRAY_SPREAD = {"WEBP": 1}
 # The modes `_reduced` averages down, and the mode it averages them in.
 _REDUCED_AS = {"1": "L", "L": "L", "LA": "L"}
 _REDUCED_AS_COLOUR = {**_REDUCED_AS, "RGB": "RGB", "RGBA": "RGB"}
@@ -386,14 +390,16 @@ def _within(pixels: np.ndarray, top: int, mode: str, path: str | Path) -> np.nda
 def _gray_content(img: Image.Image, path: str | Path) -> np.ndarray:
     """(1, h, w) pixels of an image stored in colour whose colours are all grays: cameras and
     converters often save grayscale as RGB or with a palette, and judged by the file's mode
-    such a set could not be scored by the grayscale model it is. A colour would be lost."""
-    rgb = np.asarray(img.convert("RGB"))
-    if not (rgb[..., :1] == rgb[..., 1:]).all():
+    such a set could not be scored by the grayscale model it is. A colour would be lost.
+    A gray is its channels' mean, which is the gray itself where they are equal."""
+    rgb = np.asarray(img.convert("RGB"), dtype=np.float32)
+    spread = rgb.max(axis=2) - rgb.min(axis=2)
+    if (spread > _GRAY_SPREAD.get(img.format, 0)).any():
         raise InputError(
             f"{path}: a colour image ({img.mode}), but the model reads grayscale; train with "
             "image.channels: 3 for colour images"
         )
-    return rgb[None, :, :, 0].astype(np.float32) / 255.0
+    return rgb.mean(axis=2)[None] / 255.0
 
 
 def resize(
