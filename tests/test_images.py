@@ -774,6 +774,22 @@ def test_image_report_shows_the_worst_images_with_heatmaps(digits_model, tmp_pat
     assert "figures/worst_images.png" in {a.path for a in logged}
 
 
+def test_the_worst_images_figure_shows_file_names_with_dollar_signs_as_written() -> None:
+    import io
+
+    from anomaly_vae.evaluation.figures import worst_images_figure
+
+    names = ["/data/good/$x^$lot.png", "/data/crack/$5 and $10.png"]
+    pixels = np.full((2, 1, 8, 8), 0.5, np.float32)
+    figure = worst_images_figure(
+        pixels, np.zeros((2, 8, 8)), names, np.array([3.0, 2.0]), np.array([False, True]), 1.0
+    )
+    figure.savefig(io.BytesIO(), format="png")  # parsed as TeX, the first raised ValueError
+    titles = [ax.get_title().splitlines()[0] for ax in figure.axes[:2]]
+    assert titles == ["good/$x^$lot.png", "crack/$5 and $10.png"]
+    assert not any(ax.title.get_parse_math() for ax in figure.axes[:2])
+
+
 @pytest.mark.shared_data
 def test_mnist_one_digit_two_epochs(shared_data, tmp_path) -> None:
     mnist = shared_data / "images" / "mnist"

@@ -231,6 +231,9 @@ def worst_images_figure(
             f"{scores[i]:.4g} {'anomaly' if labels[i] else 'normal'}",
             fontsize=8,
             color=ANOMALY_COLOR if labels[i] else NORMAL_COLOR,
+            # A file name is text, not TeX: two '$' in one ("$x^$.png") made matplotlib parse
+            # what lay between as math, and `evaluate -o` ended in a ParseSyntaxException.
+            parse_math=False,
         )
         axes[1, i].imshow(overlay(pixels[i], maps[i], map_scale))
         for ax in axes[:, i]:
