@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -134,6 +135,25 @@ def test_a_broken_link_among_the_images_is_an_unreadable_image(tmp_path: Path) -
         f"{tmp_path / 'good' / 'b.png'}: unreadable image (a broken link to "
         f"{tmp_path / 'moved' / 'b.png'})"
     )
+
+
+def test_an_image_whose_name_is_not_utf8_stops_score_in_one_line(digits_model, tmp_path) -> None:
+    """A Latin-1 name (caf\xe9.png, from a zip made on Windows) ended every command in a
+    UnicodeEncodeError traceback, `score` after scoring every image."""
+    model_uri, tracking, test_dir = digits_model
+    folder = tmp_path / "in"
+    shutil.copytree(test_dir / "good", folder / "good")
+    first = sorted((folder / "good").glob("*.png"))[0]
+    os.rename(first, os.fsencode(folder / "good") + b"/caf\xe9.png")
+    out = tmp_path / "scores.csv"
+
+    result = run_cli("score", model_uri, folder, "-o", out, "--tracking-uri", tracking)
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {folder / 'good'}/caf\\xe9.png: the file name is not UTF-8 text, which the "
+        "scores' path column and the run's record need; rename it\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
 
 
 def test_hidden_files_and_folders_below_the_folder_are_not_images(tmp_path: Path) -> None:

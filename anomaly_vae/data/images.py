@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import hashlib
+import os
 import re
 import warnings
 import zlib
@@ -169,6 +170,7 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
         raise InputError(f"{source}: expected a folder of images or an *-idx3-ubyte(.gz) file")
     files = sorted(image_files(source))
     refuse_broken_links(files, "image")
+    _refuse_names_not_utf8(files)
     real = real_paths(p for p in files if p.is_file())  # each path resolved once
     # A rule such as {stem}.png names a PNG image itself: that image has no mask.
     mask_of = {p: m for p, r in real.items() if (m := mask_path(p, image.mask_rule)) != r}
@@ -187,6 +189,21 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
         for p in images
     ]
     return ImageListing(items, masks, image.mask_rule)
+
+
+def _refuse_names_not_utf8(files: Sequence[Path]) -> None:
+    """One line for a file whose name is not UTF-8 (a zip made on Windows, an old share): the
+    path column of `score`'s output and the runs' data digest are UTF-8 text, and every
+    command ended in a UnicodeEncodeError traceback, after scoring for `score`."""
+    for path in files:
+        try:
+            str(path).encode()
+        except UnicodeEncodeError:
+            shown = os.fsencode(path).decode(errors="backslashreplace")
+            raise InputError(
+                f"{shown}: the file name is not UTF-8 text, which the scores' path column and "
+                "the run's record need; rename it"
+            ) from None
 
 
 def folder_label(path: Path, root: Path, normal: Sequence[str]) -> bool:
