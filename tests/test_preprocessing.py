@@ -104,6 +104,19 @@ def test_encoding_ignores_other_columns_and_their_order(frame) -> None:
     assert np.array_equal(pre.transform(fortran, "t").numeric, exact.numeric)
 
 
+def test_float_columns_in_reverse_order_beside_text_encode_as_in_order() -> None:
+    """A CSV reads every number as a float, so pandas took the features of a file whose
+    columns came reversed as one block stepping backwards; torch aborted the process on it."""
+    amount, balance = np.arange(300.0), np.arange(300.0) * 2
+    in_order = pd.DataFrame({"amount": amount, "balance": balance, "merchant": ["a", "b"] * 150})
+    pre = _fit(in_order)
+    reversed_columns = pd.DataFrame(
+        {"merchant": in_order["merchant"], "balance": balance, "amount": amount}
+    )
+    exact = pre.transform(in_order, "t").numeric
+    assert np.array_equal(pre.transform(reversed_columns, "t").numeric, exact)
+
+
 def test_unseen_and_rare_categories_share_the_unknown_bucket(frame) -> None:
     pre = _fit(frame)
     rare = pre.categorical[1]

@@ -272,7 +272,9 @@ class TabularPreprocessor:
         # (24_mnist's 2,771 test rows: 322 against 125 us, 5_campaign's 15,604: 494 against 135).
         # `from_dlpack` takes read-only arrays, which `from_numpy` warns about.
         torch.sub(
-            torch.from_dlpack(values[:, :n_numeric]), self._centers, out=torch.from_numpy(scaled)
+            torch.from_dlpack(_without_negative_strides(values[:, :n_numeric])),
+            self._centers,
+            out=torch.from_numpy(scaled),
         )
         scaled /= self._scales
         if self.binary:
@@ -621,6 +623,14 @@ def _spelled_value(text: str) -> str | None:
         number = float(trimmed)
         return _number_category(number) if math.isfinite(number) else None
     return _bool_spellings().get(text)
+
+
+def _without_negative_strides(values: np.ndarray) -> np.ndarray:
+    """`values`, copied only where a stride is negative: pandas hands a float block's columns
+    taken in reverse order (a CSV whose columns came in another order) as a view that steps
+    backwards, and `torch.from_dlpack` aborted the process on it (exit 134, the temporary
+    output left behind)."""
+    return values if min(values.strides, default=0) >= 0 else np.asfortranarray(values)
 
 
 def _float_columns(frame: pd.DataFrame, names: tuple[str, ...]) -> np.ndarray | None:
