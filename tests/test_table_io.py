@@ -188,6 +188,20 @@ def test_only_a_header_of_nul_separated_letters_reads_as_utf16(tmp_path) -> None
         read_table(utf16)
 
 
+@pytest.mark.parametrize("name", ["EXPORT.CSV.GZ", "export.csv.Bz2", "export.CSV.ZST"])
+def test_a_compressed_csv_reads_whatever_the_case_of_its_extension(name, tmp_path) -> None:
+    """pyarrow detects a codec by the extension's case: a .CSV.GZ, accepted as a compressed
+    CSV, was read as text and refused as "gzip-compressed (name it .csv.gz)"."""
+    frame = pd.DataFrame({"id": ["007", "008"], "amount": [1.5, 2.5]})
+    path = tmp_path / name
+    codec = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}[path.suffix.lower()]
+    with pa.output_stream(str(path), compression=codec) as sink:
+        sink.write(frame.to_csv(index=False).encode())
+    pd.testing.assert_frame_equal(read_table(path, text_columns=["id"]), frame)
+    batches = list(iter_table_batches(path, text_columns=["id"]))
+    pd.testing.assert_frame_equal(batches[0].frame, frame)
+
+
 def test_training_reads_parquet_parts_whose_missing_values_changed_their_dtype(
     breast_cancer_files, tmp_path
 ) -> None:

@@ -373,9 +373,24 @@ def _csv_batches(
     }
     convert = pacsv.ConvertOptions(column_types=column_types, decimal_point=decimal_point)
     try:
-        yield from pacsv.open_csv(path, parse_options=parse, convert_options=convert)
+        yield from _open_csv(path, parse, convert)
     except pa.ArrowInvalid as exc:
         raise InputError(_conversion_error(path, parse, exc, schema.names)) from None
+
+
+def _open_csv(
+    path: Path, parse: pacsv.ParseOptions, convert: pacsv.ConvertOptions
+) -> pacsv.CSVStreamingReader:
+    """`pacsv.open_csv` of the CSV as `_csv_input` reads it."""
+    return pacsv.open_csv(_csv_input(path), parse_options=parse, convert_options=convert)
+
+
+def _csv_input(path: Path) -> pa.NativeFile:
+    """The CSV's text, decompressed as `csv_compression` reads the extension. Given the path,
+    pyarrow detects a codec by the extension's case (.gz, not .GZ): an EXPORT.CSV.GZ, which
+    `table_format` accepts, was read as text and refused as "gzip-compressed (name it
+    .csv.gz)"."""
+    return pa.input_stream(str(path), compression=csv_compression(path))
 
 
 # A whole number written with a leading zero (007, -01): a code, not a quantity.
@@ -397,7 +412,7 @@ def _zero_padded_columns(path: Path, layout: _CsvLayout, skip: Collection[str]) 
     )
     padded: set[str] = set()
     try:
-        for batch in pacsv.open_csv(path, parse_options=parse, convert_options=convert):
+        for batch in _open_csv(path, parse, convert):
             for name, column in zip(batch.schema.names, batch.columns, strict=True):
                 if (
                     name not in padded
@@ -415,11 +430,7 @@ def _csv_schema(path: Path) -> _CsvLayout:
     delimiter, decimal_point = _csv_dialect(path)  # an empty file stops here
     parse = pacsv.ParseOptions(delimiter=delimiter)
     try:
-        first = pacsv.open_csv(
-            path,
-            parse_options=parse,
-            convert_options=pacsv.ConvertOptions(decimal_point=decimal_point),
-        )
+        first = _open_csv(path, parse, pacsv.ConvertOptions(decimal_point=decimal_point))
         schema = first.schema
         first.close()
         schema.names  # noqa: B018 - pyarrow decodes the header here, and raises
@@ -457,7 +468,7 @@ def _with_late_types(
     )
     numbers = set(nulls)
     try:
-        for batch in pacsv.open_csv(path, parse_options=parse, convert_options=convert):
+        for batch in _open_csv(path, parse, convert):
             numbers -= {n for n in numbers if not _all_numbers(batch.column(n), decimal_point)}
             if not numbers:
                 break
@@ -517,7 +528,7 @@ def _conversion_error(
     # The row costs one more pass, over that column as text; only a failing file pays it.
     as_text = pacsv.ConvertOptions(column_types={name: pa.string()}, include_columns=[name])
     rows = 0
-    for batch in pacsv.open_csv(path, parse_options=parse, convert_options=as_text):
+    for batch in _open_csv(path, parse, as_text):
         matches = pc.equal(batch.column(0), value)
         first = pc.index(matches, True).as_py()
         if first >= 0:
@@ -540,7 +551,7 @@ def _ragged_row_error(path: Path, delimiter: str, exc: pa.ArrowInvalid) -> str |
         return None
     expected, got = (int(count) for count in found.groups())
     row = None
-    with pa.input_stream(str(path)) as raw:  # decompressed, by the path's extension
+    with _csv_input(path) as raw:  # decompressed, by the path's extension
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
         records = (record for record in csv.reader(text, delimiter=delimiter) if record)
         next(records, None)  # the header
@@ -561,7 +572,7 @@ def _csv_dialect(path: Path) -> tuple[str, str]:
     none), and the decimal mark: a comma in a file not separated by commas whose first rows
     hold more numbers written 1,5 than 1.5."""
     try:
-        with pa.input_stream(str(path)) as file:  # decompressed, by the path's extension
+        with _csv_input(path) as file:  # decompressed, by the path's extension
             raw = file.read(HEAD_BYTES)
     except OSError as exc:  # a .csv.gz cut short within its first 64 kB
         raise InputError(_cannot_read(path, exc)) from None
