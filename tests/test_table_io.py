@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
-from anomaly_vae.data.tables import iter_table_batches, read_table
+from anomaly_vae.data.tables import AtomicTableWriter, iter_table_batches, read_table
 from anomaly_vae.errors import InputError
 
 
@@ -272,6 +272,39 @@ def test_parquet_ids_with_a_null_come_back_exactly(
         scored = pq.read_table(out) if out.suffix == ".parquet" else pacsv.read_csv(out)
         assert scored.schema.field("id").type == pa.int64()
         assert scored.column("id").to_pylist() == ids
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+def test_categorical_ids_score_to_a_file_pandas_reads_back(
+    suffix, breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    """Ids saved from a pandas categorical are dictionary-encoded: kept so, the scored
+    Parquet file named a type `pd.read_parquet` cannot read (TypeError), and a folder's part
+    of plain ids beside an encoded one was refused ("is large_string here, dictionary<...>")."""
+    folder = tmp_path / "table"
+    frame = two_parts(
+        breast_cancer_files[1],
+        folder,
+        lambda part: part.astype({"id": str}),
+    )
+    ids = frame["id"].astype(str)
+    first = pd.read_parquet(folder / "part-0.parquet").astype({"id": str})
+    first.astype({"id": "category"}).to_parquet(folder / "part-0.parquet", index=False)
+    for source, expected in ((folder / "part-0.parquet", ids[:100]), (folder, ids)):
+        out = tmp_path / f"scored_{source.stem}{suffix}"
+        assert score(breast_cancer_model, source, out).returncode == 0
+        scored = pd.read_parquet(out) if suffix == ".parquet" else pd.read_csv(out, dtype=str)
+        assert scored["id"].tolist() == expected.tolist()
+
+
+def test_kept_categorical_columns_of_parts_encoded_and_plain_are_written(tmp_path) -> None:
+    """A feature kept with --keep-columns comes as a pandas categorical from a part that saved
+    one, and as text from the next: the writer refused the second part."""
+    out = tmp_path / "scored.parquet"
+    with AtomicTableWriter(out) as writer:
+        writer.write(pd.DataFrame({"merchant": pd.Categorical(["fuel", None])}), "part-0")
+        writer.write(pd.DataFrame({"merchant": ["food", "fuel"]}), "part-1")
+    assert pq.read_table(out).column("merchant").to_pylist() == ["fuel", None, "food", "fuel"]
 
 
 def test_kept_columns_come_back_exactly_as_written(

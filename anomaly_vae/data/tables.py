@@ -267,9 +267,18 @@ def _to_frame(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pd.DataFra
         batch.select([i for i in range(len(names)) if i not in kept]).to_pandas(), names
     )
     for i in kept:  # in order, so each lands at its own position
-        column = pd.arrays.ArrowExtensionArray(batch.column(i))
+        column = pd.arrays.ArrowExtensionArray(_dictionary_decoded(batch.column(i)))
         frame.insert(i, names[i], column, allow_duplicates=True)
     return frame
+
+
+def _dictionary_decoded(column: pa.Array) -> pa.Array:
+    """A dictionary-encoded column (a pandas categorical saved to Parquet) as its values.
+    Kept encoded, a Parquet output's pandas metadata named its type
+    'dictionary<values=string, indices=int8, ordered=0>[pyarrow]', which `pd.read_parquet`
+    cannot read back (TypeError), and a folder's part of plain text beside an encoded one was
+    refused ("is large_string here, dictionary<...> in earlier rows")."""
+    return column.cast(column.type.value_type) if pa.types.is_dictionary(column.type) else column
 
 
 def _inexact_as_float(column: pa.Array) -> bool:
@@ -653,7 +662,7 @@ class AtomicTableWriter:
         """Append rows read from `source`, the file that errors name. A later batch must have
         the first one's columns: pyarrow's CSV writer does not check, and a Parquet folder
         whose parts differed crashed the process (exit 139) and left the temporary file."""
-        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = pa.Table.from_pandas(_categories_as_values(frame), preserve_index=False)
         if self._schema is None:
             self._schema = table.schema
         else:
@@ -709,6 +718,17 @@ class AtomicTableWriter:
             os.replace(self._tmp_path, self.path)
         else:
             self._tmp_path.unlink(missing_ok=True)
+
+
+def _categories_as_values(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` with its pandas categoricals (a Parquet part's dictionary type, kept with
+    --keep-columns) as their values: encoded, their Arrow type follows the number of
+    categories, and a folder's part of plain text beside an encoded one was refused ("is
+    large_string here, dictionary<...> in earlier rows")."""
+    categorical = [n for n, dtype in frame.dtypes.items() if isinstance(dtype, pd.CategoricalDtype)]
+    # As objects, which Arrow types by their values: as the categories' own dtype, integer
+    # codes with a missing value would not convert.
+    return frame.astype(dict.fromkeys(categorical, object)) if categorical else frame
 
 
 def _umask() -> int:
