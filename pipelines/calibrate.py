@@ -121,6 +121,15 @@ def calibrate_model(
     registered = _registered_name(model_uri, detector.info)
     with run_reading_model("calibration", model_uri, detector.info, source, tracking_uri) as read:
         mlflow.set_tag("calibration.strategy", strategy)
+        # The options behind the threshold, named as a training run's config params: two
+        # calibrations by cost with other costs differed in their threshold alone.
+        mlflow.log_params(
+            {
+                "calibration.cost_fn": costs.fn if costs else None,
+                "calibration.cost_fp": costs.fp if costs else None,
+                "calibration.probability": probability,
+            }
+        )
         mlflow.log_metrics(
             {
                 "threshold": threshold.value,

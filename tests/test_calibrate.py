@@ -134,6 +134,11 @@ def test_calibrate_registers_a_new_version_and_promotes_only_when_asked(
     after = load_detector(new_dir)
     assert after.threshold.strategy == "cost" and after.threshold.costs == {"fn": 20, "fp": 1}
     assert after.threshold.value != before.threshold.value
+    # The run holds the costs and probability method, under the training run's param names.
+    run_id = result.stderr.strip().split(" run ")[-1]
+    params = client.get_run(run_id).data.params
+    named = ("calibration.cost_fn", "calibration.cost_fp", "calibration.probability")
+    assert [params[name] for name in named] == ["20.0", "1.0", "isotonic"]
     # The threshold is the cost-optimal one on the file it was calibrated on.
     frame = pd.read_parquet(test)
     scores = after.score_frame(frame.drop(columns="label"))["score"].to_numpy()
