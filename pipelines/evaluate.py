@@ -170,7 +170,7 @@ def evaluate_file(
     )
     sections = common_sections(scores, labels, threshold, evaluation.confusion, costs)
     sections += top_anomaly_sections(top_rows)
-    with evaluation_run(model_uri, detector, source, tracking_uri, evaluation) as run:
+    with evaluation_run(model_uri, detector, source, tracking_uri, evaluation, costs) as run:
         (tn, fp), (fn, tp) = evaluation.confusion
         mlflow.log_dict(
             {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}, "confusion_matrix.json"
@@ -187,11 +187,12 @@ def evaluation_run(
     source: str,
     tracking_uri: str | None,
     evaluation: Evaluation,
+    costs: Costs | None = None,
 ) -> Iterator[mlflow.ActiveRun]:
     """The evaluation's MLflow run, in the model's experiment and beneath the run that logged
-    the model, holding the `test.*` metrics and the strategy that chose the threshold they
-    were measured at; the metrics are the logged model's too, so the model's page in
-    `mlflow ui` lists every evaluation of it."""
+    the model, holding the `test.*` metrics, the strategy that chose the threshold they
+    were measured at and the `costs` behind `test.expected_cost`; the metrics are the logged
+    model's too, so the model's page in `mlflow ui` lists every evaluation of it."""
     import mlflow
 
     from anomaly_vae.tracking import run_reading_model
@@ -204,6 +205,9 @@ def evaluation_run(
         counts = {"rows": tn + fp + fn + tp, "anomalies": fn + tp, "flagged": fp + tp}
         metrics = {f"test.{k}": v for k, v in {**evaluation.metrics, **counts}.items()}
         mlflow.log_metrics(metrics, model_id=read.lineage.model_id, dataset=read.dataset)
+        if costs is not None:
+            # Evaluations of one version with other costs differed in test.expected_cost alone.
+            mlflow.log_params({"test.cost_fn": costs.fn, "test.cost_fp": costs.fp})
         yield read.run
 
 

@@ -88,7 +88,7 @@ def evaluate_images(
         else:
             pixel_note = no_pixel_auroc(pixel_truth, size)
     source = str(input_path)
-    with evaluation_run(model_uri, detector, source, tracking_uri, evaluation) as run:
+    with evaluation_run(model_uri, detector, source, tracking_uri, evaluation, costs) as run:
         mlflow.log_params({"images": len(items), "held_out_only": held_out_only})
         publish(evaluation, sections, report_path, model_uri, source, detector.threshold, "images")
     evaluation.run_id = run.info.run_id

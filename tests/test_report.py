@@ -96,8 +96,14 @@ def test_report_embeds_every_figure_and_the_metric_values(
     client = mlflow.MlflowClient(tracking_uri=tracking)
     logged = {a.path for a in client.list_artifacts(run_id, "figures")}
     assert logged == {f"figures/{name}.png" for name in FIGURES}
-    metrics = client.get_run(run_id).data.metrics
-    assert metrics["test.recall_at_fpr_0.01"] == pytest.approx(shown["recall_at_fpr_0.01"])
+    logged_run = client.get_run(run_id).data
+    assert logged_run.metrics["test.recall_at_fpr_0.01"] == pytest.approx(
+        shown["recall_at_fpr_0.01"]
+    )
+    # And the costs its expected cost was measured with.
+    assert logged_run.metrics["test.expected_cost"] == pytest.approx(shown["expected_cost"])
+    costs = {k: v for k, v in logged_run.params.items() if k.startswith("test.cost_")}
+    assert costs == {"test.cost_fn": "5.0", "test.cost_fp": "1.0"}
 
 
 def test_the_top_rows_show_ids_whole_and_scores_rounded() -> None:
