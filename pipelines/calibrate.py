@@ -93,7 +93,7 @@ def calibrate_model(
     from anomaly_vae.errors import InputError
     from anomaly_vae.probability import fit_probability
     from anomaly_vae.tracking import log_detector, resolve_detector_dir, run_reading_model
-    from pipelines.score import refuse_options
+    from pipelines.score import refuse_options, table_for_an_image_model
     from pipelines.score_images import images_for_a_table_model
 
     if strategy != "auto":
@@ -104,6 +104,11 @@ def calibrate_model(
     if detector.kind != "image" and is_image_source(input_path):
         # As score and evaluate say it: an IDX file was refused for its '.gz' extension.
         raise InputError(images_for_a_table_model(model_uri, input_path))
+    if detector.kind == "image" and Path(input_path).exists() and not is_image_source(input_path):
+        # A table for an image model was refused as "expected a folder of images or an
+        # *-idx3-ubyte(.gz) file" (a folder of Parquet parts as "no ... images in this
+        # folder"), naming no model: as if the file, not the model, were wrong.
+        raise InputError(table_for_an_image_model(model_uri, input_path))
     if detector.kind == "image":
         refuse_options(input_path, {"--allow-extra-columns": allow_extra}, "tables")
         scores, labels, example = _image_scores_and_labels(detector, input_path, label)

@@ -57,10 +57,13 @@ def table_detector(model_uri: str, input_path: str | Path, tracking_uri: str | N
     """The model behind `model_uri`, checked to be a table model."""
     detector = load_model(model_uri, tracking_uri)
     if detector.kind == "image":
-        raise InputError(
-            f"{input_path}: model '{model_uri}' reads images: give a folder or IDX file"
-        )
+        raise InputError(table_for_an_image_model(model_uri, input_path))
     return detector
+
+
+def table_for_an_image_model(model_uri: str, input_path: str | Path) -> str:
+    """The line for a table given to a model trained on images."""
+    return f"{input_path}: model '{model_uri}' reads images: give a folder or IDX file"
 
 
 def scored_batches(

@@ -749,13 +749,27 @@ def test_a_table_given_to_an_image_model_is_one_line_and_writes_nothing(
     model_uri, tracking, _ = digits_model
     table = tmp_path / "rows.csv"
     pd.DataFrame({"a": [1.0, 2.0], "label": [0, 1]}).to_csv(table, index=False)
-    for command in (["score", "-o", tmp_path / "s.csv"], ["evaluate", "--label", "label"]):
-        result = run_cli(command[0], model_uri, table, *command[1:], "--tracking-uri", tracking)
+    parts = tmp_path / "parts"  # a table in Parquet parts, as Spark writes one
+    parts.mkdir()
+    pd.read_csv(table).to_parquet(parts / "part-0.parquet")
+    client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
+    versions = len(client.search_model_versions("name='digits'"))
+    # calibrate said "expected a folder of images or an *-idx3-ubyte(.gz) file" (for the
+    # parts, "no ... images in this folder"), naming no model.
+    commands = [
+        (["score", "-o", tmp_path / "s.csv"], table),
+        (["evaluate", "--label", "label"], table),
+        (["calibrate"], table),
+        (["calibrate"], parts),
+    ]
+    for command, data in commands:
+        result = run_cli(command[0], model_uri, data, *command[1:], "--tracking-uri", tracking)
         assert result.exit_code != 0, command
         assert result.stderr.strip() == (
-            f"Error: {table}: model '{model_uri}' reads images: give a folder or IDX file"
+            f"Error: {data}: model '{model_uri}' reads images: give a folder or IDX file"
         )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["rows.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["parts", "rows.csv"]
+    assert len(client.search_model_versions("name='digits'")) == versions  # none registered
 
 
 def test_image_report_shows_the_worst_images_with_heatmaps(digits_model, tmp_path) -> None:
