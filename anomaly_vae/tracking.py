@@ -899,14 +899,20 @@ def _content_digest(folder: Path) -> str:
 
 
 def flatten_params(config: dict[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested config sections as MLflow params (`training.epochs` -> '60')."""
+    """Nested config sections as MLflow params (`training.epochs` -> '60').
+
+    A value is cut only at the longest MLflow stores: cut at 500 characters, a wide table's
+    `data.categorical` or `data.drop` list lost its last columns without a word, and runs
+    that differed there showed the same param in `mlflow ui`."""
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
     params: dict[str, str] = {}
     for key, value in config.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict):
             params.update(flatten_params(value, f"{name}."))
         else:
-            params[name] = str(value)[:500]
+            params[name] = str(value)[:MAX_PARAM_VAL_LENGTH]
     return params
 
 

@@ -88,6 +88,22 @@ def test_a_data_folder_is_named_with_its_parent_in_run_names(tmp_path: Path) -> 
     assert data_title(str(tmp_path / "day.parquet")) == "day.parquet"
 
 
+def test_a_long_list_in_the_config_is_a_whole_param(tracking_uri: str) -> None:
+    """A wide table's column lists were cut at 500 characters: two runs dropping different
+    late columns showed the same `data.drop`."""
+    from anomaly_vae.config import Config
+    from anomaly_vae.tracking import configure_tracking, flatten_params, use_experiment
+
+    columns = [f"sensor_{i:03d}_reading" for i in range(60)]
+    config = Config.model_validate({"data": {"path": "x.parquet", "drop": columns}})
+    configure_tracking(tracking_uri)
+    use_experiment("wide")  # not the experiment an earlier test left active, in another store
+    with mlflow.start_run() as run:
+        mlflow.log_params(flatten_params(config.model_dump()))
+    logged = mlflow.MlflowClient().get_run(run.info.run_id).data.params["data.drop"]
+    assert len(logged) > 1000 and logged == str(columns)
+
+
 def test_training_runs_are_named_by_their_overrides_and_keep_their_config_file(
     breast_cancer_files, tracking_uri, tmp_path
 ) -> None:
