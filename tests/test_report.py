@@ -145,3 +145,14 @@ def test_cost_options_must_come_in_pairs(breast_cancer_model, breast_cancer_file
     _, test = breast_cancer_files
     result = run_cli("evaluate", model_uri, test, "--cost-fn", 3, "--tracking-uri", tracking)
     assert result.exit_code != 0 and "--cost-fn and --cost-fp go together" in result.output
+
+
+def test_the_top_features_figure_draws_column_names_with_dollar_signs_as_written() -> None:
+    import io
+
+    from anomaly_vae.evaluation.figures import top_features_figure
+
+    figure = top_features_figure(pd.Series({"fee_$x^$": 3, "amount_$": 2, "plain": 1}), 10)
+    figure.savefig(io.BytesIO(), format="png")  # parsed as TeX, the first raised ValueError
+    drawn = [label._preprocess_math(label.get_text()) for label in figure.axes[0].get_yticklabels()]
+    assert drawn == [("plain", False), ("amount_$", False), ("fee_$x^$", False)]

@@ -155,7 +155,11 @@ def top_features_figure(counts: pd.Series, n_rows: int) -> Figure:
     shown = counts.head(15)[::-1]
     fig = Figure(figsize=(6.5, 0.3 * len(shown) + 1.4), layout="constrained")
     ax = fig.subplots()
-    ax.barh(shown.index.astype(str), shown.to_numpy(), color=ANOMALY_COLOR)
+    # A column name is text, not TeX: matplotlib parses what lies between two '$' as math,
+    # and a name such as "fee_$x^$" ended `evaluate -o` in a ParseSyntaxException. An
+    # escaped '$' draws as itself.
+    names = shown.index.astype(str).str.replace("$", r"\$")
+    ax.barh(names, shown.to_numpy(), color=ANOMALY_COLOR)
     ax.set(
         xlabel=f"rows among the {n_rows} top-scored naming the feature",
         title="Features driving the top anomalies",
