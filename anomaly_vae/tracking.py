@@ -146,6 +146,13 @@ def _open_store(uri: str) -> None:
         raise InputError(
             f"{uri}: MLflow cannot open this tracking store ({first_line(exc)})"
         ) from None
+    except ImportError as exc:
+        # A database store (postgresql://, mysql://, mssql://) whose SQLAlchemy driver is not
+        # installed ended every command in a traceback, `score` in two.
+        raise InputError(
+            f"{uri}: MLflow cannot open this tracking store (its database driver is not "
+            f"installed: {exc}); install it, or point at a tracking server (http://...)"
+        ) from None
     if is_server_uri(uri):
         check_server_answers(uri)
 

@@ -1113,6 +1113,21 @@ def test_a_tracking_store_mlflow_cannot_open_stops_in_one_line(breast_cancer_fil
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_database_store_without_its_driver_stops_in_one_line(monkeypatch) -> None:
+    # A postgresql:// store without psycopg installed ended `runs` and `train` in MLflow's
+    # ModuleNotFoundError traceback; None in sys.modules makes the import fail, installed or not.
+    for driver in ("psycopg", "psycopg2"):
+        monkeypatch.setitem(sys.modules, driver, None)
+    store = "postgresql://mlflow@localhost:1/mlflow"
+    result = run_cli("runs", "--tracking-uri", store)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"Error: {store}: MLflow cannot open this tracking store (its database driver is not "
+        "installed: import of psycopg"
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
 def test_a_store_file_that_is_not_a_database_is_named_by_every_command(
     breast_cancer_files, tmp_path
 ) -> None:
