@@ -33,6 +33,25 @@ from anomaly_vae.errors import InputError, first_line
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_sections_default(cls, values: Any) -> Any:
+        """A section with every key under it commented out (`training:` alone) is YAML's null:
+        it was refused as "Input should be a valid dictionary or instance of TrainingConfig",
+        where it means the section's defaults."""
+        if not isinstance(values, dict):
+            return values
+        return {
+            key: {} if value is None and _is_section(cls, key) else value
+            for key, value in values.items()
+        }
+
+
+def _is_section(model: type[BaseModel], key: Any) -> bool:
+    """Whether `key` of `model` holds a section (`training`, `training.trainer`)."""
+    annotation = model.model_fields[key].annotation if key in model.model_fields else None
+    return isinstance(annotation, type) and issubclass(annotation, _Section)
+
 
 class DataConfig(_Section):
     path: str
@@ -435,7 +454,9 @@ def _apply_override(raw: dict[str, Any], override: str) -> None:
     node = raw
     parts = key.split(".")
     for part in parts[:-1]:
-        node = node.setdefault(part, {})
+        if node.get(part) is None:  # absent, or a section left empty (`training:` alone)
+            node[part] = {}
+        node = node[part]
         if not isinstance(node, dict):
             raise InputError(f"--set {override!r}: '{part}' is not a section")
     # Unguarded, a value such as `[1` ended the command in a yaml ParserError traceback.

@@ -79,6 +79,17 @@ def test_config_mistakes_name_the_key(tmp_path: Path, text: str, message: str) -
     assert "\n" not in str(info.value)
 
 
+def test_a_section_left_empty_takes_its_defaults(tmp_path: Path) -> None:
+    # `training:` with every key under it commented out is YAML's null: it was refused as
+    # "Input should be a valid dictionary or instance of TrainingConfig", and `--set
+    # training.epochs=3` on it as "'training' is not a section".
+    path = _write(tmp_path, "data:\n  path: t.parquet\ntraining:\n  # epochs: 3\nmodel:\n")
+    assert load_config(path).training.epochs == 24
+    assert load_config(path, ["training.trainer.devices=2"]).training.trainer.devices == 2
+    with pytest.raises(InputError, match="missing required key 'data.path'"):
+        load_config(_write(tmp_path, "data:\n"))
+
+
 @pytest.mark.parametrize("strategy", ["fpr<0.01", "F1", "recall>=90"])
 def test_a_misspelt_calibration_strategy_is_refused_before_training(
     tmp_path: Path, strategy: str
