@@ -142,6 +142,9 @@ def fit_vae(
         # since 2.4 (`train` exited 1 without a word), a NameError in some 2.5 releases, a
         # plain return before. Raised again, the command says it was interrupted.
         raise KeyboardInterrupt
+    # `precision: 64-true` leaves the weights float64, which scoring's float32 rows met in
+    # calibration with torch's "mat1 and mat2 must have the same dtype" traceback.
+    model.float()
     if best.state is None:
         # Every epoch's loss was NaN or infinite: weights that score every row NaN, which
         # calibration cannot place a threshold among. A learning rate far too high does it.

@@ -996,6 +996,24 @@ def test_an_accelerator_lightning_cannot_use_fails_in_one_line(
     )
 
 
+@pytest.mark.parametrize("precision", ["64-true"])
+def test_a_lightning_precision_trains_a_model_that_scores(
+    breast_cancer_files, tmp_path, tracking_uri, precision
+) -> None:
+    # 64-true trained float64 weights that calibration's float32 rows met in torch's
+    # "mat1 and mat2 must have the same dtype" traceback.
+    train, test = breast_cancer_files
+    config = tmp_path / "precision.yaml"
+    config.write_text(yaml.safe_dump({"data": {"path": str(train), "label": "label"}}))
+    model = train_cli(
+        config, "--set", "training.epochs=2", "--set", f"training.trainer.precision={precision}"
+    )
+    out = tmp_path / "scored.csv"
+    result = run_cli("score", model, test, "-o", out, "--allow-extra-columns")
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(out)["score"].notna().all()
+
+
 # ---------------------------------------------------------------- real data from ../shared
 
 
