@@ -87,6 +87,14 @@ class VAETrainingModule(pl.LightningModule):
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._step(batch, "val")
 
+    def _fused_adam(self) -> bool:
+        """The fused kernel where the device has one, unless gradients are clipped under mixed
+        precision: Lightning refuses to clip for an optimizer that unscales gradients itself,
+        which stopped `train` at `bf16-mixed` or `16-mixed` (and training.gradient_clip's
+        default) in a "does not allow for gradient clipping" traceback."""
+        clips_mixed = bool(self.trainer.gradient_clip_val) and "mixed" in self.trainer.precision
+        return self.device.type in FUSED_ADAM_DEVICES and not clips_mixed
+
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig | torch.optim.Optimizer:
         # The fused kernel updates every parameter in one call; the default loops over the
         # parameters in Python, which on small networks took longer than the update itself.
@@ -94,7 +102,7 @@ class VAETrainingModule(pl.LightningModule):
             self.model.parameters(),
             lr=self.hparams.learning_rate,
             weight_decay=self.hparams.weight_decay,
-            fused=True if self.device.type in FUSED_ADAM_DEVICES else None,
+            fused=True if self._fused_adam() else None,
         )
         if self.hparams.lr_schedule == "constant":
             return optimizer
