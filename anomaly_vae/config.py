@@ -200,7 +200,9 @@ class TrainerConfig(_Section):
     accelerator: str = "cpu"
     devices: int | str = 1
     strategy: str = "auto"
-    precision: str = "32-true"
+    # Lightning takes 16, 32 and 64 as numbers too: `precision: 16` was refused as "Input
+    # should be a valid string".
+    precision: int | str = "32-true"
 
 
 class TrainingConfig(_Section):

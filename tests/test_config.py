@@ -90,6 +90,15 @@ def test_a_section_left_empty_takes_its_defaults(tmp_path: Path) -> None:
         load_config(_write(tmp_path, "data:\n"))
 
 
+def test_a_precision_lightning_takes_as_a_number_is_taken(tmp_path: Path) -> None:
+    # `precision: 64`, as Lightning's own examples write it, was refused as "Input should be
+    # a valid string".
+    from anomaly_vae.training import _trainer
+
+    path = _write(tmp_path, "data: {path: t.parquet}\ntraining:\n  trainer: {precision: 64}\n")
+    assert _trainer(load_config(path).training, callbacks=[]).precision == "64-true"
+
+
 @pytest.mark.parametrize("strategy", ["fpr<0.01", "F1", "recall>=90"])
 def test_a_misspelt_calibration_strategy_is_refused_before_training(
     tmp_path: Path, strategy: str
