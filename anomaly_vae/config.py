@@ -437,16 +437,26 @@ def parse_config(
     except ValidationError as exc:
         error = exc.errors()[0]
         where = ".".join(str(part) for part in error["loc"])
-        for override in reversed(overrides):  # the last --set of a key is the one that counts
-            key = override.partition("=")[0]
-            if where == key or where.startswith(key + "."):
-                source = f"--set {override!r}"
-                break
+        source = _blamed(source, where, overrides)
         if error["type"] == "extra_forbidden":
             raise InputError(f"{source}: unknown key '{where}'") from None
         if error["type"] == "missing":
             raise InputError(f"{source}: missing required key '{where}'") from None
         raise InputError(f"{source}: '{where}': {error['msg']}") from None
+
+
+def _blamed(source: str, where: str, overrides: Sequence[str]) -> str:
+    """Who set the key at `where`: the last `--set` of it, else `source`. A check of a whole
+    section (`calibration`'s costs go with the cost strategy) names the file and the `--set`
+    inside that section: `--set calibration.strategy=cost` was blamed on the file alone."""
+    keys = [(override, override.partition("=")[0]) for override in reversed(overrides)]
+    for override, key in keys:
+        if where == key or where.startswith(key + "."):
+            return f"--set {override!r}"
+    for override, key in keys:
+        if key.startswith(where + "."):
+            return f"{source} with --set {override!r}"
+    return source
 
 
 def _apply_override(raw: dict[str, Any], override: str) -> None:

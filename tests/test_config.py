@@ -148,6 +148,14 @@ def test_a_mistake_in_an_override_names_the_override_not_the_file(tmp_path: Path
     with pytest.raises(InputError) as info:
         load_config(path, ["training.epochs=3"])
     assert str(info.value) == f"{path}: unknown key 'data.lable'"
+    # A check of a whole section names the file and the --set within it, either of which
+    # may be at fault: the file alone was blamed for `--set calibration.strategy=cost`.
+    path = _write(tmp_path, "data:\n  path: t.parquet\n")
+    with pytest.raises(InputError) as info:
+        load_config(path, ["calibration.strategy=cost"])
+    assert str(info.value).startswith(
+        f"{path} with --set 'calibration.strategy=cost': 'calibration': "
+    )
 
 
 @pytest.mark.parametrize(
