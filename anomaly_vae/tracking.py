@@ -760,7 +760,24 @@ def _download_model(model_uri: str, tracking_uri: str | None, root: str) -> str:
     except MlflowException as exc:
         raise InputError(
             f"model '{model_uri}' not found at {mlflow.get_tracking_uri()} ({first_line(exc)})"
+            + _version_hint(model_uri)
         ) from None
+
+
+# `models:/<name>` alone, which MLflow 3 reads as a logged model's id (`m-...`), not a name.
+_BARE_NAME_URI = re.compile(r"^models:/(?!m-)([^/@]+)/?$")
+
+
+def _version_hint(model_uri: str) -> str:
+    """How to name a registered model: `models:/fraud` said only "Logged model with ID
+    'fraud' not found", though the registry held fraud's versions."""
+    match = _BARE_NAME_URI.match(model_uri)
+    if match is None:
+        return ""
+    name = match.group(1)
+    return (
+        f"; a registered model needs a version or alias: models:/{name}/1, models:/{name}@champion"
+    )
 
 
 def _local_detector_dir(model_uri: str) -> Path:

@@ -1132,6 +1132,22 @@ def test_a_tracking_store_mlflow_cannot_open_stops_in_one_line(breast_cancer_fil
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+def test_a_model_named_without_version_or_alias_says_how_to_name_one(
+    breast_cancer_files, tmp_path, tracking_uri
+) -> None:
+    # `models:/breast_cancer` said only "Logged model with ID 'breast_cancer' not found".
+    train, test = breast_cancer_files
+    config = tmp_path / "bc.yaml"
+    config.write_text(yaml.safe_dump({"data": {"path": str(train), "label": "label"}}))
+    train_cli(config, "--set", "training.epochs=1")
+    out = tmp_path / "scored.csv"
+    result = run_cli("score", "models:/bc", test, "-o", out, "--allow-extra-columns")
+    assert result.exit_code == 1 and not out.exists()
+    assert result.stderr.strip().endswith(
+        "; a registered model needs a version or alias: models:/bc/1, models:/bc@champion"
+    )
+
+
 def test_a_database_store_without_its_driver_stops_in_one_line(monkeypatch) -> None:
     # A postgresql:// store without psycopg installed ended `runs` and `train` in MLflow's
     # ModuleNotFoundError traceback; None in sys.modules makes the import fail, installed or not.
