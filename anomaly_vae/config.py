@@ -274,7 +274,6 @@ class CalibrationConfig(_Section):
 
 class ScoringConfig(_Section):
     samples: int = Field(default=0, ge=0, description="0 scores at z = mu; L > 0 averages L draws.")
-    batch_size: int = Field(default=65536, gt=0)
     top_features: int = Field(default=3, ge=0)
 
 

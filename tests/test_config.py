@@ -64,6 +64,8 @@ def test_integers_are_yaml_1_2_integers(value: str, read: int | str) -> None:
         ("data:\n  path: t.parquet\n  lable: y\n", "unknown key 'data.lable'"),
         ("data:\n  path: t.parquet\ntraning:\n  epochs: 3\n", "unknown key 'traning'"),
         ("model:\n  latent: 4\n", "missing required key 'data'"),
+        # Scoring cuts rows into batches its cache suits; a size set here was read by nothing.
+        ("data:\n  path: t.parquet\nscoring:\n  batch_size: 8\n", "unknown key 'scoring.batch"),
         ("data: [unclosed\n", "not valid YAML"),
         ("- a\n- b\n", "mapping"),
         (
