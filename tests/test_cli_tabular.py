@@ -1224,3 +1224,26 @@ def test_score_stopped_by_sigterm_leaves_no_temporary_output(tmp_path) -> None:
     assert stopped.returncode == 128 + 15, stopped.stderr
     assert stopped.stderr == "score interrupted (SIGTERM)\n"  # it exited without a word
     assert list(out.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [("model.conv_channels=[8]", "model.conv_channels"), ("image.size=4", "image.size")],
+)
+def test_image_settings_on_a_table_are_refused_before_training(
+    tmp_path, tracking_uri, setting: str, key: str
+) -> None:
+    """They were ignored: the run's config described a model other than the one trained."""
+    table = tmp_path / "rows.csv"
+    pd.DataFrame({"a": np.arange(40.0), "b": np.arange(40.0) % 3}).to_csv(table, index=False)
+    config = tmp_path / "table.yaml"
+    config.write_text(f"data:\n  path: {table}\n")
+    result = run_cli("train", config, "--set", setting)
+    assert result.exit_code != 0
+    assert result.stderr == (
+        f"Error: {key}: image models only, and {table} is a table (its model's layers are "
+        "model.hidden)\n"
+    )
+    client = mlflow.MlflowClient(tracking_uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    assert client.search_runs(experiments) == []
