@@ -417,11 +417,28 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         raise InputError(f"{path}: a config must be a mapping of sections")
     for override in overrides:
         _apply_override(raw, override)
-    raw.setdefault("name", path.stem)
+    if "name" not in raw:
+        _check_file_name(path, raw)
+        raw["name"] = path.stem
     # data.path stays relative to the working directory, as every other path a user types.
     config = parse_config(raw, source=str(path), overrides=overrides)
     config._file, config._overrides = str(path), tuple(overrides)
     return config
+
+
+def _check_file_name(path: Path, raw: dict[str, Any]) -> None:
+    """Refuse a file name that cannot name the model the config leaves unnamed: the line
+    blamed `name`, a key the file does not hold ("'name': ... 'fraud@v2' is no model name")."""
+    mlflow = raw.get("mlflow")
+    if isinstance(mlflow, dict) and mlflow.get("registered_model"):
+        return
+    try:
+        _model_name(path.stem)
+    except ValueError as exc:
+        raise InputError(
+            f"{path}: the config sets no name, so its file name names the model, and {exc}; "
+            "set name (or mlflow.registered_model) in the config, or rename the file"
+        ) from None
 
 
 def parse_config(

@@ -190,3 +190,20 @@ def test_a_name_with_a_slash_may_name_the_experiment_beside_a_registered_model(
 ) -> None:
     text = "data: {path: t.parquet}\nname: team/fraud\nmlflow: {registered_model: fraud}\n"
     assert load_config(_write(tmp_path, text)).name == "team/fraud"
+
+
+def test_a_file_name_that_cannot_name_the_model_is_blamed_on_the_file_name(
+    tmp_path: Path,
+) -> None:
+    """The line blamed a key 'name' that the file does not hold."""
+    path = tmp_path / "fraud@v2.yaml"
+    path.write_text("data: {path: t.parquet}\n")
+    with pytest.raises(InputError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: the config sets no name, so its file name names the model, and 'fraud@v2' is "
+        "no model name: '@' starts an alias in models:/ URIs; set name (or "
+        "mlflow.registered_model) in the config, or rename the file"
+    )
+    assert load_config(path, ["mlflow.registered_model=fraud"]).name == "fraud@v2"
+    assert load_config(path, ["name=fraud"]).name == "fraud"
