@@ -85,6 +85,18 @@ def test_a_column_piled_on_one_value_is_scaled_by_its_ordinary_spread() -> None:
     assert abs(odd[0, 0]) > 10
 
 
+@pytest.mark.parametrize("magnitude", [1e-300, 1e40])
+def test_a_column_whose_spread_float32_cannot_hold_is_refused(magnitude) -> None:
+    """Its scale turned 0 or infinite in float32, every value encoded NaN, and training
+    stopped with "training diverged ... lower training.learning_rate"."""
+    rng = np.random.default_rng(0)
+    train = pd.DataFrame({"x": rng.normal(size=100) * magnitude, "y": rng.normal(size=100)})
+    with pytest.raises(InputError, match=r"^training data: column 'x' spreads over about .*32-bit"):
+        _fit(train)
+    train["x"] *= 1e-37 / magnitude  # within float32's normal numbers: encodes finite values
+    assert np.isfinite(_fit(train).transform(train, "t").numeric).all()
+
+
 def test_encoding_ignores_other_columns_and_their_order(frame) -> None:
     numeric = frame[["amount", "hour", "balance"]]
     pre = TabularPreprocessor.fit(numeric, list(numeric.columns), categorical=None)

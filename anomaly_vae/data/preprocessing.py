@@ -527,12 +527,26 @@ def _fit_numeric(series: pd.Series, name: str, source: str, may_miss: bool) -> N
     levels = np.percentile(finite, [*highs, *lows])  # one partial sort for all six
     spreads = (levels[: len(highs)] - levels[len(highs) :]) / widths
     scale = next((s for s in spreads if s > 0), None) or finite.std() or 1.0
+    _check_float32_scale(scale, name, source)
     return NumericColumn(
         name=name,
         center=float(np.median(finite)),
         scale=float(scale),
         has_missing=may_miss or bool(np.isnan(values).any()),
     )
+
+
+def _check_float32_scale(scale: float, name: str, source: str) -> None:
+    """Refuse a column whose spread the network's 32-bit floats cannot hold. Its scale became 0
+    (values of about 1e-300) or infinity (1e40), every value encoded NaN, and `train` stopped
+    with "training diverged ... lower training.learning_rate", which no learning rate fixes."""
+    limits = np.finfo(np.float32)
+    if not limits.smallest_normal <= scale <= limits.max:
+        raise InputError(
+            f"{source}: column '{name}' spreads over about {scale:.3g}, beyond the 32-bit "
+            f"floats the model computes in ({limits.smallest_normal:.2g} to {limits.max:.2g}): "
+            "multiply it by a power of ten, in training and scoring alike"
+        )
 
 
 def _fit_categorical(series: pd.Series, name: str) -> CategoricalColumn:
