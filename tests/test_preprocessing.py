@@ -139,6 +139,18 @@ def test_unseen_and_rare_categories_share_the_unknown_bucket(frame) -> None:
     assert codes[1, 0] == 0 and codes[2, 0] == 0
 
 
+def test_a_categorical_column_with_a_different_value_on_every_row_is_refused(frame) -> None:
+    """A customer id as the only feature trained a model that gave every row one score, an
+    unseen customer's too, and flagged none."""
+    ids = pd.DataFrame({"customer": [f"c{i}" for i in range(len(frame))]})
+    with pytest.raises(
+        InputError, match=r"^training data: column 'customer' .* each of the 400 training rows"
+    ):
+        _fit(ids)
+    ids.loc[1, "customer"] = "c0"  # one value seen twice: categories, not an id
+    assert [c.name for c in _fit(ids).categorical] == ["customer"]
+
+
 def test_two_valued_numeric_columns_become_binary_matched_as_numbers(frame) -> None:
     flags = frame.assign(is_online=np.arange(len(frame)) % 3 == 0).astype({"is_online": int})
     pre = _fit(flags)

@@ -556,10 +556,23 @@ def _fit_categorical(series: pd.Series, name: str) -> CategoricalColumn:
     nulls = null_spellings()
     strings = [MISSING_CATEGORY if s in nulls else s for s in _category_strings(series)]
     counts = pd.Series(strings).value_counts()
+    _reject_unique_values(counts, name)
     frequent = counts[counts >= MIN_CATEGORY_COUNT]
     if frequent.empty:
         frequent = counts
     return CategoricalColumn(name=name, categories=sorted(frequent.index[:MAX_CATEGORIES]))
+
+
+def _reject_unique_values(counts: pd.Series, name: str) -> None:
+    """Refuse a categorical column whose every value is seen once (a customer or transaction
+    id): no category is learnt from it, every value, seen or new, reads alike, and a model of
+    such a column alone gave every row one score and flagged none, an unseen value included."""
+    if len(counts) > 1 and counts.iloc[0] == 1:
+        raise InputError(
+            f"training data: column '{name}' holds a different value in each of the "
+            f"{len(counts):,} training rows, an id: list it in data.id_columns (or data.drop) "
+            "rather than learn from it"
+        )
 
 
 def _has_two_values(series: pd.Series) -> bool:
