@@ -313,12 +313,18 @@ def _clear_of_scores(scores: np.ndarray, threshold: float) -> float:
     Placed on a calibration row's score (or one float step above one), the threshold sat
     where that row's own float32 noise decided: a row scores a few 1e-7 apart (relative)
     depending on the rows it is batched with, so the anomaly that `recall>=1` had to catch
-    scored alone as normal. Where every or no score is flagged there is no gap, and the
-    threshold stays.
+    scored alone as normal. Where no score is flagged (`fpr<=0.01` on fewer than 100 normals,
+    or normals that all tie, as a constant column's do) it keeps the margin above the highest:
+    one float step above it, a single row scored alone or in a REST request came out a few
+    1e-7 higher than in the batch, and every normal row was flagged. Where every score is
+    flagged there is no gap, and the threshold stays.
     """
     flagged = scores >= threshold
-    if flagged.all() or not flagged.any():
+    if flagged.all():
         return threshold
+    if not flagged.any():
+        highest = float(np.max(scores))
+        return max(threshold, highest + SCORE_NOISE * max(abs(highest), 1.0))
     below, above = float(np.max(scores[~flagged])), float(np.min(scores[flagged]))
     margin = min(SCORE_NOISE * max(abs(below), abs(above), 1.0), (above - below) / 2)
     moved = min(max(threshold, below + margin), above - margin)

@@ -83,6 +83,16 @@ def test_float_noise_does_not_flip_the_rows_beside_the_threshold(scored, strateg
     assert lowest * (1 - 5e-7) >= chosen.value > highest * (1 + 5e-7)
 
 
+@pytest.mark.parametrize("scores", [np.full(60, 50.2139), np.linspace(40.0, 50.0, 60)])
+def test_a_threshold_above_every_score_keeps_clear_of_the_highest(scores) -> None:
+    """With no validation row flagged (fewer than 100 normals, or normals that tie, as a
+    constant column's do) the threshold sat one float step above the highest score, and a
+    normal row scored alone, a few 1e-7 higher, was flagged."""
+    chosen = choose_threshold(scores, None, "fpr<=0.01")
+    assert chosen.value > scores.max() * (1 + 5e-7)
+    assert chosen.metrics["alert_rate"] == 0.0
+
+
 def test_the_estimated_f1_threshold_clears_the_row_it_was_chosen_at() -> None:
     rng = np.random.default_rng(0)
     normal = NormalScores.from_scores(rng.normal(50, 1, 2000))
