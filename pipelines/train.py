@@ -71,6 +71,13 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
     else:
         labels = np.zeros(len(frame), dtype=bool)
     normal = np.flatnonzero(~labels)
+    if not len(normal) and len(frame):
+        # "0 normal rows; at least 20 needed" left the user to find that the label was wrong.
+        marks = f"'{data.anomaly_value}'" if data.anomaly_value else "a non-zero number or true"
+        raise InputError(
+            f"{source}: label column '{data.label}' marks every row an anomaly ({marks}); "
+            "a model trains on normal rows: check data.label and data.anomaly_value"
+        )
     if len(normal) < MIN_NORMAL_ROWS:
         raise InputError(f"{source}: {len(normal)} normal rows; at least {MIN_NORMAL_ROWS} needed")
     rng = np.random.default_rng(config.training.seed)

@@ -1247,3 +1247,18 @@ def test_image_settings_on_a_table_are_refused_before_training(
     client = mlflow.MlflowClient(tracking_uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
     assert client.search_runs(experiments) == []
+
+
+def test_a_label_that_marks_every_row_an_anomaly_is_named(tmp_path, tracking_uri) -> None:
+    """An id column given as the label (every value non-zero) read "0 normal rows; at least
+    20 needed", which did not say the label was at fault."""
+    table = tmp_path / "rows.parquet"
+    pd.DataFrame({"id": np.arange(1, 41), "a": np.arange(40.0) % 7}).to_parquet(table)
+    config = tmp_path / "table.yaml"
+    config.write_text(f"data:\n  path: {table}\n  label: id\n")
+    result = run_cli("train", config)
+    assert result.exit_code != 0
+    assert result.stderr == (
+        f"Error: {table}: label column 'id' marks every row an anomaly (a non-zero number or "
+        "true); a model trains on normal rows: check data.label and data.anomaly_value\n"
+    )
