@@ -296,7 +296,8 @@ def estimated_f1_threshold(
         # The batch shows no anomalies, or no threshold catches more than the normal rows'
         # noise (where argmax over zeros picked the lowest score, flagging every row of a
         # clean batch). Flag only what scores above every normal the detector kept.
-        return float(np.nextafter(normal.quantiles[-1], np.inf)), {"estimated_anomaly_share": share}
+        clean = _clear_of_scores(scores, float(np.nextafter(normal.quantiles[-1], np.inf)))
+        return clean, {"estimated_anomaly_share": share}
     best = int(np.argmax(cautious))
     caught = np.clip(flagged - false_alarms, 0.0, None)
     return _clear_of_scores(scores, float(candidates[best])), {
@@ -313,18 +314,18 @@ def _clear_of_scores(scores: np.ndarray, threshold: float) -> float:
     Placed on a calibration row's score (or one float step above one), the threshold sat
     where that row's own float32 noise decided: a row scores a few 1e-7 apart (relative)
     depending on the rows it is batched with, so the anomaly that `recall>=1` had to catch
-    scored alone as normal. Where no score is flagged (`fpr<=0.01` on fewer than 100 normals,
-    or normals that all tie, as a constant column's do) it keeps the margin above the highest:
-    one float step above it, a single row scored alone or in a REST request came out a few
-    1e-7 higher than in the batch, and every normal row was flagged. Where every score is
-    flagged there is no gap, and the threshold stays.
+    scored alone as normal. Where every or no score is flagged there is no gap to halve, but
+    the outermost row is kept as far: `fpr<=0.001` on 100 normals put the threshold one float
+    step above the highest of them, and `recall>=1` on the lowest score when an anomaly
+    scored lowest, so that row's decision still hung on its batch.
     """
     flagged = scores >= threshold
-    if flagged.all():
-        return threshold
     if not flagged.any():
-        highest = float(np.max(scores))
-        return max(threshold, highest + SCORE_NOISE * max(abs(highest), 1.0))
+        top = float(np.max(scores))
+        return max(threshold, top + SCORE_NOISE * max(abs(top), 1.0))
+    if flagged.all():
+        bottom = float(np.min(scores))
+        return min(threshold, bottom - SCORE_NOISE * max(abs(bottom), 1.0))
     below, above = float(np.max(scores[~flagged])), float(np.min(scores[flagged]))
     margin = min(SCORE_NOISE * max(abs(below), abs(above), 1.0), (above - below) / 2)
     moved = min(max(threshold, below + margin), above - margin)

@@ -93,6 +93,34 @@ def test_a_threshold_above_every_score_keeps_clear_of_the_highest(scores) -> Non
     assert chosen.metrics["alert_rate"] == 0.0
 
 
+@pytest.mark.parametrize("strategy", ["fpr<=0.001", "quantile=1", "recall>=1"])
+def test_float_noise_does_not_flip_the_outermost_row_when_all_or_none_are_flagged(
+    strategy: str,
+) -> None:
+    """With no row on the threshold's other side the threshold sat one float step above the
+    highest normal (no row flagged) or on the lowest score (every row flagged), where that
+    row's batch decided."""
+    scores = np.random.default_rng(0).normal(50, 1, 100)
+    labels = np.zeros(100, bool)
+    labels[np.argmin(scores)] = True  # recall>=1 must flag every row, down to this anomaly
+    chosen = choose_threshold(scores, labels, strategy)
+    flagged = scores >= chosen.value
+    if flagged.any():
+        assert flagged.all() and np.min(scores) * (1 - 5e-7) >= chosen.value
+    else:
+        assert chosen.value > np.max(scores) * (1 + 5e-7)
+
+
+def test_a_clean_batch_threshold_clears_its_highest_row() -> None:
+    """The clean-day threshold, one float step above the highest reference normal, sat on a
+    batch row of that score: the normal validation rows calibrated again unlabelled."""
+    normals = np.random.default_rng(0).normal(50, 1, 500)
+    chosen = choose_threshold(
+        normals, None, "estimated-f1", normal=NormalScores.from_scores(normals)
+    )
+    assert chosen.value > np.max(normals) * (1 + 5e-7)
+
+
 def test_the_estimated_f1_threshold_clears_the_row_it_was_chosen_at() -> None:
     rng = np.random.default_rng(0)
     normal = NormalScores.from_scores(rng.normal(50, 1, 2000))
