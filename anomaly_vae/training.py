@@ -10,6 +10,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -135,8 +136,11 @@ def fit_vae(
         if not ctrl_c.seen:
             raise
     finally:
-        # Lightning ignores Ctrl-C from the first one on, and never restores it.
-        signal.signal(signal.SIGINT, sigint_handler)
+        # Lightning ignores Ctrl-C from the first one on, and never restores it. Off the main
+        # thread (a web app's worker) Python sets no handler, nor did Lightning: restoring one
+        # there raised "signal only works in main thread" after every fit.
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, sigint_handler)
     if ctrl_c.seen:
         # Lightning swallows the KeyboardInterrupt and ends the fit its own way: SystemExit(1)
         # since 2.4 (`train` exited 1 without a word), a NameError in some 2.5 releases, a

@@ -174,3 +174,18 @@ def test_the_gradient_cap_keeps_one_spike_from_setting_training_back() -> None:
     calm = _best_val_loss_after_a_spike(default, spike=1.0)
     assert _best_val_loss_after_a_spike(default, spike=1e6) < 1.005 * calm
     assert _best_val_loss_after_a_spike(None, spike=1e6) > 1.01 * calm
+
+
+def test_a_fit_on_a_worker_thread_returns_its_result() -> None:
+    """Restoring the Ctrl-C handler after the fit raised "signal only works in main thread":
+    `train` called from a web app's worker thread failed after every fit."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, data = _tiny_model_and_rows()
+    with ThreadPoolExecutor(1) as worker:
+        fitting = worker.submit(
+            fit_vae, model, tabular_loss_terms, data, data, TrainingConfig(epochs=2), 1.0
+        )
+        result = fitting.result()
+    assert result.epochs == 2
+    assert math.isfinite(result.best_val_loss)
