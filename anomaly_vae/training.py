@@ -5,6 +5,7 @@ The only module that imports Lightning, and only training pipelines import it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -12,6 +13,7 @@ import signal
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +27,13 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from anomaly_vae.config import TrainingConfig
 from anomaly_vae.errors import InputError, first_line
 from anomaly_vae.models.lightning_module import LossTerms, VAETrainingModule
+
+_LIGHTNING_LOGGERS = (
+    "pytorch_lightning",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "lightning_fabric",
+)
 
 
 @dataclass
@@ -105,7 +114,6 @@ def fit_vae(
 ) -> FitResult:
     """Train `model` in place and leave it holding its best validation weights."""
     pl.seed_everything(training.seed, verbose=False)
-    _quiet_lightning()
     module = VAETrainingModule(
         model,
         loss_terms,
@@ -124,23 +132,24 @@ def fit_vae(
         callbacks.append(
             EarlyStopping(monitor="val_loss", patience=training.early_stopping_patience)
         )
-    trainer = _trainer(training, callbacks)
     sigint_handler = signal.getsignal(signal.SIGINT)
-    try:
-        trainer.fit(module, train_loader, val_loader)
-    except SIGTERMException:
-        # Lightning ends a fit that SIGTERM stopped with SystemExit(None), exit status 0: a
-        # training stopped by `timeout` or a job scheduler read as a success, with no model.
-        raise SystemExit(128 + signal.SIGTERM) from None
-    except BaseException:
-        if not ctrl_c.seen:
-            raise
-    finally:
-        # Lightning ignores Ctrl-C from the first one on, and never restores it. Off the main
-        # thread (a web app's worker) Python sets no handler, nor did Lightning: restoring one
-        # there raised "signal only works in main thread" after every fit.
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGINT, sigint_handler)
+    with _quiet_lightning():
+        trainer = _trainer(training, callbacks)
+        try:
+            trainer.fit(module, train_loader, val_loader)
+        except SIGTERMException:
+            # Lightning ends a fit that SIGTERM stopped with SystemExit(None), exit status 0: a
+            # training stopped by `timeout` or a job scheduler read as a success, with no model.
+            raise SystemExit(128 + signal.SIGTERM) from None
+        except BaseException:
+            if not ctrl_c.seen:
+                raise
+        finally:
+            # Lightning ignores Ctrl-C from the first one on, and never restores it. Off the
+            # main thread (a web app's worker) Python sets no handler, nor did Lightning:
+            # restoring one there raised "signal only works in main thread" after every fit.
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, sigint_handler)
     if ctrl_c.seen:
         # Lightning swallows the KeyboardInterrupt and ends the fit its own way: SystemExit(1)
         # since 2.4 (`train` exited 1 without a word), a NameError in some 2.5 releases, a
@@ -226,12 +235,23 @@ def is_ddp_worker() -> bool:
     return any(int(os.environ.get(name) or 0) > 0 for name in ranks)
 
 
-def _quiet_lightning() -> None:
-    """Lightning's hints about GPUs and data-loader workers are noise for our users."""
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning.fabric", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", ".*does not have many workers.*")
-    warnings.filterwarnings("ignore", ".*GPU available.*")
-    warnings.filterwarnings("ignore", ".*treespec.*")
-    # VAETrainingModule sums its epoch metrics across processes itself before logging them.
-    warnings.filterwarnings("ignore", ".*sync_dist=True.*")
+@contextlib.contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Lightning's hints about GPUs and data-loader workers are noise for our users; quiet for
+    the fit only: a notebook's own Lightning fit after `train` printed no model summary and no
+    hints, and the caller's warnings filters kept ours."""
+    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*does not have many workers.*")
+        warnings.filterwarnings("ignore", ".*GPU available.*")
+        warnings.filterwarnings("ignore", ".*treespec.*")
+        # VAETrainingModule sums its epoch metrics across processes itself before logging them.
+        warnings.filterwarnings("ignore", ".*sync_dist=True.*")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels, strict=True):
+                logger.setLevel(level)

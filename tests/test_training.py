@@ -189,3 +189,22 @@ def test_a_fit_on_a_worker_thread_returns_its_result() -> None:
         result = fitting.result()
     assert result.epochs == 2
     assert math.isfinite(result.best_val_loss)
+
+
+def test_a_fit_leaves_the_callers_lightning_logging_and_warnings_filters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A fit set Lightning's loggers to ERROR and added its warnings filters for good: a
+    notebook's own Lightning fit after `train` printed no model summary and no hints."""
+    import logging
+    import warnings
+
+    lightning = logging.getLogger("pytorch_lightning")
+    monkeypatch.setattr(lightning, "level", lightning.level)  # put back after the test
+    lightning.setLevel(logging.INFO)  # as a notebook sets it
+    model, data = _tiny_model_and_rows()
+    with warnings.catch_warnings():
+        warnings.resetwarnings()  # the caller's filters: none, not what an earlier fit left
+        fit_vae(model, tabular_loss_terms, data, data, TrainingConfig(epochs=1), beta=1.0)
+        assert warnings.filters == []
+    assert lightning.level == logging.INFO
