@@ -190,7 +190,8 @@ def _trainer(training: TrainingConfig, callbacks: list[pl.Callback]) -> pl.Train
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
-            enable_progress_bar=sys.stderr.isatty(),
+            # No stderr at all (pythonw, a service, `2>&-`): no bar, where isatty() raised.
+            enable_progress_bar=sys.stderr is not None and sys.stderr.isatty(),
             num_sanity_val_steps=0,
             deterministic=True,
         )

@@ -89,9 +89,9 @@ def scored_batches(
     def echoed(name: str) -> bool:
         return name not in features if keep_columns else name in ids
 
-    with tqdm(
-        total=count_rows(input_path), unit="rows", disable=not sys.stderr.isatty(), leave=False
-    ) as progress:
+    # No stderr at all (pythonw, a service, `2>&-`): no bar, where isatty() raised.
+    bar = sys.stderr is not None and sys.stderr.isatty()
+    with tqdm(total=count_rows(input_path), unit="rows", disable=not bar, leave=False) as progress:
         batches = iter_table_batches(
             input_path, BATCH_ROWS, text_columns, echoed if echo_exactly else None
         )

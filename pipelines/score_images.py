@@ -50,7 +50,8 @@ def scored_image_batches(detector, items: list[ImageItem]) -> Iterator:  # noqa:
     """The detector's (items, pixels, scores) batches, with a progress bar on a terminal."""
     from tqdm import tqdm
 
-    with tqdm(total=len(items), unit="images", disable=not sys.stderr.isatty(), leave=False) as bar:
+    terminal = sys.stderr is not None and sys.stderr.isatty()  # None: pythonw, `2>&-`
+    with tqdm(total=len(items), unit="images", disable=not terminal, leave=False) as bar:
         for batch in detector.scored_batches(items):
             bar.update(len(batch[0]))
             yield batch

@@ -1262,3 +1262,17 @@ def test_a_label_that_marks_every_row_an_anomaly_is_named(tmp_path, tracking_uri
         f"Error: {table}: label column 'id' marks every row an anomaly (a non-zero number or "
         "true); a model trains on normal rows: check data.label and data.anomaly_value\n"
     )
+
+
+def test_score_file_runs_in_a_process_without_stderr(
+    breast_cancer_model, breast_cancer_files, tmp_path, monkeypatch
+) -> None:
+    """Where Python has no stderr (pythonw, a service, `2>&-`), `sys.stderr` is None: asking
+    it whether it was a terminal, for the progress bar, raised AttributeError."""
+    from pipelines.score import score_file
+
+    model_uri, tracking = breast_cancer_model
+    _, test_path = breast_cancer_files
+    monkeypatch.setattr(sys, "stderr", None)
+    summary = score_file(model_uri, test_path, tmp_path / "scored.parquet", tracking_uri=tracking)
+    assert summary.rows == len(pd.read_parquet(test_path))

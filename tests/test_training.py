@@ -208,3 +208,11 @@ def test_a_fit_leaves_the_callers_lightning_logging_and_warnings_filters(
         fit_vae(model, tabular_loss_terms, data, data, TrainingConfig(epochs=1), beta=1.0)
         assert warnings.filters == []
     assert lightning.level == logging.INFO
+
+
+def test_a_fit_runs_in_a_process_without_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sys.stderr` is None under pythonw or a service: the progress bar's isatty() raised."""
+    model, data = _tiny_model_and_rows()
+    monkeypatch.setattr("sys.stderr", None)
+    result = fit_vae(model, tabular_loss_terms, data, data, TrainingConfig(epochs=1), beta=1.0)
+    assert result.epochs == 1
