@@ -81,6 +81,41 @@ def configure_tracking(tracking_uri: str | None = None, create: bool = True) -> 
     return uri
 
 
+# MLflow mirrors the tracking and registry URIs and the active experiment into these, for the
+# processes it starts; they are the caller's too.
+_CALLER_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+
+
+@contextlib.contextmanager
+def callers_tracking_kept() -> Iterator[None]:
+    """`configure_tracking` and an experiment for the span, then the caller's MLflow settings
+    again: a notebook's or job's own later runs went to the store and experiment that the
+    last `train`, `evaluate` or model lookup had used.
+
+    MLflow has no public way to unset a URI or the active experiment, so its module state is
+    saved and put back as it was (None where the caller had set nothing)."""
+    import mlflow
+    import mlflow.tracking._model_registry.utils as registry_state
+    import mlflow.tracking._tracking_service.utils as tracking_state
+    import mlflow.tracking.fluent as fluent
+
+    variables = {name: os.environ.get(name) for name in _CALLER_VARIABLES}
+    tracking = tracking_state._tracking_uri
+    registry = registry_state._registry_uri
+    experiment = fluent._active_experiment_id
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(tracking)  # also resets MLflow's tracing, which follows it
+        registry_state._registry_uri = registry
+        fluent._active_experiment_id = experiment
+        for name, value in variables.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 def quiet_mlflow() -> None:
     """Keep MLflow, here and in the processes started from here, to what leaves our one-line
     summaries readable; every command needs it, also one that opens no tracking store
@@ -475,17 +510,18 @@ def run_reading_model(
     import mlflow
     from mlflow.entities import LoggedModelInput
 
-    configure_tracking(tracking_uri)
-    lineage = model_lineage(model_uri, info)
-    use_parent_experiment(lineage, info.get("experiment", "anomaly-vae"))
-    name = f"{_READING_COMMANDS[kind]} {lineage.version or model_uri} on {Path(source).name}"
-    with tracked_run(name, parent_run_id=lineage.run_id) as run:
-        mlflow.set_tags({"kind": kind, "model_uri": model_uri, "input": source})
-        if lineage.version:
-            mlflow.set_tag("model_version", lineage.version)
-        if lineage.model_id:
-            mlflow.log_input(model=LoggedModelInput(lineage.model_id))
-        yield ModelReadingRun(run, lineage, log_data(source, kind))
+    with callers_tracking_kept():
+        configure_tracking(tracking_uri)
+        lineage = model_lineage(model_uri, info)
+        use_parent_experiment(lineage, info.get("experiment", "anomaly-vae"))
+        name = f"{_READING_COMMANDS[kind]} {lineage.version or model_uri} on {Path(source).name}"
+        with tracked_run(name, parent_run_id=lineage.run_id) as run:
+            mlflow.set_tags({"kind": kind, "model_uri": model_uri, "input": source})
+            if lineage.version:
+                mlflow.set_tag("model_version", lineage.version)
+            if lineage.model_id:
+                mlflow.log_input(model=LoggedModelInput(lineage.model_id))
+            yield ModelReadingRun(run, lineage, log_data(source, kind))
 
 
 def use_parent_experiment(lineage: ModelLineage, name: str) -> None:
@@ -749,19 +785,20 @@ def _send_download(sender: Connection, model_uri: str, tracking_uri: str | None,
 
 def _download_model(model_uri: str, tracking_uri: str | None, root: str) -> str:
     """The model's files, copied from the registry or run into a new folder under `root`."""
-    configure_tracking(tracking_uri, create=False)
-    import mlflow
-    from mlflow.exceptions import MlflowException
+    with callers_tracking_kept():
+        configure_tracking(tracking_uri, create=False)
+        import mlflow
+        from mlflow.exceptions import MlflowException
 
-    try:
-        return mlflow.artifacts.download_artifacts(
-            artifact_uri=model_uri, dst_path=tempfile.mkdtemp(dir=root)
-        )
-    except MlflowException as exc:
-        raise InputError(
-            f"model '{model_uri}' not found at {mlflow.get_tracking_uri()} ({first_line(exc)})"
-            + _version_hint(model_uri)
-        ) from None
+        try:
+            return mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=tempfile.mkdtemp(dir=root)
+            )
+        except MlflowException as exc:
+            raise InputError(
+                f"model '{model_uri}' not found at {mlflow.get_tracking_uri()} "
+                f"({first_line(exc)})" + _version_hint(model_uri)
+            ) from None
 
 
 # `models:/<name>` alone, which MLflow 3 reads as a logged model's id (`m-...`), not a name.
@@ -886,7 +923,6 @@ def _stored_model_dir(model_uri: str, tracking_uri: str | None) -> Path | None:
     import urllib.parse
     import urllib.request
 
-    configure_tracking(tracking_uri, create=False)
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
@@ -894,7 +930,9 @@ def _stored_model_dir(model_uri: str, tracking_uri: str | None) -> Path | None:
     models = model_uri.startswith("models:")
     repository = ModelsArtifactRepository if models else RunsArtifactRepository
     try:
-        location = urllib.parse.urlparse(repository.get_underlying_uri(model_uri))
+        with callers_tracking_kept():
+            configure_tracking(tracking_uri, create=False)
+            location = urllib.parse.urlparse(repository.get_underlying_uri(model_uri))
     except MlflowException:
         return None  # the download says what is wrong, as for every other command
     # A run's `model` folder is empty in MLflow 3 (models are logged models): downloaded then.

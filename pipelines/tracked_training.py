@@ -98,6 +98,7 @@ def training_run(
     import mlflow
 
     from anomaly_vae.tracking import (
+        callers_tracking_kept,
         configure_tracking,
         flatten_params,
         log_data,
@@ -105,18 +106,19 @@ def training_run(
         use_experiment,
     )
 
-    configure_tracking(tracking_uri)
-    use_experiment(config.mlflow.experiment or run_name(config))
-    with tracked_run(training_run_name(data_title(data), config.overrides)) as run:
-        mlflow.log_params(flatten_params(config.model_dump()))
-        mlflow.log_dict(config.model_dump(), RESOLVED_CONFIG)
-        mlflow.log_params(counts)
-        log_data(config.data.path, "training")
-        if config.source_file is not None:
-            log_config_file(config.source_file)
-        if config.overrides:
-            mlflow.set_tag("overrides", " ".join(f"--set {o}" for o in config.overrides))
-        yield run
+    with callers_tracking_kept():
+        configure_tracking(tracking_uri)
+        use_experiment(config.mlflow.experiment or run_name(config))
+        with tracked_run(training_run_name(data_title(data), config.overrides)) as run:
+            mlflow.log_params(flatten_params(config.model_dump()))
+            mlflow.log_dict(config.model_dump(), RESOLVED_CONFIG)
+            mlflow.log_params(counts)
+            log_data(config.data.path, "training")
+            if config.source_file is not None:
+                log_config_file(config.source_file)
+            if config.overrides:
+                mlflow.set_tag("overrides", " ".join(f"--set {o}" for o in config.overrides))
+            yield run
 
 
 def log_config_file(path: str) -> None:

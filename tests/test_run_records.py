@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -267,7 +269,9 @@ def test_a_training_run_draws_its_threshold_among_the_validation_scores(
     assert [a.path for a in figures] == ["figures/validation_scores.png"]
 
 
-def test_runs_on_a_tracking_server_leave_stdout_to_the_command(monkeypatch, capsys) -> None:
+def test_runs_on_a_tracking_server_leave_stdout_to_the_command(
+    monkeypatch, capsys, tracking_uri
+) -> None:
     """As each run on a tracking server ended, MLflow wrote "🏃 View run ... at: <url>" and
     "🧪 View experiment at: <url>" to stdout: `anomaly-vae train` printed them before the
     model URI that `uri=$(anomaly-vae train ...)` takes. A stand-in server answers the one
@@ -296,7 +300,7 @@ def test_runs_on_a_tracking_server_leave_stdout_to_the_command(monkeypatch, caps
             pass
 
     monkeypatch.delenv("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", raising=False)
-    configure_tracking(mlflow.get_tracking_uri())  # as every command does; the store stays
+    configure_tracking(tracking_uri)  # as every command does
     with ThreadingHTTPServer(("127.0.0.1", 0), TrackingServer) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         client = mlflow.MlflowClient(tracking_uri=f"http://127.0.0.1:{server.server_port}")
@@ -426,3 +430,40 @@ def champion_training_run(model_uri: str, tracking: str) -> tuple[mlflow.MlflowC
     client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     name = model_uri.removeprefix("models:/").split("@")[0]
     return client, client.get_run(client.get_model_version_by_alias(name, "champion").run_id)
+
+
+@pytest.fixture
+def callers_mlflow(tmp_path: Path) -> Iterator[str]:
+    """A notebook's own MLflow store and experiment, set as a user sets them; the experiment
+    is unset after the test (conftest's `fresh_mlflow_settings` unsets the store)."""
+    import mlflow.tracking.fluent
+
+    uri = f"sqlite:///{tmp_path / 'notebook.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("my analysis")
+    yield uri
+    mlflow.tracking.fluent._active_experiment_id = None
+    os.environ.pop("MLFLOW_EXPERIMENT_ID", None)  # which set_experiment sets beside it
+
+
+def test_a_library_call_leaves_the_callers_mlflow_store_and_experiment(
+    private_registry: tuple[str, str], breast_cancer_files, callers_mlflow: str, tmp_path: Path
+) -> None:
+    """`train(config, tracking_uri)`, `evaluate_file` and `load_model` pointed MLflow at their
+    store for good: a notebook's own later runs went to that store, in the model's experiment."""
+    from anomaly_vae.config import Config
+    from pipelines.evaluate import evaluate_file
+    from pipelines.score import load_model
+    from pipelines.train import train
+
+    model_uri, tracking = private_registry
+    train_path, test_path = breast_cancer_files
+    load_model(model_uri, tracking)
+    evaluate_file(model_uri, test_path, "label", tracking_uri=tracking)
+    data = {"path": str(train_path), "label": "label", "id_columns": ["id"]}
+    train(Config.model_validate({"data": data, "training": {"epochs": 1}}), tracking, str)
+    assert mlflow.get_tracking_uri() == callers_mlflow
+    with mlflow.start_run() as run:
+        pass
+    assert mlflow.get_experiment(run.info.experiment_id).name == "my analysis"
+    assert mlflow.MlflowClient(callers_mlflow).get_run(run.info.run_id)
