@@ -260,6 +260,14 @@ def tracked_run(run_name: str, parent_run_id: str | None = None) -> Iterator[mlf
     import mlflow
     from mlflow.entities import RunStatus
 
+    callers = mlflow.active_run()
+    if callers is not None:
+        # MLflow's own "already active ... call start_run with nested=True" named an option
+        # that the caller of `train` or `evaluate` cannot pass.
+        raise InputError(
+            f"MLflow run {callers.info.run_id} is active in this thread: anomaly-vae logs a "
+            f"run of its own; end that run (mlflow.end_run()) first"
+        )
     with mlflow.start_run(run_name=run_name, parent_run_id=parent_run_id) as run:
         mlflow.set_tags({**_process_tags(), **_code_tags(run.data.tags)})
         killed = f"MLflow run {run.info.run_id} ended KILLED"

@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, run_cli
 from mlflow.entities import Run
 
+from anomaly_vae.errors import InputError
 from anomaly_vae.tracking import data_digest
 from pipelines.runs import list_runs
 
@@ -467,3 +468,17 @@ def test_a_library_call_leaves_the_callers_mlflow_store_and_experiment(
         pass
     assert mlflow.get_experiment(run.info.experiment_id).name == "my analysis"
     assert mlflow.MlflowClient(callers_mlflow).get_run(run.info.run_id)
+
+
+def test_a_library_call_inside_the_callers_run_says_to_end_it(
+    private_registry: tuple[str, str], breast_cancer_files, callers_mlflow: str
+) -> None:
+    """Inside a notebook's `with mlflow.start_run()`, evaluate_file stopped with MLflow's
+    "already active ... call start_run with nested=True", an option its caller cannot pass."""
+    from pipelines.evaluate import evaluate_file
+
+    model_uri, tracking = private_registry
+    with mlflow.start_run() as mine:
+        with pytest.raises(InputError, match=f"run {mine.info.run_id} is active.*mlflow.end_run"):
+            evaluate_file(model_uri, breast_cancer_files[1], "label", tracking_uri=tracking)
+        assert mlflow.active_run().info.run_id == mine.info.run_id
