@@ -143,7 +143,11 @@ class NormalScores:
         read as 76% anomalies.
         """
         thresholds, flagged = _flagged_at_each_score(scores)
-        batch = flagged / len(scores)
+        # A row tied with the threshold counts half above it, as in `anomaly_share`'s Storey
+        # estimate: counted whole, a batch of identical normal rows (a stuck sensor, a file of
+        # duplicates) exceeded the normals' half at its own score and read as 80% anomalies.
+        ties = flagged - np.append(flagged[1:], 0)
+        batch = (flagged - ties / 2) / len(scores)
         normal = self.exceedance(thresholds)
         spread = np.maximum(batch * (1 - batch), normal * (1 - normal))
         error = np.sqrt(normal * (1 - normal) / len(self.quantiles) + spread / len(scores))

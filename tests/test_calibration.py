@@ -256,6 +256,17 @@ def test_tied_scores_are_not_read_as_anomalies() -> None:
     assert np.array_equal(scores >= chosen.value, scores == 9.0)
 
 
+def test_a_batch_of_identical_normal_rows_is_not_read_as_anomalies() -> None:
+    """A stuck sensor or a file of duplicates, each row at the normals' median: the excess
+    bound counted the rows tied with its threshold as above it, the batch exceeded the
+    normals' half at its own score, read as 80% anomalies and had every row flagged."""
+    normal = NormalScores.from_scores(np.random.default_rng(0).normal(50, 1, 2_000))
+    same = np.full(200, np.median(normal.quantiles))
+    assert normal.excess_share(same) == 0.0
+    chosen = choose_threshold(same, None, "estimated-f1", normal=normal)
+    assert chosen.metrics == {"alert_rate": 0.0, "estimated_anomaly_share": 0.0}
+
+
 def test_one_extreme_reference_normal_does_not_choose_the_threshold() -> None:
     """Validation normals of 1,000 rows with one far outlier: past the anomalies, where the
     plain estimate sees the outlier's exceedance, a handful of batch rows would decide."""
