@@ -111,7 +111,10 @@ def score_dataframe(
 
     from anomaly_vae.data.schema import check_kept_columns
 
-    signature = mlflow.models.get_model_info(model_uri).signature
+    # The MLmodel file alone: `get_model_info` also looks the logged model up in the tracking
+    # store MLflow points at, which holds no such model when `score` was given the store by
+    # --tracking-uri and has put the caller's back.
+    signature = mlflow.models.Model.load(model_uri).signature
     input_names = set(signature.inputs.input_names())
     types = {field.name: field.dataType for field in frame.schema.fields}
     arguments = []
