@@ -32,13 +32,21 @@ KEY_METRICS = (
 def list_runs(
     experiment: str | None = None, tracking_uri: str | None = None, max_runs: int = 50
 ) -> pd.DataFrame:
-    """The latest runs (of `experiment`, else of every experiment), newest first."""
+    """The latest runs (of `experiment`, else of every experiment), newest first; MLflow
+    points where the caller pointed it afterwards, as after the other commands."""
+    from anomaly_vae.tracking import callers_tracking_kept, configure_tracking
+
+    with callers_tracking_kept():
+        configure_tracking(tracking_uri, create=False)
+        return _runs_table(experiment, max_runs)
+
+
+def _runs_table(experiment: str | None, max_runs: int) -> pd.DataFrame:
     import mlflow
 
     from anomaly_vae.errors import InputError
-    from anomaly_vae.tracking import configure_tracking, refuse_deleted
+    from anomaly_vae.tracking import refuse_deleted
 
-    configure_tracking(tracking_uri, create=False)
     if experiment is not None:
         found = mlflow.get_experiment_by_name(experiment)
         if found is None:

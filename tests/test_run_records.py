@@ -454,6 +454,7 @@ def test_a_library_call_leaves_the_callers_mlflow_store_and_experiment(
     store for good: a notebook's own later runs went to that store, in the model's experiment."""
     from anomaly_vae.config import Config
     from pipelines.evaluate import evaluate_file
+    from pipelines.runs import list_runs
     from pipelines.score import load_model
     from pipelines.train import train
 
@@ -463,6 +464,8 @@ def test_a_library_call_leaves_the_callers_mlflow_store_and_experiment(
     evaluate_file(model_uri, test_path, "label", tracking_uri=tracking)
     data = {"path": str(train_path), "label": "label", "id_columns": ["id"]}
     train(Config.model_validate({"data": data, "training": {"epochs": 1}}), tracking, str)
+    assert mlflow.get_tracking_uri() == callers_mlflow
+    assert not list_runs(tracking_uri=tracking).empty
     assert mlflow.get_tracking_uri() == callers_mlflow
     with mlflow.start_run() as run:
         pass
