@@ -141,8 +141,11 @@ class MapWriter:
 
     def check_names(self, items: list[ImageItem]) -> None:
         """Refuse two images whose heatmaps share a name (a.jpg and a.bmp in one folder both
-        draw a.png): the second overwrote the first without a word."""
+        draw a.png): the second overwrote the first without a word. So is a heatmap named as a
+        folder of heatmaps (x.jpg's x.png beside a folder x.png/): writing the second ended in
+        a traceback (FileExistsError) after the images before it had scored."""
         first_of: dict[Path, str] = {}
+        folders: dict[Path, str] = {}  # each folder of heatmaps: the first image drawn in it
         for item in items:
             name = self.name(item)
             if name in first_of:
@@ -150,6 +153,12 @@ class MapWriter:
                     f"{item.path}: its heatmap {name} would overwrite that of {first_of[name]}; "
                     "rename one of them"
                 )
+            if name in folders:
+                raise _folder_clash(item.path, name, folders[name])
+            for folder in name.parents[:-1]:  # the last is '.', the maps folder itself
+                if folder in first_of:
+                    raise _folder_clash(first_of[folder], folder, item.path)
+                folders.setdefault(folder, item.path)
             first_of[name] = item.path
 
     def write(
@@ -175,3 +184,11 @@ class MapWriter:
         if self.destination.exists():
             self.destination.rmdir()  # empty, checked in __init__
         os.replace(self.tmp, self.destination)
+
+
+def _folder_clash(image: str, heatmap: Path, inside: str) -> InputError:
+    """`image`'s heatmap would be named as the folder that holds `inside`'s heatmap."""
+    return InputError(
+        f"{image}: its heatmap {heatmap} would be named as the folder holding the heatmap of "
+        f"{inside}; rename one of them"
+    )

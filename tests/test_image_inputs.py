@@ -222,6 +222,31 @@ def test_two_images_whose_heatmaps_share_a_name_stop_score_maps(digits_model, tm
     assert run_cli("score", model_uri, folder, "-o", out, "--tracking-uri", tracking).exit_code == 0
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".webp"])  # listed before, and after, x.png/
+def test_a_heatmap_named_as_a_folder_of_heatmaps_stops_score_maps(
+    digits_model, tmp_path: Path, suffix: str
+) -> None:
+    """x.jpg draws the heatmap x.png, a file where the folder x.png/ holds another's: score
+    ended in a FileExistsError traceback (IsADirectoryError the other way round)."""
+    model_uri, tracking, test_dir = digits_model
+    folder = tmp_path / "in"
+    digit = sorted((test_dir / "good").glob("*.png"))[0]
+    (folder / "x.png").mkdir(parents=True)
+    shutil.copy(digit, folder / "x.png" / "a.png")
+    Image.open(digit).save(folder / f"x{suffix}")
+    out, maps = tmp_path / "scores.csv", tmp_path / "maps"
+
+    result = run_cli(
+        "score", model_uri, folder, "-o", out, "--maps", maps, "--tracking-uri", tracking
+    )
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {folder / f'x{suffix}'}: its heatmap x.png would be named as the folder "
+        f"holding the heatmap of {folder / 'x.png' / 'a.png'}; rename one of them\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+
+
 def test_files_read_as_masks_are_named_by_score_evaluate_and_train(digits_model, tmp_path):
     """Under the default image.mask_rule {stem}.png, x.png beside x.jpg is read as x.jpg's
     mask: it was neither scored, evaluated nor trained on, and no command said so."""
