@@ -116,6 +116,7 @@ def calibrate_model(
         scores, labels, example = _scores_and_labels(detector, input_path, label, allow_extra)
         example = _logged_example(source_dir, example)
     if strategy == "auto":
+        _refuse_anomalies_only(input_path, labels)
         strategy = recalibration_strategy(labels, detector.normal)
     threshold = choose_threshold(scores, labels, strategy, costs, detector.normal)
     fitted = fit_probability(scores, labels, probability)
@@ -222,6 +223,19 @@ def _scores_and_labels(
     flags = np.concatenate(labels)
     held.check(flags, str(input_path))  # as training and evaluate refuse an unmatched value
     return np.concatenate(scores), flags, example
+
+
+def _refuse_anomalies_only(input_path: str | Path, labels: np.ndarray | None) -> None:
+    """Labels that mark every row an anomaly leave the default for labelled data, f1, without
+    the normals it needs: the refusal named "calibration 'f1'", a strategy nobody had given."""
+    from anomaly_vae.errors import InputError
+
+    if labels is not None and labels.all():
+        raise InputError(
+            f"{input_path}: every label marks an anomaly; calibrating labelled data without "
+            "--strategy chooses by f1, which needs labelled normals too: add some, or pass "
+            "--strategy estimated-f1 or quantile=Q"
+        )
 
 
 def _image_scores_and_labels(

@@ -336,6 +336,30 @@ def test_calibrate_without_labels_estimates_f1_against_the_kept_normal_scores(
     assert estimate == after.threshold.metrics["estimated_f1"]
 
 
+def test_calibrate_on_anomalies_alone_names_the_labels_not_a_strategy_never_given(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    """Without --strategy the refusal read "calibration 'f1' needs labelled normals...", as if
+    the user had chosen f1; it names the file and says f1 is the default for labelled data."""
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    frame = pd.read_parquet(test)
+    anomalies = tmp_path / "anomalies.parquet"
+    frame[frame["label"] == 1].to_parquet(anomalies)
+
+    result = run_cli(
+        "calibrate", model_uri, anomalies, "--label", "label", "--tracking-uri", tracking
+    )
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: {anomalies}: every label marks an anomaly; calibrating labelled data without "
+        "--strategy chooses by f1, which needs labelled normals too: add some, or pass "
+        "--strategy estimated-f1 or quantile=Q\n"
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["anomalies.parquet"]
+
+
 def test_calibrate_names_images_given_to_a_table_model_as_score_does(
     private_registry, tmp_path
 ) -> None:
