@@ -644,6 +644,29 @@ def log_detector(
     return registration
 
 
+def champion_kind(name: str) -> str | None:
+    """The kind of detector ('tabular' or 'image') that registered model `name`'s `champion`
+    holds, read from its detector.json, a file of a few kilobytes; None where there is no such
+    model or alias, or the version holds no anomaly-vae detector (registered by other means)."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    from anomaly_vae.detector import ARTIFACT_FILE
+
+    try:
+        version = mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION_ALIAS)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version.version}/artifacts/{DETECTOR_ARTIFACT}/"
+                f"{ARTIFACT_FILE}",
+                dst_path=tmp,
+            )
+            state = json.loads(Path(path).read_text())
+    except (MlflowException, OSError, ValueError):
+        return None
+    return state.get("kind") if isinstance(state, dict) else None
+
+
 @dataclass(frozen=True)
 class Registration:
     """The model version `log_detector` registered, and whether `champion` moved to it."""

@@ -92,9 +92,11 @@ def run_name(config: Config) -> str:
 
 @contextmanager
 def training_run(
-    config: Config, tracking_uri: str | None, data: str | Path, counts: dict[str, int]
+    config: Config, tracking_uri: str | None, data: str | Path, counts: dict[str, int], kind: str
 ) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run in the config's experiment holding the config, its params and `counts`."""
+    """An MLflow run in the config's experiment holding the config, its params and `counts`;
+    `kind`, the detector's ('tabular' or 'image'), must be that of the registered model's
+    champion, if any."""
     import mlflow
 
     from anomaly_vae.tracking import (
@@ -108,6 +110,7 @@ def training_run(
 
     with callers_tracking_kept():
         configure_tracking(tracking_uri)
+        refuse_another_kind(registered_name(config), kind)
         use_experiment(config.mlflow.experiment or run_name(config))
         with tracked_run(training_run_name(data_title(data), config.overrides)) as run:
             mlflow.log_params(flatten_params(config.model_dump()))
@@ -119,6 +122,29 @@ def training_run(
             if config.overrides:
                 mlflow.set_tag("overrides", " ".join(f"--set {o}" for o in config.overrides))
             yield run
+
+
+def registered_name(config: Config) -> str:
+    """The registered model a training run's detector becomes a version of."""
+    return config.mlflow.registered_model or run_name(config)
+
+
+_DATA_OF_KIND = {"tabular": "a table", "image": "images"}
+
+
+def refuse_another_kind(name: str, kind: str) -> None:
+    """Refuse to train a `kind` detector for a registered model whose champion is of the other
+    kind: the new version took `champion`, and every scoring job on it then failed (an image
+    model given tables, or the reverse)."""
+    from anomaly_vae.tracking import CHAMPION_ALIAS, champion_kind
+
+    held = champion_kind(name)
+    if held is not None and held != kind:
+        raise InputError(
+            f"mlflow.registered_model: '{name}' holds {held} models (models:/{name}@"
+            f"{CHAMPION_ALIAS}), and this config trains on {_DATA_OF_KIND[kind]}: register it "
+            "under another name (--set mlflow.registered_model=...)"
+        )
 
 
 def log_config_file(path: str) -> None:
@@ -202,7 +228,7 @@ def register_detector(config: Config, detector: Any, example: Any) -> Registrati
 
     with tempfile.TemporaryDirectory() as tmp:
         detector_dir = detector.save(Path(tmp) / "detector")
-        registered = config.mlflow.registered_model or run_name(config)
+        registered = registered_name(config)
         return log_detector(detector_dir, example, detector.score_frame(example), registered)
 
 

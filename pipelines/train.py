@@ -274,7 +274,7 @@ def train(
         "features.binary": len(preprocessor.binary),
         "features.categorical": len(preprocessor.categorical),
     }
-    with training_run(config, tracking_uri, source, counts) as run:
+    with training_run(config, tracking_uri, source, counts, "tabular") as run:
         fit_started = time.perf_counter()
         fit = fit_vae(
             model, tabular_loss_terms, train_data, val_data, config.training, config.model.beta

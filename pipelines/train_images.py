@@ -146,7 +146,7 @@ def train_images(
         "images.validation_anomaly": int((~val_normal).sum()),
         "images.held_out": split.held_out,
     }
-    with training_run(config, tracking_uri, config.data.path, counts) as run:
+    with training_run(config, tracking_uri, config.data.path, counts, "image") as run:
         fit_started = time.perf_counter()
         fit = fit_vae(model, loss_terms, train_data, val_data, config.training, config.model.beta)
         fit_seconds = time.perf_counter() - fit_started

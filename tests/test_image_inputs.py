@@ -629,3 +629,47 @@ def test_the_csv_parts_a_folder_without_images_holds_are_found_as_its_images_are
         f"{no_images}, but CSV files (part-1.csv.gz): a table is one CSV file or a folder of "
         "Parquet files"
     )
+
+
+@pytest.mark.parametrize("onto", ["image", "table"])
+def test_train_refuses_a_registered_model_whose_champion_is_of_the_other_kind(
+    digits_model, breast_cancer_model, breast_cancer_files, tmp_path: Path, onto: str
+) -> None:
+    """A table model trained under an image model's name (or the reverse) became a version of
+    it and took `champion`: every scoring job on the champion then failed."""
+    if onto == "image":
+        model_uri, tracking, _ = digits_model
+        config, data, trains = (
+            REPO / "configs" / "breast_cancer.yaml",
+            breast_cancer_files[0],
+            "a table",
+        )
+        held = "image"
+    else:
+        model_uri, tracking = breast_cancer_model
+        config, data, trains = REPO / "configs" / "digits.yaml", digits_model[2], "images"
+        held = "tabular"
+    store = tmp_path / "mlflow.db"  # a copy: without the refusal, training would move champion
+    shutil.copy(tracking.removeprefix("sqlite:///"), store)
+    name = model_uri.removeprefix("models:/").split("@")[0]
+    client = mlflow.MlflowClient(f"sqlite:///{store}")
+    versions = len(client.search_model_versions(f"name = '{name}'"))
+    runs = _run_count(client)
+
+    result = run_cli(
+        "train", config, "--set", f"data.path={data}", "--set", f"mlflow.registered_model={name}",
+        "--set", "training.epochs=2", "--tracking-uri", f"sqlite:///{store}",
+    )  # fmt: skip
+
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"Error: mlflow.registered_model: '{name}' holds {held} models (models:/{name}@champion),"
+        f" and this config trains on {trains}: register it under another name "
+        "(--set mlflow.registered_model=...)\n"
+    )
+    assert len(client.search_model_versions(f"name = '{name}'")) == versions
+    assert _run_count(client) == runs
+
+
+def _run_count(client: mlflow.MlflowClient) -> int:
+    return len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
