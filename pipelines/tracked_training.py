@@ -110,7 +110,7 @@ def training_run(
 
     with callers_tracking_kept():
         configure_tracking(tracking_uri)
-        refuse_another_kind(registered_name(config), kind)
+        refuse_another_kind(config, kind)
         use_experiment(config.mlflow.experiment or run_name(config))
         with tracked_run(training_run_name(data_title(data), config.overrides)) as run:
             mlflow.log_params(flatten_params(config.model_dump()))
@@ -132,16 +132,18 @@ def registered_name(config: Config) -> str:
 _DATA_OF_KIND = {"tabular": "a table", "image": "images"}
 
 
-def refuse_another_kind(name: str, kind: str) -> None:
+def refuse_another_kind(config: Config, kind: str) -> None:
     """Refuse to train a `kind` detector for a registered model whose champion is of the other
     kind: the new version took `champion`, and every scoring job on it then failed (an image
-    model given tables, or the reverse)."""
+    model given tables, or the reverse). The line names the key that named the model."""
     from anomaly_vae.tracking import CHAMPION_ALIAS, champion_kind
 
+    name = registered_name(config)
     held = champion_kind(name)
     if held is not None and held != kind:
+        key = "mlflow.registered_model" if config.mlflow.registered_model else "name"
         raise InputError(
-            f"mlflow.registered_model: '{name}' holds {held} models (models:/{name}@"
+            f"{key}: '{name}' holds {held} models (models:/{name}@"
             f"{CHAMPION_ALIAS}), and this config trains on {_DATA_OF_KIND[kind]}: register it "
             "under another name (--set mlflow.registered_model=...)"
         )

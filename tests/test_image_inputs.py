@@ -669,6 +669,10 @@ def test_train_refuses_a_registered_model_whose_champion_is_of_the_other_kind(
     )
     assert len(client.search_model_versions(f"name = '{name}'")) == versions
     assert _run_count(client) == runs
+    # Named by the config's name, the line names that key.
+    by_name = run_cli("train", config, "--set", f"data.path={data}", "--set", f"name={name}",
+                      "--tracking-uri", f"sqlite:///{store}")  # fmt: skip
+    assert by_name.exit_code == 1 and by_name.stderr.startswith(f"Error: name: '{name}' holds ")
 
 
 def _run_count(client: mlflow.MlflowClient) -> int:
