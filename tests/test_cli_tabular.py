@@ -868,6 +868,26 @@ def test_a_bad_row_in_a_later_batch_leaves_no_output(
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == ["late.parquet"]
 
 
+def test_wide_tables_are_scored_in_batches_of_fewer_rows(
+    breast_cancer_model, breast_cancer_files, monkeypatch
+) -> None:
+    """A batch holds a bounded number of cells, not of rows: 65,536 rows of 800 features,
+    as narrow tables read them, peaked at 4.4 GB. The scores do not depend on it."""
+    import pipelines.score
+    from pipelines.score import load_model, scored_batches
+
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    detector = load_model(model_uri, tracking)
+    monkeypatch.setattr(pipelines.score, "BATCH_CELLS", len(detector.feature_names) * 50)
+    pairs = list(scored_batches(detector, test, allow_extra=True))
+    assert [len(batch.frame) for batch, _ in pairs] == [50, 50, 50, 50, 14]
+    whole = detector.score_frame(pd.read_parquet(test), allow_extra=True)
+    batched = pd.concat([scored for _, scored in pairs], ignore_index=True)
+    assert np.allclose(batched["score"], whole["score"], rtol=1e-5)
+    assert batched["is_anomaly"].tolist() == whole["is_anomaly"].tolist()
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
