@@ -242,13 +242,17 @@ def train(
 
     started = time.perf_counter()
     # Categorical columns as the text they hold: a zip code keeps its leading zero, and a code
-    # column whose first rows are digits may hold letters later.
-    frame = read_table(
-        config.data.path,
-        [*config.data.id_columns, *(config.data.categorical or [])],
-        padded_as_text=config.data.categorical is None,
+    # column whose first rows are digits may hold letters later. The table read is not kept:
+    # held through the fit beside the split's copies, 1M rows of 30 columns peaked at 1,820 MiB
+    # against 1,598 without (`/usr/bin/time -v anomaly-vae train`, one epoch).
+    split = split_table(
+        read_table(
+            config.data.path,
+            [*config.data.id_columns, *(config.data.categorical or [])],
+            padded_as_text=config.data.categorical is None,
+        ),
+        config,
     )
-    split = split_table(frame, config)
     source = config.data.path
     preprocessor = TabularPreprocessor.fit(
         split.train, split.features, config.data.categorical, split.may_miss
