@@ -231,22 +231,32 @@ def _session_stopped_by_ctrl_c(master: str) -> Iterator[SparkSession]:
     previous = signal.getsignal(signal.SIGINT)
     pressed: list[int] = []
     signal.signal(signal.SIGINT, lambda signum, _frame: pressed.append(signum))
+
+    def interrupt(signum: int, _frame: object) -> None:
+        pressed.append(signum)
+        raise KeyboardInterrupt
+
     try:
         with _py4j_silenced():
             session = spark_session(master)
-            signal.signal(signal.SIGINT, signal.default_int_handler)  # pyspark set its own
+            signal.signal(signal.SIGINT, interrupt)  # pyspark set its own
             try:
                 if pressed:
                     raise KeyboardInterrupt
                 yield session
-            except KeyboardInterrupt:
+            except BaseException:
+                # Ctrl-C, whatever py4j made of it: one that cut a call inside pyspark's
+                # call-site bookkeeping came out as "Py4JNetworkError: Answer from Java side is
+                # empty", a traceback.
+                if not pressed:
+                    raise
                 signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second one would cut the stop
                 with warnings.catch_warnings():
                     # "Unable to cleanly shutdown Spark JVM process", at times, on a connection
                     # the interrupt cut: the JVM ends with this process anyway.
                     warnings.simplefilter("ignore", RuntimeWarning)
                     session.stop()
-                raise
+                raise KeyboardInterrupt from None
     finally:
         signal.signal(signal.SIGINT, previous)
 

@@ -320,6 +320,41 @@ def test_spark_stopped_by_ctrl_c_says_so_in_one_line_and_leaves_nothing(
     _new_jvm_for_later_tests()
 
 
+def test_spark_ctrl_c_that_py4j_reports_as_a_lost_connection_says_so_in_one_line(
+    breast_cancer_model: tuple[str, str],
+    breast_cancer_files: tuple[Path, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C landing in the read-back of the scored parts, inside pyspark's call-site
+    bookkeeping, came out of py4j as "Py4JNetworkError: Answer from Java side is empty": a
+    traceback instead of the interrupted line (seen once in a full run of the test above)."""
+    import os
+    import signal
+    import time
+
+    from py4j.protocol import Py4JNetworkError
+    from pyspark.sql.classic.dataframe import DataFrame  # the class a local session builds
+
+    def first(self: DataFrame) -> None:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:  # as py4j reports a call the interrupt cut
+            raise Py4JNetworkError("Answer from Java side is empty") from None
+
+    monkeypatch.setattr(DataFrame, "first", first)
+    model_uri, tracking = breast_cancer_model
+    result = run_cli("score", model_uri, breast_cancer_files[1], "-o", tmp_path / "scored",
+                     "--engine", "spark", "--allow-extra-columns", "--tracking-uri", tracking)  # fmt: skip
+
+    assert result.exit_code == 130
+    assert result.stderr == "score interrupted (SIGINT)\n"
+    assert list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    _new_jvm_for_later_tests()
+
+
 def _new_jvm_for_later_tests() -> None:
     """End this process's Spark JVM, so that a later test starts its own. The interrupt cut
     the connection pyspark stops the JVM's context on: the context may run on in the JVM, and
