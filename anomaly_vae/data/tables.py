@@ -40,9 +40,9 @@ TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 PARQUET_SUFFIXES = {suffix for suffix, fmt in TABLE_FORMATS.items() if fmt == "parquet"}
 # Exports are often shipped compressed (transactions.csv.gz): pyarrow decompresses on reading,
 # and compresses on writing, by these extensions; Parquet compresses inside the file.
+CSV_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 # float64 holds every integer up to 2^53 exactly, and not every one beyond it.
 _FLOAT_EXACT = 2**53
-CSV_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
 # A CSV's parse options, decimal mark and the column types of its first block (`_csv_schema`).
 _CsvLayout = tuple[pacsv.ParseOptions, str, pa.Schema]
 
