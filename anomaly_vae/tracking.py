@@ -87,10 +87,10 @@ _CALLER_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPER
 
 
 @contextlib.contextmanager
-def callers_tracking_kept() -> Iterator[None]:
-    """`configure_tracking` and an experiment for the span, then the caller's MLflow settings
-    again: a notebook's or job's own later runs went to the store and experiment that the
-    last `train`, `evaluate` or model lookup had used.
+def tracking_for_call(tracking_uri: str | None, create: bool = True) -> Iterator[None]:
+    """`configure_tracking(tracking_uri, create)`, and any experiment set, for the span, then
+    the caller's MLflow settings again: a notebook's or job's own later runs went to the store
+    and experiment that the last `train`, `evaluate` or model lookup had used.
 
     MLflow has no public way to unset a URI or the active experiment, so its module state is
     saved and put back as it was (None where the caller had set nothing)."""
@@ -104,6 +104,7 @@ def callers_tracking_kept() -> Iterator[None]:
     registry = registry_state._registry_uri
     experiment = fluent._active_experiment_id
     try:
+        configure_tracking(tracking_uri, create)
         yield
     finally:
         mlflow.set_tracking_uri(tracking)  # also resets MLflow's tracing, which follows it
@@ -518,8 +519,7 @@ def run_reading_model(
     import mlflow
     from mlflow.entities import LoggedModelInput
 
-    with callers_tracking_kept():
-        configure_tracking(tracking_uri)
+    with tracking_for_call(tracking_uri):
         lineage = model_lineage(model_uri, info)
         use_parent_experiment(lineage, info.get("experiment", "anomaly-vae"))
         name = f"{_READING_COMMANDS[kind]} {lineage.version or model_uri} on {Path(source).name}"
@@ -816,8 +816,7 @@ def _send_download(sender: Connection, model_uri: str, tracking_uri: str | None,
 
 def _download_model(model_uri: str, tracking_uri: str | None, root: str) -> str:
     """The model's files, copied from the registry or run into a new folder under `root`."""
-    with callers_tracking_kept():
-        configure_tracking(tracking_uri, create=False)
+    with tracking_for_call(tracking_uri, create=False):
         import mlflow
         from mlflow.exceptions import MlflowException
 
@@ -961,8 +960,7 @@ def _stored_model_dir(model_uri: str, tracking_uri: str | None) -> Path | None:
     models = model_uri.startswith("models:")
     repository = ModelsArtifactRepository if models else RunsArtifactRepository
     try:
-        with callers_tracking_kept():
-            configure_tracking(tracking_uri, create=False)
+        with tracking_for_call(tracking_uri, create=False):
             location = urllib.parse.urlparse(repository.get_underlying_uri(model_uri))
     except MlflowException:
         return None  # the download says what is wrong, as for every other command

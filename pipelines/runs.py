@@ -34,10 +34,9 @@ def list_runs(
 ) -> pd.DataFrame:
     """The latest runs (of `experiment`, else of every experiment), newest first; MLflow
     points where the caller pointed it afterwards, as after the other commands."""
-    from anomaly_vae.tracking import callers_tracking_kept, configure_tracking
+    from anomaly_vae.tracking import tracking_for_call
 
-    with callers_tracking_kept():
-        configure_tracking(tracking_uri, create=False)
+    with tracking_for_call(tracking_uri, create=False):
         return _runs_table(experiment, max_runs)
 
 

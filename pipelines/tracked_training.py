@@ -100,16 +100,14 @@ def training_run(
     import mlflow
 
     from anomaly_vae.tracking import (
-        callers_tracking_kept,
-        configure_tracking,
         flatten_params,
         log_data,
         tracked_run,
+        tracking_for_call,
         use_experiment,
     )
 
-    with callers_tracking_kept():
-        configure_tracking(tracking_uri)
+    with tracking_for_call(tracking_uri):
         refuse_another_kind(config, kind)
         use_experiment(config.mlflow.experiment or run_name(config))
         with tracked_run(training_run_name(data_title(data), config.overrides)) as run:
