@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from anomaly_vae.config import TrainingConfig
 from anomaly_vae.errors import InputError, first_line
 from anomaly_vae.models.lightning_module import LossTerms, VAETrainingModule
+from anomaly_vae.terminal import stderr_is_terminal
 
 _LIGHTNING_LOGGERS = (
     "pytorch_lightning",
@@ -190,8 +191,7 @@ def _trainer(training: TrainingConfig, callbacks: list[pl.Callback]) -> pl.Train
             logger=False,
             enable_checkpointing=False,
             enable_model_summary=False,
-            # No stderr at all (pythonw, a service, `2>&-`): no bar, where isatty() raised.
-            enable_progress_bar=sys.stderr is not None and sys.stderr.isatty(),
+            enable_progress_bar=stderr_is_terminal(),
             num_sanity_val_steps=0,
             deterministic=True,
         )

@@ -6,7 +6,6 @@ written to a temporary file and renamed into place only once every row has score
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -89,6 +88,7 @@ def scored_batches(
 
     from anomaly_vae.data.preprocessing import check_category_values, holds_a_value
     from anomaly_vae.data.tables import count_rows, iter_table_batches
+    from anomaly_vae.terminal import stderr_is_terminal
 
     ids = detector.roles.id_columns
     features = set(detector.feature_names)
@@ -98,8 +98,7 @@ def scored_batches(
     def echoed(name: str) -> bool:
         return name not in features if keep_columns else name in ids
 
-    # No stderr at all (pythonw, a service, `2>&-`): no bar, where isatty() raised.
-    bar = sys.stderr is not None and sys.stderr.isatty()
+    bar = stderr_is_terminal()
     with tqdm(total=count_rows(input_path), unit="rows", disable=not bar, leave=False) as progress:
         batches = iter_table_batches(
             input_path,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -50,7 +49,9 @@ def scored_image_batches(detector, items: list[ImageItem]) -> Iterator:  # noqa:
     """The detector's (items, pixels, scores) batches, with a progress bar on a terminal."""
     from tqdm import tqdm
 
-    terminal = sys.stderr is not None and sys.stderr.isatty()  # None: pythonw, `2>&-`
+    from anomaly_vae.terminal import stderr_is_terminal
+
+    terminal = stderr_is_terminal()
     with tqdm(total=len(items), unit="images", disable=not terminal, leave=False) as bar:
         for batch in detector.scored_batches(items):
             bar.update(len(batch[0]))
