@@ -93,6 +93,8 @@ class DataConfig(_Section):
 
 # The likelihoods each kind of model can be built with.
 LIKELIHOODS = {"table": ("gaussian", "unit-gaussian"), "image": ("gaussian", "bernoulli", "ssim")}
+# The model settings only the tabular network reads.
+TABLE_ONLY_MODEL_SETTINGS = frozenset({"hidden", "dropout", "activation"})
 
 
 class ModelConfig(_Section):
@@ -326,6 +328,28 @@ class Config(_Section):
     def overrides(self) -> tuple[str, ...]:
         """The `--set key=value` overrides `load_config` applied to the file, in order."""
         return self._overrides
+
+    def check_kind(self, kind: Literal["table", "image"]) -> None:
+        """Refuse what the `kind` of model `data.path` decided on cannot use: a likelihood of
+        the other kind, or settings only the other kind reads. Ignored, they would let the
+        config describe another model than the one trained."""
+        self.model.check_likelihood(kind)
+        if kind == "image":
+            table_only = sorted(TABLE_ONLY_MODEL_SETTINGS & self.model.model_fields_set)
+            if table_only:
+                raise InputError(
+                    f"model.{table_only[0]}: tabular models only; image models use "
+                    "model.conv_channels"
+                )
+            return
+        image_only = [f"image.{key}" for key in sorted(self.image.model_fields_set)]
+        if "conv_channels" in self.model.model_fields_set:
+            image_only.insert(0, "model.conv_channels")
+        if image_only:
+            raise InputError(
+                f"{image_only[0]}: image models only, and {self.data.path} is a table (its "
+                "model's layers are model.hidden)"
+            )
 
 
 class _Yaml12Booleans(yaml.SafeLoader):

@@ -202,20 +202,6 @@ def tabular_loss_terms(
     return nll.sum(1), kl
 
 
-def _refuse_image_settings(config: Config) -> None:
-    """Image settings on a table: ignored, they would let the config describe another model
-    than the one trained (`model.conv_channels` went without a word), as `train_images`
-    refuses the table-only ones."""
-    image_only = [f"image.{key}" for key in sorted(config.image.model_fields_set)]
-    if "conv_channels" in config.model.model_fields_set:
-        image_only.insert(0, "model.conv_channels")
-    if image_only:
-        raise InputError(
-            f"{image_only[0]}: image models only, and {config.data.path} is a table (its "
-            "model's layers are model.hidden)"
-        )
-
-
 def train(
     config: Config, tracking_uri: str | None = None, echo: Callable[[str], None] = print
 ) -> str:
@@ -231,8 +217,7 @@ def train(
     # data.path decides the kind of model: one that is neither kind is named before the
     # likelihood, which a single image's config chose for images ("bernoulli is for images").
     input_table_format(config.data.path)
-    config.model.check_likelihood("table")
-    _refuse_image_settings(config)
+    config.check_kind("table")
     import torch
 
     from anomaly_vae.data.preprocessing import TabularPreprocessor

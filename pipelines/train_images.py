@@ -113,13 +113,7 @@ def train_images(
     from anomaly_vae.scoring import image_terms, score_images
     from anomaly_vae.training import fit_vae, is_ddp_worker
 
-    config.model.check_likelihood("image")
-    table_only = sorted({"hidden", "dropout", "activation"} & config.model.model_fields_set)
-    if table_only:
-        # Silently ignoring them would train a different model than the config describes.
-        raise InputError(
-            f"model.{table_only[0]}: tabular models only; image models use model.conv_channels"
-        )
+    config.check_kind("image")
     started = time.perf_counter()
     split = split_images(config, echo)
     size, channels = config.image.size, config.image.channels
