@@ -207,18 +207,13 @@ def test_two_images_whose_heatmaps_share_a_name_stop_score_maps(digits_model, tm
     Image.open(first).save(first.with_suffix(".bmp"))
     Image.open(first).save(first.with_suffix(".jpg"))
     first.unlink()  # a.png beside a.jpg would be read as a.jpg's mask
-    out, maps = tmp_path / "scores.csv", tmp_path / "maps"
 
-    result = run_cli(
-        "score", model_uri, folder, "-o", out, "--maps", maps, "--tracking-uri", tracking
-    )
-    assert result.exit_code == 1
-    assert result.stderr == (
+    assert _refused_with_maps(model_uri, folder, tracking, tmp_path) == (
         f"Error: {first.with_suffix('.jpg')}: its heatmap good/{first.stem}.png would overwrite "
         f"that of {first.with_suffix('.bmp')}; rename one of them\n"
     )
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
     # Without maps the two images are scored, each on its own row.
+    out = tmp_path / "scores.csv"
     assert run_cli("score", model_uri, folder, "-o", out, "--tracking-uri", tracking).exit_code == 0
 
 
@@ -234,17 +229,23 @@ def test_a_heatmap_named_as_a_folder_of_heatmaps_stops_score_maps(
     (folder / "x.png").mkdir(parents=True)
     shutil.copy(digit, folder / "x.png" / "a.png")
     Image.open(digit).save(folder / f"x{suffix}")
-    out, maps = tmp_path / "scores.csv", tmp_path / "maps"
 
+    assert _refused_with_maps(model_uri, folder, tracking, tmp_path) == (
+        f"Error: {folder / f'x{suffix}'}: its heatmap x.png would be named as the folder "
+        f"holding the heatmap of {folder / 'x.png' / 'a.png'}; rename one of them\n"
+    )
+
+
+def _refused_with_maps(model_uri: str, folder: Path, tracking: str, tmp_path: Path) -> str:
+    """The stderr of `score --maps` on `folder` (under `tmp_path` as `in/`), checked to have
+    failed (exit 1) and written neither the scores nor the maps."""
+    out, maps = tmp_path / "scores.csv", tmp_path / "maps"
     result = run_cli(
         "score", model_uri, folder, "-o", out, "--maps", maps, "--tracking-uri", tracking
     )
     assert result.exit_code == 1
-    assert result.stderr == (
-        f"Error: {folder / f'x{suffix}'}: its heatmap x.png would be named as the folder "
-        f"holding the heatmap of {folder / 'x.png' / 'a.png'}; rename one of them\n"
-    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in"]
+    return result.stderr
 
 
 def test_files_read_as_masks_are_named_by_score_evaluate_and_train(digits_model, tmp_path):
