@@ -8,7 +8,12 @@ import pyarrow as pa
 import pytest
 
 from anomaly_vae.config import parse_config
-from anomaly_vae.data.preprocessing import MIN_CATEGORY_COUNT, TAIL_START, TabularPreprocessor
+from anomaly_vae.data.preprocessing import (
+    MAX_CATEGORIES,
+    MIN_CATEGORY_COUNT,
+    TAIL_START,
+    TabularPreprocessor,
+)
 from anomaly_vae.errors import InputError
 from pipelines.train import split_table
 
@@ -137,6 +142,17 @@ def test_unseen_and_rare_categories_share_the_unknown_bucket(frame) -> None:
     codes = pre.transform(new, "t").codes
     assert codes[0, 0] == pre.categorical[0].categories.index("grocery") + 1
     assert codes[1, 0] == 0 and codes[2, 0] == 0
+
+
+def test_categories_count_every_spelling_and_keep_the_most_frequent_then_first_seen() -> None:
+    """A blank, "NA" and a null are one missing category, frequent only together; beyond
+    MAX_CATEGORIES the most frequent are kept and, among equals, those seen first."""
+    missing = pd.DataFrame({"code": ["x", "", "NA", None, "y"] * 2 + ["x"] * 3})
+    assert _fit(missing).categorical[0].categories == ["<missing>", "x"]
+    names = [f"c{i:03d}" for i in range(MAX_CATEGORIES, -1, -1)]  # c100 first, c000 last
+    rows = names * MIN_CATEGORY_COUNT + ["c000"]  # c000, seen last, is seen most
+    kept = _fit(pd.DataFrame({"code": rows})).categorical[0].categories
+    assert kept == sorted([*names[:-2], "c000"])  # c001, last seen of the ties, is not
 
 
 def test_a_categorical_column_with_a_different_value_on_every_row_is_refused(frame) -> None:
