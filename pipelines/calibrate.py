@@ -201,7 +201,7 @@ def _scores_and_labels(
         detector.check_label(label)
     scores, labels, example = [], [], None
     held = HeldLabels(label, detector.roles.anomaly_value) if label else None
-    for part, scored in scored_batches(detector, input_path, allow_extra=True):
+    for part, scored in scored_batches(detector, input_path, allow_extra=True, top_rows=0):
         batch = part.frame
         if example is None:
             if label and label not in batch.columns and not explicit:

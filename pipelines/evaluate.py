@@ -150,7 +150,7 @@ def evaluate_file(
     scores, labels = [], []
     held = HeldLabels(label, detector.roles.anomaly_value)
     top_rows = pd.DataFrame()
-    for part, scored in scored_batches(detector, input_path, allow_extra=True):
+    for part, scored in scored_batches(detector, input_path, allow_extra=True, top_rows=TOP_ROWS):
         batch = part.frame
         if label not in batch.columns:
             raise InputError(f"{part.source}: missing label column '{label}'")

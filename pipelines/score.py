@@ -75,15 +75,16 @@ def table_for_an_image_model(model_uri: str, input_path: str | Path) -> str:
 
 
 def scored_batches(
-    detector,  # noqa: ANN001 - any detector kind
+    detector,  # noqa: ANN001 - a TabularDetector
     input_path: str | Path,
     keep_columns: bool = False,
     allow_extra: bool = False,
     echo_exactly: bool = False,
+    top_rows: int | None = None,
 ) -> Iterator[tuple[TableBatch, pd.DataFrame]]:
     """(input batch, scored batch) pairs, with a progress bar on a terminal. `echo_exactly`
     reads the columns copied to the output (the ids; with `keep_columns` all but the features)
-    as they are in the file, to be written back unchanged."""
+    as they are in the file, to be written back unchanged; `top_rows` is `score_frame`'s."""
     from tqdm import tqdm
 
     from anomaly_vae.data.preprocessing import check_category_values, holds_a_value
@@ -108,7 +109,12 @@ def scored_batches(
         )
         for batch in _prefetched(batches):
             scored = detector.score_frame(
-                batch.frame, batch.source, batch.first_row, keep_columns, allow_extra
+                batch.frame,
+                batch.source,
+                batch.first_row,
+                keep_columns,
+                allow_extra,
+                top_rows=top_rows,
             )
             progress.update(len(batch.frame))
             # Missing on every row of the file, not of one batch: a day's nulls may come first.

@@ -13,7 +13,7 @@ from conftest import run_cli
 from anomaly_vae.calibration import threshold_metrics
 from anomaly_vae.evaluation.metrics import recall_at_fprs, threshold_sweep, top_feature_counts
 from anomaly_vae.evaluation.report import render_html
-from anomaly_vae.evaluation.sections import top_anomaly_sections
+from anomaly_vae.evaluation.sections import TOP_ROWS_SHOWN, top_anomaly_sections
 from pipelines.evaluate import evaluate_scores
 from pipelines.score import load_model
 
@@ -80,7 +80,8 @@ def test_report_embeds_every_figure_and_the_metric_values(
     # The same numbers, recomputed from the model's scores by the metric functions.
     detector = load_model(model_uri, tracking)
     frame = pd.read_parquet(test)
-    scores = detector.score_frame(frame.drop(columns="label"))["score"].to_numpy()
+    scored = detector.score_frame(frame.drop(columns="label"))
+    scores = scored["score"].to_numpy()
     labels = frame["label"].to_numpy() == 1
     expected = evaluate_scores(scores, labels, detector.threshold.value).metrics
     assert set(expected) <= set(shown)
@@ -90,6 +91,9 @@ def test_report_embeds_every_figure_and_the_metric_values(
     fp_cost = np.sum((scores >= detector.threshold.value) & ~labels)
     fn_cost = 5 * np.sum((scores < detector.threshold.value) & labels)
     assert shown["expected_cost"] == pytest.approx((fp_cost + fn_cost) / len(scores))
+    # The top rows, with the features that scoring names for each.
+    top_features = scored.nlargest(TOP_ROWS_SHOWN, "score")["top_features"].tolist()
+    assert [c for c in re.findall(r"<td>([^<]*)</td>", html) if "," in c] == top_features
 
     # The MLflow run holds the same figures and metrics.
     run_id = result.stderr.strip().split()[-1]
