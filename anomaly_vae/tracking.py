@@ -81,16 +81,35 @@ def configure_tracking(tracking_uri: str | None = None, create: bool = True) -> 
     return uri
 
 
+# What `quiet_mlflow` sets where the environment has not set it already.
+_QUIET_VARIABLES = {
+    # MLflow's per-file download bars and INFO lines drown our one-line summaries.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # MLflow sets its logger's level when first imported, from this variable (default INFO);
+    # the variable also reaches the processes started from here (model server, Spark workers).
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    # With a tracking server MLflow writes "View run ... at: <url>" and "View experiment at:"
+    # to stdout as each run ends: `train` and `calibrate` printed them before the model URI,
+    # their one line of stdout that `uri=$(anomaly-vae train ...)` takes, and `evaluate`
+    # amid its metrics. The run id is in the summary already.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 # MLflow mirrors the tracking and registry URIs and the active experiment into these, for the
-# processes it starts; they are the caller's too.
-_CALLER_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID")
+# processes it starts; they are the caller's too, as are those `quiet_mlflow` sets.
+_CALLER_VARIABLES = (
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_REGISTRY_URI",
+    "MLFLOW_EXPERIMENT_ID",
+    *_QUIET_VARIABLES,
+)
 
 
 @contextlib.contextmanager
 def tracking_for_call(tracking_uri: str | None, create: bool = True) -> Iterator[None]:
     """`configure_tracking(tracking_uri, create)`, and any experiment set, for the span, then
     the caller's MLflow settings again: a notebook's or job's own later runs went to the store
-    and experiment that the last `train`, `evaluate` or model lookup had used.
+    and experiment that the last `train`, `evaluate` or model lookup had used, and MLflow's
+    INFO lines and download bars stayed off (`quiet_mlflow`) after `train` or `load_model`.
 
     MLflow has no public way to unset a URI or the active experiment, so its module state is
     saved and put back as it was (None where the caller had set nothing)."""
@@ -103,10 +122,12 @@ def tracking_for_call(tracking_uri: str | None, create: bool = True) -> Iterator
     tracking = tracking_state._tracking_uri
     registry = registry_state._registry_uri
     experiment = fluent._active_experiment_id
+    level = logging.getLogger("mlflow").level
     try:
         configure_tracking(tracking_uri, create)
         yield
     finally:
+        logging.getLogger("mlflow").setLevel(level)
         mlflow.set_tracking_uri(tracking)  # also resets MLflow's tracing, which follows it
         registry_state._registry_uri = registry
         fluent._active_experiment_id = experiment
@@ -120,17 +141,10 @@ def tracking_for_call(tracking_uri: str | None, create: bool = True) -> Iterator
 def quiet_mlflow() -> None:
     """Keep MLflow, here and in the processes started from here, to what leaves our one-line
     summaries readable; every command needs it, also one that opens no tracking store
-    (`serve` of a model folder)."""
-    # MLflow's per-file download bars and INFO lines drown our one-line summaries.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    # MLflow sets its logger's level when first imported, from this variable (default INFO);
-    # the variable also reaches the processes started from here (model server, Spark workers).
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    # With a tracking server MLflow writes "View run ... at: <url>" and "View experiment at:"
-    # to stdout as each run ends: `train` and `calibrate` printed them before the model URI,
-    # their one line of stdout that `uri=$(anomaly-vae train ...)` takes, and `evaluate`
-    # amid its metrics. The run id is in the summary already.
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    (`serve` of a model folder). It leaves them so; `tracking_for_call` puts the caller's
+    back once a library call is done."""
+    for name, value in _QUIET_VARIABLES.items():
+        os.environ.setdefault(name, value)
     import mlflow  # noqa: F401 - after the variables above, which it reads when first imported
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -471,6 +472,42 @@ def test_a_library_call_leaves_the_callers_mlflow_store_and_experiment(
         pass
     assert mlflow.get_experiment(run.info.experiment_id).name == "my analysis"
     assert mlflow.MlflowClient(callers_mlflow).get_run(run.info.run_id)
+
+
+def test_a_library_call_leaves_the_callers_mlflow_logging_and_environment(
+    private_registry: tuple[str, str],
+    breast_cancer_files,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
+) -> None:
+    """`load_model` (as scoring calls it) and `train` left MLflow's logger at WARNING and
+    three MLFLOW_ variables set in the caller's environment: a notebook's own MLflow INFO
+    lines went missing, and every process it started later inherited the variables."""
+    import logging
+
+    from anomaly_vae.config import Config
+    from pipelines.score import load_model
+    from pipelines.train import train
+
+    quiet = [
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR",
+        "MLFLOW_LOGGING_LEVEL",
+        "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT",
+    ]
+    for name in quiet:
+        monkeypatch.delenv(name, raising=False)
+    logger = logging.getLogger("mlflow")
+    request.addfinalizer(functools.partial(logger.setLevel, logger.level))
+    logger.setLevel(logging.INFO)
+    model_uri, tracking = private_registry
+    train_path, test_path = breast_cancer_files
+    load_model(model_uri, tracking).score_frame(pd.read_parquet(test_path).drop(columns="label"))
+    assert logger.level == logging.INFO
+    assert [name for name in quiet if name in os.environ] == []
+    data = {"path": str(train_path), "label": "label", "id_columns": ["id"]}
+    train(Config.model_validate({"data": data, "training": {"epochs": 1}}), tracking, str)
+    assert logger.level == logging.INFO
+    assert [name for name in quiet if name in os.environ] == []
 
 
 def test_a_library_call_inside_the_callers_run_says_to_end_it(
