@@ -23,10 +23,9 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import zlib
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -183,8 +182,7 @@ def score_tabular(
 
     starts = range(0, n, rows_per_batch)
     if workers > 1 and len(starts) > 1:
-        with _single_torch_thread():
-            list(_scoring_pool(workers).map(score_rows, starts))
+        list(_scoring_pool(workers).map(score_rows, starts))
     else:
         for start in starts:
             score_rows(start)
@@ -202,25 +200,38 @@ def _rows_per_batch(n: int, batch_size: int, workers: int) -> int:
 
 @cache
 def _scoring_pool(workers: int) -> ThreadPoolExecutor:
-    """Threads kept for the process: starting two took 0.2-0.3 ms a call, a tenth of scoring
-    a few thousand rows."""
-    return ThreadPoolExecutor(workers, thread_name_prefix="anomaly-vae-scoring")
+    """Threads kept for the process (starting two took 0.2-0.3 ms a call, a tenth of scoring
+    a few thousand rows), each with one intra-op torch thread of its own.
+
+    torch keeps a thread count per thread, which a thread takes from the last
+    `torch.set_num_threads` of any thread when it first uses torch. Scoring lowered the
+    caller's count to one around each call, and with it the one new threads take: a thread
+    that first used torch meanwhile (a server's new request thread, scoring concurrently)
+    kept one thread for good. The workers lower their own as they start, and the caller's
+    count is then set again, unchanged, as the one new threads take: only a thread starting
+    torch in that span, once a process, is affected."""
+    threads = torch.get_num_threads()
+    pool = ThreadPoolExecutor(
+        workers,
+        thread_name_prefix="anomaly-vae-scoring",
+        initializer=_one_torch_thread,
+    )
+    started = threading.Barrier(workers)  # each task on a thread of its own: all start now
+    list(pool.map(lambda _: started.wait(), range(workers)))
+    torch.set_num_threads(threads)
+    return pool
+
+
+def _one_torch_thread() -> None:
+    """One intra-op torch thread for this thread. torch sets a thread's count when it first
+    uses torch (here, reading it), which would undo a count set before."""
+    torch.get_num_threads()
+    torch.set_num_threads(1)
 
 
 # A forked child inherits the pool but not its threads, and would wait forever on it.
 if hasattr(os, "register_at_fork"):  # not on Windows, which never forks
     os.register_at_fork(after_in_child=_scoring_pool.cache_clear)
-
-
-@contextmanager
-def _single_torch_thread() -> Iterator[None]:
-    """One intra-op torch thread for the duration, restoring the caller's setting after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def image_terms(

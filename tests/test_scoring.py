@@ -3,8 +3,10 @@ scores as one pass, in this process and in a forked child."""
 
 from __future__ import annotations
 
+import functools
 import math
 import os
+import threading
 import time
 
 import numpy as np
@@ -37,8 +39,16 @@ def rows() -> tuple[TabularVAE, EncodedTable]:
     return model.eval(), EncodedTable(numeric, np.ones_like(numeric), codes)
 
 
-def test_parallel_batches_score_as_one_pass(rows, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # three workers on any machine
+def torch_threads(request: pytest.FixtureRequest, threads: int) -> None:
+    """`threads` intra-op torch threads, so as many scoring workers, on any machine; the count
+    is put back after the test. Faked (a patched torch.get_num_threads), the count also
+    reached the scoring threads as they started, which then ran on as many torch threads."""
+    request.addfinalizer(functools.partial(torch.set_num_threads, torch.get_num_threads()))
+    torch.set_num_threads(threads)
+
+
+def test_parallel_batches_score_as_one_pass(rows, request) -> None:
+    torch_threads(request, 3)
     batched = score_tabular(*rows, batch_size=700)
     whole = score_tabular(*rows, batch_size=len(rows[1]))
     np.testing.assert_allclose(batched.recon, whole.recon, rtol=1e-5)
@@ -47,9 +57,9 @@ def test_parallel_batches_score_as_one_pass(rows, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
-def test_a_forked_child_scores_with_threads_of_its_own(rows, monkeypatch) -> None:
+def test_a_forked_child_scores_with_threads_of_its_own(rows, request) -> None:
     """The parent's scoring threads do not exist in a child forked after them."""
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    torch_threads(request, 2)
     expected = score_tabular(*rows, batch_size=700).score  # starts the parent's threads
     pid = os.fork()
     if pid == 0:  # the child: exit 0 only if it scores, and scores the same
@@ -65,7 +75,7 @@ def test_a_forked_child_scores_with_threads_of_its_own(rows, monkeypatch) -> Non
     assert os.waitstatus_to_exitcode(done[1]) == 0
 
 
-def test_rows_encoded_batch_by_batch_score_as_rows_encoded_first(monkeypatch) -> None:
+def test_rows_encoded_batch_by_batch_score_as_rows_encoded_first(request) -> None:
     """Checked rows are encoded on the scoring threads, batch by batch: the same model inputs
     as encoding the whole table first, for numeric (with missing values), binary and
     categorical columns."""
@@ -90,10 +100,37 @@ def test_rows_encoded_batch_by_batch_score_as_rows_encoded_first(monkeypatch) ->
     params = {"hidden": [16], "latent": 2, "likelihood": "gaussian", "dropout": 0.0}
     model = build_tabular_model(pre, params).eval()
     scored = frame.assign(online=np.where(np.arange(n) == 5, 3.0, frame["online"]))  # unseen
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    torch_threads(request, 3)
     first = score_tabular(model, pre.transform(scored, "t"), batch_size=700)
     by_batch = score_tabular(model, pre.check(scored, "t"), batch_size=700)
     np.testing.assert_array_equal(by_batch.recon, first.recon)
     np.testing.assert_array_equal(by_batch.kl, first.kl)
     np.testing.assert_array_equal(by_batch.contributions, first.contributions)
     assert np.isfinite(first.score).all()
+
+
+def test_scoring_leaves_the_torch_threads_that_new_threads_take(rows, request) -> None:
+    """Scoring on parallel threads lowered torch's thread count to one for its span, and with
+    it the count a thread takes when it first uses torch: a server's new request thread that
+    did so meanwhile kept one thread for good. The scoring threads still run one each."""
+    torch_threads(request, 2)
+    model, table = rows
+    new_thread, scoring_thread = [], []
+
+    class Rows:
+        """The rows, and the torch threads of a new thread started while they score."""
+
+        def __len__(self) -> int:
+            return len(table)
+
+        def rows(self, part: slice) -> EncodedTable:
+            started = threading.Thread(target=lambda: new_thread.append(torch.get_num_threads()))
+            started.start()
+            started.join()
+            scoring_thread.append(torch.get_num_threads())
+            return table.rows(part)
+
+    score_tabular(model, Rows(), batch_size=700)
+    assert new_thread == [2] * len(new_thread) and len(new_thread) > 1
+    assert scoring_thread == [1] * len(scoring_thread)
+    assert torch.get_num_threads() == 2
