@@ -538,6 +538,27 @@ def test_a_csv_column_blank_through_the_first_block_takes_the_type_of_its_values
     assert [batch.frame["promo"].dtype for batch in batches][-1] == dtype
 
 
+@pytest.mark.parametrize("first_decimal", [20_000, 299_990], ids=["first_block", "later"])
+def test_a_semicolon_csv_whose_decimal_commas_come_late_reads_them_as_numbers(
+    first_decimal, tmp_path
+) -> None:
+    # The decimal mark was decided by the first 64 kB alone: amounts that were whole numbers
+    # there read with a decimal point, and the first 2,5 past them made the column text (a
+    # category of every amount) within pyarrow's first 1 MB block, or was refused past it.
+    rows = 300_000
+    amounts = [str(i % 7) for i in range(rows)]
+    amounts[first_decimal:] = [f"{i % 7},5" for i in range(first_decimal, rows)]
+    path = tmp_path / "t.csv"
+    pd.DataFrame({"amount": amounts, "items": 3}).to_csv(path, index=False, sep=";")
+    assert path.stat().st_size > 1 << 20
+    for read in (read_table(path), pd.concat(b.frame for b in iter_table_batches(path))):
+        assert read["amount"].dtype == "float64"
+        assert read["amount"].iloc[[first_decimal - 1, -1]].tolist() == [
+            (first_decimal - 1) % 7,
+            (rows - 1) % 7 + 0.5,
+        ]
+
+
 def test_a_listed_categorical_keeps_zero_padded_numbers_numeric_with_their_blanks(
     tmp_path, tracking_uri
 ) -> None:
