@@ -7,7 +7,7 @@ written to a temporary file and renamed into place only once every row has score
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,12 +88,11 @@ def scored_batches(
     from tqdm import tqdm
 
     from anomaly_vae.data.preprocessing import check_category_values, holds_a_value
-    from anomaly_vae.data.tables import count_rows, iter_table_batches
+    from anomaly_vae.data.tables import count_rows
     from anomaly_vae.terminal import stderr_is_terminal
 
     ids = detector.roles.id_columns
     features = set(detector.feature_names)
-    text_columns = {*ids, *detector.preprocessor.text_columns}
     empty = detector.preprocessor.never_missing  # those not yet seen to hold a value
 
     def echoed(name: str) -> bool:
@@ -101,12 +100,7 @@ def scored_batches(
 
     bar = stderr_is_terminal()
     with tqdm(total=count_rows(input_path), unit="rows", disable=not bar, leave=False) as progress:
-        batches = iter_table_batches(
-            input_path,
-            batch_rows(len(detector.feature_names)),
-            text_columns,
-            echoed if echo_exactly else None,
-        )
+        batches = table_batches(detector, input_path, echoed if echo_exactly else None)
         for batch in _prefetched(batches):
             scored = detector.score_frame(
                 batch.frame,
@@ -121,6 +115,20 @@ def scored_batches(
             empty = [c for c in empty if not holds_a_value(batch.frame[c])]
             yield batch, scored
     check_category_values(empty, str(input_path))
+
+
+def table_batches(
+    detector,  # noqa: ANN001 - a table's detector
+    input_path: str | Path,
+    echoed: Callable[[str], bool] | None = None,
+) -> Iterator[TableBatch]:
+    """The input's batches as scoring reads them: the ids and the columns the model holds as
+    text read from a CSV as text, `echoed` in their Arrow types (`iter_table_batches`)."""
+    from anomaly_vae.data.tables import iter_table_batches
+
+    text_columns = {*detector.roles.id_columns, *detector.preprocessor.text_columns}
+    rows = batch_rows(len(detector.feature_names))
+    return iter_table_batches(input_path, rows, text_columns, echoed)
 
 
 def _prefetched(batches: Iterator[TableBatch]) -> Iterator[TableBatch]:

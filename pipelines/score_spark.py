@@ -206,7 +206,7 @@ def score_with_spark(
             check_category_values(empty_categories(), source)
             staging.rename(output)
     except PythonException as exc:
-        raise InputError(f"{source}: a Spark task failed: {_task_error(exc)}") from None
+        raise InputError(_failed_task(exc, detector, Path(input_path))) from None
     except Py4JJavaError as exc:
         # Spark's own failures, such as parts that store a column with different types, came
         # as a Python traceback around the Java one.
@@ -371,6 +371,29 @@ def _java_error(exc: Exception) -> str:
     java = getattr(exc, "java_exception", None)
     text = first_line(Exception(str(java))) if java is not None else first_line(exc)
     return text.split(": ", 1)[-1] if text.startswith(("org.", "java.")) else text
+
+
+# The row a task's error names, which is the row within the Arrow batch the task scored.
+_BATCH_ROW = re.compile(r"\brow \d+:")
+
+
+def _failed_task(exc: Exception, detector, input_path: Path) -> str:  # noqa: ANN001
+    """The line for a failed Spark task. A bad value's row was the row within the task's
+    batch of rows ("row 8" of a part's 900th row), which no one could find in the file: the
+    input is checked here as `anomaly-vae score` reads it, which names the file (or part) and
+    the row in it. Costs a pass over the rows up to the first bad one, only when a task failed
+    on a row; where that pass finds none, the row is said to be the batch's."""
+    from pipelines.score import table_batches
+
+    error = _task_error(exc)
+    if not _BATCH_ROW.search(error):
+        return f"{input_path}: a Spark task failed: {error}"
+    try:
+        for batch in table_batches(detector, input_path):
+            detector.preprocessor.check(batch.frame, batch.source, batch.first_row)
+    except InputError as local:
+        return str(local)
+    return f"{input_path}: a Spark task failed: {error} (a row of the task's batch, not the file's)"
 
 
 def _task_error(exc: Exception) -> str:

@@ -30,6 +30,14 @@ def stop_spark() -> Iterator[None]:
         session.stop()
 
 
+def parts_folder(folder: Path, *parts: pd.DataFrame) -> Path:
+    """A new folder of Parquet parts part-0, part-1, ... holding `parts` in order."""
+    folder.mkdir()
+    for i, part in enumerate(parts):
+        part.to_parquet(folder / f"part-{i}.parquet")
+    return folder
+
+
 def test_spark_writes_parquet_parts_equal_to_the_single_process_scores(
     breast_cancer_model: tuple[str, str], breast_cancer_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
@@ -101,16 +109,34 @@ def test_spark_refuses_bad_input_in_one_line_without_leaving_output(
         )
 
 
+def test_spark_names_a_bad_rows_part_and_row_as_the_local_engine_does(
+    breast_cancer_model: tuple[str, str], breast_cancer_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    # A failed task named the row within its Arrow batch ("request: ..., row 2"), which no one
+    # could find in a folder of parts.
+    model_uri, tracking = breast_cancer_model
+    frame = pd.read_parquet(breast_cancer_files[1]).drop(columns="label")
+    later = frame.iloc[40:].reset_index(drop=True)
+    later.loc[24, "worst radius"] = np.nan
+    folder = parts_folder(tmp_path / "table", frame.iloc[:40], later)
+    output = tmp_path / "scored"
+    common = ("--tracking-uri", tracking)
+    result = run_cli("score", model_uri, folder, "-o", output, "--engine", "spark", *common)
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: {folder / 'part-1.parquet'}: column 'worst radius', row 25: missing value, "
+        "and the training data had none in this column"
+    )
+    assert not output.exists()
+
+
 def test_spark_keeps_a_folders_order_and_refuses_what_the_local_engine_refuses(
     breast_cancer_model: tuple[str, str], breast_cancer_files: tuple[Path, Path], tmp_path: Path
 ) -> None:
     model_uri, tracking = breast_cancer_model
     frame = pd.read_parquet(breast_cancer_files[1]).drop(columns="label")
-    folder = tmp_path / "table"
-    folder.mkdir()
     # Spark packs the larger part first: its output began with part-1's rows.
-    frame.iloc[:10].to_parquet(folder / "part-0.parquet")
-    frame.iloc[10:].to_parquet(folder / "part-1.parquet")
+    folder = parts_folder(tmp_path / "table", frame.iloc[:10], frame.iloc[10:])
     local, spark = tmp_path / "local.parquet", tmp_path / "spark.parquet"
     common = ("--tracking-uri", tracking)
     assert run_cli("score", model_uri, folder, "-o", local, *common).exit_code == 0
@@ -123,10 +149,9 @@ def test_spark_keeps_a_folders_order_and_refuses_what_the_local_engine_refuses(
     empty = tmp_path / "empty.parquet"
     frame.head(0).to_parquet(empty)
     inside = folder / "scored"
-    mixed = tmp_path / "mixed"
-    mixed.mkdir()
-    frame.iloc[:10].to_parquet(mixed / "part-0.parquet")
-    frame.iloc[10:].astype({"mean area": str}).to_parquet(mixed / "part-1.parquet")
+    mixed = parts_folder(
+        tmp_path / "mixed", frame.iloc[:10], frame.iloc[10:].astype({"mean area": str})
+    )
     for path, output, message in [
         (empty, tmp_path / "empty_scored", f"{empty}: the file holds no rows"),
         (folder, inside, f"{inside}: the output would be written inside the input folder"),
