@@ -131,9 +131,11 @@ def signature_example(frame: pd.DataFrame, number_columns: Sequence[str]) -> pd.
     string, then refused the category example, and the trained run ended in a traceback.
     Columns of types MLflow cannot declare hold text (`_untyped_by_mlflow`). An integer column
     with a missing value, read in its Arrow type where pandas' float64 would lose digits
-    (`anomaly_vae.data.tables._inexact_as_float`), is declared a double as pandas reads it: as
-    a long, MLflow refused every missing value in it. Rows with a missing value MLflow cannot
-    check come last (`_checkable_first`).
+    (`anomaly_vae.data.tables._inexact_as_float`), is declared text: as a long, MLflow refused
+    every missing value in it, and as a double (pandas' type for it) it lost those digits in
+    a request or a Spark batch, where codes 9007199254740992 and ...993 scored as one. As text
+    they come exactly, and Spark casts its longs to that text. Rows with a missing value
+    MLflow cannot check come last (`_checkable_first`).
     """
     example = _checkable_first(frame, EXAMPLE_ROWS)
     categories = [c for c in example.columns if isinstance(example[c].dtype, pd.CategoricalDtype)]
@@ -142,7 +144,7 @@ def signature_example(frame: pd.DataFrame, number_columns: Sequence[str]) -> pd.
             **{c: object for c in categories},
             **{c: str for c in example.columns if _untyped_by_mlflow(example[c].dtype)},
             **dict.fromkeys(number_columns, "float64"),
-            **{c: "float64" for c in example.columns if _arrow_integer(example[c].dtype)},
+            **{c: "string" for c in example.columns if _arrow_integer(example[c].dtype)},
         }
     )
 

@@ -220,6 +220,36 @@ def test_spark_scores_integer_codes_with_a_model_trained_on_their_csv_text(
     )
 
 
+def test_spark_scores_integer_codes_beyond_2_53_beside_a_null_exactly(
+    tmp_path: Path, tracking_uri: str
+) -> None:
+    # Declared doubles, Spark cast the codes to floats: 9007199254740993 read as ...992,
+    # another code, and scored as that one. Declared text, Spark casts them exactly.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from conftest import train_cli
+
+    low = 2**53
+    codes = pa.array([None if i % 10 == 0 else low + i % 2 for i in range(300)], pa.int64())
+    amounts = pa.array([1.0 + i % 7 for i in range(300)])
+    pq.write_table(pa.table({"code": codes, "amount": amounts}), tmp_path / "train.parquet")
+    config = tmp_path / "codes.yaml"
+    config.write_text(f"data:\n  path: {tmp_path / 'train.parquet'}\n  categorical: [code]\n")
+    model_uri = train_cli(config, "--set", "training.epochs=2")
+    day = pa.table({"code": pa.array([low, low + 1, None], pa.int64()), "amount": [1.0] * 3})
+    pq.write_table(day, tmp_path / "day.parquet")
+    scores = {}
+    for engine in ("local", "spark"):
+        out = tmp_path / f"{engine}.parquet"
+        result = run_cli(
+            "score", model_uri, tmp_path / "day.parquet", "-o", out, "--engine", engine
+        )
+        assert result.exit_code == 0, result.output
+        scores[engine] = pd.read_parquet(out)["score"].tolist()
+    assert scores["spark"] == pytest.approx(scores["local"], rel=1e-6)
+    assert scores["spark"][0] != pytest.approx(scores["spark"][1], rel=1e-6)
+
+
 def test_spark_refuses_a_category_missing_on_every_row_as_the_local_engine_does(
     tmp_path: Path, tracking_uri: str
 ) -> None:

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from anomaly_vae.data.schema import FLOAT_EXACT
 from anomaly_vae.errors import InputError
 
 # Robust units beyond which scaling turns logarithmic. At 3, ordinary but wide anomalies were
@@ -788,6 +789,7 @@ def _category_codes(
     Typed dates are refused before encoding, dates as text once none found a category; both
     fall through to the one error, so the two kinds read alike."""
     if not _is_time_dtype(series.dtype):
+        _reject_inexact_codes(series, column.name, source, row_offset)
         try:
             codes = column.codes(series)
         except TypeError:
@@ -796,6 +798,25 @@ def _category_codes(
         if codes.all() or not _unmatched_dates(column, series, codes):
             return codes
     raise InputError(f"{source}: column '{column.name}' holds dates or times, not categories")
+
+
+def _reject_inexact_codes(series: pd.Series, name: str, source: str, row_offset: int) -> None:
+    """Refuse a whole number beyond 2^53 among a category's floats: the code it was may not be
+    the one it reads as. pandas holds integers beside a missing value as floats (a JSON
+    request, a Spark task's batch), where merchant 9007199254740993 arrives as ...992, another
+    merchant's code, and scored as that one without a word. A Parquet file's are read exactly.
+    """
+    if not pd.api.types.is_float_dtype(series.dtype):
+        return
+    values = series.to_numpy(dtype=np.float64, na_value=np.nan)
+    beyond = np.flatnonzero(np.abs(values) >= FLOAT_EXACT)
+    if len(beyond):
+        row = int(beyond[0])
+        raise InputError(
+            f"{source}: column '{name}', row {row_offset + row + 1}: the code {values[row]:.0f} "
+            "came as a floating-point number, which beyond 2^53 may hold another code: send "
+            "the codes as text, or as integers without missing values"
+        )
 
 
 def _learnt_missing(column: CategoricalColumn) -> bool:

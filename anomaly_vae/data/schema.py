@@ -14,6 +14,9 @@ from anomaly_vae.errors import InputError
 # The columns scoring adds to the input's (an image model's have no `top_features`).
 OUTPUT_COLUMNS = ("recon_score", "kl_score", "score", "is_anomaly", "probability", "top_features")
 
+# float64 holds every integer up to 2^53 exactly, and not every one beyond it.
+FLOAT_EXACT = 2**53
+
 _TRUE_STRINGS = {"1", "true", "yes", "anomaly", "anomalous"}
 _FALSE_STRINGS = {"0", "false", "no", "normal"}
 

@@ -33,7 +33,7 @@ from anomaly_vae.data.files import (
     refuse_broken_links,
     refuse_repeated_files,
 )
-from anomaly_vae.data.schema import check_columns
+from anomaly_vae.data.schema import FLOAT_EXACT, check_columns
 from anomaly_vae.errors import InputError, first_line
 
 READ_BUFFER_BYTES = 1 << 20
@@ -42,8 +42,6 @@ PARQUET_SUFFIXES = {suffix for suffix, fmt in TABLE_FORMATS.items() if fmt == "p
 # Exports are often shipped compressed (transactions.csv.gz): pyarrow decompresses on reading,
 # and compresses on writing, by these extensions; Parquet compresses inside the file.
 CSV_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
-# float64 holds every integer up to 2^53 exactly, and not every one beyond it.
-_FLOAT_EXACT = 2**53
 # A CSV's parse options, decimal mark and the column types of its first block (`_csv_schema`).
 _CsvLayout = tuple[pacsv.ParseOptions, str, pa.Schema]
 
@@ -313,7 +311,7 @@ def _inexact_as_float(column: pa.Array) -> bool:
         return False
     extremes = pc.min_max(column)
     low, high = extremes["min"].as_py(), extremes["max"].as_py()
-    return high is not None and max(-low, high) > _FLOAT_EXACT  # None: nulls only
+    return high is not None and max(-low, high) > FLOAT_EXACT  # None: nulls only
 
 
 def _index_as_columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
