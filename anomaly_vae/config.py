@@ -200,7 +200,9 @@ class TrainerConfig(_Section):
     """Passed through to `lightning.Trainer` for multi-device or mixed-precision training."""
 
     accelerator: str = "cpu"
-    devices: int | str = 1
+    # Lightning also takes the ids of the devices to use: `devices: [0, 1]` was refused as
+    # "Input should be a valid integer".
+    devices: int | str | list[int] = 1
     strategy: str = "auto"
     # Lightning takes 16, 32 and 64 as numbers too: `precision: 16` was refused as "Input
     # should be a valid string".

@@ -207,3 +207,13 @@ def test_a_file_name_that_cannot_name_the_model_is_blamed_on_the_file_name(
     )
     assert load_config(path, ["mlflow.registered_model=fraud"]).name == "fraud@v2"
     assert load_config(path, ["name=fraud"]).name == "fraud"
+
+
+def test_a_list_of_device_ids_is_taken(tmp_path: Path) -> None:
+    # Lightning's `devices=[0, 1]` picks those devices: it was refused as "Input should be a
+    # valid integer".
+    path = _write(tmp_path, "data: {path: t.parquet}\ntraining:\n  trainer: {devices: [0, 1]}\n")
+    assert load_config(path).training.trainer.devices == [0, 1]
+    assert load_config(path, ["training.trainer.devices=[1]"]).training.trainer.devices == [1]
+    with pytest.raises(InputError, match="'training.trainer.devices"):
+        load_config(path, ["training.trainer.devices=[gpu0]"])
