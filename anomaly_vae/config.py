@@ -53,6 +53,17 @@ def _is_section(model: type[BaseModel], key: Any) -> bool:
     return isinstance(annotation, type) and issubclass(annotation, _Section)
 
 
+def _as_text(value: Any) -> Any:
+    """A number given where a key takes text (a column, folder or model name, a path) is the
+    text it was written as: YAML reads `label: 1` or `registered_model: 2024` as a number,
+    refused as "Input should be a valid string"; the loader keeps `007` as written."""
+    if isinstance(value, list):
+        return [_as_text(item) for item in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return getattr(value, "written", str(value))
+    return value
+
+
 class DataConfig(_Section):
     path: str
     kind: Literal["auto", "table", "image"] = Field(
@@ -73,6 +84,10 @@ class DataConfig(_Section):
     )
     drop: list[str] = []
 
+    _text = field_validator("path", "label", "id_columns", "categorical", "drop", mode="before")(
+        _as_text
+    )
+
     @field_validator("id_columns", "categorical", "drop")
     @classmethod
     def _no_repeated_names(cls, names: list[str] | None) -> list[str] | None:
@@ -88,7 +103,7 @@ class DataConfig(_Section):
     def _label_value_as_text(cls, value: Any) -> Any:
         """`anomaly_value: 2` is a number in YAML; labels are compared with it as numbers or
         as text (`anomaly_vae.data.schema.anomaly_labels`), so it is kept as text."""
-        return str(value) if isinstance(value, (bool, int, float)) else value
+        return str(value) if isinstance(value, bool) else _as_text(value)
 
 
 # The likelihoods each kind of model can be built with.
@@ -180,6 +195,8 @@ class ImageConfig(_Section):
         description="Nats the recon score subtracts per bit of the image's zlib-compressed "
         "pixels (its input complexity); 0 scores the reconstruction alone.",
     )
+
+    _text = field_validator("normal", "labels_csv", mode="before")(_as_text)
 
     @field_validator("mask_rule")
     @classmethod
@@ -296,6 +313,7 @@ class MlflowConfig(_Section):
     experiment: str | None = None
     registered_model: str | None = None
 
+    _text = field_validator("experiment", "registered_model", mode="before")(_as_text)
     _valid_name = field_validator("registered_model")(_model_name)
 
 
@@ -308,6 +326,8 @@ class Config(_Section):
     scoring: ScoringConfig = ScoringConfig()
     mlflow: MlflowConfig = MlflowConfig()
     name: str | None = Field(default=None, description="Default experiment and model name.")
+
+    _text = field_validator("name", mode="before")(_as_text)
 
     @field_validator("name")
     @classmethod
@@ -400,13 +420,36 @@ _Yaml12Booleans.add_implicit_resolver(
 )
 
 
+class _WrittenInt(int):
+    """An integer that keeps the text it was written as, for a key that takes text (`_as_text`).
+
+    Number keys lose nothing: pydantic makes it a plain int."""
+
+    written: str
+
+
+class _WrittenFloat(float):
+    """A float that keeps the text it was written as (`_WrittenInt`)."""
+
+    written: str
+
+
 def _yaml12_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
     """A YAML 1.2 integer: decimal whatever its leading zeros, or 0o octal, or 0x hex."""
     text = loader.construct_scalar(node)
-    return int(text, 0) if text.startswith(("0o", "0x")) else int(text)
+    number = _WrittenInt(int(text, 0) if text.startswith(("0o", "0x")) else int(text))
+    number.written = text
+    return number
+
+
+def _written_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> float:
+    number = _WrittenFloat(loader.construct_yaml_float(node))
+    number.written = loader.construct_scalar(node)
+    return number
 
 
 _Yaml12Booleans.add_constructor("tag:yaml.org,2002:int", _yaml12_int)
+_Yaml12Booleans.add_constructor("tag:yaml.org,2002:float", _written_float)
 
 
 def read_yaml(text: str) -> Any:

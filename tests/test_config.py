@@ -217,3 +217,25 @@ def test_a_list_of_device_ids_is_taken(tmp_path: Path) -> None:
     assert load_config(path, ["training.trainer.devices=[1]"]).training.trainer.devices == [1]
     with pytest.raises(InputError, match="'training.trainer.devices"):
         load_config(path, ["training.trainer.devices=[gpu0]"])
+
+
+def test_a_number_given_as_a_name_is_the_text_it_was_written_as(tmp_path: Path) -> None:
+    # YAML reads them as numbers, and each was refused as "Input should be a valid string".
+    text = (
+        "data: {path: 2024, label: 1, id_columns: [007], drop: [1.50], categorical: [0x1F]}\n"
+        "image: {normal: [0], labels_csv: 12}\n"
+        "mlflow: {experiment: 2024, registered_model: 0042}\n"
+        "name: 3\n"
+    )
+    config = load_config(_write(tmp_path, text))
+    assert (config.data.path, config.data.label) == ("2024", "1")
+    assert (config.data.id_columns, config.data.drop) == (["007"], ["1.50"])
+    assert config.data.categorical == ["0x1F"]
+    assert (config.image.normal, config.image.labels_csv) == (["0"], "12")
+    assert (config.mlflow.experiment, config.mlflow.registered_model) == ("2024", "0042")
+    assert config.name == "3"
+    assert load_config(_write(tmp_path, text), ["name=010"]).name == "010"
+    # Number keys still read numbers, and a boolean is no name.
+    assert load_config(_write(tmp_path, text), ["training.epochs=010"]).training.epochs == 10
+    with pytest.raises(InputError, match="'data.label': Input should be a valid string"):
+        load_config(_write(tmp_path, text), ["data.label=true"])
