@@ -8,6 +8,7 @@ applied before validation so they get the same checks.
 
 from __future__ import annotations
 
+import os
 import re
 import string
 from collections.abc import Hashable, Sequence
@@ -64,6 +65,12 @@ def _as_text(value: Any) -> Any:
     return value
 
 
+def _expand_user(path: str | None) -> str | None:
+    """A path with `~` for the home folder, as a shell reads it: `path: ~/data/fraud.parquet`
+    was looked for in a folder named `~` in the working directory."""
+    return path and os.path.expanduser(path)
+
+
 class DataConfig(_Section):
     path: str
     kind: Literal["auto", "table", "image"] = Field(
@@ -87,6 +94,7 @@ class DataConfig(_Section):
     _text = field_validator("path", "label", "id_columns", "categorical", "drop", mode="before")(
         _as_text
     )
+    _home = field_validator("path")(_expand_user)
 
     @field_validator("id_columns", "categorical", "drop")
     @classmethod
@@ -197,6 +205,7 @@ class ImageConfig(_Section):
     )
 
     _text = field_validator("normal", "labels_csv", mode="before")(_as_text)
+    _home = field_validator("labels_csv")(_expand_user)
 
     @field_validator("mask_rule")
     @classmethod

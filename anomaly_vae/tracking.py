@@ -862,7 +862,7 @@ def _version_hint(model_uri: str) -> str:
 
 
 def _local_detector_dir(model_uri: str) -> Path:
-    path = Path(model_uri)
+    path = Path(model_uri).expanduser()
     if not path.exists():
         raise InputError(f"model '{model_uri}': no such directory or models:/, runs:/ URI")
     return _detector_in(path, model_uri)

@@ -6,11 +6,21 @@ Heavy libraries are imported inside the commands, so `anomaly-vae --help` is ins
 from __future__ import annotations
 
 import functools
+import os
 import signal
 from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
+
+
+class UserPath(click.Path):
+    """A path whose `~` is expanded: a shell leaves it as typed in quotes or after `=`
+    (`--output=~/scored.csv`), and a config named `~/fraud.yaml` was "not found"."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        return super().convert(os.path.expanduser(value), param, ctx)
+
 
 tracking_option = click.option(
     "--tracking-uri",
@@ -124,7 +134,7 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False))
+@click.argument("config_path", metavar="CONFIG", type=UserPath(dir_okay=False))
 @click.option(
     "--set",
     "overrides",
@@ -147,7 +157,7 @@ def train(config_path: str, overrides: tuple[str, ...], tracking_uri: str | None
 
 @main.command()
 @click.argument("model_uri", metavar="MODEL")
-@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.argument("input_path", metavar="INPUT", type=UserPath())
 @click.option(
     "-o",
     "--output",
@@ -155,7 +165,7 @@ def train(config_path: str, overrides: tuple[str, ...], tracking_uri: str | None
     required=True,
     # No dir_okay=False: an existing folder is for the engine to refuse in its own line
     # (Spark writes a folder); click's usage error said only "is a directory".
-    type=click.Path(),
+    type=UserPath(),
     help="Output CSV (.csv, or compressed: .csv.gz, .csv.bz2, .csv.zst) or Parquet file (with --engine spark: a new folder of Parquet parts).",
 )
 @click.option(
@@ -174,7 +184,7 @@ def train(config_path: str, overrides: tuple[str, ...], tracking_uri: str | None
 @click.option(
     "--maps",
     "maps_dir",
-    type=click.Path(file_okay=False),
+    type=UserPath(file_okay=False),
     help="Images: write a heatmap overlay PNG per image into this new folder.",
 )
 @tracking_option
@@ -231,7 +241,7 @@ def serve(model_uri: str, host: str, port: int, tracking_uri: str | None) -> Non
 
 @main.command()
 @click.argument("model_uri", metavar="MODEL")
-@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.argument("input_path", metavar="INPUT", type=UserPath())
 @click.option("--label", help="Label column [default: the one the model was trained with].")
 @click.option(
     "--allow-extra-columns", is_flag=True, help="Ignore input columns the model does not know."
@@ -240,13 +250,14 @@ def serve(model_uri: str, host: str, port: int, tracking_uri: str | None) -> Non
     "-o",
     "--output",
     "report_path",
-    type=click.Path(dir_okay=False),
+    type=UserPath(dir_okay=False),
     help="Write a self-contained HTML report here.",
 )
 @cost_options
 @click.option(
     "--label-from",
     metavar="folder|CSV",
+    type=UserPath(),
     help="Images: labels from folder names (or an IDX labels file) or a path,label CSV [default: the model's config].",
 )
 @click.option(
@@ -298,7 +309,7 @@ def evaluate(
 
 @main.command()
 @click.argument("model_uri", metavar="MODEL")
-@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.argument("input_path", metavar="INPUT", type=UserPath())
 @click.option(
     "--strategy",
     default="auto",

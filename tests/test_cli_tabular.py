@@ -401,6 +401,28 @@ def test_every_model_uri_form_gives_the_same_scores(
     assert np.allclose(pyfunc.predict(frame)["score"].to_numpy(), scores[0])
 
 
+def test_paths_on_the_command_line_expand_the_home_folder(
+    breast_cancer_model, breast_cancer_files, tmp_path, monkeypatch
+) -> None:
+    """A shell leaves `~` as typed in quotes or after `=`: the model folder, the input, the
+    output and a config named so were looked for in a folder named `~`."""
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    mlflow.set_tracking_uri(tracking)
+    mlflow.artifacts.download_artifacts(model_uri, dst_path=str(tmp_path / "local"))
+    shutil.copy(test, tmp_path / "test.parquet")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    result = run_cli(
+        "score", "~/local", "~/test.parquet", "--output=~/out.csv", "--allow-extra-columns"
+    )
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(tmp_path / "out.csv")) == len(pd.read_parquet(test))
+    (tmp_path / "c.yaml").write_text("data: {path: t.parquet, lable: y}\n")
+    result = run_cli("train", "~/c.yaml")
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'c.yaml'}: unknown key 'data.lable'" in result.stderr
+
+
 def test_a_fresh_process_scores_while_a_second_one_looks_the_model_up(
     breast_cancer_model, breast_cancer_files, tmp_path
 ) -> None:

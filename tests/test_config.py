@@ -239,3 +239,15 @@ def test_a_number_given_as_a_name_is_the_text_it_was_written_as(tmp_path: Path) 
     assert load_config(_write(tmp_path, text), ["training.epochs=010"]).training.epochs == 10
     with pytest.raises(InputError, match="'data.label': Input should be a valid string"):
         load_config(_write(tmp_path, text), ["data.label=true"])
+
+
+def test_a_path_in_the_config_expands_the_home_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `path: ~/t.parquet` was looked for in a folder named `~` in the working directory.
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = _write(tmp_path, "data: {path: ~/t.parquet}\nimage: {labels_csv: ~/labels.csv}\n")
+    config = load_config(path)
+    assert config.data.path == str(tmp_path / "t.parquet")
+    assert config.image.labels_csv == str(tmp_path / "labels.csv")
+    assert load_config(path, ["data.path=~/u.csv"]).data.path == str(tmp_path / "u.csv")
