@@ -8,6 +8,8 @@ data without retraining:
 - `precision>=P`: the lowest threshold whose precision reaches P (best recall at it);
 - `fpr<=F`: flags at most a fraction F of normal validation rows (normals suffice);
 - `quantile=Q`: flags at most a fraction 1 - Q of all rows, an alert budget (no labels needed);
+  F and Q lie strictly between 0 and 1, where R and P may be 1 (every anomaly caught, no
+  false alarm): a budget of 0 or 1 flags no row or every row, whatever the model;
 - `estimated-f1`: the threshold of highest F1 estimated on unlabelled rows, against the scores
   of the normal validation rows the detector keeps (`NormalScores`);
 - `cost` with the cost of a missed anomaly and of a false alarm: the threshold of least
@@ -181,12 +183,19 @@ def parse_strategy(strategy: str) -> tuple[str, float | None]:
     if strategy in ("f1", "cost", ESTIMATED_F1):
         return strategy, None
     match = _BOUND.match(strategy)
-    if match and 0 < float(match.group(2)) <= 1:
+    if match and _within_range(match.group(1), float(match.group(2))):
         return match.group(1), float(match.group(2))
     raise InputError(
-        f"calibration strategy '{strategy}': expected f1, recall>=R, precision>=P, fpr<=F, "
-        f"quantile=Q with R, P, F, Q in (0, 1], cost or {ESTIMATED_F1}"
+        f"calibration strategy '{strategy}': expected f1, recall>=R or precision>=P with R, P "
+        "in (0, 1], fpr<=F or quantile=Q with F, Q in (0, 1) (a 1% budget is fpr<=0.01), "
+        f"cost or {ESTIMATED_F1}"
     )
+
+
+def _within_range(kind: str, bound: float) -> bool:
+    """`fpr<=1` put the threshold at the lowest normal score, flagging every row (a user
+    more likely meant 1%), and `quantile=1` above the highest, flagging none."""
+    return 0 < bound < 1 if kind in ("fpr<=", "quantile=") else 0 < bound <= 1
 
 
 def check_strategy(strategy: str, costs: Costs | None = None) -> tuple[str, float | None]:

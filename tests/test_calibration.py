@@ -93,7 +93,7 @@ def test_a_threshold_above_every_score_keeps_clear_of_the_highest(scores) -> Non
     assert chosen.metrics["alert_rate"] == 0.0
 
 
-@pytest.mark.parametrize("strategy", ["fpr<=0.001", "quantile=1", "recall>=1"])
+@pytest.mark.parametrize("strategy", ["fpr<=0.001", "quantile=0.999", "recall>=1"])
 def test_float_noise_does_not_flip_the_outermost_row_when_all_or_none_are_flagged(
     strategy: str,
 ) -> None:
@@ -135,6 +135,20 @@ def test_the_estimated_f1_threshold_clears_the_row_it_was_chosen_at() -> None:
 def test_unknown_strategies_are_rejected(bad: str) -> None:
     with pytest.raises(InputError, match="calibration strategy"):
         parse_strategy(bad)
+
+
+@pytest.mark.parametrize("budget", ["fpr<=1", "fpr<=0", "quantile=1", "quantile=1.0", "fpr<=0.0"])
+def test_a_budget_of_none_or_every_row_is_refused(budget: str) -> None:
+    # `fpr<=1` flagged every normal validation row and `quantile=1` none, whatever the scores.
+    with pytest.raises(InputError) as refused:
+        parse_strategy(budget)
+    assert str(refused.value).startswith(f"calibration strategy '{budget}': expected f1, ")
+    assert "fpr<=F or quantile=Q with F, Q in (0, 1) (a 1% budget is fpr<=0.01)" in str(
+        refused.value
+    )
+    # Every anomaly caught, or no false alarm, are bounds a model can meet.
+    assert parse_strategy("recall>=1") == ("recall>=", 1.0)
+    assert parse_strategy("precision>=1") == ("precision>=", 1.0)
 
 
 def test_label_strategies_need_both_classes(scored) -> None:
