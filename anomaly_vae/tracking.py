@@ -658,27 +658,43 @@ def log_detector(
     return registration
 
 
-def champion_kind(name: str) -> str | None:
-    """The kind of detector ('tabular' or 'image') that registered model `name`'s `champion`
-    holds, read from its detector.json, a file of a few kilobytes; None where there is no such
-    model or alias, or the version holds no anomaly-vae detector (registered by other means)."""
+def registered_kind(name: str) -> tuple[str, str] | None:
+    """The kind of detector ('tabular' or 'image') that registered model `name` holds, and the
+    URI of the version that told: its `champion`, else its latest version. A model whose
+    versions were all registered unpromoted (`calibrate` without --promote), or whose alias was
+    removed, was taken for a new one, and a model of the other kind became its next version.
+
+    Read from the version's detector.json, a file of a few kilobytes; None where there is no
+    such model or version, or it holds no anomaly-vae detector (registered by other means)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     from anomaly_vae.detector import ARTIFACT_FILE
 
+    client = mlflow.MlflowClient()
     try:
-        version = mlflow.MlflowClient().get_model_version_by_alias(name, CHAMPION_ALIAS)
+        try:
+            version = client.get_model_version_by_alias(name, CHAMPION_ALIAS).version
+            uri = f"models:/{name}@{CHAMPION_ALIAS}"
+        except MlflowException:
+            latest = client.search_model_versions(
+                f"name = '{name}'", max_results=1, order_by=["version_number DESC"]
+            )
+            if not latest:
+                return None
+            version = latest[0].version
+            uri = f"models:/{name}/{version}"
         with tempfile.TemporaryDirectory() as tmp:
             path = mlflow.artifacts.download_artifacts(
-                artifact_uri=f"models:/{name}/{version.version}/artifacts/{DETECTOR_ARTIFACT}/"
+                artifact_uri=f"models:/{name}/{version}/artifacts/{DETECTOR_ARTIFACT}/"
                 f"{ARTIFACT_FILE}",
                 dst_path=tmp,
             )
             state = json.loads(Path(path).read_text())
     except (MlflowException, OSError, ValueError):
         return None
-    return state.get("kind") if isinstance(state, dict) else None
+    kind = state.get("kind") if isinstance(state, dict) else None
+    return (kind, uri) if isinstance(kind, str) else None
 
 
 @dataclass(frozen=True)

@@ -131,19 +131,20 @@ _DATA_OF_KIND = {"tabular": "a table", "image": "images"}
 
 
 def refuse_another_kind(config: Config, kind: str) -> None:
-    """Refuse to train a `kind` detector for a registered model whose champion is of the other
-    kind: the new version took `champion`, and every scoring job on it then failed (an image
-    model given tables, or the reverse). The line names the key that named the model."""
-    from anomaly_vae.tracking import CHAMPION_ALIAS, champion_kind
+    """Refuse to train a `kind` detector for a registered model of the other kind: the new
+    version took `champion`, and every scoring job on it then failed (an image model given
+    tables, or the reverse). The line names the key that named the model, and the version
+    whose kind it read (`registered_kind`)."""
+    from anomaly_vae.tracking import registered_kind
 
     name = registered_name(config)
-    held = champion_kind(name)
-    if held is not None and held != kind:
+    held = registered_kind(name)
+    if held is not None and held[0] != kind:
         key = "mlflow.registered_model" if config.mlflow.registered_model else "name"
         raise InputError(
-            f"{key}: '{name}' holds {held} models (models:/{name}@"
-            f"{CHAMPION_ALIAS}), and this config trains on {_DATA_OF_KIND[kind]}: register it "
-            "under another name (--set mlflow.registered_model=...)"
+            f"{key}: '{name}' holds {held[0]} models ({held[1]}), and this config trains on "
+            f"{_DATA_OF_KIND[kind]}: register it under another name "
+            "(--set mlflow.registered_model=...)"
         )
 
 

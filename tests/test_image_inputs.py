@@ -674,6 +674,19 @@ def test_train_refuses_a_registered_model_whose_champion_is_of_the_other_kind(
     by_name = run_cli("train", config, "--set", f"data.path={data}", "--set", f"name={name}",
                       "--tracking-uri", f"sqlite:///{store}")  # fmt: skip
     assert by_name.exit_code == 1 and by_name.stderr.startswith(f"Error: name: '{name}' holds ")
+    # With no version holding champion (its alias removed), the latest version's kind counts.
+    latest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
+    client.delete_registered_model_alias(name, "champion")
+    result = run_cli(
+        "train", config, "--set", f"data.path={data}", "--set", f"mlflow.registered_model={name}",
+        "--set", "training.epochs=2", "--tracking-uri", f"sqlite:///{store}",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.startswith(
+        f"Error: mlflow.registered_model: '{name}' holds {held} models (models:/{name}/{latest}), "
+        f"and this config trains on {trains}: "
+    )
+    assert len(client.search_model_versions(f"name = '{name}'")) == versions
 
 
 def _run_count(client: mlflow.MlflowClient) -> int:
