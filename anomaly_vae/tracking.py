@@ -625,6 +625,8 @@ def log_detector(
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema
 
+    from anomaly_vae.detector import ARTIFACT_FILE
+
     with warnings.catch_warnings():
         # MLflow's hint that integer columns cannot hold missing values: features are declared
         # doubles (pipelines.train), which leaves the id columns, and those are never missing.
@@ -649,13 +651,32 @@ def log_detector(
     # A version without its tag, or without the alias asked for, would be a half-done command:
     # a signal from here on waits for the command to finish and report the version.
     hold_interruptions()
-    registration = Registration(registered_model, _new_version(registered_model, info), promote)
+    description = version_description(json.loads((detector_dir / ARTIFACT_FILE).read_text()))
+    version = _new_version(registered_model, info, description)
+    registration = Registration(registered_model, version, promote)
     mlflow.set_tag("registered_model_version", registration.label)
     if promote:
         mlflow.MlflowClient().set_registered_model_alias(
             registered_model, CHAMPION_ALIAS, registration.version
         )
     return registration
+
+
+def version_description(state: dict[str, Any]) -> str:
+    """A registered version's description, from its detector.json: what kind of detector it
+    is, the data it was trained or recalibrated on and how its threshold was chosen. Versions
+    had none, and `mlflow ui`'s list of versions told one from another by number alone."""
+    kind = "An image" if state.get("kind") == "image" else "A tabular"
+    info = state.get("info") or {}
+    if "calibrated_from" in info:
+        origin = f"recalibrated on {info['calibration_data']} from {info['calibrated_from']}"
+    else:
+        origin = f"trained on {info['config']['data']['path']} for {info['epochs']} epochs"
+    threshold = state.get("threshold")
+    if threshold is None:
+        return f"{kind} anomaly-vae detector {origin}, without a threshold."
+    chosen = f"threshold {threshold['value']:.6g} by {threshold['strategy']}"
+    return f"{kind} anomaly-vae detector {origin}; {chosen}."
 
 
 def registered_kind(name: str) -> tuple[str, str] | None:
@@ -719,7 +740,7 @@ class Registration:
         return f"models:/{self.label}"
 
 
-def _new_version(name: str, info: ModelInfo) -> str:
+def _new_version(name: str, info: ModelInfo, description: str) -> str:
     """Register the logged model as a new version of `name` (made if new); the version.
 
     `log_model(registered_model_name=...)` printed "Registered model 'x' already exists.
@@ -737,7 +758,9 @@ def _new_version(name: str, info: ModelInfo) -> str:
     except MlflowException as exc:
         if not _already_exists(exc):
             raise
-    version = client.create_model_version(name, info.model_uri, model_id=info.model_id).version
+    version = client.create_model_version(
+        name, info.model_uri, model_id=info.model_id, description=description
+    ).version
     # The logged model's link to its version in `mlflow ui`, which log_model set too.
     links = json.dumps([{"name": name, "version": version}])
     client.set_logged_model_tags(info.model_id, {MLFLOW_MODEL_VERSIONS: links})

@@ -134,6 +134,10 @@ def test_calibrate_registers_a_new_version_and_promotes_only_when_asked(
     after = load_detector(new_dir)
     assert after.threshold.strategy == "cost" and after.threshold.costs == {"fn": 20, "fp": 1}
     assert after.threshold.value != before.threshold.value
+    assert client.get_model_version(name, str(champion + 1)).description == (
+        f"A tabular anomaly-vae detector recalibrated on {test} from {model_uri}; "
+        f"threshold {after.threshold.value:.6g} by cost."
+    )
     # The run holds the costs and probability method, under the training run's param names.
     run_id = result.stderr.strip().split(" run ")[-1]
     params = client.get_run(run_id).data.params

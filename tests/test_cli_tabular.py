@@ -45,6 +45,12 @@ def test_train_registers_a_champion_with_its_run(breast_cancer_model) -> None:
     assert run.data.params["data.label"] == "label"
     assert "calibration.f1" in run.data.metrics and "threshold" in run.data.metrics
     assert run.data.tags["calibration.strategy"] == "f1"
+    # The version says what it is: it had no description.
+    threshold = run.data.metrics["threshold"]
+    assert version.description == (
+        f"A tabular anomaly-vae detector trained on {run.data.params['data.path']} for "
+        f"{int(run.data.metrics['epochs'])} epochs; threshold {threshold:.6g} by f1."
+    )
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert len(history) > 1 and history[-1].step > history[0].step
 

@@ -674,6 +674,9 @@ def test_train_refuses_a_registered_model_whose_champion_is_of_the_other_kind(
     by_name = run_cli("train", config, "--set", f"data.path={data}", "--set", f"name={name}",
                       "--tracking-uri", f"sqlite:///{store}")  # fmt: skip
     assert by_name.exit_code == 1 and by_name.stderr.startswith(f"Error: name: '{name}' holds ")
+    # Each version says what it is (image or tabular); versions had no description.
+    champion = client.get_model_version_by_alias(name, "champion")
+    assert champion.description.startswith(f"{'An image' if held == 'image' else 'A tabular'} ")
     # With no version holding champion (its alias removed), the latest version's kind counts.
     latest = max(int(v.version) for v in client.search_model_versions(f"name = '{name}'"))
     client.delete_registered_model_alias(name, "champion")
