@@ -205,6 +205,37 @@ def _open_store(uri: str) -> None:
         ) from None
     if is_server_uri(uri):
         check_server_answers(uri)
+    _check_databricks_credentials(uri)
+
+
+def _check_databricks_credentials(uri: str) -> None:
+    """Refuse a Databricks store (`databricks`, `databricks://<profile>`) whose credentials
+    are not set: MLflow opens it without them, and the first call ended in a traceback whose
+    message ran to eight sentences. MLflow's own lookup decides, so every kind of Databricks
+    authentication it accepts passes; its warning on the way is silenced."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.databricks_utils import get_databricks_host_creds
+    from mlflow.utils.uri import is_databricks_uri
+
+    if not is_databricks_uri(uri):
+        return
+    lookup = logging.getLogger("mlflow.utils.databricks_utils")
+    level = lookup.level
+    lookup.setLevel(logging.ERROR)
+    try:
+        get_databricks_host_creds(uri)
+    except MlflowException:
+        profile = uri.partition("://")[2]
+        how = (
+            f"add the profile to ~/.databrickscfg with `databricks auth login --profile {profile}`"
+            if profile
+            else "set DATABRICKS_HOST and DATABRICKS_TOKEN, or run `databricks auth login`"
+        )
+        raise InputError(
+            f"{uri}: no Databricks credentials for this tracking store; {how}"
+        ) from None
+    finally:
+        lookup.setLevel(level)
 
 
 def use_experiment(name: str) -> str:

@@ -1198,6 +1198,31 @@ def test_a_tracking_store_mlflow_cannot_open_stops_in_one_line(breast_cancer_fil
         assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("store", "how"),
+    [
+        ("databricks", "set DATABRICKS_HOST and DATABRICKS_TOKEN, or run `databricks auth login`"),
+        (
+            "databricks://staging",
+            "add the profile to ~/.databrickscfg with `databricks auth login --profile staging`",
+        ),
+    ],
+)
+def test_a_databricks_store_without_credentials_stops_in_one_line(
+    store, how, tmp_path, monkeypatch
+) -> None:
+    # `train` and `runs` ended in MLflow's traceback, its message eight sentences long.
+    for name in [name for name in os.environ if name.startswith("DATABRICKS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.databrickscfg
+    result = run_cli("runs", "--tracking-uri", store)
+    assert result.exit_code == 1
+    assert (
+        result.stderr
+        == f"Error: {store}: no Databricks credentials for this tracking store; {how}\n"
+    )
+
+
 def test_a_model_named_without_version_or_alias_says_how_to_name_one(
     breast_cancer_files, tmp_path, tracking_uri
 ) -> None:
