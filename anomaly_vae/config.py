@@ -163,7 +163,7 @@ class ModelConfig(_Section):
         return sizes
 
 
-# What `image.mask_rule` fills in (anomaly_vae.data.images.mask_path).
+# What `image.mask_rule` fills in (anomaly_vae.data.images._masks_of).
 MASK_FIELDS = ("stem", "name", "parent")
 
 

@@ -277,6 +277,41 @@ def test_files_read_as_masks_are_named_by_score_evaluate_and_train(digits_model,
     assert note in said
 
 
+@pytest.mark.parametrize(
+    ("rule", "image", "mask"),
+    [("{stem}.png", "crack_1.JPG", "crack_1.PNG"), ("{stem}_mask.png", "c.jpg", "c_MASK.png")],
+)
+def test_a_mask_is_found_whatever_the_case_of_its_name(
+    tmp_path: Path, rule: str, image: str, mask: str
+) -> None:
+    """Matched exactly, crack_1.PNG was no mask of crack_1.JPG under {stem}.png (nor
+    c_MASK.png of c.jpg under {stem}_mask.png): it was scored as an image, its image had no
+    mask, and pixel AUROC went without it."""
+    folder = tmp_path / "crack"
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(folder / image, "JPEG")
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(folder / mask, "PNG")
+
+    listing = list_images(tmp_path, ImageConfig(mask_rule=rule))
+
+    assert listing.items == [ImageItem(str(folder / image), True, folder / mask)]
+    assert listing.masks == [folder / mask]
+
+
+def test_two_masks_whose_names_differ_only_in_case_are_refused(tmp_path: Path) -> None:
+    """Either of a.png and a.PNG could be a.jpg's mask: one line rather than a guess."""
+    for name, kind in (("a.jpg", "JPEG"), ("a.png", "PNG"), ("a.PNG", "PNG")):
+        Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(tmp_path / name, kind)
+    if len(list(tmp_path.iterdir())) < 3:
+        pytest.skip("the file system does not tell names apart by case")
+    with pytest.raises(InputError) as refused:
+        list_images(tmp_path, ImageConfig())
+    assert str(refused.value) == (
+        f"{tmp_path / 'a.PNG'}: its mask by image.mask_rule '{{stem}}.png' could be "
+        f"{tmp_path / 'a.PNG'} or a.png, whose names differ only in case; keep one of them"
+    )
+
+
 def test_a_labels_csv_labels_every_image_and_names_no_other_file(
     digits_model, tmp_path, monkeypatch
 ):

@@ -172,8 +172,7 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
     refuse_broken_links(files, "image")
     _refuse_names_not_utf8(files)
     real = real_paths(p for p in files if p.is_file())  # each path resolved once
-    # A rule such as {stem}.png names a PNG image itself: that image has no mask.
-    mask_of = {p: m for p, r in real.items() if (m := mask_path(p, image.mask_rule)) != r}
+    mask_of = _masks_of(real, image.mask_rule)
     mask_files = set(mask_of.values())
     masks = [p for p, r in real.items() if r in mask_files]
     images = [p for p, r in real.items() if r not in mask_files]
@@ -185,8 +184,7 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
     # labelled by each folder's name: good/a.png normal, good_copy/a.png an anomaly.
     refuse_repeated_files(images, real, "an image")
     items = [
-        ImageItem(str(p), folder_label(p, source, image.normal), _existing(mask_of.get(p)))
-        for p in images
+        ImageItem(str(p), folder_label(p, source, image.normal), mask_of.get(p)) for p in images
     ]
     return ImageListing(items, masks, image.mask_rule)
 
@@ -212,15 +210,41 @@ def folder_label(path: Path, root: Path, normal: Sequence[str]) -> bool:
     return not any(folder in normal for folder in folders)
 
 
-def mask_path(image_path: Path, rule: str) -> Path:
-    resolved = rule.format(
-        stem=image_path.stem, name=image_path.name, parent=image_path.parent.name
-    )
-    return (image_path.parent / resolved).resolve()
+def _masks_of(real: dict[Path, Path], rule: str) -> dict[Path, Path]:
+    """Each listed file's mask by `rule` (the mask's real path), its name matched whatever its
+    case: cameras and exporters write CRACK_1.PNG or crack_1_MASK.png, and matched exactly,
+    on a case-sensitive file system such a mask was scored as an image and its image had no
+    mask; on a case-insensitive one (macOS, Windows) it was both. A rule such as {stem}.png
+    names a PNG image itself: that image has no mask. Each folder is listed once."""
+    names: dict[str, dict[str, list[str]]] = {}  # by real folder: its names by their casefold
+    masks = {}
+    for path, real_path in real.items():
+        named = path.parent / rule.format(stem=path.stem, name=path.name, parent=path.parent.name)
+        folder = os.path.realpath(named.parent)
+        if folder not in names:
+            names[folder] = _names_by_case(folder)
+        found = names[folder].get(named.name.casefold(), [])
+        if len(found) > 1:
+            raise InputError(
+                f"{path}: its mask by image.mask_rule '{rule}' could be "
+                f"{named.parent / found[0]} or {found[1]}, whose names differ only in case; "
+                "keep one of them"
+            )
+        if found and (mask := Path(folder, found[0]).resolve()) != real_path and mask.is_file():
+            masks[path] = mask
+    return masks
 
 
-def _existing(path: Path | None) -> Path | None:
-    return path if path is not None and path.is_file() else None
+def _names_by_case(folder: str) -> dict[str, list[str]]:
+    """The names in `folder` (none where it is missing), sorted, by their casefold."""
+    try:
+        entries = sorted(os.listdir(folder))
+    except OSError:
+        return {}
+    names: dict[str, list[str]] = {}
+    for name in entries:
+        names.setdefault(name.casefold(), []).append(name)
+    return names
 
 
 def labels_from_csv(
