@@ -185,6 +185,19 @@ def test_linked_folders_are_followed_but_not_a_link_back_up(tmp_path: Path) -> N
     ]
 
 
+def test_a_linked_folder_given_as_the_root_is_labelled_by_the_name_given(tmp_path: Path) -> None:
+    """The root's label was its link target's name: good/ linked to a camera's shots_2026/
+    made every image an anomaly, and crack/ linked to a folder named good every one normal."""
+    for target, link, label in (("shots_2026", "good", False), ("good", "crack", True)):
+        (tmp_path / "shots" / target).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(tmp_path / "shots" / target / "a.png")
+        (tmp_path / link).symlink_to(tmp_path / "shots" / target, target_is_directory=True)
+        items = list_images(tmp_path / link, ImageConfig(normal=["good"])).items
+        assert [(item.path, item.label) for item in items] == [
+            (str(tmp_path / link / "a.png"), label)
+        ]
+
+
 def test_an_image_reached_twice_through_links_is_refused(tmp_path: Path) -> None:
     """A link to a folder listed already read its images twice, each labelled by its own
     folder: good/a.png normal, good_too/a.png the same file as an anomaly."""

@@ -205,8 +205,11 @@ def _refuse_names_not_utf8(files: Sequence[Path]) -> None:
 
 
 def folder_label(path: Path, root: Path, normal: Sequence[str]) -> bool:
-    """Anomalous unless a folder between `root` (itself included) and the file is normal."""
-    folders = (root.resolve().name, *path.relative_to(root).parts[:-1])
+    """Anomalous unless a folder between `root` (itself included) and the file is normal.
+    The folders are named as the user gave them: a root `good` linked to shots_2026/ was
+    labelled by the link's target, its images all anomalies (and a link named `crack` to a
+    folder `good` all normal). `.` or `good/..` still name the folder they stand for."""
+    folders = (Path(os.path.abspath(root)).name, *path.relative_to(root).parts[:-1])
     return not any(folder in normal for folder in folders)
 
 
