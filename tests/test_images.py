@@ -373,6 +373,39 @@ def test_a_large_image_is_read_without_pillows_warning_and_in_little_memory(
     assert result["peak_mb"] < 500  # imports about 150, the 1-bit image as 8 bits 90, twice
 
 
+@pytest.mark.parametrize("kind", ["16-bit image", "mask"])
+def test_a_large_image_or_mask_is_converted_a_strip_at_a_time_to_the_same_pixels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """16-bit images and masks are read whole (their checks need every pixel), and were
+    converted to float32 whole too: 1.3 GB to read a 10000 x 10000 16-bit PNG, 1 GB a mask."""
+    import tracemalloc
+
+    from anomaly_vae.data import images
+
+    rows, columns = np.mgrid[0:1500, 0:2000]
+    shade = 32768 + 30000 * np.sin(columns / 90) * np.cos(rows / 70)
+    path = tmp_path / "large.png"
+    if kind == "mask":
+        Image.fromarray(((shade > 50000) * 255).astype(np.uint8)).save(path)
+    else:
+        Image.fromarray(shade.astype(np.uint16)).save(path)
+    with Image.open(path) as img:
+        if kind == "mask":
+            whole = images.resize(images._marked(img)[None].astype(np.float32), 16)[0] >= 0.5
+        else:
+            whole = images.resize(images._to_float(img, path, 1), 16)
+    monkeypatch.setattr(images, "_STRIP_PIXELS", 1 << 16, raising=False)  # 33 rows
+    tracemalloc.start()
+    try:
+        read = read_mask(path, 16) if kind == "mask" else read_image(path, 16, channels=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(read, whole)
+    assert peak < 2**20  # as float32 whole: 12 MB
+
+
 def test_a_folder_is_images_unless_it_holds_parquet_files_and_no_images(tmp_path: Path) -> None:
     table = tmp_path / "table"
     (table / "day=1").mkdir(parents=True)

@@ -19,7 +19,7 @@ import os
 import re
 import warnings
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -66,6 +66,8 @@ REDUCING_GAP = 4
 # WebP has no grayscale mode: lossy WebP stores a gray photo as YUV and decodes nearly every
 # one with channels a level apart, so a grayscale model refused every gray WebP as colour.
 _GRAY_SPREAD = {"WEBP": 1}
+# The most pixels converted to float at a time (`_resized_in_strips`): 16 MB as float32.
+_STRIP_PIXELS = 1 << 22
 # The modes `_reduced` averages down, and the mode it averages them in.
 _REDUCED_AS = {"1": "L", "L": "L", "LA": "L"}
 _REDUCED_AS_COLOUR = {**_REDUCED_AS, "RGB": "RGB", "RGBA": "RGB"}
@@ -334,7 +336,9 @@ def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
             extent = drafted[1] if drafted else (0, 0, *img.size)
             img.load()
             reduced, extent = _reduced(img, extent, size, channels)
-            pixels = resize(_to_float(reduced, path, channels), size, extent)
+            pixels = _resized_in_strips(
+                reduced, lambda strip: _to_float(strip, path, channels), size, extent
+            )
             return _upright(pixels, img)
     except InputError:
         raise
@@ -451,16 +455,53 @@ def resize(
 ) -> np.ndarray:
     """(channels, h, w) -> (channels, size, size), antialiased bilinear per channel, of the
     `extent` (left, top, right, bottom) of the image when given, else of all of it."""
-    if pixels.shape[1:] == (size, size) and extent in (None, (0, 0, size, size)):
+    return _resampled(pixels, (size, size), extent)
+
+
+def _resampled(
+    pixels: np.ndarray,
+    shape: tuple[int, int],
+    box: tuple[float, float, float, float] | None = None,
+) -> np.ndarray:
+    """(channels, h, w) -> (channels, height, width) for a `shape` (width, height), as
+    `resize` does it."""
+    if pixels.shape[:0:-1] == shape and box in (None, (0, 0, *shape)):
         return np.ascontiguousarray(pixels, dtype=np.float32)
     return np.stack(
         [
-            np.asarray(
-                Image.fromarray(c, mode="F").resize((size, size), Image.BILINEAR, box=extent)
-            )
-            for c in pixels
+            np.asarray(Image.fromarray(c, mode="F").resize(shape, Image.BILINEAR, box=box))
+            for c in pixels.astype(np.float32, copy=False)
         ]
-    ).astype(np.float32)
+    )
+
+
+def _resized_in_strips(
+    img: Image.Image,
+    to_float: Callable[[Image.Image], np.ndarray],
+    size: int,
+    extent: tuple[float, float, float, float] | None = None,
+) -> np.ndarray:
+    """`resize(to_float(img), size, extent)`, converting `_STRIP_PIXELS` at a time. As
+    float32 whole, a 10000 x 10000 16-bit image took 1.3 GB to read (2.3 GB for a colour
+    model) and a mask of that size 1 GB, several times the decoded file. Each strip of rows
+    is narrowed to `size` columns, and the strips stacked are resized down: the same pixels
+    as Pillow's one resize where it goes across first, as it does for an image at least as
+    wide as tall; for a taller one, Pillow 13 may go down first, and a pixel may differ by
+    a float32 rounding (6e-8 at most seen, in 0..1). An image of one strip is one resize."""
+    width, height = img.size
+    rows = max(1, _STRIP_PIXELS // width)
+    if rows >= height:
+        return resize(to_float(img), size, extent)
+    left, top, right, bottom = extent or (0, 0, width, height)
+    narrowed = []
+    for y in range(0, height, rows):
+        strip = img.crop((0, y, width, min(y + rows, height)))
+        strip.format = img.format  # a crop has none, and `_gray_content` reads it
+        pixels = to_float(strip)
+        narrowed.append(
+            _resampled(pixels, (size, pixels.shape[1]), (left, 0, right, pixels.shape[1]))
+        )
+    return _resampled(np.concatenate(narrowed, axis=1), (size, size), (0, top, size, bottom))
 
 
 def _refuse_frames(img: Image.Image, path: str | Path, kind: str) -> None:
@@ -486,8 +527,8 @@ def read_mask(path: Path, size: int, image: str | Path | None = None) -> np.ndar
             _refuse_frames(img, path, "mask")
             if image is not None:
                 _check_same_size(path, _size_shown(img), image)
-            marked = _marked(img)[None].astype(np.float32)
-            return _upright(resize(marked, size), img)[0] >= 0.5
+            marked = _resized_in_strips(img, lambda strip: _marked(strip)[None], size)
+            return _upright(marked, img)[0] >= 0.5
     except InputError:  # the size check's own line (a ValueError, as some unreadable files')
         raise
     except _UNREADABLE as exc:
