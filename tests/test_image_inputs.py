@@ -167,6 +167,29 @@ def test_hidden_files_and_folders_below_the_folder_are_not_images(tmp_path: Path
     ]
 
 
+@pytest.mark.parametrize("name", ["IMG_0042.HEIC", "tile.gif", "tile.jfif"])
+def test_a_photo_in_a_format_not_read_is_refused_unless_it_is_a_mask(
+    tmp_path: Path, name: str
+) -> None:
+    """A phone's HEIC photo, a GIF or a .jfif JPEG among the PNGs was passed over: it went
+    unscored, and the scores file had a row fewer than the folder had photos, without a word."""
+    folder, photo = tmp_path / "good", Path(name)
+    folder.mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8), "L").save(folder / f"{photo.stem}.png")
+    (folder / name).write_bytes(b"a photo")
+    with pytest.raises(InputError) as refused:
+        list_images(tmp_path, ImageConfig())
+    assert str(refused.value) == (
+        f"{folder / name}: a {photo.suffix} file, which is not read as an image (PNG, "
+        f"JPEG, BMP, TIFF or WebP); convert it, or move it out of {tmp_path}"
+    )
+    rule = "{stem}" + photo.suffix  # such a file named as a PNG's mask is read as one
+    listing = list_images(tmp_path, ImageConfig(mask_rule=rule))
+    assert [(item.path, item.mask) for item in listing.items] == [
+        (str(folder / f"{photo.stem}.png"), folder / name)
+    ]
+
+
 def test_linked_folders_are_followed_but_not_a_link_back_up(tmp_path: Path) -> None:
     """rglob passed over linked folders: the images of a line's folder linked into the batch
     were neither scored nor trained on. A link back up would be walked forever."""

@@ -19,7 +19,7 @@ import os
 import re
 import warnings
 import zlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -42,6 +42,9 @@ if TYPE_CHECKING:
     from anomaly_vae.config import ImageConfig
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+# Photos in formats not read as images: a phone's HEIC, a GIF, Windows' .jfif JPEGs, a
+# camera's raw files. Passed over, they went unscored and untrained on without a word.
+_UNREAD_SUFFIXES = {".heic", ".heif", ".avif", ".gif", ".jfif", ".jp2", ".dng", ".cr2", ".nef"}
 _IDX_IMAGES = re.compile(r"-images-idx3-ubyte(\.gz)?$")
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"}
@@ -137,11 +140,11 @@ def is_image_source(path: str | Path, kind: str = "auto") -> bool:
     return is_idx(path)
 
 
-def image_files(folder: Path) -> Iterator[Path]:
+def image_files(folder: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> Iterator[Path]:
     """The paths below `folder` with an image suffix (`files_below`), under no name starting
     with '.': copies such as .ipynb_checkpoints/ were read as images (and labelled by their
     folder). Unlike Parquet parts, a name starting with '_' is an image like any other."""
-    return files_below(folder, IMAGE_SUFFIXES, hidden=(".",))
+    return files_below(folder, suffixes, hidden=(".",))
 
 
 def _csv_hint(folder: Path) -> str:
@@ -170,7 +173,7 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
         return ImageListing(_idx_items(source, image), [])
     if not source.is_dir():
         raise InputError(f"{source}: expected a folder of images or an *-idx3-ubyte(.gz) file")
-    files = sorted(image_files(source))
+    files = sorted(image_files(source, IMAGE_SUFFIXES | _UNREAD_SUFFIXES))
     refuse_broken_links(files, "image")
     _refuse_names_not_utf8(files)
     real = real_paths(p for p in files if p.is_file())  # each path resolved once
@@ -178,6 +181,7 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
     mask_files = set(mask_of.values())
     masks = [p for p, r in real.items() if r in mask_files]
     images = [p for p, r in real.items() if r not in mask_files]
+    _refuse_unread_formats(images, source)
     if not images:
         raise InputError(
             f"{source}: no PNG, JPEG, BMP, TIFF or WebP images in this folder{_csv_hint(source)}"
@@ -189,6 +193,15 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
         ImageItem(str(p), folder_label(p, source, image.normal), mask_of.get(p)) for p in images
     ]
     return ImageListing(items, masks, image.mask_rule)
+
+
+def _refuse_unread_formats(files: Sequence[Path], source: Path) -> None:
+    """One line for a photo in a format not read as an image (a mask in one is read)."""
+    if unread := next((p for p in files if p.suffix.lower() in _UNREAD_SUFFIXES), None):
+        raise InputError(
+            f"{unread}: a {unread.suffix} file, which is not read as an image (PNG, JPEG, BMP, "
+            f"TIFF or WebP); convert it, or move it out of {source}"
+        )
 
 
 def _refuse_names_not_utf8(files: Sequence[Path]) -> None:
