@@ -175,7 +175,8 @@ class ImageConfig(_Section):
         default=1, description="1: grayscale; 3: RGB (grayscale files are replicated)."
     )
     normal: list[str] = Field(
-        default=["good"], description="Folder names whose images are normal; others anomalous."
+        default=["good"],
+        description="Folder names whose images are normal, whatever their case; others anomalous.",
     )
     normal_digits: list[int] = Field(
         default=[0], description="IDX files (MNIST): the labels that are normal."

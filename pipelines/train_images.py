@@ -92,11 +92,12 @@ def normal_folder_without_images(source: Path, normal: Sequence[str]) -> Path | 
     """A folder below `source` named in `normal`, not hidden, when no image lies under one.
     With good/ empty (its images not copied yet) and crack/ full, the all-normal fallback said
     there was no folder named good and trained on the cracks as normal."""
-    for name in normal:
-        for folder in sorted(source.rglob(name)):
-            hidden = any(part.startswith(".") for part in folder.relative_to(source).parts)
-            if folder.is_dir() and not hidden:
-                return folder
+    from anomaly_vae.data.images import is_normal_folder
+
+    for folder in sorted(source.rglob("*")):
+        hidden = any(part.startswith(".") for part in folder.relative_to(source).parts)
+        if folder.is_dir() and not hidden and is_normal_folder(folder.name, normal):
+            return folder
     return None
 
 

@@ -497,6 +497,23 @@ def test_an_empty_normal_folder_beside_anomalies_stops_training(tmp_path: Path) 
     assert said == [f"no folder named good in {tmp_path / 'train'}: all images count as normal"]
 
 
+def test_a_normal_folder_is_found_whatever_the_case_of_its_name(tmp_path: Path) -> None:
+    """Under image.normal [good], a Windows share's Good/ held anomalies: evaluate scored its
+    normal images as defects, and with Good/ empty train took the cracks for normal."""
+    for name in ("Good/a.png", "Crack/b.png"):
+        (tmp_path / name).parent.mkdir()
+        Image.fromarray(np.zeros((4, 4), np.uint8), "L").save(tmp_path / name)
+    items = list_images(tmp_path, ImageConfig()).items
+    assert [(Path(item.path).parent.name, item.label) for item in items] == [
+        ("Crack", True),
+        ("Good", False),
+    ]
+    (tmp_path / "Good" / "a.png").unlink()
+    with pytest.raises(InputError) as info:
+        split_images(parse_config({"data": {"path": str(tmp_path)}}), echo=print)
+    assert str(info.value).startswith(f"{tmp_path / 'Good'}: the normal folder holds no images")
+
+
 def test_normal_digits_that_no_image_has_stop_training(tmp_path: Path) -> None:
     # The folders' all-normal fallback took every digit as normal: trained and registered.
     images = tmp_path / "d-images-idx3-ubyte"

@@ -225,7 +225,14 @@ def folder_label(path: Path, root: Path, normal: Sequence[str]) -> bool:
     labelled by the link's target, its images all anomalies (and a link named `crack` to a
     folder `good` all normal). `.` or `good/..` still name the folder they stand for."""
     folders = (Path(os.path.abspath(root)).name, *path.relative_to(root).parts[:-1])
-    return not any(folder in normal for folder in folders)
+    return not any(is_normal_folder(folder, normal) for folder in folders)
+
+
+def is_normal_folder(name: str, normal: Sequence[str]) -> bool:
+    """Whether a folder `name` is one of the `normal` names, whatever its case: a Windows
+    share's Good/ under image.normal [good] held anomalies, and evaluate scored its normal
+    images as defects (train, finding no normal folder, took the cracks for normal)."""
+    return name.casefold() in {folder.casefold() for folder in normal}
 
 
 def _masks_of(real: dict[Path, Path], rule: str) -> dict[Path, Path]:
