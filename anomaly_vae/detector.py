@@ -118,15 +118,15 @@ class TabularDetector:
             raise InputError(f"--label {label!r} is one of the model's features, not a label")
 
     def score_samples(
-        self, frame: pd.DataFrame, source: str, row_offset: int = 0, contributions: bool = False
+        self, frame: pd.DataFrame, source: str, row_offset: int = 0, top_k: int = 0
     ) -> SampleScores:
-        """Scores of the rows; `contributions=True` adds the per-feature terms, which cost time
-        and memory that callers wanting only scores should not pay."""
+        """Scores of the rows; `top_k` ranks that many features of each, which costs time
+        that callers wanting only scores should not pay."""
         return score_tabular(
             self.model,
             self.preprocessor.check(frame, source, row_offset),
             samples=self.samples,
-            contributions=contributions,
+            top_k=top_k,
         )
 
     def score_frame(
@@ -149,8 +149,9 @@ class TabularDetector:
         evaluate a fifth of its scoring time and calibrate a quarter."""
         _check_frame(frame, source)
         self.check_columns(list(frame.columns), source, allow_extra)
-        named = self.top_features > 0 and top_rows != 0
-        scores = self.score_samples(frame, source, row_offset, named)
+        scores = self.score_samples(
+            frame, source, row_offset, 0 if top_rows == 0 else self.top_features
+        )
         kept = (
             list(frame.columns)
             if keep_columns
@@ -164,28 +165,20 @@ class TabularDetector:
     def is_anomaly(self, score: np.ndarray) -> np.ndarray:
         return flag_anomalies(score, self.threshold)
 
-    def _top_features(self, scores: SampleScores, top_rows: int | None) -> np.ndarray:
-        """Comma-joined names of the features with the largest reconstruction terms, of every
-        row or of the `top_rows` highest-scored (the others empty)."""
-        named = np.full(len(scores.score), "", dtype=object)
-        k = min(self.top_features, len(self.feature_names))
-        if scores.contributions is None or k == 0:
-            return named
-        rows = slice(None)
-        if top_rows is not None:
-            rows = pd.Series(scores.score).nlargest(top_rows).index.to_numpy()
+    def _top_features(
+        self, scores: SampleScores, top_rows: int | None
+    ) -> np.ndarray | pd.api.extensions.ExtensionArray:
+        """Comma-joined names of each row's top features, of every row or of the `top_rows`
+        highest-scored (the others empty). Joined in Arrow and kept there: Python strings, one
+        a row, cost as much again to make and to write back."""
+        if scores.top_features is None:
+            return np.full(len(scores.score), "", dtype=object)
         names = pa.array(self.feature_names)
-        # k argmax passes, each masking its winner, then one join in Arrow: a sort or partition
-        # per row, or joining Python strings row by row, cost more than the network's forward
-        # pass on wide tables. argmax takes the first of equal terms, as a stable sort does.
-        remaining = scores.contributions[rows].copy()
-        rows_index = np.arange(len(remaining))
-        ranked = []
-        for _ in range(k):
-            best = remaining.argmax(axis=1)
-            remaining[rows_index, best] = -np.inf
-            ranked.append(names.take(best))
-        named[rows] = pc.binary_join_element_wise(*ranked, ",").to_numpy(zero_copy_only=False)
+        if top_rows is None:
+            return _joined(names, scores.top_features).to_pandas().array
+        rows = pd.Series(scores.score).nlargest(top_rows).index.to_numpy()
+        named = np.full(len(scores.score), "", dtype=object)
+        named[rows] = _joined(names, scores.top_features[rows]).to_numpy(zero_copy_only=False)
         return named
 
     def to_state(self) -> dict[str, Any]:
@@ -359,6 +352,13 @@ class ImageDetector:
             info=state.get("info", {}),
             **_decision_from_state(state),
         )
+
+
+def _joined(names: pa.Array, ranked: np.ndarray) -> pa.Array:
+    """Each row's ranked feature columns as "name,name,name"."""
+    return pc.binary_join_element_wise(
+        *(names.take(ranked[:, j]) for j in range(ranked.shape[1])), ","
+    )
 
 
 def _check_frame(frame: object, source: str) -> None:

@@ -486,8 +486,8 @@ def test_a_table_of_categorical_columns_only_encodes_and_scores(frame) -> None:
     assert (encoded.codes[:, 0] > 0).all()
     torch.manual_seed(0)
     params = {"hidden": [8], "latent": 2, "likelihood": "gaussian", "dropout": 0.0}
-    scores = score_tabular(build_tabular_model(pre, params), pre.check(categories, "t"))
-    assert np.isfinite(scores.score).all() and scores.contributions.shape == (len(frame), 2)
+    scores = score_tabular(build_tabular_model(pre, params), pre.check(categories, "t"), top_k=3)
+    assert np.isfinite(scores.score).all() and scores.top_features.shape == (len(frame), 2)
 
 
 def test_a_missing_value_among_the_validation_rows_gets_an_indicator(frame) -> None:

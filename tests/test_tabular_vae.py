@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from anomaly_vae.models.losses import HALF_LOG_2PI
 from anomaly_vae.models.tabular_vae import TabularVAE
 
 SIZES = [3, 5, 2]
@@ -91,9 +92,17 @@ def test_binary_columns_take_one_logit_and_unseen_values_their_cost() -> None:
     assert nll[1, 2] == unseen[0]
     torch.testing.assert_close(nll[1, 3], bce[1, 1])
 
-    # A binary term's best is 0: contributions are the terms themselves.
-    scores = score_tabular(model, EncodedTable(numeric.numpy(), observed.numpy(), codes.numpy()))
-    np.testing.assert_allclose(scores.contributions[:, 2:4], nll[:, 2:4].numpy(), rtol=1e-6)
+    # Features rank by their terms above their best: a numeric term's best is that of a perfect
+    # reconstruction, a binary or categorical term's 0.
+    encoded = EncodedTable(numeric.numpy(), observed.numpy(), codes.numpy())
+    scores = score_tabular(model, encoded, top_k=5)
+    above = nll.clone()
+    above[:, :2] -= model.bounded_log_scale().detach() + HALF_LOG_2PI
+    ranked = np.argsort(-above.numpy(), axis=1, kind="stable")
+    np.testing.assert_array_equal(scores.top_features, ranked)
+    np.testing.assert_array_equal(
+        score_tabular(model, encoded, top_k=2).top_features, ranked[:, :2]
+    )
     np.testing.assert_allclose(scores.recon, nll.sum(1).numpy(), rtol=1e-5)
 
 
