@@ -1040,3 +1040,40 @@ def test_every_non_zero_pixel_of_a_mask_is_a_defect(tmp_path: Path, mode: str, m
     mask.save(tmp_path / "mask.tif")
     read = read_mask(tmp_path / "mask.tif", 8)
     assert read[:, :4].all() and not read[:, 4:].any()
+
+
+def _painted_layer(mode: str) -> Image.Image:
+    """Strokes painted on a white layer that is transparent: two black rows (all of the top
+    strip when read two rows at a time), and two red columns below them."""
+    layer = np.full((8, 8, 4), (255, 255, 255, 0), np.uint8)
+    layer[:2] = (0, 0, 0, 255)
+    layer[2:, :2] = (255, 0, 0, 255)
+    if mode == "P":  # as Paint.NET saves a mask of few colours: a palette, one index transparent
+        indices = np.zeros((8, 8), np.uint8)
+        indices[:2], indices[2:, :2] = 1, 2
+        painted = Image.fromarray(indices, "P")
+        painted.putpalette([255, 255, 255, 0, 0, 0, 255, 0, 0])
+        painted.info["transparency"] = 0
+        return painted
+    return Image.fromarray(layer, "RGBA").convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_a_mask_with_transparency_marks_what_is_painted_whatever_its_colour(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """The transparent layer's white marked the whole image as a defect, its alpha unread."""
+    from anomaly_vae.data import images
+
+    monkeypatch.setattr(images, "_STRIP_PIXELS", 16)  # two rows a strip: the top one opaque
+    _painted_layer(mode).save(tmp_path / "mask.png")
+    painted = np.zeros((8, 8), bool)
+    painted[:2], painted[2:, :2] = True, True
+    np.testing.assert_array_equal(read_mask(tmp_path / "mask.png", 8), painted)
+    # Opaque everywhere, as editors save many masks, it is read by its colour: not the black
+    # rows, but the red and the white.
+    opaque = np.asarray(_painted_layer("RGBA")).copy()
+    opaque[..., 3] = 255
+    Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.png")
+    marked = read_mask(tmp_path / "opaque.png", 8)
+    assert marked[2:].all() and not marked[:2].any()

@@ -74,6 +74,8 @@ _STRIP_PIXELS = 1 << 22
 # The modes `_reduced` averages down, and the mode it averages them in.
 _REDUCED_AS = {"1": "L", "L": "L", "LA": "L"}
 _REDUCED_AS_COLOUR = {**_REDUCED_AS, "RGB": "RGB", "RGBA": "RGB"}
+# A mode's alpha band: straight (RGBA, LA, PA) or premultiplied (a TIFF's RGBa).
+_ALPHA_BANDS = ("A", "a")
 # The EXIF orientation tag and the turn that shows each stored orientation upright.
 _EXIF_ORIENTATION = 0x0112
 _EXIF_TURNS = {
@@ -509,19 +511,30 @@ def _resized_in_strips(
     wide as tall; for a taller one, Pillow 13 may go down first, and a pixel may differ by
     a float32 rounding (6e-8 at most seen, in 0..1). An image of one strip is one resize."""
     width, height = img.size
-    rows = max(1, _STRIP_PIXELS // width)
-    if rows >= height:
+    if _strip_rows(img) >= height:
         return resize(to_float(img), size, extent)
     left, top, right, bottom = extent or (0, 0, width, height)
     narrowed = []
-    for y in range(0, height, rows):
-        strip = img.crop((0, y, width, min(y + rows, height)))
-        strip.format = img.format  # a crop has none, and `_gray_content` reads it
+    for strip in _strips(img):
         pixels = to_float(strip)
         narrowed.append(
             _resampled(pixels, (size, pixels.shape[1]), (left, 0, right, pixels.shape[1]))
         )
     return _resampled(np.concatenate(narrowed, axis=1), (size, size), (0, top, size, bottom))
+
+
+def _strip_rows(img: Image.Image) -> int:
+    """How many of `img`'s rows make a strip of at most `_STRIP_PIXELS` (one at least)."""
+    return max(1, _STRIP_PIXELS // img.width)
+
+
+def _strips(img: Image.Image) -> Iterator[Image.Image]:
+    """`img` cut into strips of `_strip_rows` rows, from the top."""
+    rows = _strip_rows(img)
+    for y in range(0, img.height, rows):
+        strip = img.crop((0, y, img.width, min(y + rows, img.height)))
+        strip.format = img.format  # a crop has none, and `_gray_content` reads it
+        yield strip
 
 
 def _refuse_frames(img: Image.Image, path: str | Path, kind: str) -> None:
@@ -536,7 +549,8 @@ def _refuse_frames(img: Image.Image, path: str | Path, kind: str) -> None:
 
 
 def read_mask(path: Path, size: int, image: str | Path | None = None) -> np.ndarray:
-    """A mask file as a boolean (size, size) array: any non-zero pixel is a defect.
+    """A mask file as a boolean (size, size) array: any non-zero pixel is a defect, or in a
+    mask with transparency any pixel not transparent (`_painted`).
 
     Given its `image`, a mask of another size is refused. Both are resized to the model's
     square, so a mask of another shape (a mask of another image, one cropped or exported at
@@ -547,7 +561,8 @@ def read_mask(path: Path, size: int, image: str | Path | None = None) -> np.ndar
             _refuse_frames(img, path, "mask")
             if image is not None:
                 _check_same_size(path, _size_shown(img), image)
-            marked = _resized_in_strips(img, lambda strip: _marked(strip)[None], size)
+            marking = _painted if _has_transparency(img) else _marked
+            marked = _resized_in_strips(img, lambda strip: marking(strip)[None], size)
             return _upright(marked, img)[0] >= 0.5
     except InputError:  # the size check's own line (a ValueError, as some unreadable files')
         raise
@@ -561,6 +576,32 @@ def _marked(img: Image.Image) -> np.ndarray:
     if img.mode != "P" and len(img.getbands()) == 1:  # a palette's index is no colour
         return np.asarray(img) != 0
     return np.asarray(img.convert("RGB")).any(axis=2)
+
+
+def _has_transparency(img: Image.Image) -> bool:
+    """Whether some pixel of a mask is not opaque: an alpha channel below 255, a palette
+    index or a colour given as transparent. Editors save many masks with an alpha channel
+    that is opaque everywhere, and those are read by their colour."""
+    if not img.has_transparency_data:
+        return False
+    if img.getbands()[-1] in _ALPHA_BANDS:
+        return img.getextrema()[-1][0] < 255
+    return any(_alpha(strip).getextrema()[0] < 255 for strip in _strips(img))
+
+
+def _painted(img: Image.Image) -> np.ndarray:
+    """The pixels of a mask with transparency that are not transparent, whatever their colour.
+    Strokes drawn on a transparent layer lie over the layer's colour, often white: read by
+    their colour, such masks marked the whole image; and a stroke may be black."""
+    return np.asarray(_alpha(img)) != 0
+
+
+def _alpha(img: Image.Image) -> Image.Image:
+    """The alpha channel of `img`, as Pillow gives it for a palette's or a colour's
+    transparency when the image has no alpha channel of its own."""
+    if img.getbands()[-1] not in _ALPHA_BANDS:
+        img = img.convert("RGBA")
+    return img.getchannel(len(img.getbands()) - 1)
 
 
 def _check_same_size(mask: Path, mask_size: tuple[int, int], image: str | Path) -> None:
