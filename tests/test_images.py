@@ -1077,3 +1077,21 @@ def test_a_mask_with_transparency_marks_what_is_painted_whatever_its_colour(
     Image.fromarray(opaque, "RGBA").save(tmp_path / "opaque.png")
     marked = read_mask(tmp_path / "opaque.png", 8)
     assert marked[2:].all() and not marked[:2].any()
+
+
+@pytest.mark.parametrize(
+    "mode, colour", [("L", 255), ("RGB", (255, 255, 255)), ("RGB", (255, 0, 0))]
+)
+def test_a_jpeg_mask_marks_its_bright_pixels_not_its_compression_noise(
+    tmp_path: Path, mode: str, colour
+) -> None:
+    """JPEG leaves faint values around a mask's strokes: counted as defects, they widened
+    every defect (and its colours' noise spread them further)."""
+    drawn = np.zeros((32, 32), bool)
+    drawn[4:14, 2:20], drawn[18:30, 4:8], drawn[20:28, 22:28] = True, True, True
+    mask = Image.new(mode, (32, 32))
+    mask.paste(colour, mask=Image.fromarray(drawn))
+    mask.save(tmp_path / "mask.jpg", quality=75)
+    stored = np.asarray(Image.open(tmp_path / "mask.jpg")).reshape(32, 32, -1)
+    assert (stored.any(axis=2) & ~drawn).sum() > 100  # the noise, beside the strokes
+    np.testing.assert_array_equal(read_mask(tmp_path / "mask.jpg", 32), drawn)

@@ -74,6 +74,8 @@ _STRIP_PIXELS = 1 << 22
 # The modes `_reduced` averages down, and the mode it averages them in.
 _REDUCED_AS = {"1": "L", "L": "L", "LA": "L"}
 _REDUCED_AS_COLOUR = {**_REDUCED_AS, "RGB": "RGB", "RGBA": "RGB"}
+# The formats that store a mask's pixels lossily (MPO: a camera's JPEG with a preview).
+_LOSSY_FORMATS = ("JPEG", "MPO")
 # A mode's alpha band: straight (RGBA, LA, PA) or premultiplied (a TIFF's RGBa).
 _ALPHA_BANDS = ("A", "a")
 # The EXIF orientation tag and the turn that shows each stored orientation upright.
@@ -549,8 +551,7 @@ def _refuse_frames(img: Image.Image, path: str | Path, kind: str) -> None:
 
 
 def read_mask(path: Path, size: int, image: str | Path | None = None) -> np.ndarray:
-    """A mask file as a boolean (size, size) array: any non-zero pixel is a defect, or in a
-    mask with transparency any pixel not transparent (`_painted`).
+    """A mask file as a boolean (size, size) array of its defects (`_marking`).
 
     Given its `image`, a mask of another size is refused. Both are resized to the model's
     square, so a mask of another shape (a mask of another image, one cropped or exported at
@@ -561,13 +562,29 @@ def read_mask(path: Path, size: int, image: str | Path | None = None) -> np.ndar
             _refuse_frames(img, path, "mask")
             if image is not None:
                 _check_same_size(path, _size_shown(img), image)
-            marking = _painted if _has_transparency(img) else _marked
+            marking = _marking(img)
             marked = _resized_in_strips(img, lambda strip: marking(strip)[None], size)
             return _upright(marked, img)[0] >= 0.5
     except InputError:  # the size check's own line (a ValueError, as some unreadable files')
         raise
     except _UNREADABLE as exc:
         raise InputError(f"{path}: unreadable mask ({first_line(exc)})") from None
+
+
+def _marking(img: Image.Image) -> Callable[[Image.Image], np.ndarray]:
+    """How a mask's pixels mark its defects: by their alpha where some pixel is not opaque
+    (`_painted`), by their brightness in a JPEG (`_bright`), else any that is not black."""
+    if _has_transparency(img):
+        return _painted
+    return _bright if img.format in _LOSSY_FORMATS else _marked
+
+
+def _bright(img: Image.Image) -> np.ndarray:
+    """The pixels of a lossy mask above half the range (128 of 255) in some channel. JPEG
+    leaves faint values around a mask's strokes and spreads a colour's noise further: any
+    non-zero pixel widened every defect. Half the range is where most code binarizes a
+    mask; a lossless mask's every value is as drawn, class ids 1 and 2 included."""
+    return _marked(img.point(lambda value: 255 if value > 127 else 0))
 
 
 def _marked(img: Image.Image) -> np.ndarray:
