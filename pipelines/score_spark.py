@@ -52,14 +52,18 @@ def spark_session(master: str = DEFAULT_MASTER) -> SparkSession:
     from pyspark.errors import PySparkException
     from pyspark.sql import SparkSession
 
+    from anomaly_vae.tracking import quiet_mlflow
+
     # Local sessions talk to their own workers only; without this Spark binds to the first
     # network interface it finds and warns about it.
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     # Workers run `python3` from PATH unless told otherwise: outside an activated virtual
     # environment that interpreter has neither torch nor this package.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    # The Python workers inherit this: one INFO line per model load per task is noise.
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    # The JVM and its Python workers inherit MLflow's quiet variables from here: once the
+    # model lookup's `tracking_for_call` had put the caller's back, each load printed download
+    # bars and an INFO line around the summary. So the session keeps them, as `serve` does.
+    quiet_mlflow()
     # env_manager="local" is the point (the workers run this environment), not a risk to
     # warn about; and pandas 3 works for the Arrow UDFs used here.
     logging.getLogger("mlflow.pyfunc").setLevel(logging.ERROR)
