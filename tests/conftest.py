@@ -30,6 +30,21 @@ def train_cli(config: Path, *args: str) -> str:
     return result.stdout.strip().splitlines()[-1]
 
 
+def train_on_codes_beyond_2_53(folder: Path) -> str:
+    """A model of a categorical column of int64 codes 2^53 and 2^53 + 1 beside nulls (which
+    pandas and Spark would read as floats, one code) and a number; its URI."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    low = 2**53
+    codes = pa.array([None if i % 10 == 0 else low + i % 2 for i in range(300)], pa.int64())
+    amounts = pa.array([1.0 + i % 7 for i in range(300)])
+    pq.write_table(pa.table({"code": codes, "amount": amounts}), folder / "train.parquet")
+    config = folder / "codes.yaml"
+    config.write_text(f"data:\n  path: {folder / 'train.parquet'}\n  categorical: [code]\n")
+    return train_cli(config, "--set", "training.epochs=2")
+
+
 @pytest.fixture(scope="session", autouse=True)
 def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A cache folder of the session's own ($XDG_CACHE_HOME), where `serve` and Spark would

@@ -227,15 +227,10 @@ def test_spark_scores_integer_codes_beyond_2_53_beside_a_null_exactly(
     # another code, and scored as that one. Declared text, Spark casts them exactly.
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from conftest import train_cli
+    from conftest import train_on_codes_beyond_2_53
 
     low = 2**53
-    codes = pa.array([None if i % 10 == 0 else low + i % 2 for i in range(300)], pa.int64())
-    amounts = pa.array([1.0 + i % 7 for i in range(300)])
-    pq.write_table(pa.table({"code": codes, "amount": amounts}), tmp_path / "train.parquet")
-    config = tmp_path / "codes.yaml"
-    config.write_text(f"data:\n  path: {tmp_path / 'train.parquet'}\n  categorical: [code]\n")
-    model_uri = train_cli(config, "--set", "training.epochs=2")
+    model_uri = train_on_codes_beyond_2_53(tmp_path)
     day = pa.table({"code": pa.array([low, low + 1, None], pa.int64()), "amount": [1.0] * 3})
     pq.write_table(day, tmp_path / "day.parquet")
     scores = {}

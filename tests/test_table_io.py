@@ -647,17 +647,12 @@ def test_integer_codes_beyond_2_53_with_missing_values_stay_distinct(
 ) -> None:
     # pandas reads an integer column with a null as float64, exact only to 2^53: merchant codes
     # 9007199254740992 and ...993 trained as one category and scored as one.
-    from conftest import train_cli
+    from conftest import train_on_codes_beyond_2_53
 
     from pipelines.score import load_model
 
     low = 2**53
-    codes = pa.array([None if i % 10 == 0 else low + i % 2 for i in range(300)], pa.int64())
-    amounts = pa.array([1.0 + i % 7 for i in range(300)])
-    pq.write_table(pa.table({"code": codes, "amount": amounts}), tmp_path / "train.parquet")
-    config = tmp_path / "codes.yaml"
-    config.write_text(f"data:\n  path: {tmp_path / 'train.parquet'}\n  categorical: [code]\n")
-    model_uri = train_cli(config, "--set", "training.epochs=2")
+    model_uri = train_on_codes_beyond_2_53(tmp_path)
     detector = load_model(model_uri)
     assert detector.preprocessor.categorical[0].categories == [
         "9007199254740992", "9007199254740993", "<missing>"
