@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from anomaly_vae.errors import InputError, Interrupted, first_line
 from anomaly_vae.interruptions import hold_interruptions
 from anomaly_vae.store_lock import store_lock
+from anomaly_vae.terminal import loggers_at
 from anomaly_vae.tracking_server import check_server_answers, is_server_uri
 
 if TYPE_CHECKING:
@@ -219,11 +220,9 @@ def _check_databricks_credentials(uri: str) -> None:
 
     if not is_databricks_uri(uri):
         return
-    lookup = logging.getLogger("mlflow.utils.databricks_utils")
-    level = lookup.level
-    lookup.setLevel(logging.ERROR)
     try:
-        get_databricks_host_creds(uri)
+        with loggers_at(logging.ERROR, "mlflow.utils.databricks_utils"):
+            get_databricks_host_creds(uri)
     except MlflowException:
         profile = uri.partition("://")[2]
         how = (
@@ -234,8 +233,6 @@ def _check_databricks_credentials(uri: str) -> None:
         raise InputError(
             f"{uri}: no Databricks credentials for this tracking store; {how}"
         ) from None
-    finally:
-        lookup.setLevel(level)
 
 
 def use_experiment(name: str) -> str:

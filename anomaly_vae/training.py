@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from anomaly_vae.config import TrainingConfig
 from anomaly_vae.errors import InputError, first_line
 from anomaly_vae.models.lightning_module import LossTerms, VAETrainingModule
-from anomaly_vae.terminal import stderr_is_terminal
+from anomaly_vae.terminal import loggers_at, stderr_is_terminal
 
 _LIGHTNING_LOGGERS = (
     "pytorch_lightning",
@@ -241,18 +241,10 @@ def _quiet_lightning() -> Iterator[None]:
     """Lightning's hints about GPUs and data-loader workers are noise for our users; quiet for
     the fit only: a notebook's own Lightning fit after `train` printed no model summary and no
     hints, and the caller's warnings filters kept ours."""
-    loggers = [logging.getLogger(name) for name in _LIGHTNING_LOGGERS]
-    levels = [logger.level for logger in loggers]
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), loggers_at(logging.ERROR, *_LIGHTNING_LOGGERS):
         warnings.filterwarnings("ignore", ".*does not have many workers.*")
         warnings.filterwarnings("ignore", ".*GPU available.*")
         warnings.filterwarnings("ignore", ".*treespec.*")
         # VAETrainingModule sums its epoch metrics across processes itself before logging them.
         warnings.filterwarnings("ignore", ".*sync_dist=True.*")
-        for logger in loggers:
-            logger.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for logger, level in zip(loggers, levels, strict=True):
-                logger.setLevel(level)
+        yield

@@ -269,14 +269,14 @@ def _session_stopped_by_ctrl_c(master: str) -> Iterator[SparkSession]:
 def _py4j_silenced() -> Iterator[None]:
     """No py4j log records: a call to the JVM that Ctrl-C cut short is logged with tracebacks,
     on the root logger (`logging.exception`) and on py4j's own loggers."""
-    root, own = logging.getLogger(), logging.getLogger("py4j")
-    level = own.level
+    from anomaly_vae.terminal import loggers_at
+
+    root = logging.getLogger()
     root.addFilter(_not_from_py4j)
-    own.setLevel(logging.CRITICAL + 1)
     try:
-        yield
+        with loggers_at(logging.CRITICAL + 1, "py4j"):
+            yield
     finally:
-        own.setLevel(level)
         root.removeFilter(_not_from_py4j)
 
 
