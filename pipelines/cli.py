@@ -89,7 +89,8 @@ def stopped_by_sigterm(command: Callable[..., Any]) -> Callable[..., Any]:
     Python's default SIGTERM action ends the process at once, running no `finally` and no
     `with` exit: `timeout` or a job scheduler stopping `score` left its temporary output file
     (hundreds of MB on a large input), Spark's staging folder and the downloaded model's
-    folder behind. `train` keeps Lightning's own SIGTERM handling (`anomaly_vae.training`).
+    folder behind. In `train` this covers reading and splitting the data; during the fit
+    Lightning's own handler runs first, then this one (`anomaly_vae.training`).
     """
 
     @functools.wraps(command)
@@ -144,6 +145,7 @@ def main() -> None:
 )
 @tracking_option
 @user_errors
+@stopped_by_sigterm
 @finished_once_registered
 def train(config_path: str, overrides: tuple[str, ...], tracking_uri: str | None) -> None:
     """Train, calibrate and register a model; prints its URI last."""

@@ -1317,6 +1317,53 @@ def test_score_stopped_by_sigterm_leaves_no_temporary_output(tmp_path) -> None:
     assert list(out.parent.iterdir()) == []
 
 
+# `train` on argv[1]'s config, stopped by SIGTERM before its MLflow run begins (argv[3]
+# "before") or in the third training step ("fit").
+TRAIN_STOPPED = """
+import os, signal, sys, time
+import pipelines.cli, pipelines.train
+
+def terminated_before(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(30)
+
+steps = []
+def terminated_in_fit(model, batch, loss_terms=pipelines.train.tabular_loss_terms):
+    steps.append(batch)
+    if len(steps) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return loss_terms(model, batch)
+
+if sys.argv[3] == "before":
+    pipelines.train.train = terminated_before
+else:
+    pipelines.train.tabular_loss_terms = terminated_in_fit
+pipelines.cli.main(["train", sys.argv[1], "--tracking-uri", sys.argv[2]])
+"""
+
+
+def test_train_stopped_by_sigterm_says_so_before_and_during_its_run(tmp_path) -> None:
+    """Before its MLflow run began (reading the data, say) `train` ended at once without a
+    word, where `score` and a stopped fit say what stopped them."""
+    table = tmp_path / "rows.csv"
+    rows = np.random.default_rng(0).normal(size=(200, 2))
+    pd.DataFrame(rows, columns=["a", "b"]).to_csv(table, index=False)
+    config = tmp_path / "config.yaml"
+    config.write_text(f"data:\n  path: {table}\ntraining:\n  epochs: 3\n")
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for when in ("before", "fit"):
+        stopped = subprocess.run(
+            [sys.executable, "-c", TRAIN_STOPPED, str(config), store, when],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert stopped.returncode == 128 + 15, (when, stopped.stderr)
+        lines = stopped.stderr.splitlines()
+        assert lines[-1].startswith("train interrupted (SIGTERM)"), (when, stopped.stderr)
+    assert lines[-1].endswith("ended KILLED")  # the fit's run is closed, and named
+
+
 @pytest.mark.parametrize(
     ("setting", "key"),
     [("model.conv_channels=[8]", "model.conv_channels"), ("image.size=4", "image.size")],
