@@ -189,8 +189,8 @@ class ImageConfig(_Section):
         default="{stem}.png",
         description="Pixel mask beside each image, relative to its folder ({stem}, {name}, "
         "{parent} are filled in); mask files are never read as images. A mask's pixels "
-        "that are not black mark defects (in a JPEG, those above half the range; in a mask "
-        "with transparency, those not transparent).",
+        "that are not black mark defects (in a JPEG or lossy WebP, those above half the "
+        "range; in a mask with transparency, those not transparent).",
     )
     holdout_fraction: float = Field(
         default=0.0,

@@ -1079,19 +1079,29 @@ def test_a_mask_with_transparency_marks_what_is_painted_whatever_its_colour(
     assert marked[2:].all() and not marked[:2].any()
 
 
+@pytest.mark.parametrize("suffix", ["jpg", "webp"])
 @pytest.mark.parametrize(
     "mode, colour", [("L", 255), ("RGB", (255, 255, 255)), ("RGB", (255, 0, 0))]
 )
-def test_a_jpeg_mask_marks_its_bright_pixels_not_its_compression_noise(
-    tmp_path: Path, mode: str, colour
+def test_a_lossy_mask_marks_its_bright_pixels_not_its_compression_noise(
+    tmp_path: Path, mode: str, colour, suffix: str
 ) -> None:
-    """JPEG leaves faint values around a mask's strokes: counted as defects, they widened
-    every defect (and its colours' noise spread them further)."""
+    """JPEG and lossy WebP leave faint values around a mask's strokes: counted as defects,
+    they widened every defect (and its colours' noise spread them further)."""
     drawn = np.zeros((32, 32), bool)
     drawn[4:14, 2:20], drawn[18:30, 4:8], drawn[20:28, 22:28] = True, True, True
     mask = Image.new(mode, (32, 32))
     mask.paste(colour, mask=Image.fromarray(drawn))
-    mask.save(tmp_path / "mask.jpg", quality=75)
-    stored = np.asarray(Image.open(tmp_path / "mask.jpg")).reshape(32, 32, -1)
-    assert (stored.any(axis=2) & ~drawn).sum() > 100  # the noise, beside the strokes
-    np.testing.assert_array_equal(read_mask(tmp_path / "mask.jpg", 32), drawn)
+    path = tmp_path / f"mask.{suffix}"
+    mask.save(path, quality=75 if suffix == "jpg" else 40)
+    stored = np.asarray(Image.open(path)).reshape(32, 32, -1)
+    assert (stored.any(axis=2) & ~drawn).sum() > 10  # the noise, beside the strokes
+    np.testing.assert_array_equal(read_mask(path, 32), drawn)
+
+
+def test_a_lossless_webp_mask_marks_every_pixel_that_is_not_black(tmp_path: Path) -> None:
+    """Class ids 1 and 2, as drawn: only lossy files are read by their bright pixels."""
+    classes = np.zeros((16, 16), np.uint8)
+    classes[2:6, 2:6], classes[9:14, 8:12] = 1, 2
+    Image.fromarray(classes).save(tmp_path / "mask.webp", lossless=True)
+    np.testing.assert_array_equal(read_mask(tmp_path / "mask.webp", 16), classes > 0)

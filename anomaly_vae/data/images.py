@@ -562,7 +562,7 @@ def read_mask(path: Path, size: int, image: str | Path | None = None) -> np.ndar
             _refuse_frames(img, path, "mask")
             if image is not None:
                 _check_same_size(path, _size_shown(img), image)
-            marking = _marking(img)
+            marking = _marking(img, path)
             marked = _resized_in_strips(img, lambda strip: marking(strip)[None], size)
             return _upright(marked, img)[0] >= 0.5
     except InputError:  # the size check's own line (a ValueError, as some unreadable files')
@@ -571,17 +571,39 @@ def read_mask(path: Path, size: int, image: str | Path | None = None) -> np.ndar
         raise InputError(f"{path}: unreadable mask ({first_line(exc)})") from None
 
 
-def _marking(img: Image.Image) -> Callable[[Image.Image], np.ndarray]:
+def _marking(img: Image.Image, path: str | Path) -> Callable[[Image.Image], np.ndarray]:
     """How a mask's pixels mark its defects: by their alpha where some pixel is not opaque
-    (`_painted`), by their brightness in a JPEG (`_bright`), else any that is not black."""
+    (`_painted`), by their brightness in a lossy file (`_bright`), else any that is not
+    black."""
     if _has_transparency(img):
         return _painted
-    return _bright if img.format in _LOSSY_FORMATS else _marked
+    return _bright if _is_lossy(img, path) else _marked
+
+
+def _is_lossy(img: Image.Image, path: str | Path) -> bool:
+    """Whether a file stores its pixels lossily: a JPEG always, a WebP when its image data is
+    a lossy 'VP8 ' chunk rather than a lossless 'VP8L' one, which Pillow does not tell."""
+    if img.format == "WEBP":
+        return _webp_image_chunk(path) == b"VP8 "
+    return img.format in _LOSSY_FORMATS
+
+
+def _webp_image_chunk(path: str | Path) -> bytes | None:
+    """The kind of a WebP file's first image chunk ('VP8 ', 'VP8L' or an animation frame's
+    'ANMF'), past the RIFF header and the chunks before it (VP8X, ICCP, ANIM, ALPH)."""
+    with open(path, "rb") as file:
+        file.seek(12)  # "RIFF", the size, "WEBP"
+        while len(header := file.read(8)) == 8:
+            kind, length = header[:4], int.from_bytes(header[4:], "little")
+            if kind in (b"VP8 ", b"VP8L", b"ANMF"):
+                return kind
+            file.seek(length + length % 2, os.SEEK_CUR)  # chunks are padded to even sizes
+    return None
 
 
 def _bright(img: Image.Image) -> np.ndarray:
-    """The pixels of a lossy mask above half the range (128 of 255) in some channel. JPEG
-    leaves faint values around a mask's strokes and spreads a colour's noise further: any
+    """The pixels of a lossy mask above half the range (128 of 255) in some channel. JPEG and
+    lossy WebP leave faint values around a mask's strokes and spread a colour's noise further: any
     non-zero pixel widened every defect. Half the range is where most code binarizes a
     mask; a lossless mask's every value is as drawn, class ids 1 and 2 included."""
     return _marked(img.point(lambda value: 255 if value > 127 else 0))
