@@ -200,6 +200,19 @@ class ImageConfig(_Section):
         "training.seed), for `evaluate --held-out-only`.",
     )
     augment: bool = Field(default=False, description="Random flips of training images.")
+    train_noise: float = Field(
+        default=0.0,
+        ge=0,
+        description="Standard deviation of smooth noise added to training images only, which "
+        "the model learns to remove: it then repairs broad defects (uneven brightness) instead "
+        "of reconstructing them. 0 trains on the images as they are.",
+    )
+    noise_cells: int = Field(
+        default=4,
+        gt=0,
+        description="train_noise is drawn on a grid of noise_cells x noise_cells values and "
+        "smoothly enlarged to the image: 4 gives patches of about a quarter of a side.",
+    )
     complexity_weight: float = Field(
         default=0.5,
         ge=0,

@@ -250,9 +250,13 @@ def image_terms(
     pixels: torch.Tensor,
     samples: int = 0,
     generator: torch.Generator | None = None,
+    inputs: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-pixel reconstruction NLL (n, channels, size, size) and KL (n,); as `tabular_terms`."""
-    mu, log_var = model.encode(pixels)
+    """Per-pixel reconstruction NLL (n, channels, size, size) and KL (n,); as `tabular_terms`.
+    The encoder sees `inputs`, by default the pixels themselves: denoising training
+    (`image.train_noise`) hands it noisy copies and charges the reconstruction of the clean
+    pixels."""
+    mu, log_var = model.encode(pixels if inputs is None else inputs)
     draws = [reparameterize(mu, log_var, generator) for _ in range(samples)] or [mu]
     nll = torch.stack([pixel_nll(model, model.decode(z), pixels) for z in draws]).mean(0)
     return nll, kl_divergence(mu, log_var)

@@ -126,9 +126,13 @@ def train_images(
     train_data: torch.utils.data.Dataset = TensorDataset(torch.from_numpy(train_pixels))
     if config.image.augment:
         train_data = RandomFlips(train_data)
+    if config.image.train_noise:
+        train_data = CoarseNoise(train_data, config.image.train_noise, config.image.noise_cells)
 
     def loss_terms(model, batch):  # noqa: ANN001, ANN202 - the LossTerms signature
-        nll, kl = image_terms(model, batch[0], samples=1)
+        # A noisy training batch is (noisy, clean); a validation batch (clean,): validation
+        # measures what scoring does, the clean image reconstructed from itself.
+        nll, kl = image_terms(model, batch[-1], samples=1, inputs=batch[0])
         return nll.sum((1, 2, 3)), kl
 
     val_data = TensorDataset(torch.from_numpy(val_pixels[val_normal]))
@@ -221,3 +225,31 @@ class RandomFlips:
             if flip:
                 x = x.flip(dim)
         return (x,)
+
+
+class CoarseNoise:
+    """Training images as (noisy, clean) pairs, the noise drawn on a coarse grid of `cells` x
+    `cells` values and enlarged bilinearly to the image: smooth patches of brighter and darker.
+
+    Kascenas et al. ("Denoising autoencoders for unsupervised anomaly detection in brain MRI",
+    MIDL 2022) train on such noise. A VAE trained on clean images reconstructs a broad
+    brightness defect (the magnetic tiles' Uneven class) as faithfully as normal texture, so
+    its maps barely mark it; taught to remove smooth noise, it repairs the defect instead, and
+    the map marks the difference. Tiles, `likelihood: ssim`, 3 split seeds: pixel AUROC
+    0.754 -> 0.788, image AUROC 0.894 -> 0.908 (benchmarks/results/image-tuning.md)."""
+
+    def __init__(self, data, std: float, cells: int) -> None:  # noqa: ANN001 - as RandomFlips
+        self.data, self.std, self.cells = data, std, cells
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple:
+        import torch
+        import torch.nn.functional as F
+
+        (x,) = self.data[index]
+        # One field for every channel: brightness, not colour, varies.
+        noise = torch.randn(1, 1, self.cells, self.cells, dtype=x.dtype) * self.std
+        noise = F.interpolate(noise, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return (x + noise[0]).clamp(0, 1), x

@@ -1105,3 +1105,83 @@ def test_a_lossless_webp_mask_marks_every_pixel_that_is_not_black(tmp_path: Path
     classes[2:6, 2:6], classes[9:14, 8:12] = 1, 2
     Image.fromarray(classes).save(tmp_path / "mask.webp", lossless=True)
     np.testing.assert_array_equal(read_mask(tmp_path / "mask.webp", 16), classes > 0)
+
+
+def test_coarse_noise_pairs_a_smoothly_noisy_copy_with_the_clean_image() -> None:
+    """image.train_noise: the encoder's input is the image plus noise drawn on a coarse grid
+    and enlarged, one field for every channel, within [0, 1]; the target is the image."""
+    from torch.utils.data import TensorDataset
+
+    from pipelines.train_images import CoarseNoise
+
+    clean = torch.full((200, 3, 32, 32), 0.5)
+
+    def pairs(std: float) -> tuple[torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        data = CoarseNoise(TensorDataset(clean), std=std, cells=4)
+        noisy, target = zip(*(data[i] for i in range(len(data))), strict=True)
+        return torch.stack(noisy), torch.stack(target)
+
+    noisy, target = pairs(0.05)
+    assert torch.equal(target, clean)
+    noise = noisy - clean
+    torch.testing.assert_close(pairs(0.1)[0] - clean, 2 * noise)  # its scale is train_noise
+    assert 0.02 < float(noise.std()) <= 0.05
+    assert torch.equal(noise[:, 0], noise[:, 2])  # brightness, not colour
+    assert pairs(5.0)[0].min() == 0 and pairs(5.0)[0].max() == 1  # still an image in [0, 1]
+    # Smooth: a neighbour differs by a fraction of the noise; in white noise, by more than it.
+    assert float((noise[..., 1:] - noise[..., :-1]).abs().mean()) < 0.25 * float(noise.abs().mean())
+
+
+def test_denoising_terms_encode_the_inputs_and_charge_the_clean_pixels() -> None:
+    from anomaly_vae.models.conv_vae import ConvVAE
+    from anomaly_vae.scoring import image_terms, pixel_nll
+
+    torch.manual_seed(0)
+    model = ConvVAE(channels=1, size=8, conv_channels=[8], latent=2, likelihood="gaussian")
+    clean, noisy = torch.rand(4, 1, 8, 8), torch.rand(4, 1, 8, 8)
+    nll, kl = image_terms(model, clean, inputs=noisy)
+    mu, _ = model.encode(noisy)
+    torch.testing.assert_close(nll, pixel_nll(model, model.decode(mu), clean))
+    torch.testing.assert_close(kl, image_terms(model, noisy)[1])
+    assert not torch.allclose(nll, image_terms(model, clean)[0])
+
+
+def test_train_noise_reaches_training_only_and_the_model_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Training batches are (noisy, clean) pairs and the loss encodes the noisy one;
+    validation, which early stopping reads, sees the clean images as scoring will. End to
+    end, a denoising digits model registers with its setting and still tells the digits apart."""
+    import anomaly_vae.training
+    from pipelines.demo import write_digits
+    from pipelines.score import load_model
+
+    train_dir, test_dir = write_digits(tmp_path)
+    tracking = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    fit = anomaly_vae.training.fit_vae
+    seen = {}
+
+    def spying_fit(model, loss_terms, train_data, val_data, training, beta):  # noqa: ANN001, ANN202
+        noisy, clean = train_data[0]
+        seen["pair_differs"] = not torch.equal(noisy, clean)
+        seen["val_items"] = len(val_data[0])
+        batch = (noisy[None], clean[None])
+        encoded, encode = [], model.encode
+        model.encode = lambda x: encoded.append(x) or encode(x)
+        loss_terms(model, batch)
+        del model.encode  # the class's own again
+        seen["encoded_noisy"] = torch.equal(encoded[0], batch[0])
+        return fit(model, loss_terms, train_data, val_data, training, beta)
+
+    monkeypatch.setattr(anomaly_vae.training, "fit_vae", spying_fit)
+    result = run_cli("train", REPO / "configs" / "digits.yaml", "--set", f"data.path={train_dir}",
+                     "--set", "image.train_noise=0.1", "--set", "training.epochs=60",
+                     "--tracking-uri", tracking)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert seen == {"pair_differs": True, "val_items": 1, "encoded_noisy": True}
+    detector = load_model(result.stdout.strip().splitlines()[-1], tracking)
+    assert detector.image.train_noise == 0.1
+    items = detector.list_images(test_dir).items
+    scores = np.concatenate([s.score for _, _, s in detector.scored_batches(items)])
+    assert roc_auc_score(np.array([i.label for i in items], dtype=bool), scores) > 0.9
