@@ -1317,6 +1317,51 @@ def test_score_stopped_by_sigterm_leaves_no_temporary_output(tmp_path) -> None:
     assert list(out.parent.iterdir()) == []
 
 
+def test_a_batch_is_written_while_the_next_one_scores(
+    breast_cancer_model, breast_cancer_files, tmp_path, monkeypatch
+) -> None:
+    """Written in turn, each batch's write left the scoring threads idle (2.6 s of the 10M-row
+    file's 22 s); the output is the same, rows in order."""
+    import threading
+    import time
+
+    import pipelines.score
+    from anomaly_vae.data.tables import AtomicTableWriter
+    from anomaly_vae.detector import TabularDetector
+
+    model_uri, tracking = breast_cancer_model
+    _, test = breast_cancer_files
+    whole = tmp_path / "whole.parquet"
+    assert run_cli("score", model_uri, test, "-o", whole, "--tracking-uri", tracking).exit_code == 0
+
+    events, lock = [], threading.Lock()
+    write, score_frame = AtomicTableWriter.write, TabularDetector.score_frame
+
+    def slow_write(self, frame, source):  # noqa: ANN001, ANN202
+        with lock:
+            events.append("write")
+        time.sleep(0.3)
+        write(self, frame, source)
+        with lock:
+            events.append("written")
+
+    def noted_score_frame(self, *args, **kwargs):  # noqa: ANN001, ANN202
+        with lock:
+            events.append("score")
+        return score_frame(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipelines.score, "batch_rows", lambda features: 50)
+    monkeypatch.setattr(AtomicTableWriter, "write", slow_write)
+    monkeypatch.setattr(TabularDetector, "score_frame", noted_score_frame)
+    batched = tmp_path / "batched.parquet"
+    result = run_cli("score", model_uri, test, "-o", batched, "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+    assert events.count("write") == 5  # 214 rows, 50 a batch
+    first_written = events.index("written")
+    assert events[:first_written].count("score") == 2  # the second batch scored meanwhile
+    pd.testing.assert_frame_equal(pd.read_parquet(batched), pd.read_parquet(whole))
+
+
 # `train` on argv[1]'s config, stopped by SIGTERM before its MLflow run begins (argv[3]
 # "before") or in the third training step ("fit").
 TRAIN_STOPPED = """
