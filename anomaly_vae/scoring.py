@@ -31,7 +31,6 @@ from functools import cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from anomaly_vae.data.preprocessing import TabularRows
 from anomaly_vae.models.conv_vae import ConvVAE
@@ -314,16 +313,31 @@ def structural_dissimilarity(x: torch.Tensor, y: torch.Tensor, sigma: float) -> 
 
 
 def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Gaussian blur of (n, h, w) maps: defects are regions, single noisy pixels are not."""
-    radius = math.ceil(3 * sigma)
-    if radius < 1:
+    """Gaussian blur of (n, h, w) maps, edges replicated: defects are regions, single noisy
+    pixels are not.
+
+    The blur is two matrix products rather than two one-channel convolutions: oneDNN ran those
+    at under 1 GFLOP/s, and with their backward pass they took two thirds of an ssim training
+    step; the products take a thirtieth of that time for the same sums."""
+    if math.ceil(3 * sigma) < 1:
         return maps
-    offsets = torch.arange(-radius, radius + 1, dtype=maps.dtype, device=maps.device)
-    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    x = F.pad(maps.unsqueeze(1), (radius, radius, radius, radius), mode="replicate")
-    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
-    return F.conv2d(x, kernel.view(1, 1, -1, 1)).squeeze(1)
+    height, width = maps.shape[-2:]
+    rows = _blur_matrix(height, sigma, maps.dtype, maps.device)
+    return rows.T @ (maps @ _blur_matrix(width, sigma, maps.dtype, maps.device))
+
+
+def _blur_matrix(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(size, size) weights of each input pixel (row) in each blurred pixel (column) along one
+    axis: a Gaussian of 3 sigma's radius, the weight that falls past an edge given to the edge
+    pixel."""
+    radius = math.ceil(3 * sigma)
+    offsets = torch.arange(-radius, radius + 1, device=device)
+    kernel = torch.exp(-0.5 * (offsets.to(dtype) / sigma) ** 2)
+    outputs = torch.arange(size, device=device)
+    sources = (outputs + offsets[:, None]).clamp(0, size - 1)
+    matrix = torch.zeros(size, size, dtype=dtype, device=device)
+    weights = (kernel / kernel.sum()).repeat_interleave(size)
+    return matrix.index_put_((sources.flatten(), outputs.repeat(len(offsets))), weights, True)
 
 
 def compressed_bits(pixels: np.ndarray) -> np.ndarray:

@@ -970,6 +970,32 @@ def test_structural_dissimilarity_matches_ssim_computed_by_hand() -> None:
     assert float(structural_dissimilarity(flat_x, flat_x, 1.0).abs().max()) < 1e-6
 
 
+def test_smooth_maps_is_a_gaussian_blur_with_the_edges_replicated() -> None:
+    """Every pixel of a blurred map, edges and corners included, equals the Gaussian window
+    written out in NumPy over the map padded with its edge pixels; maps smaller than the
+    window too, and the blur passes gradients back."""
+    from anomaly_vae.scoring import smooth_maps
+
+    rng = np.random.default_rng(1)
+    for shape, sigma in [((3, 9, 14), 1.5), ((2, 4, 3), 2.0)]:
+        maps = rng.random(shape)
+        radius = int(np.ceil(3 * sigma))
+        weights = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+        window = np.outer(weights, weights) / weights.sum() ** 2
+        padded = np.pad(maps, ((0, 0), (radius, radius), (radius, radius)), mode="edge")
+        expected = np.zeros_like(maps)
+        for row in range(shape[1]):
+            for col in range(shape[2]):
+                patch = padded[:, row : row + 2 * radius + 1, col : col + 2 * radius + 1]
+                expected[:, row, col] = (patch * window).sum(axis=(1, 2))
+        np.testing.assert_allclose(smooth_maps(torch.from_numpy(maps), sigma), expected)
+
+    pixels = torch.zeros(1, 5, 5, requires_grad=True)
+    smooth_maps(pixels, 1.0)[0, 2, 2].backward()
+    assert float(pixels.grad.sum()) == pytest.approx(1.0)  # the window's weights sum to 1
+    assert float(pixels.grad[0, 2, 2]) == pixels.grad.max()
+
+
 def test_an_ssim_model_trains_scores_and_maps_the_digits(tmp_path: Path) -> None:
     """model.likelihood=ssim end to end: other digits score higher, a perfect reconstruction
     is the maps' zero, and the tabular trainer refuses the image-only likelihood."""
