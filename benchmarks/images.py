@@ -116,9 +116,21 @@ def peer_rows(
 
 def run_ours(specs: list[tuple], jobs: int, threads: int) -> list[dict]:
     """`run_case` on each (config path, overrides, test path, held-out only), `jobs` at a time
-    in separate processes with `threads` torch threads each."""
+    in separate processes with `threads` torch threads each.
+
+    The cases left over after the full rounds (the third of three tiles seeds on two jobs) run
+    after them with the rounds' threads shared out, instead of leaving cores idle."""
     if jobs == 1:
         return [run_case(*spec) for spec in specs]
+    rounds = len(specs) - len(specs) % jobs
+    return _in_processes(specs[:rounds], jobs, threads) + _in_processes(
+        specs[rounds:], len(specs) - rounds, jobs * threads // max(1, len(specs) - rounds)
+    )
+
+
+def _in_processes(specs: list[tuple], jobs: int, threads: int) -> list[dict]:
+    if not specs:
+        return []
     # spawn, not fork: the parent has torch loaded, and forked torch thread pools can hang.
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, context, _set_torch_threads, (threads,)) as pool:
