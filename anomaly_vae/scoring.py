@@ -301,15 +301,21 @@ SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
 
 def structural_dissimilarity(x: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
     """1 - SSIM(x, y) per pixel of images (n, channels, size, size) in [0, 1], from local
-    means, variances and covariance over a Gaussian window: 0 where the two agree."""
+    means, variances and covariance over a Gaussian window: 0 where the two agree.
+
+    In float32 whatever the autocast: the local variances are differences of nearly equal
+    means, which bfloat16's 8 bits lose (the tiles trained at `bf16-mixed` with these in
+    bfloat16: image AUROC 0.908 -> 0.812, pixel 0.786 -> 0.747)."""
     n, channels, height, width = x.shape
-    # The five local statistics in one blur call.
-    stacked = torch.cat([x, y, x * x, y * y, x * y]).view(-1, height, width)
-    mean_x, mean_y, xx, yy, xy = smooth_maps(stacked, sigma).view(5, n, channels, height, width)
-    mean_xy = mean_x * mean_y
-    squares = mean_x * mean_x + mean_y * mean_y
-    similarity = (2 * mean_xy + SSIM_C1) * (2 * (xy - mean_xy) + SSIM_C2)
-    return 1 - similarity / ((squares + SSIM_C1) * (xx + yy - squares + SSIM_C2))
+    with torch.autocast(x.device.type, enabled=False):
+        x, y = x.float(), y.float()
+        # The five local statistics in one blur call.
+        stacked = torch.cat([x, y, x * x, y * y, x * y]).view(-1, height, width)
+        mean_x, mean_y, xx, yy, xy = smooth_maps(stacked, sigma).view(5, n, channels, height, width)
+        mean_xy = mean_x * mean_y
+        squares = mean_x * mean_x + mean_y * mean_y
+        similarity = (2 * mean_xy + SSIM_C1) * (2 * (xy - mean_xy) + SSIM_C2)
+        return 1 - similarity / ((squares + SSIM_C1) * (xx + yy - squares + SSIM_C2))
 
 
 def smooth_maps(maps: torch.Tensor, sigma: float) -> torch.Tensor:

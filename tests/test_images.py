@@ -970,6 +970,22 @@ def test_structural_dissimilarity_matches_ssim_computed_by_hand() -> None:
     assert float(structural_dissimilarity(flat_x, flat_x, 1.0).abs().max()) < 1e-6
 
 
+def test_structural_dissimilarity_keeps_float32_under_bfloat16_autocast() -> None:
+    """Training at `bf16-mixed` runs the decoder in bfloat16; the SSIM statistics stay in
+    float32, since their variances are differences of nearly equal means."""
+    from anomaly_vae.scoring import structural_dissimilarity
+
+    rng = np.random.default_rng(2)
+    x = torch.from_numpy(rng.random((2, 1, 16, 16)).astype(np.float32))
+    y = (x + torch.from_numpy(rng.normal(0, 0.05, x.shape).astype(np.float32))).clamp(0, 1)
+    expected = structural_dissimilarity(x, y, 1.5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = structural_dissimilarity(x, y.to(torch.bfloat16), 1.5)
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got, structural_dissimilarity(x, y.to(torch.bfloat16).float(), 1.5))
+    assert float((got - expected).abs().max()) < 0.05  # y rounded to bfloat16, nothing else
+
+
 def test_smooth_maps_is_a_gaussian_blur_with_the_edges_replicated() -> None:
     """Every pixel of a blurred map, edges and corners included, equals the Gaussian window
     written out in NumPy over the map padded with its edge pixels; maps smaller than the
