@@ -1227,3 +1227,22 @@ def test_train_noise_reaches_training_only_and_the_model_keeps_it(
     items = detector.list_images(test_dir).items
     scores = np.concatenate([s.score for _, _, s in detector.scored_batches(items)])
     assert roc_auc_score(np.array([i.label for i in items], dtype=bool), scores) > 0.9
+
+
+def test_conv_vae_weights_saved_in_either_memory_layout_score_alike() -> None:
+    """The filters are kept channels-last for speed; weights saved before that, in the
+    default layout, load into a new model and give the same scores."""
+    from anomaly_vae.models.conv_vae import ConvVAE
+    from anomaly_vae.scoring import score_images
+
+    torch.manual_seed(0)
+    model = ConvVAE(3, 16, [8, 16], 4, "ssim")
+    assert model.encoder[0].weight.is_contiguous(memory_format=torch.channels_last)
+    old_layout = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
+    loaded = ConvVAE(3, 16, [8, 16], 4, "ssim")
+    loaded.load_state_dict(old_layout)
+    assert loaded.decoder[0].weight.is_contiguous(memory_format=torch.channels_last)
+    pixels = np.random.default_rng(0).random((6, 3, 16, 16)).astype(np.float32)
+    expected, got = score_images(model, pixels), score_images(loaded, pixels)
+    np.testing.assert_allclose(got.score, expected.score, rtol=1e-5)
+    np.testing.assert_allclose(got.maps, expected.maps, rtol=1e-4, atol=1e-6)

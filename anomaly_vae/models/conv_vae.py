@@ -67,6 +67,11 @@ class ConvVAE(nn.Module):
         self.log_scale = nn.Parameter(
             torch.tensor(INITIAL_LOG_SCALE), requires_grad=likelihood == "gaussian"
         )
+        # Channels-last filters: oneDNN's convolutions run faster with channels innermost
+        # (the tiles model, 256 images on two threads: encode 136 -> 102 ms, decode 227 ->
+        # 155 ms), and the feature maps follow the filters' layout. Saved weights load into
+        # either layout.
+        self.to(memory_format=torch.channels_last)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.encoder(x)
