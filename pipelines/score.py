@@ -7,8 +7,9 @@ written to a temporary file and renamed into place only once every row has score
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -100,20 +101,19 @@ def scored_batches(
 
     bar = stderr_is_terminal()
     with tqdm(total=count_rows(input_path), unit="rows", disable=not bar, leave=False) as progress:
-        batches = table_batches(detector, input_path, echoed if echo_exactly else None)
-        for batch in _prefetched(batches):
-            scored = detector.score_frame(
-                batch.frame,
-                batch.source,
-                batch.first_row,
-                keep_columns,
-                allow_extra,
-                top_rows=top_rows,
+
+        def scored(batch: TableBatch) -> tuple[TableBatch, pd.DataFrame]:
+            frame = detector.score_frame(
+                batch.frame, batch.source, batch.first_row, keep_columns, allow_extra, top_rows
             )
+            return batch, frame
+
+        batches = table_batches(detector, input_path, echoed if echo_exactly else None)
+        for batch, scored_frame in _two_at_a_time(scored, _prefetched(batches)):
             progress.update(len(batch.frame))
             # Missing on every row of the file, not of one batch: a day's nulls may come first.
             empty = [c for c in empty if not holds_a_value(batch.frame[c])]
-            yield batch, scored
+            yield batch, scored_frame
     check_category_values(empty, str(input_path))
 
 
@@ -129,6 +129,33 @@ def table_batches(
     text_columns = {*detector.roles.id_columns, *detector.preprocessor.text_columns}
     rows = batch_rows(len(detector.feature_names))
     return iter_table_batches(input_path, rows, text_columns, echoed)
+
+
+def _two_at_a_time(
+    work: Callable[[TableBatch], tuple[TableBatch, pd.DataFrame]], batches: Iterator[TableBatch]
+) -> Iterator[tuple[TableBatch, pd.DataFrame]]:
+    """`work` on each batch, in order, two batches at a time on threads of their own.
+
+    A batch's rows are checked before they score and its output is assembled after, in
+    pandas on one core, while the scoring threads wait: a fifth of the time of a 65,536-row
+    batch. With a second batch in flight, its rows score meanwhile.
+    """
+    with ThreadPoolExecutor(2) as pool:
+        pending: deque[Future[tuple[TableBatch, pd.DataFrame]]] = deque()
+        while True:
+            try:
+                batch = next(batches, None)
+            except Exception:
+                for earlier in pending:  # a bad row before an unreadable part is the one to name
+                    earlier.result()
+                raise
+            if batch is None:
+                break
+            pending.append(pool.submit(work, batch))
+            if len(pending) == 2:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _prefetched(batches: Iterator[TableBatch]) -> Iterator[TableBatch]:
