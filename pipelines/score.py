@@ -139,8 +139,17 @@ def _two_at_a_time(
     A batch's rows are checked before they score and its output is assembled after, in
     pandas on one core, while the scoring threads wait: a fifth of the time of a 65,536-row
     batch. With a second batch in flight, its rows score meanwhile.
+
+    The threads score with the caller's torch thread count, set as they start: a new thread
+    takes the count last set by any thread, and the scoring threads set theirs to one as
+    they start, which a thread starting beside them took for good (small batches, scored on
+    the caller's torch threads, then ran on one).
     """
-    with ThreadPoolExecutor(2) as pool:
+    import torch
+
+    with ThreadPoolExecutor(
+        2, initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)
+    ) as pool:
         pending: deque[Future[tuple[TableBatch, pd.DataFrame]]] = deque()
         while True:
             try:

@@ -1383,6 +1383,27 @@ def test_a_batch_scores_while_the_one_before_it_is_checked_and_assembled() -> No
     assert events.index("start 1") < events.index("end 0")
 
 
+def test_batches_score_with_the_callers_torch_threads() -> None:
+    """A scoring worker starting meanwhile sets one torch thread, the count new threads take;
+    the batch threads keep the caller's."""
+    import threading
+
+    import torch
+
+    from pipelines.score import _two_at_a_time
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        lowered = threading.Thread(target=torch.set_num_threads, args=(1,))
+        lowered.start()
+        lowered.join()
+        counts = [n for _, n in _two_at_a_time(lambda b: (b, torch.get_num_threads()), iter("ab"))]
+    finally:
+        torch.set_num_threads(threads)
+    assert counts == [2, 2]
+
+
 def test_a_bad_row_before_an_unreadable_part_is_the_error_named() -> None:
     """The reader runs ahead of the batches in flight: its error waits for theirs, so the
     line names the first problem in the file's order, as when batches scored one by one."""
