@@ -120,7 +120,7 @@ def run(rows: int, workdir: Path) -> str:
         (
             score.seconds <= 3 * arrow.seconds,
             f"`score` on {rows:,} rows: {score.seconds:.1f} s = "
-            f"{score.seconds / arrow.seconds:.1f}x pyarrow's {arrow.seconds:.1f} s (target <= 3x)",
+            f"{score.seconds / arrow.seconds:.2f}x pyarrow's {arrow.seconds:.1f} s (target <= 3x)",
         ),
         (
             score.peak_mib < 1024,
