@@ -1358,7 +1358,9 @@ def test_a_batch_is_written_while_the_next_one_scores(
     assert result.exit_code == 0, result.output
     assert events.count("write") == 5  # 214 rows, 50 a batch
     first_written = events.index("written")
-    assert events[:first_written].count("score") >= 2  # the second batch scored meanwhile
+    # The second batch scored meanwhile, and with two in flight at most the third too: the
+    # command waits for the first write before it reads on.
+    assert events[:first_written].count("score") in (2, 3)
     pd.testing.assert_frame_equal(pd.read_parquet(batched), pd.read_parquet(whole))
 
 
