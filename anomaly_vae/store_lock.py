@@ -10,10 +10,16 @@ guard each statement, not the sequence.
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import errno
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+
+if sys.platform == "win32":
+    import msvcrt
+else:
+    import fcntl
 
 
 @contextlib.contextmanager
@@ -44,4 +50,24 @@ def _lock(handle: int) -> None:
     without, as a lock file that cannot be made is: every command there stopped on an OSError
     traceback before it opened a store that had served it well."""
     with contextlib.suppress(OSError):
+        _lock_file(handle)
+
+
+if sys.platform == "win32":
+
+    def _lock_file(handle: int) -> None:
+        """Windows has no flock: lock the file's first byte. msvcrt's waiting lock gives up
+        with EDEADLOCK after ten tries a second apart, less than a new store's set-up may
+        take on a slow disk, so it is asked again until it holds."""
+        while True:
+            try:
+                msvcrt.locking(handle, msvcrt.LK_LOCK, 1)
+                return
+            except OSError as exc:
+                if exc.errno != errno.EDEADLOCK:
+                    raise
+
+else:
+
+    def _lock_file(handle: int) -> None:
         fcntl.flock(handle, fcntl.LOCK_EX)

@@ -4,13 +4,13 @@ store that keeps nothing past the command is refused."""
 from __future__ import annotations
 
 import errno
-import fcntl
 from pathlib import Path
 
 import mlflow
 import pytest
 from conftest import run_cli
 
+from anomaly_vae import store_lock
 from anomaly_vae.tracking import configure_tracking
 
 
@@ -19,10 +19,10 @@ def test_a_store_on_a_file_system_without_locks_opens_unlocked(
 ) -> None:
     # NFS mounted without its lock service refuses flock with ENOLCK: every command on a store
     # there ended in an OSError traceback, where it had opened the store before the lock.
-    def no_locks(handle: int, operation: int) -> None:
+    def no_locks(handle: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")
 
-    monkeypatch.setattr(fcntl, "flock", no_locks)
+    monkeypatch.setattr(store_lock, "_lock_file", no_locks)
     assert configure_tracking(tracking_uri) == tracking_uri
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     assert [e.name for e in client.search_experiments()] == ["Default"]

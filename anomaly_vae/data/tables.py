@@ -713,10 +713,11 @@ class AtomicTableWriter:
         fd, name = tempfile.mkstemp(
             prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
         )
-        # mkstemp creates owner-only files (0600) whatever the umask, and the rename kept that
-        # mode: the mode open() would give, as the report's writer does.
-        os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
+        # mkstemp creates owner-only files (0600) whatever the umask, and the rename kept that
+        # mode: the mode open() would give, as the report's writer does. By name, as Windows
+        # has no fchmod before Python 3.13.
+        os.chmod(name, 0o666 & ~_umask())
         self._tmp_path = Path(name)
         return self
 
