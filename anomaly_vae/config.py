@@ -113,6 +113,31 @@ class DataConfig(_Section):
         as text (`anomaly_vae.data.schema.anomaly_labels`), so it is kept as text."""
         return str(value) if isinstance(value, bool) else _as_text(value)
 
+    @model_validator(mode="after")
+    def _one_role_a_column(self) -> DataConfig:
+        """A label also listed in `drop` trained as the label, the drop silently ignored, and
+        an id also dropped or the label was read as both."""
+        keys: dict[str, list[str]] = {}
+        for name, key in self._named_columns():
+            keys.setdefault(name, []).append(key)
+        for name, named_in in keys.items():
+            if len(named_in) > 1:
+                raise ValueError(
+                    f"'{name}' is named in {' and '.join(named_in)}; a column can have only one role"
+                )
+        return self
+
+    def role_keys(self) -> dict[str, str]:
+        """The columns given a role (id, label, dropped), each with the key that names it."""
+        return dict(self._named_columns())
+
+    def _named_columns(self) -> list[tuple[str, str]]:
+        return [
+            *((name, "data.id_columns") for name in self.id_columns),
+            *([(self.label, "data.label")] if self.label else []),
+            *((name, "data.drop") for name in self.drop),
+        ]
+
 
 # The likelihoods each kind of model can be built with.
 LIKELIHOODS = {"table": ("gaussian", "unit-gaussian"), "image": ("gaussian", "bernoulli", "ssim")}

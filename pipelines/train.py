@@ -57,7 +57,9 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
     from anomaly_vae.detector import ColumnRoles
 
     roles = ColumnRoles(data.id_columns, data.label, data.drop)
-    check_columns(list(frame.columns), roles.known, (), source, allow_extra=True)
+    check_columns(
+        list(frame.columns), roles.known, (), source, allow_extra=True, named_by=data.role_keys()
+    )
     # An id named like a score column ('score') is refused before training, not by the
     # signature example once the model had trained: a FAILED run, and "input:" for the file.
     check_kept_columns(data.id_columns, source)

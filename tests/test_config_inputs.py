@@ -71,6 +71,42 @@ def test_a_column_listed_twice_names_the_config_key(tmp_path: Path, key: str) ->
 
 
 @pytest.mark.parametrize(
+    ("overrides", "keys"),
+    [
+        (["data.drop=[is_fraud]"], "data.label and data.drop"),
+        (["data.id_columns=[is_fraud]"], "data.id_columns and data.label"),
+        (["data.id_columns=[txn_id]", "data.drop=[txn_id]"], "data.id_columns and data.drop"),
+    ],
+)
+def test_a_column_given_two_roles_is_refused(
+    tmp_path: Path, overrides: list[str], keys: str
+) -> None:
+    # A label also listed in data.drop trained as the label, the drop ignored without a word.
+    path = _write(tmp_path, "data:\n  path: t.parquet\n  label: is_fraud\n")
+    with pytest.raises(InputError, match=f"'data': .*'(is_fraud|txn_id)' is named in {keys};"):
+        load_config(path, overrides)
+
+
+def test_columns_the_config_names_and_the_table_lacks_name_their_keys() -> None:
+    # configs/creditcard.yaml pointed at another table (`--set data.path=...`, as the README
+    # suggests) said only "missing column(s) 'Unnamed: 0', 'Unnamed: 0.1'", as if the file
+    # were at fault.
+    import pandas as pd
+
+    from anomaly_vae.config import parse_config
+    from pipelines.train import split_table
+
+    frame = pd.DataFrame({"x": range(40), "y": [0, 1] * 20})
+    data = {"path": "t.csv", "label": "fraud", "id_columns": ["id"], "drop": ["x", "copy"]}
+    with pytest.raises(
+        InputError,
+        match=r"^t.csv: missing column\(s\) 'id', 'fraud', 'copy', which the config names in "
+        r"data.id_columns, data.label, data.drop$",
+    ):
+        split_table(frame, parse_config({"data": data}))
+
+
+@pytest.mark.parametrize(
     ("labels", "value", "held"),
     [([0, 1], "9", "'0', '1'"), (["no", "yes"], "fraud", "'no', 'yes'")],
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -27,19 +27,27 @@ def check_columns(
     known: Collection[str],
     source: str,
     allow_extra: bool = False,
+    named_by: Mapping[str, str] | None = None,
 ) -> None:
     """Missing required columns are an error; so are unexpected ones unless `allow_extra`,
     and a name given to two columns, even an extra one: readers keep both (a CSV header, a
     Parquet schema, a DataFrame), and which of the two a feature was read from is nobody's
-    guess (a second 'amount' of 999s scored every row as an anomaly, silently)."""
+    guess (a second 'amount' of 999s scored every row as an anomaly, silently).
+
+    `named_by` maps required names to the config key that names them, which the error then
+    gives: a config written for another table (configs/creditcard.yaml's id and dropped
+    columns, given another `data.path`) read as the file's fault."""
     repeated = [name for name, count in Counter(columns).items() if count > 1]
     if repeated:
         raise InputError(f"{source}: more than one column named {_names(repeated)}")
     present = set(columns)
     missing = [c for c in required if c not in present]
     if missing:
+        keys = dict.fromkeys(named_by[c] for c in missing) if named_by else {}
+        named = f", which the config names in {', '.join(keys)}" if keys else ""
         raise InputError(
-            f"{source}: missing column(s) {_names(missing)}{_spelled_otherwise(missing, columns)}"
+            f"{source}: missing column(s) {_names(missing)}{named}"
+            f"{_spelled_otherwise(missing, columns)}"
         )
     if not allow_extra:
         expected = set(required) | set(known)
