@@ -114,9 +114,12 @@ def train_images(
     from anomaly_vae.scoring import image_terms, score_images
     from anomaly_vae.training import fit_vae, is_ddp_worker
 
-    config.check_kind("image")
     started = time.perf_counter()
+    # The images first: a folder of CSV parts, or an empty one, is an image source only for
+    # want of Parquet files, and a table's settings in its config (model.activation) were
+    # refused in its place, for an image model it could never train.
     split = split_images(config, echo)
+    config.check_kind("image")
     size, channels = config.image.size, config.image.channels
     torch.manual_seed(config.training.seed)  # the initial weights too: one config, one model
     model = build_image_model(config.image, config.model.model_dump())

@@ -1040,11 +1040,14 @@ def test_training_on_a_folder_of_csv_parts_says_what_a_table_is(
     frame.iloc[100:].to_csv(folder / "part-1.csv", index=False)
     config = tmp_path / "parts.yaml"
     config.write_text(yaml.safe_dump({"data": {"path": str(folder), "label": "label"}}))
-    result = run_cli("train", config)
-    assert result.exit_code == 1
-    assert result.stderr.strip().endswith(
-        "but CSV files (part-0.csv): a table is one CSV file or a folder of Parquet files"
-    )
+    # With a table's setting in the config (the README's example sets model.activation), the
+    # error was "model.activation: tabular models only; image models use model.conv_channels".
+    for overrides in ([], ["--set", "model.activation=relu"]):
+        result = run_cli("train", config, *overrides)
+        assert result.exit_code == 1
+        assert result.stderr.strip().endswith(
+            "but CSV files (part-0.csv): a table is one CSV file or a folder of Parquet files"
+        )
 
 
 def test_an_accelerator_lightning_cannot_use_fails_in_one_line(
