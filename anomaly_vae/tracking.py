@@ -68,7 +68,10 @@ def configure_tracking(tracking_uri: str | None = None, create: bool = True) -> 
 
     uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     _refuse_in_memory(uri)
+    _refuse_a_path(uri)
     db = _sqlite_path(uri)
+    if db is not None and not db.exists():
+        _refuse_three_slashes_for_four(uri, db)
     if db is not None and not create and not db.is_file():
         raise InputError(f"{uri}: no MLflow tracking store there; `anomaly-vae train` makes one")
     if db is not None:
@@ -160,6 +163,36 @@ def _refuse_in_memory(uri: str) -> None:
         raise InputError(
             f"{uri}: an in-memory store keeps no run or model once the command ends; "
             f"give a file, such as {DEFAULT_TRACKING_URI}"
+        )
+
+
+def _refuse_a_path(uri: str) -> None:
+    """Refuse a SQLite store given as a path (`mlruns/mlflow.db`, or `mlruns`, the folder that
+    holds it) in one line giving its URI: MLflow read the path as MLflow 2's file store, and
+    its refusal pointed to MLFLOW_ALLOW_FILE_STORE, the way to that store, not to this one."""
+    if "://" in uri:
+        return
+    path = Path(uri)
+    db = path / "mlflow.db" if path.is_dir() else path
+    if db.suffix.lower() in _SQLITE_SUFFIXES and (db.is_file() or not path.is_dir()):
+        raise InputError(
+            f"{uri}: a path, not a tracking URI; for the SQLite store {db}, give "
+            f"sqlite:///{db.resolve().as_posix()}"
+        )
+
+
+_SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def _refuse_three_slashes_for_four(uri: str, db: Path) -> None:
+    """Refuse `sqlite:///tmp/store/mlflow.db` where no store is but /tmp/store/mlflow.db is
+    one: three slashes name a path under the working directory, and `train` made a new, empty
+    store there, printing its model's URI as though registered in the one meant."""
+    meant = Path("/", db)
+    if not db.is_absolute() and meant.is_file():
+        raise InputError(
+            f"{uri}: names {db} under the working directory, where there is no store; the store "
+            f"at {meant} is sqlite:///{meant.as_posix()}, with four slashes"
         )
 
 

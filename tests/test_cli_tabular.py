@@ -1191,14 +1191,52 @@ def test_a_tracking_store_that_is_not_there_is_named_and_not_created(
 
 
 @pytest.mark.parametrize("store", ["mlruns", "file:///tmp/anomaly-vae-file-store", "foo://bar"])
-def test_a_tracking_store_mlflow_cannot_open_stops_in_one_line(breast_cancer_files, store) -> None:
+def test_a_tracking_store_mlflow_cannot_open_stops_in_one_line(
+    breast_cancer_files, store, tmp_path, monkeypatch
+) -> None:
     # MLflow 3 refuses a file store (MLflow 2's `./mlruns`) and unknown schemes: `train` and
     # `runs` ended in MLflow's traceback, `score` in "model ... not found".
+    monkeypatch.chdir(tmp_path)  # no mlruns/mlflow.db here, which is a SQLite store's path
     for args in (("runs",), ("score", "models:/m@champion", breast_cancer_files[1], "-o", "x.csv")):
         result = run_cli(*args, "--tracking-uri", store)
         assert result.exit_code == 1
         assert result.stderr.startswith(f"Error: {store}: MLflow cannot open this tracking store (")
         assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_sqlite_store_given_as_a_path_gets_its_uri(tracking_uri, tmp_path, monkeypatch) -> None:
+    # MLflow read a path as its old file store and refused it, pointing to
+    # MLFLOW_ALLOW_FILE_STORE: the way to that store, not to the SQLite file meant.
+    from anomaly_vae.tracking import configure_tracking
+
+    configure_tracking(tracking_uri)  # makes the store
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    monkeypatch.chdir(db.parent.parent)
+    for given in (str(db), db.parent.name, "new.db"):
+        result = run_cli("runs", "--tracking-uri", given)
+        meant = db if given != "new.db" else db.parent.parent / "new.db"
+        assert result.exit_code == 1
+        assert result.stderr.strip().endswith(f"give sqlite:///{meant.resolve().as_posix()}")
+        assert result.stderr.startswith(f"Error: {given}: a path, not a tracking URI;")
+    assert not (db.parent.parent / "new.db").exists()
+
+
+def test_three_slashes_for_a_store_at_an_absolute_path_are_refused(
+    tracking_uri, tmp_path, monkeypatch
+) -> None:
+    # `train --tracking-uri sqlite:///tmp/store/mlflow.db` made a new, empty store under the
+    # working directory and registered its model there, not in /tmp/store/mlflow.db.
+    from anomaly_vae.tracking import configure_tracking
+
+    configure_tracking(tracking_uri)  # makes the store
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    three = f"sqlite://{db}"  # the absolute path's own slash makes the third
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    result = run_cli("runs", "--tracking-uri", three)
+    assert result.exit_code == 1
+    assert result.stderr.strip().endswith(f"is sqlite:///{db.as_posix()}, with four slashes")
+    assert list((tmp_path / "work").iterdir()) == []
 
 
 @pytest.mark.parametrize(
