@@ -232,14 +232,20 @@ def publish(
     if report_path is None:
         return
     (tn, fp), (fn, tp) = evaluation.confusion
+    run = mlflow.active_run().info.run_id
+    # An alias moves: the version it named then keeps an archived report unambiguous.
+    version = mlflow.get_run(run).data.tags.get("model_version")
+    shown = (
+        f"{model_uri} ({version})" if version and model_uri != f"models:/{version}" else model_uri
+    )
     about = {
-        "model": model_uri,
+        "model": shown,
         "data": f"{source} ({tn + fp + fn + tp:,} {unit}, {fn + tp:,} anomalies)",
         "threshold": f"{threshold.value:.6g} (chosen by {threshold.strategy})"
         if threshold
         else "none",
-        "MLflow run": mlflow.active_run().info.run_id,
+        "MLflow run": run,
     }
-    text = render_html(f"Evaluation of {model_uri}", about, evaluation.metrics, sections)
+    text = render_html(f"Evaluation of {shown}", about, evaluation.metrics, sections)
     evaluation.report = write_html(report_path, text)
     mlflow.log_artifact(str(evaluation.report))

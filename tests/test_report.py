@@ -71,6 +71,11 @@ def test_report_embeds_every_figure_and_the_metric_values(
     assert result.exit_code == 0, result.output
     html = report.read_text()
     assert html.count('<img alt="') == html.count('src="data:image/png;base64,') == len(FIGURES)
+    # The version the alias named then: it moves, and the report is kept.
+    name, alias = model_uri.removeprefix("models:/").split("@")
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    version = client.get_model_version_by_alias(name, alias).version
+    assert f"<h1>Evaluation of {model_uri} ({name}/{version})</h1>" in html
     assert "http://" not in html and "https://" not in html  # nothing to fetch: opens offline
     shown = {
         name: float(value)
