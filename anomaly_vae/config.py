@@ -114,16 +114,17 @@ class DataConfig(_Section):
         return str(value) if isinstance(value, bool) else _as_text(value)
 
     @model_validator(mode="after")
-    def _one_role_a_column(self) -> DataConfig:
-        """A label also listed in `drop` trained as the label, the drop silently ignored, and
-        an id also dropped or the label was read as both."""
-        keys: dict[str, list[str]] = {}
-        for name, key in self._named_columns():
-            keys.setdefault(name, []).append(key)
-        for name, named_in in keys.items():
-            if len(named_in) > 1:
+    def _dropped_columns_only_dropped(self) -> DataConfig:
+        """A label also listed in `drop` trained as the label, the drop silently ignored; an
+        id listed there was carried into the scores all the same. (The label may be an id,
+        which carries it into scored files.)"""
+        for name in self.drop:
+            kept = [
+                key for other, key in self._named_columns() if other == name and key != "data.drop"
+            ]
+            if kept:
                 raise ValueError(
-                    f"'{name}' is named in {' and '.join(named_in)}; a column can have only one role"
+                    f"'{name}' is named in {kept[0]} and data.drop: a dropped column is not read"
                 )
         return self
 
