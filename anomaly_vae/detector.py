@@ -91,6 +91,7 @@ class TabularDetector:
         info: dict[str, Any] | None = None,
         probability: ProbabilityMap | None = None,
         normal: NormalScores | None = None,
+        typical_terms: np.ndarray | None = None,
     ) -> None:
         self.model = model.eval()
         self.preprocessor = preprocessor
@@ -103,6 +104,10 @@ class TabularDetector:
         self.probability = probability
         # Normal validation scores, the reference for re-calibrating on unlabelled data.
         self.normal = normal
+        # Each feature's median reconstruction term above its best on the normal validation
+        # rows, what top features are ranked above (`score_tabular`'s `typical`); detectors
+        # saved before it rank the terms above their best.
+        self.typical_terms = typical_terms
 
     @property
     def feature_names(self) -> list[str]:
@@ -127,6 +132,7 @@ class TabularDetector:
             self.preprocessor.check(frame, source, row_offset),
             samples=self.samples,
             top_k=top_k,
+            typical=self.typical_terms,
         )
 
     def score_frame(
@@ -189,7 +195,15 @@ class TabularDetector:
             "preprocessor": self.preprocessor.to_dict(),
             "columns": asdict(self.roles),
             **_decision_state(self),
-            "scoring": {"samples": self.samples, "top_features": self.top_features},
+            "scoring": {
+                "samples": self.samples,
+                "top_features": self.top_features,
+                **(
+                    {"typical_terms": self.typical_terms.tolist()}
+                    if self.typical_terms is not None
+                    else {}
+                ),
+            },
             "info": self.info,
             "versions": library_versions(),
         }
@@ -209,9 +223,24 @@ class TabularDetector:
             model_params=state["model"],
             samples=state["scoring"]["samples"],
             top_features=state["scoring"]["top_features"],
+            typical_terms=_typical_terms(state["scoring"], preprocessor),
             info=state.get("info", {}),
             **_decision_from_state(state),
         )
+
+
+def _typical_terms(scoring: dict[str, Any], preprocessor: TabularPreprocessor) -> np.ndarray | None:
+    """The saved typical terms, one a feature, as float32 for the scoring threads' tensors."""
+    typical = scoring.get("typical_terms")
+    if typical is None:
+        return None
+    values = np.asarray(typical, dtype=np.float32)
+    if values.shape != (len(preprocessor.feature_names),):
+        raise InputError(
+            f"detector.json: scoring.typical_terms holds {values.size} values for "
+            f"{len(preprocessor.feature_names)} features"
+        )
+    return values
 
 
 def build_tabular_model(preprocessor: TabularPreprocessor, params: dict[str, Any]) -> TabularVAE:
@@ -252,6 +281,7 @@ class ImageDetector:
         info: dict[str, Any] | None = None,
         probability: ProbabilityMap | None = None,
         normal: NormalScores | None = None,
+        typical_terms: np.ndarray | None = None,
     ) -> None:
         self.model = model.eval()
         self.image = image
@@ -266,6 +296,10 @@ class ImageDetector:
         self.probability = probability
         # Normal validation scores, the reference for re-calibrating on unlabelled data.
         self.normal = normal
+        # Each feature's median reconstruction term above its best on the normal validation
+        # rows, what top features are ranked above (`score_tabular`'s `typical`); detectors
+        # saved before it rank the terms above their best.
+        self.typical_terms = typical_terms
 
     def list_images(self, source: str | Path) -> ImageListing:
         return list_images(source, self.image)

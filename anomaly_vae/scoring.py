@@ -53,10 +53,14 @@ SAMPLING_SEED = 0
 class SampleScores:
     recon: np.ndarray
     kl: np.ndarray
-    # The columns of each sample's largest reconstruction terms above their best possible
-    # value (0 for a perfect reconstruction), largest first: the features that made it
-    # anomalous, (n, k) for `score_tabular`'s `top_k`.
+    # The columns of each sample's largest reconstruction terms above their typical value on
+    # normal rows (`score_tabular`'s `typical`; else above their best possible value, 0 for a
+    # perfect reconstruction), largest first: the features that made it anomalous, (n, k) for
+    # `score_tabular`'s `top_k`.
     top_features: np.ndarray | None = None
+    # Each sample's reconstruction terms as `top_features` ranks them, (n, n_features), for
+    # `score_tabular`'s `keep_terms`: training takes their medians (without `typical`) for it.
+    terms: np.ndarray | None = None
     # Images: per-pixel anomaly maps (n, size, size), the smoothed pixel terms above their best.
     maps: np.ndarray | None = None
 
@@ -128,6 +132,8 @@ def score_tabular(
     samples: int = 0,
     batch_size: int = SCORING_BATCH_ROWS,
     top_k: int = 0,
+    typical: np.ndarray | None = None,
+    keep_terms: bool = False,
 ) -> SampleScores:
     """Scores for rows, in batches to bound memory; `CheckedRows` are encoded batch by batch
     on the thread that scores them.
@@ -139,21 +145,34 @@ def score_tabular(
     caller's torch threads. `top_k` ranks each row's features by their reconstruction term
     (`SampleScores.top_features`), on the scoring threads beside the network: ranked on the
     caller's thread afterwards, they cost `score` a third of its time.
+
+    `typical` holds each feature's median term above its best on normal rows: ranked by their
+    raw terms, the columns a model cannot predict (a category drawn at random, a job among
+    twelve) topped most rows, normal or not, and hid the column that was off.
     """
     if model.training:  # eval() walks every submodule, a cost on small batches
         model.eval()
     workers = 1 if samples else torch.get_num_threads()
     n = len(table)
     rows_per_batch = _rows_per_batch(n, batch_size, workers)
-    top_k = min(top_k, model.n_numeric + model.n_binary + len(model.category_sizes))
+    n_features = model.n_numeric + model.n_binary + len(model.category_sizes)
+    top_k = min(top_k, n_features)
     scores = SampleScores(
         recon=np.empty(n),
         kl=np.empty(n),
         top_features=np.empty((n, top_k), np.int32) if top_k else None,
+        terms=np.empty((n, n_features), np.float32) if keep_terms else None,
     )
     generator = torch.Generator().manual_seed(SAMPLING_SEED) if samples else None
-    # The smallest value each numeric term can take (a perfect reconstruction).
-    numeric_floor = model.bounded_log_scale().detach() + HALF_LOG_2PI if top_k else None
+    # What each term is compared with: the smallest value a numeric term can take (a perfect
+    # reconstruction; binary and categorical terms are 0 at their best already), plus the
+    # feature's typical excess over it.
+    numeric_base = other_base = None
+    if top_k or keep_terms:
+        numeric_base = model.bounded_log_scale().detach() + HALF_LOG_2PI
+        if typical is not None:
+            numeric_base = numeric_base + torch.from_numpy(typical[: model.n_numeric])
+            other_base = torch.from_numpy(typical[model.n_numeric :])
 
     @torch.inference_mode()
     def score_rows(start: int) -> None:
@@ -170,13 +189,17 @@ def score_tabular(
         )
         scores.recon[rows] = nll.sum(1).numpy()
         scores.kl[rows] = kl.numpy()
-        if numeric_floor is not None:
-            # nll - floor * observed, in place: the scores above already summed nll.
-            # Binary and categorical terms are 0 at their best already.
+        if numeric_base is not None:
+            # nll - base * observed, in place: the scores above already summed nll.
             nll[:, : model.n_numeric].addcmul_(
-                observed_rows[:, : model.n_numeric], numeric_floor, value=-1
+                observed_rows[:, : model.n_numeric], numeric_base, value=-1
             )
-            scores.top_features[rows] = _largest_columns(nll.numpy(), top_k)
+            if other_base is not None and len(other_base):
+                nll[:, model.n_numeric :] -= other_base
+            if scores.terms is not None:
+                scores.terms[rows] = nll.numpy()
+            if top_k:
+                scores.top_features[rows] = _largest_columns(nll.numpy(), top_k)
 
     starts = range(0, n, rows_per_batch)
     if workers > 1 and len(starts) > 1:

@@ -273,7 +273,8 @@ def train(
             model, tabular_loss_terms, train_data, val_data, config.training, config.model.beta
         )
         fit_seconds = time.perf_counter() - fit_started
-        val_scores = score_tabular(model, val_enc, config.scoring.samples).score
+        validated = score_tabular(model, val_enc, config.scoring.samples, keep_terms=True)
+        val_scores = validated.score
         calibration = calibrate_and_log(
             config, val_scores, split.validation_labels, fit, fit_seconds
         )
@@ -293,6 +294,7 @@ def train(
             info=detector_info(config, run, fit),
             probability=calibration.probability,
             normal=calibration.normal,
+            typical_terms=np.median(validated.terms[val_normal], axis=0).astype(np.float32),
         )
         example = signature_example(
             split.train[[*config.data.id_columns, *split.features]],

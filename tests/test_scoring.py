@@ -79,6 +79,24 @@ def test_parallel_batches_score_as_one_pass(rows, request) -> None:
     np.testing.assert_array_equal(batched.top_features, whole.top_features)
 
 
+def test_top_features_rank_the_terms_above_each_features_typical_value(rows, request) -> None:
+    """Ranked with `typical`, the columns are those of the kept terms less `typical`, on the
+    caller's threads and on the batch threads alike; a column typically far above its best
+    (one the model cannot predict) leaves the top for the rows where it is only as usual."""
+    torch_threads(request, 3)
+    kept = score_tabular(*rows, batch_size=700, keep_terms=True)
+    typical = np.median(kept.terms, axis=0).astype(np.float32)
+    for batch_size in (700, len(rows[1])):
+        ranked = score_tabular(*rows, batch_size=batch_size, top_k=3, typical=typical)
+        np.testing.assert_array_equal(
+            ranked.top_features, _largest_columns(kept.terms - typical, 3)
+        )
+        np.testing.assert_array_equal(ranked.recon, kept.recon)  # the scores do not move
+    raised = typical.copy()
+    raised[5] += 1e6  # the categorical column
+    assert (score_tabular(*rows, top_k=5, typical=raised).top_features[:, :5] != 5).all()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="os.fork is POSIX only")
 def test_a_forked_child_scores_with_threads_of_its_own(rows, request) -> None:
     """The parent's scoring threads do not exist in a child forked after them."""
