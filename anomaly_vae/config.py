@@ -528,12 +528,16 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     # A directory, a file without read permission or one in another encoding than UTF-8 used
     # to end in a traceback.
     except UnicodeDecodeError as exc:
+        _refuse_data_as_config(path)
         raise InputError(f"{path}: config file is not UTF-8 text ({exc.reason})") from None
     except OSError as exc:
+        _refuse_data_as_config(path)
         raise InputError(f"{path}: cannot read the config file ({exc.strerror})") from None
     except yaml.YAMLError as exc:
+        _refuse_data_as_config(path)
         raise InputError(f"{path}: not valid YAML ({yaml_problem(exc)})") from None
     if not isinstance(raw, dict):
+        _refuse_data_as_config(path)
         raise InputError(f"{path}: a config must be a mapping of sections")
     for override in overrides:
         _apply_override(raw, override)
@@ -544,6 +548,21 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     config = parse_config(raw, source=str(path), overrides=overrides)
     config._file, config._overrides = str(path), tuple(overrides)
     return config
+
+
+# Suffixes of what `train` reads as data, given where its config goes.
+_DATA_SUFFIXES = {".csv", ".tsv", ".parquet", ".pq", ".gz", ".bz2", ".zst", ".png", ".jpg"}
+
+
+def _refuse_data_as_config(path: Path) -> None:
+    """Name the mistake behind a config that does not read as one: `anomaly-vae train
+    transactions.csv` said "a config must be a mapping of sections", and a Parquet file "not
+    UTF-8 text", neither of which says what a config is."""
+    if path.suffix.lower() in _DATA_SUFFIXES:
+        raise InputError(
+            f"{path}: data, not a config; a config is a YAML file that names it as "
+            f"data.path ('data: {{path: {path}}}'), as configs/*.yaml do"
+        )
 
 
 def _check_file_name(path: Path, raw: dict[str, Any]) -> None:

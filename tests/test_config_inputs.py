@@ -32,6 +32,23 @@ def test_a_config_file_that_cannot_be_read_is_named(tmp_path: Path) -> None:
         load_config(tmp_path)  # a directory
 
 
+@pytest.mark.parametrize("name", ["transactions.csv", "transactions.parquet"])
+def test_a_data_file_given_as_the_config_is_named_as_data(tmp_path: Path, name: str) -> None:
+    # "a config must be a mapping of sections" (a CSV) or "not UTF-8 text" (Parquet) said
+    # nothing of what a config is.
+    import pandas as pd
+
+    path = tmp_path / name
+    frame = pd.DataFrame({"amount": [1.5, 2.0], "merchant": ["a", "b"]})
+    frame.to_csv(path, index=False) if name.endswith(".csv") else frame.to_parquet(path)
+    with pytest.raises(InputError) as info:
+        load_config(path)
+    assert str(info.value) == (
+        f"{path}: data, not a config; a config is a YAML file that names it as data.path "
+        f"('data: {{path: {path}}}'), as configs/*.yaml do"
+    )
+
+
 @pytest.mark.parametrize(
     ("override", "key"),
     [
@@ -134,6 +151,9 @@ def test_an_anomaly_value_no_label_equals_is_refused(
         split_table(frame, config)
     matching = parse_config({"data": {"path": "t.csv", "label": "y", "anomaly_value": labels[1]}})
     assert split_table(frame, matching).validation_labels.sum() == 30
+    # Labels that all say normal are rows without anomalies, not a misspelt anomaly value.
+    normal = frame.assign(y=labels[0])
+    assert not split_table(normal, config).validation_labels.any()
 
 
 @pytest.mark.parametrize(

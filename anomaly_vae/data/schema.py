@@ -152,10 +152,16 @@ def check_anomaly_value_matches(
     series: pd.Series, labels: np.ndarray, anomaly_value: str | None, source: str
 ) -> None:
     """Refuse an `anomaly_value` that no label equals: training read every labelled anomaly
-    as normal (9 on 0/1 labels), learnt them and chose the threshold without them, silently."""
+    as normal (9 on 0/1 labels), learnt them and chose the threshold without them, silently.
+
+    Labels that all say normal in so many words ('no', 0, false) are a batch without
+    anomalies: a day's clean transactions, which `calibrate` takes for an fpr<=F threshold,
+    were refused."""
     if anomaly_value is None or labels.any():
         return
     held = sorted(series.astype(str).str.strip().unique())
+    if {value.casefold() for value in held} <= _FALSE_STRINGS | {"0.0"}:
+        return
     raise InputError(
         f"{source}: data.anomaly_value {anomaly_value!r} matches no row of label column "
         f"'{series.name}', which holds {_names(held)}"
