@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +44,10 @@ class ScoreSummary:
 
     def line(self) -> str:
         share = self.anomalies / self.rows if self.rows else 0.0
+        unit = self.unit if self.rows != 1 else self.unit.removesuffix("s")
+        flagged = "anomalies" if self.anomalies != 1 else "an anomaly"
         line = (
-            f"scored {self.rows:,} {self.unit}, {self.anomalies:,} flagged as anomalies "
+            f"scored {self.rows:,} {unit}, {self.anomalies:,} flagged as {flagged} "
             f"({share:.2%}), in {self.seconds:.1f} s -> {self.output}"
         )
         return f"{line}; {self.note}" if self.note else line
@@ -211,20 +213,37 @@ def score_file(
     # and compresses without the GIL), one batch behind at most: written in turn, the 10M-row
     # file's 2.6 s of writing left the scoring threads idle. The pool closes before the
     # writer, so a failed batch still leaves no output behind.
+    absent_ids: list[str] = []
     with writer, ThreadPoolExecutor(1) as writing:
         written = None
         for batch, scored in scored_batches(
             detector, input_path, keep_columns, allow_extra, echo_exactly=True
         ):
+            if written is None:
+                absent_ids = _absent_ids(detector.roles, batch.frame.columns)
             anomalies += int(scored["is_anomaly"].sum())
             if written is not None:
                 written.result()  # the previous batch's error, if any, stops the command here
             written = writing.submit(writer.write, scored, batch.source)
         if written is not None:
             written.result()
-    return ScoreSummary(
-        writer.rows_written, anomalies, time.perf_counter() - started, Path(output_path)
+    note = (
+        f"no id column {', '.join(map(repr, absent_ids))} in {input_path}: the output's rows "
+        "are in the input's order"
+        if absent_ids
+        else None
     )
+    return ScoreSummary(
+        writer.rows_written, anomalies, time.perf_counter() - started, Path(output_path), note=note
+    )
+
+
+def _absent_ids(roles, columns: Iterable[str]) -> list[str]:  # noqa: ANN001 - ColumnRoles
+    """The model's id columns, but for its label, that the input lacks: scored without them,
+    the output can be matched to the input by position alone, which the summary then says.
+    The label is left out: the id of labelled files, it is absent from new ones."""
+    present = set(columns)
+    return [c for c in roles.id_columns if c not in present and c != roles.label]
 
 
 # What `refuse_options` says an option is for.

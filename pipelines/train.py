@@ -81,7 +81,8 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
             "a model trains on normal rows: check data.label and data.anomaly_value"
         )
     if len(normal) < MIN_NORMAL_ROWS:
-        raise InputError(f"{source}: {len(normal)} normal rows; at least {MIN_NORMAL_ROWS} needed")
+        rows = "normal row" if len(normal) == 1 else "normal rows"
+        raise InputError(f"{source}: {len(normal)} {rows}; at least {MIN_NORMAL_ROWS} needed")
     rng = np.random.default_rng(config.training.seed)
     train_rows, val_normal = split_normals(normal, config.training, rng)
     val_rows = np.concatenate([val_normal, np.flatnonzero(labels)])
@@ -244,7 +245,7 @@ def train(
     )
     source = config.data.path
     preprocessor = TabularPreprocessor.fit(
-        split.train, split.features, config.data.categorical, split.may_miss
+        split.train, split.features, config.data.categorical, split.may_miss, source
     )
     train_enc = preprocessor.transform(split.train, source)
     val_enc = preprocessor.transform(split.validation, source)

@@ -73,9 +73,8 @@ def split_images(config: Config, echo: Callable[[str], None] = print) -> ImageSp
     )
     normal = np.flatnonzero(~labels & ~held)
     if len(normal) < MIN_NORMAL_IMAGES:
-        raise InputError(
-            f"{source}: {len(normal)} normal images; at least {MIN_NORMAL_IMAGES} needed"
-        )
+        images = "normal image" if len(normal) == 1 else "normal images"
+        raise InputError(f"{source}: {len(normal)} {images}; at least {MIN_NORMAL_IMAGES} needed")
     rng = np.random.default_rng(config.training.seed)
     train_rows, val_normal = split_normals(normal, config.training, rng)
     anomalies = rng.permutation(np.flatnonzero(labels))[: len(val_normal)]

@@ -91,6 +91,17 @@ def test_score_writes_ids_and_scores(breast_cancer_model, breast_cancer_files, t
     assert np.allclose(scored["score"], scored["recon_score"] + scored["kl_score"])
     assert scored["top_features"].str.split(",").map(len).eq(3).all()
     assert "scored 214 rows" in result.stderr
+    assert "no id column" not in result.stderr
+
+    # Without its id column, the file's scores can be matched to its rows by position alone.
+    no_ids = tmp_path / "no_ids.parquet"
+    source.drop(columns=["id", "label"]).to_parquet(no_ids)
+    result = run_cli("score", model_uri, no_ids, "-o", out, "--tracking-uri", tracking)
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip().endswith(
+        f"; no id column 'id' in {no_ids}: the output's rows are in the input's order"
+    )
+    assert list(pd.read_parquet(out).columns) == list(SCORE_COLUMNS)
 
 
 def test_scores_are_deterministic_and_csv_works(
@@ -1157,6 +1168,12 @@ def test_labels_the_models_anomaly_value_misses_are_named_by_evaluate_and_calibr
             f"Error: {shouted}: data.anomaly_value 'yes' matches no row of label column "
             "'label', which holds 'NO', 'YES'"
         )
+    # A batch whose labels all say 'no' is clean, not misspelt: it was refused the same way.
+    clean = tmp_path / "clean.parquet"
+    frame[frame["label"] == 0].assign(label="no").to_parquet(clean)
+    result = run_cli("calibrate", model_uri, clean, "--strategy", "fpr<=0.05")
+    assert result.exit_code == 0, result.output
+    assert "by fpr<=0.05" in result.stderr
 
 
 @pytest.mark.parametrize("command", ["evaluate", "calibrate"])
@@ -1619,3 +1636,12 @@ def test_top_features_name_the_column_that_is_off_not_one_that_is_always_noisy(
     # Measured: color first on 398 of the rows off the line and on every normal one.
     assert (first(new) == "color").mean() > 0.9
     assert first(off).isin(["x", "y"]).mean() < 0.5
+
+
+def test_the_summary_counts_one_row_and_one_anomaly_in_the_singular(tmp_path) -> None:
+    from pipelines.score import ScoreSummary
+
+    one = ScoreSummary(rows=1, anomalies=1, seconds=0.01, output=tmp_path / "o.csv", unit="images")
+    assert one.line().startswith("scored 1 image, 1 flagged as an anomaly (100.00%)")
+    two = ScoreSummary(rows=2, anomalies=0, seconds=0.01, output=tmp_path / "o.csv")
+    assert two.line().startswith("scored 2 rows, 0 flagged as anomalies (0.00%)")

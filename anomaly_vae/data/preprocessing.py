@@ -209,13 +209,14 @@ class TabularPreprocessor:
         features: Sequence[str],
         categorical: Sequence[str] | None,
         may_miss: Collection[str] = (),
+        source: str = "training data",
     ) -> TabularPreprocessor:
         """Learn scaling and categories from training rows; `categorical=None` infers them.
         Columns in `may_miss` (`check_training_rows`) get a missing-value indicator even when
-        these rows have no missing cell."""
+        these rows have no missing cell. `source`, the rows' file, is what errors name."""
         two_valued: set[str] = set()
         for name in features:
-            _reject_dates(frame[name], name)
+            _reject_dates(frame[name], name, source)
         listed = categorical
         if categorical is None:
             categorical = [c for c in features if not _is_numeric_column(frame[c])]
@@ -226,15 +227,17 @@ class TabularPreprocessor:
             if c in categorical or c in two_valued:
                 continue
             try:
-                numeric.append(_fit_numeric(frame[c], c, "training data", c in may_miss))
+                numeric.append(_fit_numeric(frame[c], c, source, c in may_miss))
             except InputError as exc:
                 if listed is None or _is_numeric_column(frame[c]):
                     raise
                 raise _unlisted_categorical(exc, c) from None
-        binary = [_fit_binary(frame[c], c, c in may_miss) for c in features if c in two_valued]
-        cats = [_fit_categorical(frame[c], c) for c in features if c in categorical]
+        binary = [
+            _fit_binary(frame[c], c, c in may_miss, source) for c in features if c in two_valued
+        ]
+        cats = [_fit_categorical(frame[c], c, source) for c in features if c in categorical]
         if not numeric and not binary and not cats:
-            raise InputError("training data: no feature columns left to train on")
+            raise InputError(f"{source}: no feature columns left to train on")
         return cls(numeric=numeric, categorical=cats, binary=binary)
 
     def transform(self, frame: pd.DataFrame, source: str, row_offset: int = 0) -> EncodedTable:
@@ -410,19 +413,19 @@ _DATE_TEXT = re.compile(
 DATE_SAMPLE_ROWS = 1000
 
 
-def _reject_dates(series: pd.Series, name: str) -> None:
+def _reject_dates(series: pd.Series, name: str, source: str) -> None:
     """Refuse a date, time or duration column: as categories, every later date would be one
     training never saw, and every new row would look anomalous for it. The user chooses what
     of it is stationary (hour, weekday, seconds since the account opened)."""
     dtype = series.dtype
     if pd.api.types.is_timedelta64_dtype(dtype):
         raise InputError(
-            f"training data: column '{name}' holds durations; convert them to a number first, "
+            f"{source}: column '{name}' holds durations; convert them to a number first, "
             "such as seconds"
         )
     if _holds_dates(series):
         raise InputError(
-            f"training data: column '{name}' holds dates or times: as categories, every later "
+            f"{source}: column '{name}' holds dates or times: as categories, every later "
             "one would be unseen. Drop it (data.drop) or derive stationary features from it "
             "first, such as the hour or the weekday"
         )
@@ -546,7 +549,7 @@ def _check_float32_scale(scale: float, name: str, source: str) -> None:
         )
 
 
-def _fit_categorical(series: pd.Series, name: str) -> CategoricalColumn:
+def _fit_categorical(series: pd.Series, name: str, source: str) -> CategoricalColumn:
     """The column's frequent values. A text that a CSV reader takes for a missing value ("NA",
     "null", "N/A": `null_spellings`) is the missing category, as a Parquet null is: kept as a
     category of its own, it made every null of a Parquet file an unseen value.
@@ -559,20 +562,20 @@ def _fit_categorical(series: pd.Series, name: str) -> CategoricalColumn:
     strings = [MISSING_CATEGORY if s in nulls else s for s in strings]
     rows = pd.Series(np.bincount(found, minlength=len(strings)), index=strings)
     counts = rows.groupby(level=0, sort=False).sum().sort_values(ascending=False, kind="stable")
-    _reject_unique_values(counts, name)
+    _reject_unique_values(counts, name, source)
     frequent = counts[counts >= MIN_CATEGORY_COUNT]
     if frequent.empty:
         frequent = counts
     return CategoricalColumn(name=name, categories=sorted(frequent.index[:MAX_CATEGORIES]))
 
 
-def _reject_unique_values(counts: pd.Series, name: str) -> None:
+def _reject_unique_values(counts: pd.Series, name: str, source: str) -> None:
     """Refuse a categorical column whose every value is seen once (a customer or transaction
     id): no category is learnt from it, every value, seen or new, reads alike, and a model of
     such a column alone gave every row one score and flagged none, an unseen value included."""
     if len(counts) > 1 and counts.iloc[0] == 1:
         raise InputError(
-            f"training data: column '{name}' holds a different value in each of the "
+            f"{source}: column '{name}' holds a different value in each of the "
             f"{len(counts):,} training rows, an id: list it in data.id_columns (or data.drop) "
             "rather than learn from it"
         )
@@ -586,10 +589,10 @@ def _has_two_values(series: pd.Series) -> bool:
     return len(counts) == 2 and counts.min() >= MIN_CATEGORY_COUNT
 
 
-def _fit_binary(series: pd.Series, name: str, may_miss: bool) -> BinaryColumn:
+def _fit_binary(series: pd.Series, name: str, may_miss: bool, source: str) -> BinaryColumn:
     """A two-valued numeric column: its smaller number encodes 0, the larger 1."""
-    values = _as_float(series, name, "training data", 0)
-    _reject_infinite(values, name, "training data", 0)
+    values = _as_float(series, name, source, 0)
+    _reject_infinite(values, name, source, 0)
     missing = np.isnan(values)
     present = values[~missing]
     return BinaryColumn(
