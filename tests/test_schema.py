@@ -87,3 +87,12 @@ def test_unexpected_columns_name_the_option_and_the_python_argument_that_ignore_
         "request: unexpected column(s) 'note' (the model was not trained on them; "
         "--allow-extra-columns, or allow_extra=True in Python, ignores them)"
     )
+
+
+def test_a_column_without_a_name_asks_about_a_trailing_separator() -> None:
+    # Lines ending in a comma read as a last column named '': "unexpected column(s) ''".
+    with pytest.raises(InputError) as info:
+        check_columns(["amount", ""], ["amount"], [], "new.csv")
+    assert str(info.value).endswith(
+        "ignores them) (a column without a name: a separator at the end of each line?)"
+    )

@@ -53,10 +53,12 @@ def check_columns(
         expected = set(required) | set(known)
         extra = [c for c in columns if c not in expected]
         if extra:
+            # A CSV whose lines end in a separator has a last column without a name.
+            unnamed = " (a column without a name: a separator at the end of each line?)"
             raise InputError(
                 f"{source}: unexpected column(s) {_names(extra)} "
                 "(the model was not trained on them; --allow-extra-columns, or allow_extra=True "
-                "in Python, ignores them)"
+                f"in Python, ignores them){unnamed if '' in extra else ''}"
             )
 
 
