@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,6 +66,11 @@ class ColumnRoles:
     @property
     def known(self) -> list[str]:
         return [*self.id_columns, *([self.label] if self.label else []), *self.drop]
+
+    def reading(self, anomaly_value: str | None) -> ColumnRoles:
+        """These roles with `anomaly_value` marking an anomaly, where given: the label value
+        of a file evaluated or calibrated on, which the model's own (if any) need not be."""
+        return self if anomaly_value is None else replace(self, anomaly_value=anomaly_value)
 
     def labels(self, series: pd.Series, source: str, row_offset: int = 0) -> np.ndarray:
         """Anomaly flags from a label column, read as the trained model reads them."""

@@ -77,8 +77,10 @@ def calibrate_model(
     probability: str = "isotonic",
     allow_extra: bool = False,
     tracking_uri: str | None = None,
+    anomaly_value: str | None = None,
 ) -> Calibration:
     """Score `input_path` with the model, choose a threshold by `strategy`, register it.
+    `anomaly_value` is the label that marks an anomaly, where not the model's.
 
     Labels come from `label`, else from the model's label column when the file has it (for
     images: folder names, or `label` as a path,label CSV); without labels only `fpr<=F`
@@ -110,10 +112,13 @@ def calibrate_model(
         # folder"), naming no model: as if the file, not the model, were wrong.
         raise InputError(table_for_an_image_model(model_uri, input_path))
     if detector.kind == "image":
-        refuse_options(input_path, {"--allow-extra-columns": allow_extra}, "tables")
+        tables_only = {"--allow-extra-columns": allow_extra, "--anomaly-value": anomaly_value}
+        refuse_options(input_path, tables_only, "tables")
         scores, labels, example = _image_scores_and_labels(detector, input_path, label)
     else:
-        scores, labels, example = _scores_and_labels(detector, input_path, label, allow_extra)
+        scores, labels, example = _scores_and_labels(
+            detector, input_path, label, allow_extra, anomaly_value
+        )
         example = _logged_example(source_dir, example)
     if strategy == "auto":
         _refuse_anomalies_only(input_path, labels)
@@ -188,6 +193,7 @@ def _scores_and_labels(
     input_path: str | Path,
     label: str | None,
     allow_extra: bool,
+    anomaly_value: str | None,
 ) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:
     """All scores of the file, its labels (or None) and a few rows as the model's example."""
     from anomaly_vae.data.schema import HeldLabels
@@ -200,7 +206,8 @@ def _scores_and_labels(
     if label:
         detector.check_label(label)
     scores, labels, example = [], [], None
-    held = HeldLabels(label, detector.roles.anomaly_value) if label else None
+    roles = detector.roles.reading(anomaly_value)
+    held = HeldLabels(label, roles.anomaly_value) if label else None
     for part, scored in scored_batches(detector, input_path, allow_extra=True, top_rows=0):
         batch = part.frame
         if example is None:
@@ -215,7 +222,7 @@ def _scores_and_labels(
             raise InputError(f"{part.source}: missing label column '{label}'")
         detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
         if label:
-            labels.append(detector.roles.labels(batch[label], part.source, part.first_row))
+            labels.append(roles.labels(batch[label], part.source, part.first_row))
             held.add(batch[label])
         scores.append(scored["score"].to_numpy())
     if not label:

@@ -241,10 +241,18 @@ def serve(model_uri: str, host: str, port: int, tracking_uri: str | None) -> Non
     run_server(model_uri, host, port, tracking_uri, echo=lambda line: click.echo(line, err=True))
 
 
+anomaly_value_option = click.option(
+    "--anomaly-value",
+    help="Label value that marks an anomaly [default: the model's data.anomaly_value, else "
+    "non-zero numbers and true].",
+)
+
+
 @main.command()
 @click.argument("model_uri", metavar="MODEL")
 @click.argument("input_path", metavar="INPUT", type=UserPath())
 @click.option("--label", help="Label column [default: the one the model was trained with].")
+@anomaly_value_option
 @click.option(
     "--allow-extra-columns", is_flag=True, help="Ignore input columns the model does not know."
 )
@@ -274,6 +282,7 @@ def evaluate(
     model_uri: str,
     input_path: str,
     label: str | None,
+    anomaly_value: str | None,
     allow_extra_columns: bool,
     report_path: str | None,
     cost_fn: float | None,
@@ -299,6 +308,7 @@ def evaluate(
         parse_costs(cost_fn, cost_fp),
         label_from,
         held_out_only,
+        anomaly_value,
     )
     for line in evaluation.lines():
         click.echo(line)
@@ -325,6 +335,7 @@ def evaluate(
     help="Label column [default: the model's, when the file has it]; for images, a "
     "path,label CSV [default: folder names].",
 )
+@anomaly_value_option
 @cost_options
 @click.option(
     "--probability",
@@ -346,6 +357,7 @@ def calibrate(
     input_path: str,
     strategy: str,
     label: str | None,
+    anomaly_value: str | None,
     cost_fn: float | None,
     cost_fp: float | None,
     probability: str,
@@ -369,6 +381,7 @@ def calibrate(
         probability,
         allow_extra_columns,
         tracking_uri,
+        anomaly_value,
     )
     for line in calibration.lines():
         click.echo(line, err=True)

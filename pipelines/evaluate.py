@@ -101,8 +101,10 @@ def evaluate_file(
     costs: Costs | None = None,
     label_from: str | None = None,
     held_out_only: bool = False,
+    anomaly_value: str | None = None,
 ) -> Evaluation:
     """Evaluate on a labelled file; `costs` default to those the model's threshold weighed.
+    `anomaly_value` is the label that marks an anomaly, where not the model's.
 
     A folder or IDX file of images goes to `evaluate_images`, with labels `label_from` folder
     names (or IDX labels) or a CSV.
@@ -124,7 +126,8 @@ def evaluate_file(
                 f"{input_path}: --label names a table's label column; for images use "
                 "--label-from folder or --label-from a path,label CSV"
             )
-        refuse_options(input_path, {"--allow-extra-columns": allow_extra}, "tables")
+        tables_only = {"--allow-extra-columns": allow_extra, "--anomaly-value": anomaly_value}
+        refuse_options(input_path, tables_only, "tables")
         from pipelines.evaluate_images import evaluate_images
 
         return evaluate_images(
@@ -146,16 +149,17 @@ def evaluate_file(
     if not label:
         raise InputError("evaluate needs --label: the model's config names no label column")
     detector.check_label(label)
+    roles = detector.roles.reading(anomaly_value)
     source = str(input_path)
     scores, labels = [], []
-    held = HeldLabels(label, detector.roles.anomaly_value)
+    held = HeldLabels(label, roles.anomaly_value)
     top_rows = pd.DataFrame()
     for part, scored in scored_batches(detector, input_path, allow_extra=True, top_rows=TOP_ROWS):
         batch = part.frame
         if label not in batch.columns:
             raise InputError(f"{part.source}: missing label column '{label}'")
         detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
-        labels.append(detector.roles.labels(batch[label], part.source, part.first_row))
+        labels.append(roles.labels(batch[label], part.source, part.first_row))
         held.add(batch[label])
         scores.append(scored["score"].to_numpy())
         if label not in scored.columns:  # an id column too: scored holds it already

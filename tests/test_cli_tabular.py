@@ -1180,7 +1180,8 @@ def test_labels_the_models_anomaly_value_misses_are_named_by_evaluate_and_calibr
 def test_unreadable_labels_at_evaluate_ask_for_what_the_model_reads(
     command, breast_cancer_model, breast_cancer_files, tmp_path
 ) -> None:
-    # The line said to set data.anomaly_value, which these commands have no option for.
+    # The line said to set data.anomaly_value, which these commands have no option for; then
+    # to recode the labels or retrain, for want of the option --anomaly-value now is.
     model_uri, tracking = breast_cancer_model
     words = tmp_path / "words.parquet"
     frame = pd.read_parquet(breast_cancer_files[1])
@@ -1188,9 +1189,17 @@ def test_unreadable_labels_at_evaluate_ask_for_what_the_model_reads(
     result = run_cli(command, model_uri, words, "--tracking-uri", tracking)
     assert result.exit_code == 1
     assert result.stderr.strip().endswith(
-        "as normal or anomaly (the model was trained without data.anomaly_value: recode the "
-        "labels as 0/1, or retrain with it set to the value that marks an anomaly)"
+        "as normal or anomaly (the model was trained without data.anomaly_value: give the "
+        "value that marks an anomaly as --anomaly-value, or recode the labels as 0/1)"
     )
+    read = run_cli(
+        command, model_uri, words, "--anomaly-value", "fraud", "--tracking-uri", tracking
+    )
+    assert read.exit_code == 0, read.output
+    numbers = run_cli(command, model_uri, breast_cancer_files[1], "--tracking-uri", tracking)
+    assert numbers.exit_code == 0, numbers.output
+    if command == "evaluate":  # the same labels, spelled otherwise: the same figures
+        assert read.stdout == numbers.stdout
 
 
 def test_a_tracking_store_that_is_not_there_is_named_and_not_created(

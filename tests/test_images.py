@@ -709,6 +709,8 @@ def test_evaluate_refuses_the_options_of_the_other_input_kind(
         ["score", "-o", "scores.csv", "--keep-columns"],
         ["score", "-o", "scores.csv", "--allow-extra-columns"],
         ["calibrate", "--allow-extra-columns"],
+        ["calibrate", "--anomaly-value", "yes"],
+        ["evaluate", "--anomaly-value", "yes"],
     ],
 )
 def test_score_and_calibrate_refuse_table_options_on_images(
@@ -722,7 +724,8 @@ def test_score_and_calibrate_refuse_table_options_on_images(
     name, *options = command
     result = run_cli(name, model_uri, test_dir, *options, "--tracking-uri", tracking)
     assert result.exit_code == 1
-    assert result.stderr == f"Error: {test_dir}: {options[-1]} is for tables\n"
+    flag = next(o for o in reversed(options) if o.startswith("--"))
+    assert result.stderr == f"Error: {test_dir}: {flag} is for tables\n"
     assert list(tmp_path.iterdir()) == []
     assert len(mlflow.MlflowClient(tracking).search_model_versions()) == versions
 

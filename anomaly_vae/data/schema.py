@@ -107,8 +107,8 @@ def check_kept_columns(columns: Sequence[str], source: str) -> None:
 # it sent users looking for an option those commands do not have.
 SET_ANOMALY_VALUE = "set data.anomaly_value to the value that marks an anomaly"
 MODEL_ANOMALY_VALUE = (
-    "the model was trained without data.anomaly_value: recode the labels as 0/1, or retrain "
-    "with it set to the value that marks an anomaly"
+    "the model was trained without data.anomaly_value: give the value that marks an anomaly "
+    "as --anomaly-value, or recode the labels as 0/1"
 )
 
 
