@@ -546,8 +546,10 @@ def _conversion_error(
         return ragged
     not_utf8 = _CSV_NOT_UTF8.search(str(exc))
     if not_utf8:
-        name = names[int(not_utf8.group(1))]
-        return f"{path}: column '{name}' is not UTF-8 text; save the file as UTF-8"
+        position = int(not_utf8.group(1))
+        row = _not_utf8_row(path, parse.delimiter, position)
+        where = f"column '{names[position]}'" + (f", row {row}: not" if row else " is not")
+        return f"{path}: {where} UTF-8 text; save the file as UTF-8"
     if "straddles two block boundaries" in str(exc):  # pyarrow's advice: a larger block size
         block = pacsv.ReadOptions().block_size >> 20
         return (
@@ -594,6 +596,30 @@ def _ragged_row_error(path: Path, delimiter: str, exc: pa.ArrowInvalid) -> str |
             row = next((i for i, rec in enumerate(records, 1) if len(rec) != expected), None)
     where = f"row {row}" if row else "a row"
     return f"{path}: {where} has {got} values, where the header names {expected} columns"
+
+
+# What Python's decoder makes of a byte that is not UTF-8, under errors="surrogateescape".
+_ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
+
+
+def _not_utf8_row(path: Path, delimiter: str, position: int) -> int | None:
+    """The first row whose cell in column `position` is not UTF-8, numbered as
+    `_ragged_row_error` numbers rows; pyarrow names the column alone. Only a failing file
+    pays the pass."""
+    with _csv_input(path) as raw:  # decompressed, by the path's extension
+        text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
+        records = (record for record in csv.reader(text, delimiter=delimiter) if record)
+        next(records, None)  # the header
+        with contextlib.suppress(csv.Error):  # a cell beyond its size limit: no row named
+            return next(
+                (
+                    i
+                    for i, record in enumerate(records, 1)
+                    if position < len(record) and _ESCAPED_BYTE.search(record[position])
+                ),
+                None,
+            )
+    return None
 
 
 # Spreadsheets in many European locales export CSV separated by semicolons, with decimal
