@@ -286,7 +286,6 @@ class ImageDetector:
         info: dict[str, Any] | None = None,
         probability: ProbabilityMap | None = None,
         normal: NormalScores | None = None,
-        typical_terms: np.ndarray | None = None,
     ) -> None:
         self.model = model.eval()
         self.image = image
@@ -301,10 +300,6 @@ class ImageDetector:
         self.probability = probability
         # Normal validation scores, the reference for re-calibrating on unlabelled data.
         self.normal = normal
-        # Each feature's median reconstruction term above its best on the normal validation
-        # rows, what top features are ranked above (`score_tabular`'s `typical`); detectors
-        # saved before it rank the terms above their best.
-        self.typical_terms = typical_terms
 
     def list_images(self, source: str | Path) -> ImageListing:
         return list_images(source, self.image)

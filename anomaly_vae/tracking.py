@@ -70,7 +70,7 @@ def configure_tracking(tracking_uri: str | None = None, create: bool = True) -> 
     _refuse_in_memory(uri)
     _refuse_a_path(uri)
     db = _sqlite_path(uri)
-    if db is not None and not db.exists():
+    if db is not None and uri != DEFAULT_TRACKING_URI and not db.exists():
         _refuse_three_slashes_for_four(uri, db)
     if db is not None and not create and not db.is_file():
         raise InputError(f"{uri}: no MLflow tracking store there; `anomaly-vae train` makes one")
@@ -187,9 +187,14 @@ _SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 def _refuse_three_slashes_for_four(uri: str, db: Path) -> None:
     """Refuse `sqlite:///tmp/store/mlflow.db` where no store is but /tmp/store/mlflow.db is
     one: three slashes name a path under the working directory, and `train` made a new, empty
-    store there, printing its model's URI as though registered in the one meant."""
+    store there, printing its model's URI as though registered in the one meant. The default
+    store, and a path written as relative (./, ../), are what they say: a host with a store
+    at /mlruns/mlflow.db (a tracking server's image) must not refuse every project's own."""
+    written = uri[len("sqlite:///") :]
+    if db.is_absolute() or written.startswith((".", "~")):  # ./store.db is relative, plainly
+        return
     meant = Path("/", db)
-    if not db.is_absolute() and meant.is_file():
+    if meant.is_file():
         raise InputError(
             f"{uri}: names {db} under the working directory, where there is no store; the store "
             f"at {meant} is sqlite:///{meant.as_posix()}, with four slashes"

@@ -1266,6 +1266,32 @@ def test_three_slashes_for_a_store_at_an_absolute_path_are_refused(
     assert list((tmp_path / "work").iterdir()) == []
 
 
+def test_the_default_store_and_plainly_relative_ones_are_not_read_as_three_slashes(
+    tmp_path, monkeypatch
+) -> None:
+    # A host with a store at /mlruns/mlflow.db (a tracking server's image) refused every
+    # project's own default store, sqlite:///mlruns/mlflow.db, as a mistyped absolute path.
+    from anomaly_vae.tracking import DEFAULT_TRACKING_URI, tracking_for_call
+
+    at_root = {Path("/mlruns/mlflow.db"), Path("/store/mlflow.db"), Path("/other/mlflow.db")}
+    is_file = Path.is_file
+    monkeypatch.setattr(Path, "is_file", lambda path: path in at_root or is_file(path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    for uri in (None, DEFAULT_TRACKING_URI, "sqlite:///./store/mlflow.db"):
+        with tracking_for_call(uri):  # MLflow's settings put back after each
+            pass
+    assert (tmp_path / "mlruns" / "mlflow.db").is_file()
+    assert (tmp_path / "store" / "mlflow.db").is_file()
+    with (
+        pytest.raises(InputError, match="with four slashes$"),
+        tracking_for_call(
+            "sqlite:///other/mlflow.db"  # as written, a typo
+        ),
+    ):
+        pass
+
+
 @pytest.mark.parametrize(
     ("store", "how"),
     [
