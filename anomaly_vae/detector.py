@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ from anomaly_vae.data.images import (
 from anomaly_vae.data.preprocessing import TabularPreprocessor
 from anomaly_vae.data.schema import (
     MODEL_ANOMALY_VALUE,
+    HeldLabels,
     anomaly_labels,
     check_columns,
     check_kept_columns,
@@ -67,16 +68,29 @@ class ColumnRoles:
     def known(self) -> list[str]:
         return [*self.id_columns, *([self.label] if self.label else []), *self.drop]
 
-    def reading(self, anomaly_value: str | None) -> ColumnRoles:
-        """These roles with `anomaly_value` marking an anomaly, where given: the label value
-        of a file evaluated or calibrated on, which the model's own (if any) need not be."""
-        return self if anomaly_value is None else replace(self, anomaly_value=anomaly_value)
-
-    def labels(self, series: pd.Series, source: str, row_offset: int = 0) -> np.ndarray:
-        """Anomaly flags from a label column, read as the trained model reads them."""
+    def labels(
+        self,
+        series: pd.Series,
+        source: str,
+        row_offset: int = 0,
+        anomaly_value: str | None = None,
+    ) -> np.ndarray:
+        """Anomaly flags from a label column, read as the trained model reads them, or with
+        `anomaly_value` (evaluate's and calibrate's --anomaly-value) marking an anomaly."""
+        if anomaly_value is not None:
+            return anomaly_labels(
+                series, anomaly_value, source, row_offset, value_key="--anomaly-value"
+            )
         return anomaly_labels(
             series, self.anomaly_value, source, row_offset, remedy=MODEL_ANOMALY_VALUE
         )
+
+    def held_labels(self, label: str, anomaly_value: str | None = None) -> HeldLabels:
+        """`HeldLabels` of the label column `label`, for the value `labels` reads as an
+        anomaly."""
+        if anomaly_value is not None:
+            return HeldLabels(label, anomaly_value, "--anomaly-value")
+        return HeldLabels(label, self.anomaly_value)
 
 
 class TabularDetector:

@@ -139,6 +139,8 @@ def calibrate_model(
                 "calibration.cost_fn": costs.fn if costs else None,
                 "calibration.cost_fp": costs.fp if costs else None,
                 "calibration.probability": probability,
+                # The label that marked the anomalies, where not the model's own.
+                "calibration.anomaly_value": anomaly_value,
             }
         )
         mlflow.log_metrics(
@@ -196,7 +198,6 @@ def _scores_and_labels(
     anomaly_value: str | None,
 ) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:
     """All scores of the file, its labels (or None) and a few rows as the model's example."""
-    from anomaly_vae.data.schema import HeldLabels
     from anomaly_vae.errors import InputError
     from pipelines.score import scored_batches
     from pipelines.train import signature_example
@@ -206,8 +207,7 @@ def _scores_and_labels(
     if label:
         detector.check_label(label)
     scores, labels, example = [], [], None
-    roles = detector.roles.reading(anomaly_value)
-    held = HeldLabels(label, roles.anomaly_value) if label else None
+    held = detector.roles.held_labels(label, anomaly_value) if label else None
     for part, scored in scored_batches(detector, input_path, allow_extra=True, top_rows=0):
         batch = part.frame
         if example is None:
@@ -222,10 +222,17 @@ def _scores_and_labels(
             raise InputError(f"{part.source}: missing label column '{label}'")
         detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
         if label:
-            labels.append(roles.labels(batch[label], part.source, part.first_row))
+            labels.append(
+                detector.roles.labels(batch[label], part.source, part.first_row, anomaly_value)
+            )
             held.add(batch[label])
         scores.append(scored["score"].to_numpy())
     if not label:
+        if anomaly_value is not None:  # it read no label: taken without a word, it did nothing
+            raise InputError(
+                f"{input_path}: --anomaly-value reads labels, and this file has no label "
+                "column the model knows: name it with --label"
+            )
         return np.concatenate(scores), None, example
     flags = np.concatenate(labels)
     held.check(flags, str(input_path))  # as training and evaluate refuse an unmatched value

@@ -137,7 +137,6 @@ def evaluate_file(
     refuse_options(input_path, options, "images")
     import mlflow
 
-    from anomaly_vae.data.schema import HeldLabels
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import common_sections, top_anomaly_sections
     from pipelines.score import scored_batches, table_detector
@@ -149,17 +148,18 @@ def evaluate_file(
     if not label:
         raise InputError("evaluate needs --label: the model's config names no label column")
     detector.check_label(label)
-    roles = detector.roles.reading(anomaly_value)
     source = str(input_path)
     scores, labels = [], []
-    held = HeldLabels(label, roles.anomaly_value)
+    held = detector.roles.held_labels(label, anomaly_value)
     top_rows = pd.DataFrame()
     for part, scored in scored_batches(detector, input_path, allow_extra=True, top_rows=TOP_ROWS):
         batch = part.frame
         if label not in batch.columns:
             raise InputError(f"{part.source}: missing label column '{label}'")
         detector.check_columns([c for c in batch.columns if c != label], part.source, allow_extra)
-        labels.append(roles.labels(batch[label], part.source, part.first_row))
+        labels.append(
+            detector.roles.labels(batch[label], part.source, part.first_row, anomaly_value)
+        )
         held.add(batch[label])
         scores.append(scored["score"].to_numpy())
         if label not in scored.columns:  # an id column too: scored holds it already
@@ -175,6 +175,8 @@ def evaluate_file(
     sections = common_sections(scores, labels, threshold, evaluation.confusion, costs)
     sections += top_anomaly_sections(top_rows)
     with evaluation_run(model_uri, detector, source, tracking_uri, evaluation, costs) as run:
+        if anomaly_value is not None:  # the label that marked the anomalies, not the model's
+            mlflow.log_param("test.anomaly_value", anomaly_value)
         (tn, fp), (fn, tp) = evaluation.confusion
         mlflow.log_dict(
             {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}, "confusion_matrix.json"

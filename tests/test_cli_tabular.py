@@ -1168,6 +1168,10 @@ def test_labels_the_models_anomaly_value_misses_are_named_by_evaluate_and_calibr
             f"Error: {shouted}: data.anomaly_value 'yes' matches no row of label column "
             "'label', which holds 'NO', 'YES'"
         )
+    # Read as the file spells it, with --anomaly-value: the threshold calibrated on its labels.
+    result = run_cli(*calibrate, "--anomaly-value", "YES")
+    assert result.exit_code == 0, result.output
+    assert "by fpr<=0.05" in result.stderr
     # A batch whose labels all say 'no' is clean, not misspelt: it was refused the same way.
     clean = tmp_path / "clean.parquet"
     frame[frame["label"] == 0].assign(label="no").to_parquet(clean)
@@ -1192,14 +1196,36 @@ def test_unreadable_labels_at_evaluate_ask_for_what_the_model_reads(
         "as normal or anomaly (the model was trained without data.anomaly_value: give the "
         "value that marks an anomaly as --anomaly-value, or recode the labels as 0/1)"
     )
-    read = run_cli(
-        command, model_uri, words, "--anomaly-value", "fraud", "--tracking-uri", tracking
+    if command == "evaluate":  # (a calibration would register versions other tests count)
+        read = run_cli(
+            command, model_uri, words, "--anomaly-value", "fraud", "--tracking-uri", tracking
+        )
+        assert read.exit_code == 0, read.output
+        numbers = run_cli(command, model_uri, breast_cancer_files[1], "--tracking-uri", tracking)
+        assert numbers.exit_code == 0, numbers.output
+        assert read.stdout == numbers.stdout  # the same labels, spelled otherwise
+        run_id = read.stderr.strip().split()[-1]
+        logged = mlflow.MlflowClient(tracking_uri=tracking).get_run(run_id).data.params
+        assert logged["test.anomaly_value"] == "fraud"
+    # Errors name the option the value came from, not the model's data.anomaly_value.
+    result = run_cli(
+        command, model_uri, words, "--anomaly-value", "Fraud", "--tracking-uri", tracking
     )
-    assert read.exit_code == 0, read.output
-    numbers = run_cli(command, model_uri, breast_cancer_files[1], "--tracking-uri", tracking)
-    assert numbers.exit_code == 0, numbers.output
-    if command == "evaluate":  # the same labels, spelled otherwise: the same figures
-        assert read.stdout == numbers.stdout
+    assert result.exit_code == 1
+    assert result.stderr.strip() == (
+        f"Error: {words}: --anomaly-value 'Fraud' matches no row of label column 'label', "
+        "which holds 'fraud', 'ok'"
+    )
+    if command == "calibrate":  # with no label column read, the option would do nothing
+        unlabelled = tmp_path / "unlabelled.parquet"
+        frame.drop(columns="label").to_parquet(unlabelled)
+        result = run_cli(command, model_uri, unlabelled, "--anomaly-value", "fraud",
+                         "--strategy", "fpr<=0.05", "--tracking-uri", tracking)  # fmt: skip
+        assert result.exit_code == 1
+        assert result.stderr.strip() == (
+            f"Error: {unlabelled}: --anomaly-value reads labels, and this file has no label "
+            "column the model knows: name it with --label"
+        )
 
 
 def test_a_tracking_store_that_is_not_there_is_named_and_not_created(

@@ -151,9 +151,14 @@ def test_an_anomaly_value_no_label_equals_is_refused(
         split_table(frame, config)
     matching = parse_config({"data": {"path": "t.csv", "label": "y", "anomaly_value": labels[1]}})
     assert split_table(frame, matching).validation_labels.sum() == 30
-    # Labels that all say normal are rows without anomalies, not a misspelt anomaly value.
-    normal = frame.assign(y=labels[0])
-    assert not split_table(normal, config).validation_labels.any()
+    # Labels that all say normal are rows without anomalies, not a misspelt anomaly value,
+    # unless such a word marks the anomalies: then 'No' throughout may be 'no' misspelt.
+    if labels[0] == "no":
+        normal = frame.assign(y="no")
+        assert not split_table(normal, config).validation_labels.any()
+        is_legit = parse_config({"data": {"path": "t.csv", "label": "y", "anomaly_value": "no"}})
+        with pytest.raises(InputError, match="'no' matches no row of label column 'y'"):
+            split_table(frame.assign(y="No"), is_legit)
 
 
 @pytest.mark.parametrize(

@@ -118,8 +118,10 @@ def anomaly_labels(
     source: str,
     row_offset: int = 0,
     remedy: str = SET_ANOMALY_VALUE,
+    value_key: str = "data.anomaly_value",
 ) -> np.ndarray:
-    """Boolean anomaly flags from a label column.
+    """Boolean anomaly flags from a label column; `value_key` is where `anomaly_value` was
+    given, as errors name it (`--anomaly-value` of evaluate and calibrate).
 
     With `anomaly_value` the rows equal to it (as numbers where the labels are numbers, else
     as text) are anomalies. Without it, numbers (also as text) are anomalous when non-zero
@@ -134,7 +136,7 @@ def anomaly_labels(
         )
     numbers = _label_numbers(series, source, row_offset)
     if anomaly_value is not None:
-        return _equal_to(series, numbers, anomaly_value, source)
+        return _equal_to(series, numbers, anomaly_value, source, value_key)
     if numbers is not None:
         return numbers != 0
     if pd.api.types.is_bool_dtype(series):
@@ -151,21 +153,27 @@ def anomaly_labels(
 
 
 def check_anomaly_value_matches(
-    series: pd.Series, labels: np.ndarray, anomaly_value: str | None, source: str
+    series: pd.Series,
+    labels: np.ndarray,
+    anomaly_value: str | None,
+    source: str,
+    value_key: str = "data.anomaly_value",
 ) -> None:
     """Refuse an `anomaly_value` that no label equals: training read every labelled anomaly
     as normal (9 on 0/1 labels), learnt them and chose the threshold without them, silently.
 
-    Labels that all say normal in so many words ('no', 0, false) are a batch without
+    Labels that all say normal in so many words ('no', 'false', 'normal') are a batch without
     anomalies: a day's clean transactions, which `calibrate` takes for an fpr<=F threshold,
-    were refused."""
+    were refused. Unless such a word is what marks an anomaly (`is_legit: no`): then 'No'
+    throughout is as likely that value misspelt."""
     if anomaly_value is None or labels.any():
         return
     held = sorted(series.astype(str).str.strip().unique())
-    if {value.casefold() for value in held} <= _FALSE_STRINGS | {"0.0"}:
+    said_normal = {value.casefold() for value in held} <= _FALSE_STRINGS
+    if said_normal and anomaly_value.strip().casefold() not in _FALSE_STRINGS:
         return
     raise InputError(
-        f"{source}: data.anomaly_value {anomaly_value!r} matches no row of label column "
+        f"{source}: {value_key} {anomaly_value!r} matches no row of label column "
         f"'{series.name}', which holds {_names(held)}"
     )
 
@@ -177,9 +185,12 @@ class HeldLabels:
     them. Its distinct values are kept as text, per batch, so a large file costs little, and
     only where the model has an anomaly value to match them against."""
 
-    def __init__(self, name: str, anomaly_value: str | None) -> None:
+    def __init__(
+        self, name: str, anomaly_value: str | None, value_key: str = "data.anomaly_value"
+    ) -> None:
         self.name = name
         self.anomaly_value = anomaly_value
+        self.value_key = value_key
         self.texts: set[str] = set()
 
     def add(self, batch: pd.Series) -> None:
@@ -188,7 +199,7 @@ class HeldLabels:
 
     def check(self, labels: np.ndarray, source: str) -> None:
         held = pd.Series(sorted(self.texts), name=self.name)
-        check_anomaly_value_matches(held, labels, self.anomaly_value, source)
+        check_anomaly_value_matches(held, labels, self.anomaly_value, source, self.value_key)
 
 
 def _label_numbers(series: pd.Series, source: str, row_offset: int) -> np.ndarray | None:
@@ -217,7 +228,7 @@ def _label_numbers(series: pd.Series, source: str, row_offset: int) -> np.ndarra
 
 
 def _equal_to(
-    series: pd.Series, numbers: np.ndarray | None, anomaly_value: str, source: str
+    series: pd.Series, numbers: np.ndarray | None, anomaly_value: str, source: str, value_key: str
 ) -> np.ndarray:
     """Rows whose label is `anomaly_value`: as numbers where the labels are `numbers` (a CSV
     reads 2 as 2.0, which as text would never equal "2"), else as text."""
@@ -227,7 +238,7 @@ def _equal_to(
         number = float(anomaly_value)
     except ValueError:
         raise InputError(
-            f"{source}: label column '{series.name}' holds numbers; data.anomaly_value "
+            f"{source}: label column '{series.name}' holds numbers; {value_key} "
             f"{anomaly_value!r} is not one"
         ) from None
     return numbers == number
