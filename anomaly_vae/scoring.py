@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -166,13 +167,16 @@ def score_tabular(
     generator = torch.Generator().manual_seed(SAMPLING_SEED) if samples else None
     # What each term is compared with: the smallest value a numeric term can take (a perfect
     # reconstruction; binary and categorical terms are 0 at their best already), plus the
-    # feature's typical excess over it.
-    numeric_base = other_base = None
+    # feature's typical excess over it. Numeric and binary cells that were missing have no
+    # term (0), and are compared with nothing.
+    dense = model.n_numeric + model.n_binary
+    dense_base = category_base = None
     if top_k or keep_terms:
-        numeric_base = model.bounded_log_scale().detach() + HALF_LOG_2PI
+        dense_base = model.bounded_log_scale().detach() + HALF_LOG_2PI
         if typical is not None:
-            numeric_base = numeric_base + torch.from_numpy(typical[: model.n_numeric])
-            other_base = torch.from_numpy(typical[model.n_numeric :])
+            dense_base = torch.cat([dense_base, torch.zeros(model.n_binary)])
+            dense_base += torch.from_numpy(typical[:dense])
+            category_base = torch.from_numpy(typical[dense:])
 
     @torch.inference_mode()
     def score_rows(start: int) -> None:
@@ -189,13 +193,12 @@ def score_tabular(
         )
         scores.recon[rows] = nll.sum(1).numpy()
         scores.kl[rows] = kl.numpy()
-        if numeric_base is not None:
+        if dense_base is not None:
             # nll - base * observed, in place: the scores above already summed nll.
-            nll[:, : model.n_numeric].addcmul_(
-                observed_rows[:, : model.n_numeric], numeric_base, value=-1
-            )
-            if other_base is not None and len(other_base):
-                nll[:, model.n_numeric :] -= other_base
+            width = len(dense_base)
+            nll[:, :width].addcmul_(observed_rows[:, :width], dense_base, value=-1)
+            if category_base is not None and len(category_base):
+                nll[:, dense:] -= category_base
             if scores.terms is not None:
                 scores.terms[rows] = nll.numpy()
             if top_k:
@@ -208,6 +211,18 @@ def score_tabular(
         for start in starts:
             score_rows(start)
     return scores
+
+
+def typical_terms(terms: np.ndarray, observed: np.ndarray) -> np.ndarray:
+    """Each feature's median term (`SampleScores.terms` of normal rows) over the rows where
+    it was observed, for `score_tabular`'s `typical`: counted as 0, the missing cells of a
+    mostly missing column would hide how far its values usually are from their best."""
+    dense = observed.shape[1]
+    present = terms.astype(np.float64)
+    present[:, :dense][observed == 0] = np.nan
+    with warnings.catch_warnings():  # a column missing on every row: no median, 0
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nan_to_num(np.nanmedian(present, axis=0)).astype(np.float32)
 
 
 # Row width from which NumPy's argmax along rows vectorises (`_largest_columns`).

@@ -227,7 +227,7 @@ def train(
 
     from anomaly_vae.data.preprocessing import TabularPreprocessor
     from anomaly_vae.detector import ColumnRoles, TabularDetector, build_tabular_model
-    from anomaly_vae.scoring import score_tabular
+    from anomaly_vae.scoring import score_tabular, typical_terms
     from anomaly_vae.training import fit_vae, is_ddp_worker
 
     started = time.perf_counter()
@@ -295,7 +295,7 @@ def train(
             info=detector_info(config, run, fit),
             probability=calibration.probability,
             normal=calibration.normal,
-            typical_terms=np.median(validated.terms[val_normal], axis=0).astype(np.float32),
+            typical_terms=typical_terms(validated.terms[val_normal], val_enc.observed[val_normal]),
         )
         example = signature_example(
             split.train[[*config.data.id_columns, *split.features]],

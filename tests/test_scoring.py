@@ -20,6 +20,7 @@ from anomaly_vae.scoring import (
     _largest_columns,
     _rows_per_batch,
     score_tabular,
+    typical_terms,
 )
 
 
@@ -175,3 +176,11 @@ def test_scoring_leaves_the_torch_threads_that_new_threads_take(rows, request) -
     assert new_thread == [2] * len(new_thread) and len(new_thread) > 1
     assert scoring_thread == [1] * len(scoring_thread)
     assert torch.get_num_threads() == 2
+
+
+def test_typical_terms_are_medians_over_the_cells_observed() -> None:
+    # Counted as 0, the missing cells of a mostly missing column pulled its median to 0.
+    terms = np.array([[4.0, 1.0, 7.0], [0.0, 3.0, 8.0], [0.0, 0.0, 9.0]], np.float32)
+    observed = np.array([[1, 1], [0, 1], [0, 0]], np.float32)  # the two dense columns
+    assert typical_terms(terms, observed).tolist() == [4.0, 2.0, 8.0]
+    assert typical_terms(terms, np.zeros_like(observed)).tolist() == [0.0, 0.0, 8.0]
