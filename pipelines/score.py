@@ -40,7 +40,7 @@ class ScoreSummary:
     seconds: float
     output: Path
     unit: str = "rows"  # what a row of the output stands for: "images" for images
-    note: str | None = None  # what of the input was read but not scored (images' masks)
+    note: str | None = None  # what the counts leave out: masks read, ids absent
 
     def line(self) -> str:
         share = self.anomalies / self.rows if self.rows else 0.0
@@ -227,9 +227,10 @@ def score_file(
             written = writing.submit(writer.write, scored, batch.source)
         if written is not None:
             written.result()
+    columns = "column" if len(absent_ids) == 1 else "columns"
     note = (
-        f"no id column {', '.join(map(repr, absent_ids))} in {input_path}: the output's rows "
-        "are in the input's order"
+        f"no id {columns} {', '.join(map(repr, absent_ids))} in {input_path}: the output's "
+        "rows are in the input's order"
         if absent_ids
         else None
     )

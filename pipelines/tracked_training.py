@@ -169,8 +169,9 @@ def data_title(data: str | Path) -> str:
 def training_run_name(title: str, overrides: tuple[str, ...]) -> str:
     """`train <data>`, followed by the `--set` overrides that set this run apart from the other
     runs of its config (their names were all alike); long lists are cut at 200 characters.
-    A `data.path` override is left out: the title names that file already."""
-    shown = [o for o in overrides if o.partition("=")[0].strip() != "data.path"]
+    A `data.path` override that is the title itself is left out; one with a folder stays, or
+    runs on 2024/october.parquet and 2023/october.parquet would be named alike."""
+    shown = [o for o in overrides if o.replace(" ", "") != f"data.path={title}"]
     name = " ".join(["train", title, *shown])
     return name if len(name) <= 200 else name[:199] + "…"
 

@@ -114,22 +114,29 @@ def test_training_runs_are_named_by_their_overrides_and_keep_their_config_file(
     """Every training of one config was named 'train <data file>': runs that differed by their
     --set overrides looked alike in `mlflow ui` and `anomaly-vae runs`, and the run did not
     say which config file it came from."""
+    from pipelines.tracked_training import training_run_name
+
     config = tmp_path / "cancer.yaml"
     config.write_text(f"# the demo\ndata: {{path: {breast_cancer_files[0]}}}\n")
     run_ids = []
-    for overrides in ([], ["model.latent=4", f"data.path={breast_cancer_files[0]}"]):
+    data = breast_cancer_files[0].name
+    for overrides in ([], ["model.latent=4", f"data.path={data}", "training.seed=0"]):
         sets = [arg for override in overrides for arg in ("--set", override)]
-        result = run_cli("train", config, "--set", "training.epochs=1", *sets)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(breast_cancer_files[0].parent)  # data.path relative, as users type it
+            result = run_cli("train", config, "--set", "training.epochs=1", *sets)
         assert result.exit_code == 0, result.output
         run_ids.append(result.stderr.strip().split()[-4])  # "...; run <id> in 1.2 s"
     client = mlflow.MlflowClient(tracking_uri=tracking_uri)
     plain, changed = (client.get_run(run_id) for run_id in run_ids)
-    data = breast_cancer_files[0].name
     assert plain.info.run_name == f"train {data} training.epochs=1"
     # The data file's override is in the name already, as its title.
-    assert changed.info.run_name == f"train {data} training.epochs=1 model.latent=4"
+    assert changed.info.run_name == f"train {data} training.epochs=1 model.latent=4 training.seed=0"
     assert changed.data.tags["overrides"] == (
-        f"--set training.epochs=1 --set model.latent=4 --set data.path={breast_cancer_files[0]}"
+        f"--set training.epochs=1 --set model.latent=4 --set data.path={data} --set training.seed=0"
+    )
+    assert training_run_name("october.parquet", ("data.path=2024/october.parquet",)) == (
+        "train october.parquet data.path=2024/october.parquet"  # the folder tells runs apart
     )
     assert changed.data.tags["config_file"] == str(config.resolve())
     assert "cancer.yaml" in [a.path for a in client.list_artifacts(changed.info.run_id)]

@@ -94,5 +94,17 @@ def test_a_column_without_a_name_asks_about_a_trailing_separator() -> None:
     with pytest.raises(InputError) as info:
         check_columns(["amount", ""], ["amount"], [], "new.csv")
     assert str(info.value).endswith(
-        "ignores them) (a column without a name: a separator at the end of each line?)"
+        "ignores them) (a column without a name last: a separator at the end of each line?)"
     )
+    # pandas' to_csv() with its default index=True names its first column ''.
+    with pytest.raises(InputError) as info:
+        check_columns(["", "amount"], ["amount"], [], "new.csv")
+    assert str(info.value).endswith(
+        "(a column without a name first: a saved index? pandas: to_csv(index=False))"
+    )
+
+
+def test_a_column_required_twice_is_named_missing_once() -> None:
+    # A label that is an id too is in the config's columns twice: "'y', 'y'".
+    with pytest.raises(InputError, match=r"missing column\(s\) 'y'$"):
+        check_columns(["x"], ["y", "y"], [], "t.csv")

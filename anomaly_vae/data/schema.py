@@ -41,7 +41,7 @@ def check_columns(
     if repeated:
         raise InputError(f"{source}: more than one column named {_names(repeated)}")
     present = set(columns)
-    missing = [c for c in required if c not in present]
+    missing = list(dict.fromkeys(c for c in required if c not in present))
     if missing:
         keys = dict.fromkeys(named_by[c] for c in missing) if named_by else {}
         named = f", which the config names in {', '.join(keys)}" if keys else ""
@@ -53,13 +53,21 @@ def check_columns(
         expected = set(required) | set(known)
         extra = [c for c in columns if c not in expected]
         if extra:
-            # A CSV whose lines end in a separator has a last column without a name.
-            unnamed = " (a column without a name: a separator at the end of each line?)"
             raise InputError(
                 f"{source}: unexpected column(s) {_names(extra)} "
                 "(the model was not trained on them; --allow-extra-columns, or allow_extra=True "
-                f"in Python, ignores them){unnamed if '' in extra else ''}"
+                f"in Python, ignores them){_unnamed_hint(columns)}"
             )
+
+
+def _unnamed_hint(columns: Sequence[str]) -> str:
+    """What a column without a name usually is: a pandas index saved with the rows (first),
+    or a separator ending every line of a CSV (last)."""
+    if columns and columns[0] == "":
+        return " (a column without a name first: a saved index? pandas: to_csv(index=False))"
+    if columns and columns[-1] == "":
+        return " (a column without a name last: a separator at the end of each line?)"
+    return ""
 
 
 def _spelled_otherwise(missing: Sequence[str], columns: Sequence[str]) -> str:
