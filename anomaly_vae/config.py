@@ -550,18 +550,20 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     return config
 
 
-# Suffixes of what `train` reads as data, given where its config goes.
-_DATA_SUFFIXES = {".csv", ".tsv", ".parquet", ".pq", ".gz", ".bz2", ".zst", ".png", ".jpg"}
-
-
 def _refuse_data_as_config(path: Path) -> None:
     """Name the mistake behind a config that does not read as one: `anomaly-vae train
     transactions.csv` said "a config must be a mapping of sections", and a Parquet file "not
-    UTF-8 text", neither of which says what a config is."""
-    if path.suffix.lower() in _DATA_SUFFIXES:
+    UTF-8 text", neither of which says what a config is. An image names its folder: an image
+    model reads a folder."""
+    from anomaly_vae.data.images import IMAGE_SUFFIXES
+    from anomaly_vae.data.tables import CSV_COMPRESSIONS, TABLE_FORMATS
+
+    suffix = path.suffix.lower()
+    data = path.parent if suffix in IMAGE_SUFFIXES else path
+    if suffix in IMAGE_SUFFIXES or suffix in TABLE_FORMATS or suffix in CSV_COMPRESSIONS:
         raise InputError(
             f"{path}: data, not a config; a config is a YAML file that names it as "
-            f"data.path ('data: {{path: {path}}}'), as configs/*.yaml do"
+            f"data.path ('data: {{path: {data}}}'), as configs/*.yaml do"
         )
 
 

@@ -739,11 +739,14 @@ class AtomicTableWriter:
         fd, name = tempfile.mkstemp(
             prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent
         )
-        os.close(fd)
         # mkstemp creates owner-only files (0600) whatever the umask, and the rename kept that
-        # mode: the mode open() would give, as the report's writer does. By name, as Windows
-        # has no fchmod before Python 3.13.
-        os.chmod(name, 0o666 & ~_umask())
+        # mode: the mode open() would give, as the report's writer does. On the open file
+        # (by name where the system cannot: Windows before Python 3.13), so that a link put
+        # in its place meanwhile is not followed; a file system that keeps no modes (some
+        # network mounts refuse the call) keeps its own.
+        with contextlib.suppress(OSError):
+            os.chmod(fd if os.chmod in os.supports_fd else name, 0o666 & ~_umask())
+        os.close(fd)
         self._tmp_path = Path(name)
         return self
 
