@@ -41,7 +41,8 @@ def store_lock(db: Path) -> Iterator[None]:
         _lock(handle)
         yield
     finally:
-        os.close(handle)  # releases the lock
+        _unlock(handle)
+        os.close(handle)
 
 
 def _lock(handle: int) -> None:
@@ -67,7 +68,16 @@ if sys.platform == "win32":
                 if exc.errno != errno.EDEADLOCK:
                     raise
 
+    def _unlock(handle: int) -> None:
+        """Windows frees a lock left at close only "when resources allow", while waiters
+        ask again each second."""
+        with contextlib.suppress(OSError):  # not held: no locks on this file system
+            msvcrt.locking(handle, msvcrt.LK_UNLCK, 1)
+
 else:
 
     def _lock_file(handle: int) -> None:
         fcntl.flock(handle, fcntl.LOCK_EX)
+
+    def _unlock(handle: int) -> None:
+        """Closing the handle, next, releases the lock."""

@@ -59,3 +59,38 @@ def test_a_store_uri_with_sqlite_options_reads_the_store_file(tracking_uri: str)
     result = run_cli("runs", "--tracking-uri", f"{tracking_uri}?timeout=20")
     assert result.exit_code == 0, result.output
     assert run.info.run_id in result.stdout
+
+
+def test_the_windows_lock_asks_again_until_it_holds_and_unlocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The win32 branch, loaded here beside a stand-in for msvcrt: its waiting lock gives up
+    with EDEADLOCK after ten one-second tries, which must not end the wait; any other error
+    is the file system's (no locks there), and the lock is released before the close."""
+    import importlib.util
+    import sys
+    import types
+
+    calls: list[tuple[int, int]] = []
+    refusals = [errno.EDEADLOCK, errno.EDEADLOCK]
+
+    def locking(handle: int, mode: int, size: int) -> None:
+        calls.append((mode, size))
+        if mode == fake.LK_LOCK and refusals:
+            raise OSError(refusals.pop(0), "Resource deadlock avoided")
+
+    fake = types.ModuleType("msvcrt")
+    fake.LK_LOCK, fake.LK_UNLCK, fake.locking = 1, 0, locking
+    monkeypatch.setitem(sys.modules, "msvcrt", fake)
+    monkeypatch.setattr(sys, "platform", "win32")
+    spec = importlib.util.spec_from_file_location("store_lock_win32", store_lock.__file__)
+    windows = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(windows)
+
+    with windows.store_lock(tmp_path / "mlflow.db"):
+        assert calls == [(1, 1)] * 3  # asked again after each EDEADLOCK
+    assert calls[-1] == (0, 1)  # unlocked before the close
+    calls.clear()
+    refusals[:] = [errno.ENOLCK]  # a file system without locks: done without
+    with windows.store_lock(tmp_path / "mlflow.db"):
+        assert calls == [(1, 1)]
