@@ -1166,7 +1166,7 @@ def test_labels_the_models_anomaly_value_misses_are_named_by_evaluate_and_calibr
         assert result.exit_code == 1
         assert result.stderr.strip() == (
             f"Error: {shouted}: data.anomaly_value 'yes' matches no row of label column "
-            "'label', which holds 'NO', 'YES'"
+            "'label', which holds 'NO', 'YES'; give the file's as --anomaly-value"
         )
     # Read as the file spells it, with --anomaly-value: the threshold calibrated on its labels.
     result = run_cli(*calibrate, "--anomaly-value", "YES")

@@ -166,6 +166,7 @@ def check_anomaly_value_matches(
     anomaly_value: str | None,
     source: str,
     value_key: str = "data.anomaly_value",
+    remedy: str = "",
 ) -> None:
     """Refuse an `anomaly_value` that no label equals: training read every labelled anomaly
     as normal (9 on 0/1 labels), learnt them and chose the threshold without them, silently.
@@ -182,7 +183,7 @@ def check_anomaly_value_matches(
         return
     raise InputError(
         f"{source}: {value_key} {anomaly_value!r} matches no row of label column "
-        f"'{series.name}', which holds {_names(held)}"
+        f"'{series.name}', which holds {_names(held)}{remedy}"
     )
 
 
@@ -207,7 +208,13 @@ class HeldLabels:
 
     def check(self, labels: np.ndarray, source: str) -> None:
         held = pd.Series(sorted(self.texts), name=self.name)
-        check_anomaly_value_matches(held, labels, self.anomaly_value, source, self.value_key)
+        # Evaluate and calibrate read the file's own spelling when told it.
+        remedy = (
+            "" if self.value_key == "--anomaly-value" else "; give the file's as --anomaly-value"
+        )
+        check_anomaly_value_matches(
+            held, labels, self.anomaly_value, source, self.value_key, remedy
+        )
 
 
 def _label_numbers(series: pd.Series, source: str, row_offset: int) -> np.ndarray | None:
