@@ -19,6 +19,7 @@ from pipelines.evaluate import Evaluation
 
 if TYPE_CHECKING:
     from anomaly_vae.calibration import Costs
+    from anomaly_vae.data.images import ImageItem
 
 
 def evaluate_images(
@@ -54,6 +55,14 @@ def evaluate_images(
         if not detector.image.holdout_fraction:
             raise InputError(f"model '{model_uri}': trained with no image.holdout_fraction")
         items = detector.held_out_only(items)
+    if label_from == "folder" and all(item.label for item in items):
+        # Evaluated, it said "the labels mark 20 of 20 as anomalies" of a folder of good images
+        # that had no labels at all.
+        raise InputError(
+            f"{input_path}: no images under a folder named {', '.join(detector.image.normal)}, "
+            "so none labelled normal to evaluate against; put the normal ones in such a "
+            "folder, or give --label-from a path,label CSV"
+        )
     with_masks = any(item.mask for item in items)
     size = detector.image.size
     scores, labels, pixel_scores, pixel_labels = [], [], [], []
@@ -92,8 +101,24 @@ def evaluate_images(
         mlflow.log_params({"images": len(items), "held_out_only": held_out_only})
         publish(evaluation, sections, report_path, model_uri, source, detector.threshold, "images")
     evaluation.run_id = run.info.run_id
-    evaluation.note = "\n".join(n for n in (listing.masks_note(), pixel_note) if n) or None
+    notes = (listing.masks_note(), pixel_note, _unmasked_note(items, listing.mask_rule))
+    evaluation.note = "\n".join(n for n in notes if n) or None
     return evaluation
+
+
+def _unmasked_note(items: list[ImageItem], mask_rule: str) -> str | None:
+    """How many anomalous images the pixel AUROC leaves out for want of a mask: an image
+    without one cannot count, and a mistyped or partial set of masks left most of them out
+    without a word."""
+    anomalous = [item for item in items if item.label]
+    unmasked = [item for item in anomalous if not item.mask]
+    if not unmasked or len(unmasked) == len(anomalous):
+        return None
+    return (
+        f"pixel AUROC over the masks of {len(anomalous) - len(unmasked):,} of {len(anomalous):,} "
+        f"anomalous images; image.mask_rule '{mask_rule}' found none for the others (the "
+        f"first: {unmasked[0].path})"
+    )
 
 
 def no_pixel_auroc(pixel_truth: np.ndarray, size: int) -> str:

@@ -19,6 +19,7 @@ KEY_METRICS = (
     "test.precision",
     "test.recall",
     "test.f1",
+    "test.pixel_auroc",  # image models with masks
     "calibration.precision",
     "calibration.recall",
     "calibration.f1",

@@ -546,6 +546,36 @@ def test_pixel_auroc_matches_sklearn_on_pasted_defects(digits_model, tmp_path) -
     expected = roc_auc_score(truth.ravel(), maps.ravel())
     assert evaluation.metrics["pixel_auroc"] == pytest.approx(expected, abs=1e-12)
     assert expected > 0.6
+    assert "pixel AUROC over the masks" not in evaluation.note  # every defect has its mask
+    # `runs` shows it, an image model's key figure (it showed test.f1 last).
+    from pipelines.runs import list_runs
+
+    listed = list_runs(tracking_uri=tracking).set_index("run_id")
+    assert listed.loc[evaluation.run_id, "test.pixel_auroc"] == pytest.approx(expected)
+
+    # Masks for some defects only: the others cannot count, which the note now says.
+    for i in range(3, 10):
+        (tmp_path / "defect" / f"{i}.png").unlink()
+    evaluation = evaluate_images(model_uri, tmp_path, tracking_uri=tracking)
+    assert evaluation.note.splitlines()[-1] == (
+        "pixel AUROC over the masks of 3 of 10 anomalous images; image.mask_rule "
+        f"'{{stem}}.png' found none for the others (the first: {tmp_path / 'defect' / '3.bmp'})"
+    )
+
+
+def test_a_folder_without_normal_images_is_refused_as_unlabelled(digits_model, tmp_path) -> None:
+    # "the labels mark 20 of 20 as anomalies", of a folder of good images with no labels.
+    from pipelines.evaluate_images import evaluate_images
+
+    model_uri, tracking, test_dir = digits_model
+    batch = tmp_path / "batch_0612"
+    shutil.copytree(test_dir / "good", batch)
+    with pytest.raises(InputError) as info:
+        evaluate_images(model_uri, batch, tracking_uri=tracking)
+    assert str(info.value) == (
+        f"{batch}: no images under a folder named good, so none labelled normal to evaluate "
+        "against; put the normal ones in such a folder, or give --label-from a path,label CSV"
+    )
 
 
 def test_masks_whose_defects_vanish_at_the_models_size_say_why_pixel_auroc_is_missing(
