@@ -66,6 +66,7 @@ def split_images(config: Config, echo: Callable[[str], None] = print) -> ImageSp
                 f"{empty}: the normal folder holds no images, so every image in {source} is an "
                 "anomaly; none to train on"
             )
+        _refuse_classes_without_a_normal_one(Path(source), items, image.normal)
         echo(f"no folder named {', '.join(image.normal)} in {source}: all images count as normal")
         labels[:] = False
     held = np.array(
@@ -85,6 +86,31 @@ def split_images(config: Config, echo: Callable[[str], None] = print) -> ImageSp
         validation_labels=labels[val_rows],
         held_out=int((held & ~labels).sum()),
     )
+
+
+def _refuse_classes_without_a_normal_one(
+    source: Path, items: list[ImageItem], normal: Sequence[str]
+) -> None:
+    """Refuse images in several folders of which none is named normal: `ok/` beside
+    `scratch/` trained on the scratches as normal, said only "all images count as normal",
+    and registered the champion. One folder of images (or none) is a set of normals."""
+    folders = sorted(
+        {Path(item.path).relative_to(source).parts[0] for item in items if _below(item, source)}
+    )
+    if len(folders) > 1:
+        shown = ", ".join(folders[:5]) + (
+            f" and {len(folders) - 5} more" if len(folders) > 5 else ""
+        )
+        raise InputError(
+            f"{source}: images in {len(folders)} folders ({shown}), none named "
+            f"{', '.join(normal)}: name the normal one (--set 'image.normal=[{folders[0]}]'), "
+            "or train on a folder of normal images alone"
+        )
+
+
+def _below(item: ImageItem, source: Path) -> bool:
+    """Whether the image lies in a folder below `source`, not in it."""
+    return len(Path(item.path).relative_to(source).parts) > 1
 
 
 def normal_folder_without_images(source: Path, normal: Sequence[str]) -> Path | None:

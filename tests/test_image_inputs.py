@@ -495,6 +495,16 @@ def test_an_empty_normal_folder_beside_anomalies_stops_training(tmp_path: Path) 
     said: list[str] = []
     assert len(split_images(config, echo=said.append).train) > 0
     assert said == [f"no folder named good in {tmp_path / 'train'}: all images count as normal"]
+    # Beside another folder, though, the normal one is named otherwise: ok/ beside scratch/
+    # trained on the scratches as normal, and registered the model.
+    (tmp_path / "train" / "ok").mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8), "L").save(tmp_path / "train" / "ok" / "0.png")
+    with pytest.raises(InputError) as info:
+        split_images(config, echo=print)
+    assert str(info.value) == (
+        f"{tmp_path / 'train'}: images in 2 folders (crack, ok), none named good: name the "
+        "normal one (--set 'image.normal=[crack]'), or train on a folder of normal images alone"
+    )
 
 
 def test_a_normal_folder_is_found_whatever_the_case_of_its_name(tmp_path: Path) -> None:
