@@ -31,6 +31,7 @@ from anomaly_vae.data.images import (
     held_out_only,
     iter_image_batches,
     list_images,
+    unread_format,
 )
 from anomaly_vae.data.preprocessing import TabularPreprocessor
 from anomaly_vae.data.schema import (
@@ -434,7 +435,15 @@ def _image_paths(paths: pd.Series, source: str, row_offset: int) -> list[str]:
     if missing.any():
         row = row_offset + int(missing.argmax()) + 1
         raise InputError(f"{source}: column 'path', row {row}: no image path")
-    return [str(path) for path in paths]
+    listed = [str(path) for path in paths]
+    # As `score` refuses them in a folder: over REST a GIF was scored, where `score` said no.
+    for row, path in enumerate(listed, row_offset + 1):
+        if unread_format(path):
+            raise InputError(
+                f"{source}: column 'path', row {row}: {path} is a {Path(path).suffix} file, "
+                "which is not read as an image (PNG, JPEG, BMP, TIFF or WebP)"
+            )
+    return listed
 
 
 def _decision_state(detector: TabularDetector | ImageDetector) -> dict[str, Any]:

@@ -518,6 +518,15 @@ def test_pyfunc_scores_a_path_column_like_the_cli(digits_model, tmp_path) -> Non
     assert np.allclose(scored["score"], cli["score"])
     with pytest.raises(InputError, match="no image paths to score"):
         detector.score_frame(picked.iloc[:0])
+    # A GIF, which `score` refuses in a folder, was scored when named in a path column.
+    gif = tmp_path / "a.gif"
+    Image.open(files[0]).save(gif)
+    with pytest.raises(InputError) as info:
+        detector.score_frame(pd.DataFrame({"path": [*files, str(gif)]}), source="request")
+    assert str(info.value) == (
+        f"request: column 'path', row 5: {gif} is a .gif file, which is not read as an image "
+        "(PNG, JPEG, BMP, TIFF or WebP)"
+    )
 
 
 def test_pixel_auroc_matches_sklearn_on_pasted_defects(digits_model, tmp_path) -> None:

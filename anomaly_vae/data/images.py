@@ -199,9 +199,14 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
     return ImageListing(items, masks, image.mask_rule)
 
 
+def unread_format(path: str | Path) -> bool:
+    """Whether `path` is a photo in a format not read as an image (HEIC, GIF, raw files)."""
+    return Path(path).suffix.lower() in _UNREAD_SUFFIXES
+
+
 def _refuse_unread_formats(files: Sequence[Path], source: Path) -> None:
     """One line for a photo in a format not read as an image (a mask in one is read)."""
-    if unread := next((p for p in files if p.suffix.lower() in _UNREAD_SUFFIXES), None):
+    if unread := next((p for p in files if unread_format(p)), None):
         raise InputError(
             f"{unread}: a {unread.suffix} file, which is not read as an image (PNG, JPEG, BMP, "
             f"TIFF or WebP); convert it, or move it out of {source}"
