@@ -202,8 +202,8 @@ def score_file(
         options = {"--keep-columns": keep_columns, "--allow-extra-columns": allow_extra}
         refuse_options(input_path, options, "tables")
         return score_images_file(model_uri, input_path, output_path, maps_dir, tracking_uri)
+    input_table_format(input_path)  # a single image is named as one before --maps is refused
     refuse_options(input_path, {"--maps": maps_dir}, "images")
-    input_table_format(input_path)
     refuse_overwriting(input_path, output_path)
     writer = AtomicTableWriter(output_path)  # checks the output's extension and folder first
     detector = table_detector(model_uri, input_path, tracking_uri)

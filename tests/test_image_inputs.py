@@ -397,6 +397,11 @@ def test_a_labels_csv_labels_every_image_and_names_no_other_file(
     assert str(refused.value) == (
         f"{csv}: row 1: a.png is read as a mask by image.mask_rule '{{stem}}.png', not as an image"
     )
+    # A blank label cell was named "label nan".
+    csv.write_text("path,label\na.jpg,\n")
+    with pytest.raises(InputError) as refused:
+        labels_from_csv(list_images(tmp_path, ImageConfig()), csv, tmp_path)
+    assert str(refused.value) == f"{csv}: row 1: no label"
 
 
 def test_a_labels_csv_labels_each_image_in_one_row(tmp_path: Path) -> None:
@@ -592,6 +597,14 @@ def test_a_single_image_given_for_a_folder_is_named_as_one(digits_model, tmp_pat
     result = run_cli("score", model_uri, image, "-o", out, "--tracking-uri", tracking)
     assert (result.exit_code, result.stderr) == (1, expected)
     assert not out.exists()
+    # With --maps it read "--maps is for images (a folder or an IDX file)", of an image.
+    maps = ["--maps", tmp_path / "maps"]
+    result = run_cli("score", model_uri, image, "-o", out, *maps, "--tracking-uri", tracking)
+    assert (result.exit_code, result.stderr) == (1, expected)
+    table = tmp_path / "rows.csv"
+    table.write_text("a\n1\n")
+    result = run_cli("score", model_uri, table, "-o", out, *maps, "--tracking-uri", tracking)
+    assert result.stderr == f"Error: {table}: --maps is for images (a folder or an IDX file)\n"
     config = REPO / "configs" / "digits.yaml"
     result = run_cli("train", config, "--set", f"data.path={image}", "--tracking-uri", tracking_uri)
     assert (result.exit_code, result.stderr) == (1, expected)

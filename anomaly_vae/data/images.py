@@ -303,6 +303,8 @@ def labels_from_csv(
     images = {key for _, key in keyed}
     labels, rows = {}, {}  # by resolved path: each image's label and the row that gave it
     for row, (path, label) in enumerate(zip(table["path"], table["label"], strict=True)):
+        if pd.isna(label):  # read as NaN, it was named "label nan"
+            raise InputError(f"{csv_path}: row {row + 1}: no label")
         if label not in (0, 1, True, False):
             raise InputError(f"{csv_path}: row {row + 1}: label {label!r} is not 0 or 1")
         if not isinstance(path, str):  # an empty cell, NaN: a traceback in Path()
