@@ -580,6 +580,14 @@ class ModelReadingRun:
     dataset: mlflow.data.dataset.Dataset
 
 
+def data_title(data: str | Path) -> str:
+    """A file's name, or a folder's with its parent's: image folders are often named alike
+    (`train`, `good`, `test`), and runs on `digits/train` and `tiles/train` were both `train train`,
+    evaluations of `tex/test` and `mv/test` both `... on test`."""
+    path = Path(data)
+    return f"{path.parent.name}/{path.name}" if path.is_dir() and path.parent.name else path.name
+
+
 @contextlib.contextmanager
 def run_reading_model(
     kind: Literal["calibration", "evaluation"],
@@ -602,7 +610,7 @@ def run_reading_model(
     with tracking_for_call(tracking_uri):
         lineage = model_lineage(model_uri, info)
         use_parent_experiment(lineage, info.get("experiment", "anomaly-vae"))
-        name = f"{_READING_COMMANDS[kind]} {lineage.version or model_uri} on {Path(source).name}"
+        name = f"{_READING_COMMANDS[kind]} {lineage.version or model_uri} on {data_title(source)}"
         with tracked_run(name, parent_run_id=lineage.run_id) as run:
             mlflow.set_tags({"kind": kind, "model_uri": model_uri, "input": source})
             if lineage.version:

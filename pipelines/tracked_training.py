@@ -100,6 +100,7 @@ def training_run(
     import mlflow
 
     from anomaly_vae.tracking import (
+        data_title,
         flatten_params,
         log_data,
         tracked_run,
@@ -157,13 +158,6 @@ def log_config_file(path: str) -> None:
 
     mlflow.set_tag("config_file", str(Path(path).resolve()))
     mlflow.log_artifact(path, "config_file" if Path(path).name in RUN_ARTIFACTS else None)
-
-
-def data_title(data: str | Path) -> str:
-    """A file's name, or a folder's with its parent's: image folders are often named alike
-    (`train`, `good`), and runs on `digits/train` and `tiles/train` were both `train train`."""
-    path = Path(data)
-    return f"{path.parent.name}/{path.name}" if path.is_dir() and path.parent.name else path.name
 
 
 def training_run_name(title: str, overrides: tuple[str, ...]) -> str:

@@ -561,6 +561,9 @@ def test_pixel_auroc_matches_sklearn_on_pasted_defects(digits_model, tmp_path) -
 
     listed = list_runs(tracking_uri=tracking).set_index("run_id")
     assert listed.loc[evaluation.run_id, "test.pixel_auroc"] == pytest.approx(expected)
+    # Named for the folder with its parent, as training runs are: test/ folders abound.
+    title = f"{tmp_path.parent.name}/{tmp_path.name}"
+    assert listed.loc[evaluation.run_id, "name"].endswith(f" on {title}")
 
     # Masks for some defects only: the others cannot count, which the note now says.
     for i in range(3, 10):

@@ -83,8 +83,8 @@ def test_evaluate_and_calibrate_runs_stay_with_the_version_they_read(
 
 def test_a_data_folder_is_named_with_its_parent_in_run_names(tmp_path: Path) -> None:
     """Image folders are often named alike: runs on digits/train and tiles/train were both
-    'train train'."""
-    from pipelines.tracked_training import data_title
+    'train train', evaluations of tex/test and mv/test both '... on test'."""
+    from anomaly_vae.tracking import data_title
 
     (tmp_path / "digits" / "train").mkdir(parents=True)
     (tmp_path / "day.parquet").touch()
