@@ -118,14 +118,14 @@ class DataConfig(_Section):
         """A label also listed in `drop` trained as the label, the drop silently ignored; an
         id listed there was carried into the scores all the same. (The label may be an id,
         which carries it into scored files.)"""
-        for name in self.drop:
-            kept = [
-                key for other, key in self._named_columns() if other == name and key != "data.drop"
-            ]
-            if kept:
-                raise ValueError(
-                    f"'{name}' is named in {kept[0]} and data.drop: a dropped column is not read"
-                )
+        # Reversed, so that a name in two roles keeps its first (data.id_columns).
+        named = reversed(self._named_columns())
+        kept = {name: key for name, key in named if key != "data.drop"}
+        if dropped := next((name for name in self.drop if name in kept), None):
+            raise ValueError(
+                f"'{dropped}' is named in {kept[dropped]} and data.drop: a dropped column is not "
+                "read"
+            )
         return self
 
     def role_keys(self) -> dict[str, str]:

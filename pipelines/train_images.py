@@ -94,9 +94,8 @@ def _refuse_classes_without_a_normal_one(
     """Refuse images in several folders of which none is named normal: `ok/` beside
     `scratch/` trained on the scratches as normal, said only "all images count as normal",
     and registered the champion. One folder of images (or none) is a set of normals."""
-    folders = sorted(
-        {Path(item.path).relative_to(source).parts[0] for item in items if _below(item, source)}
-    )
+    placed = (Path(item.path).relative_to(source).parts for item in items)
+    folders = sorted({parts[0] for parts in placed if len(parts) > 1})  # not source itself
     if len(folders) > 1:
         shown = ", ".join(folders[:5]) + (
             f" and {len(folders) - 5} more" if len(folders) > 5 else ""
@@ -106,11 +105,6 @@ def _refuse_classes_without_a_normal_one(
             f"{', '.join(normal)}: name the normal one (--set 'image.normal=[{folders[0]}]'), "
             "or train on a folder of normal images alone"
         )
-
-
-def _below(item: ImageItem, source: Path) -> bool:
-    """Whether the image lies in a folder below `source`, not in it."""
-    return len(Path(item.path).relative_to(source).parts) > 1
 
 
 def normal_folder_without_images(source: Path, normal: Sequence[str]) -> Path | None:
