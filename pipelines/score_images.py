@@ -23,7 +23,10 @@ from anomaly_vae.data.images import ImageItem, is_idx
 from anomaly_vae.errors import InputError
 from pipelines.score import ScoreSummary
 
+# Heatmaps are at least this many pixels on their longer side (small images enlarged by a
+# whole factor) and at most MAP_LONGEST_SIDE (large photos shrunk).
 MAP_DISPLAY_SIZE = 224
+MAP_LONGEST_SIDE = 1024
 
 
 def image_detector(model_uri: str, input_path: str | Path, tracking_uri: str | None = None):  # noqa: ANN201
@@ -165,14 +168,24 @@ class MapWriter:
     def write(
         self, items: list[ImageItem], pixels: np.ndarray, maps: np.ndarray, scale: float
     ) -> None:
+        """Each map drawn on its image as viewers show it, read again at its own shape: on
+        the model's square input a photo was squeezed, and a defect's place on it had to be
+        guessed. Images inside an IDX file are the model's size already."""
         from PIL import Image
 
+        from anomaly_vae.data.images import read_picture, resample
         from anomaly_vae.figures import overlay
 
         for item, image, heat in zip(items, pixels, maps, strict=True):
+            if not is_idx(item.path.rpartition("#")[0]):
+                image = read_picture(item.path, MAP_LONGEST_SIDE, len(image))
+                heat = resample(heat[None], image.shape[:0:-1])[0]
             picture = Image.fromarray(overlay(image, heat, scale))
-            if picture.width < MAP_DISPLAY_SIZE:
-                picture = picture.resize((MAP_DISPLAY_SIZE, MAP_DISPLAY_SIZE), Image.NEAREST)
+            if max(picture.size) < MAP_DISPLAY_SIZE:  # small images, in whole pixels
+                factor = -(-MAP_DISPLAY_SIZE // max(picture.size))
+                picture = picture.resize(
+                    (picture.width * factor, picture.height * factor), Image.NEAREST
+                )
             path = self.tmp / self.name(item)
             path.parent.mkdir(parents=True, exist_ok=True)
             picture.save(path)

@@ -772,6 +772,36 @@ def test_score_and_calibrate_refuse_table_options_on_images(
     assert len(mlflow.MlflowClient(tracking).search_model_versions()) == versions
 
 
+def test_heatmaps_keep_each_image_s_own_shape_and_orientation(digits_model, tmp_path) -> None:
+    """Heatmaps were drawn on the model's square input: a wide photo's was squeezed square,
+    and where a defect lay on the photo had to be guessed. Now each is drawn on its image as
+    viewers show it: small ones enlarged by a whole factor, large ones shrunk to 1024 px on
+    the longer side, a photo stored on its side turned upright."""
+    model_uri, tracking, _ = digits_model
+    folder = tmp_path / "in"
+    folder.mkdir()
+    halves = np.zeros((40, 80), np.uint8)
+    halves[:, 40:] = 255  # dark on the left, bright on the right
+    Image.fromarray(halves).save(folder / "wide.png")
+    Image.fromarray(np.repeat(np.repeat(halves, 40, 0), 40, 1)).save(folder / "large.png")
+    on_its_side = Image.Exif()
+    on_its_side[0x0112] = 6  # stored 60 wide and 30 high, shown turned a quarter clockwise
+    Image.fromarray(np.zeros((30, 60), np.uint8)).save(folder / "turned.jpg", exif=on_its_side)
+    maps = tmp_path / "maps"
+    result = run_cli(
+        "score", model_uri, folder, "-o", tmp_path / "scores.csv", "--maps", maps,
+        "--tracking-uri", tracking,
+    )
+    assert result.exit_code == 0, result.output
+    sizes = {path.name: Image.open(path).size for path in maps.iterdir()}
+    assert sizes == {"wide.png": (240, 120), "large.png": (1024, 512), "turned.png": (120, 240)}
+    for name in ("wide.png", "large.png"):
+        grey = np.asarray(Image.open(maps / name), dtype=float).mean(axis=2)
+        width = grey.shape[1]
+        # The picture beneath the heat: 0.55 of its grey, 140 levels apart between the halves.
+        assert grey[:, : width // 4].mean() + 60 < grey[:, -width // 4 :].mean()
+
+
 def test_the_maps_folder_gets_the_permissions_of_the_umask(digits_model, tmp_path) -> None:
     """Made by mkdtemp and renamed into place, the folder was owner-only (0700) whatever the
     umask: nobody else could open the heatmaps."""

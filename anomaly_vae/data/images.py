@@ -357,18 +357,44 @@ def held_out_only(items: list[ImageItem], fraction: float, seed: int) -> list[Im
 
 def read_image(path: str | Path, size: int, channels: int) -> np.ndarray:
     """One image file as float32 (channels, size, size) in [0, 1]."""
+    return _read_pixels(path, channels, size, lambda width, height: (size, size))
+
+
+def read_picture(path: str | Path, longest: int, channels: int) -> np.ndarray:
+    """One image file as float32 (channels, height, width) in [0, 1], as viewers show it:
+    its own shape, shrunk so that its longer side is at most `longest` pixels. Heatmaps are
+    drawn on it, so that a product photo's defect is shown where it lies on the photo, not on
+    the model's square."""
+
+    def shape(width: float, height: float) -> tuple[int, int]:
+        scale = min(1.0, longest / max(width, height))
+        return max(1, round(width * scale)), max(1, round(height * scale))
+
+    return _read_pixels(path, channels, longest, shape)
+
+
+def _read_pixels(
+    path: str | Path,
+    channels: int,
+    side: int,
+    shape_of: Callable[[float, float], tuple[int, int]],
+) -> np.ndarray:
+    """An image file resized to `shape_of(width, height)` of its stored sides, then turned
+    upright; `side` bounds how far a JPEG may be decoded down."""
     try:
         with _open(path) as img:
             _refuse_frames(img, path, "image")
             # A JPEG decodes straight to 1/2, 1/4 or 1/8 of its size, no smaller than this
             # (Pillow says which part of the smaller image the photo spans); other formats
             # decode whole.
-            drafted = img.draft(img.mode, (REDUCING_GAP * size, REDUCING_GAP * size))
+            drafted = img.draft(img.mode, (REDUCING_GAP * side, REDUCING_GAP * side))
             extent = drafted[1] if drafted else (0, 0, *img.size)
             img.load()
-            reduced, extent = _reduced(img, extent, size, channels)
+            left, top, right, bottom = extent
+            shape = shape_of(right - left, bottom - top)
+            reduced, extent = _reduced(img, extent, shape, channels)
             pixels = _resized_in_strips(
-                reduced, lambda strip: _to_float(strip, path, channels), size, extent
+                reduced, lambda strip: _to_float(strip, path, channels), shape, extent
             )
             return _upright(pixels, img)
     except InputError:
@@ -401,17 +427,21 @@ def _open(path: str | Path) -> Iterator[Image.Image]:
 
 
 def _reduced(
-    img: Image.Image, extent: tuple[float, float, float, float], size: int, channels: int
+    img: Image.Image,
+    extent: tuple[float, float, float, float],
+    shape: tuple[int, int],
+    channels: int,
 ) -> tuple[Image.Image, tuple[float, float, float, float]]:
-    """The image shrunk by a whole factor (averaging boxes of pixels) while both sides stay
-    at least `REDUCING_GAP * size`, as Pillow's own `reducing_gap` resizing does, and the part
+    """The image shrunk by a whole factor (averaging boxes of pixels) while each side stays
+    at least `REDUCING_GAP` times that of `shape` (width, height), as Pillow's own
+    `reducing_gap` resizing does, and the part
     of it the original spans (the last box holds what is left over). The float conversion and
     the antialiased resize that follow then see a fraction of the pixels.
 
     Only 1-bit, 8-bit gray and (for a colour model) RGB images: an average would hide what
     `_to_float` checks pixel by pixel, a 16-bit or float value out of range or a coloured
     pixel in an image a grayscale model reads, so those are read whole."""
-    factor = min(img.size) // (REDUCING_GAP * size)
+    factor = min(side // (REDUCING_GAP * to) for side, to in zip(img.size, shape, strict=True))
     reading = _REDUCED_AS.get(img.mode) if channels == 1 else _REDUCED_AS_COLOUR.get(img.mode)
     if factor < 2 or reading is None:
         return img, extent
@@ -486,10 +516,10 @@ def resize(
 ) -> np.ndarray:
     """(channels, h, w) -> (channels, size, size), antialiased bilinear per channel, of the
     `extent` (left, top, right, bottom) of the image when given, else of all of it."""
-    return _resampled(pixels, (size, size), extent)
+    return resample(pixels, (size, size), extent)
 
 
-def _resampled(
+def resample(
     pixels: np.ndarray,
     shape: tuple[int, int],
     box: tuple[float, float, float, float] | None = None,
@@ -509,27 +539,28 @@ def _resampled(
 def _resized_in_strips(
     img: Image.Image,
     to_float: Callable[[Image.Image], np.ndarray],
-    size: int,
+    shape: tuple[int, int],
     extent: tuple[float, float, float, float] | None = None,
 ) -> np.ndarray:
-    """`resize(to_float(img), size, extent)`, converting `_STRIP_PIXELS` at a time. As
-    float32 whole, a 10000 x 10000 16-bit image took 1.3 GB to read (2.3 GB for a colour
-    model) and a mask of that size 1 GB, several times the decoded file. Each strip of rows
-    is narrowed to `size` columns, and the strips stacked are resized down: the same pixels
-    as Pillow's one resize where it goes across first, as it does for an image at least as
-    wide as tall; for a taller one, Pillow 13 may go down first, and a pixel may differ by
-    a float32 rounding (6e-8 at most seen, in 0..1). An image of one strip is one resize."""
+    """`resample(to_float(img), shape, extent)` for a `shape` (width, height), converting
+    `_STRIP_PIXELS` at a time. As float32 whole, a 10000 x 10000 16-bit image took 1.3 GB to
+    read (2.3 GB for a colour model) and a mask of that size 1 GB, several times the decoded
+    file. Each strip of rows is narrowed to the shape's width, and the strips stacked are
+    resized down: the same pixels as Pillow's one resize where it goes across first, as it
+    does for an image at least as wide as tall; for a taller one, Pillow 13 may go down
+    first, and a pixel may differ by a float32 rounding (6e-8 at most seen, in 0..1). An
+    image of one strip is one resize."""
     width, height = img.size
     if _strip_rows(img) >= height:
-        return resize(to_float(img), size, extent)
+        return resample(to_float(img), shape, extent)
     left, top, right, bottom = extent or (0, 0, width, height)
     narrowed = []
     for strip in _strips(img):
         pixels = to_float(strip)
         narrowed.append(
-            _resampled(pixels, (size, pixels.shape[1]), (left, 0, right, pixels.shape[1]))
+            resample(pixels, (shape[0], pixels.shape[1]), (left, 0, right, pixels.shape[1]))
         )
-    return _resampled(np.concatenate(narrowed, axis=1), (size, size), (0, top, size, bottom))
+    return resample(np.concatenate(narrowed, axis=1), shape, (0, top, shape[0], bottom))
 
 
 def _strip_rows(img: Image.Image) -> int:
@@ -570,7 +601,7 @@ def read_mask(path: Path, size: int, image: str | Path | None = None) -> np.ndar
             if image is not None:
                 _check_same_size(path, _size_shown(img), image)
             marking = _marking(img, path)
-            marked = _resized_in_strips(img, lambda strip: marking(strip)[None], size)
+            marked = _resized_in_strips(img, lambda strip: marking(strip)[None], (size, size))
             return _upright(marked, img)[0] >= 0.5
     except InputError:  # the size check's own line (a ValueError, as some unreadable files')
         raise
