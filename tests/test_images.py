@@ -789,8 +789,15 @@ def test_heatmaps_keep_each_image_s_own_shape_and_orientation(digits_model, tmp_
     Image.fromarray(np.zeros((30, 60), np.uint8)).save(folder / "turned.jpg", exif=on_its_side)
     maps = tmp_path / "maps"
     result = run_cli(
-        "score", model_uri, folder, "-o", tmp_path / "scores.csv", "--maps", maps,
-        "--tracking-uri", tracking,
+        "score",
+        model_uri,
+        folder,
+        "-o",
+        tmp_path / "scores.csv",
+        "--maps",
+        maps,
+        "--tracking-uri",
+        tracking,
     )
     assert result.exit_code == 0, result.output
     sizes = {path.name: Image.open(path).size for path in maps.iterdir()}
