@@ -170,16 +170,14 @@ class MapWriter:
     ) -> None:
         """Each map drawn on its image as viewers show it, read again at its own shape: on
         the model's square input a photo was squeezed, and a defect's place on it had to be
-        guessed. Images inside an IDX file are the model's size already."""
+        guessed."""
         from PIL import Image
 
-        from anomaly_vae.data.images import read_picture, resample
+        from anomaly_vae.data.images import as_shown
         from anomaly_vae.figures import overlay
 
-        for item, image, heat in zip(items, pixels, maps, strict=True):
-            if not is_idx(item.path.rpartition("#")[0]):
-                image = read_picture(item.path, MAP_LONGEST_SIDE, len(image))
-                heat = resample(heat[None], image.shape[:0:-1])[0]
+        for item, square, square_heat in zip(items, pixels, maps, strict=True):
+            image, heat = as_shown(item.path, square, square_heat, MAP_LONGEST_SIDE)
             picture = Image.fromarray(overlay(image, heat, scale))
             if max(picture.size) < MAP_DISPLAY_SIZE:  # small images, in whole pixels
                 factor = -(-MAP_DISPLAY_SIZE // max(picture.size))

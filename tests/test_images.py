@@ -903,6 +903,20 @@ def test_image_report_shows_the_worst_images_with_heatmaps(digits_model, tmp_pat
     assert "figures/worst_images.png" in {a.path for a in logged}
 
 
+def test_the_report_shows_the_worst_images_at_their_own_shape(tmp_path) -> None:
+    """The report drew each image and its map on the model's square: a tall tile squeezed."""
+    from anomaly_vae.evaluation.sections import WorstImages
+
+    tall = tmp_path / "tall.png"
+    Image.fromarray(np.zeros((300, 100), np.uint8)).save(tall)
+    worst = WorstImages(map_scale=1.0)
+    worst.add(np.zeros((1, 1, 8, 8), np.float32), np.ones((1, 8, 8)), [str(tall)],
+              np.array([5.0]), np.array([True]))  # fmt: skip
+    figure = worst.section().figure
+    shapes = [ax.get_images()[0].get_array().shape for ax in figure.axes]
+    assert shapes == [(256, 85), (256, 85, 3)]  # the image, then its map over it
+
+
 def test_the_worst_images_figure_shows_file_names_with_dollar_signs_as_written() -> None:
     import io
 

@@ -373,6 +373,17 @@ def read_picture(path: str | Path, longest: int, channels: int) -> np.ndarray:
     return _read_pixels(path, channels, longest, shape)
 
 
+def as_shown(
+    path: str, pixels: np.ndarray, heat: np.ndarray, longest: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The image at `path` as viewers show it (`read_picture`) and its anomaly map stretched
+    over it from the model's square; an image inside an IDX file is its square `pixels`."""
+    if is_idx(path.rpartition("#")[0]):
+        return pixels, heat
+    picture = read_picture(path, longest, len(pixels))
+    return picture, resample(heat[None], picture.shape[:0:-1])[0]
+
+
 def _read_pixels(
     path: str | Path,
     channels: int,

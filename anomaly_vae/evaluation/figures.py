@@ -7,6 +7,7 @@ display backend, so they render the same in a test, a server and a notebook, and
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -214,8 +215,8 @@ def _symlog_inverse(y: np.ndarray) -> np.ndarray:
 
 
 def worst_images_figure(
-    pixels: np.ndarray,
-    maps: np.ndarray,
+    pixels: Sequence[np.ndarray],
+    maps: Sequence[np.ndarray],
     names: list[str],
     scores: np.ndarray,
     labels: np.ndarray,

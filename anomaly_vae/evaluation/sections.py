@@ -13,6 +13,8 @@ from anomaly_vae.evaluation.report import Section
 
 TOP_ROWS_SHOWN = 20
 WORST_IMAGES = 8
+# The longer side of each image in the report's figure, in pixels.
+SHOWN_SIDE = 256
 
 
 def common_sections(
@@ -141,12 +143,25 @@ class WorstImages:
         self.names = [names[i] for i in keep]
 
     def section(self) -> Section:
+        from anomaly_vae.data.images import as_shown  # Pillow: not for tables' reports
+
+        # Each image read again as viewers show it, as `score --maps` draws it: on the model's
+        # square a tile or a product photo was squeezed.
+        shown = [
+            as_shown(name, pixels, heat, SHOWN_SIDE)
+            for name, pixels, heat in zip(self.names, self.pixels, self.maps, strict=True)
+        ]
         return Section(
             "worst_images",
             f"The {len(self.names)} top-scored images and where they look wrong",
             "Each image above its anomaly map (per-pixel reconstruction terms above their best "
             "value, smoothed; red is worse), titled with its score and label.",
             figures.worst_images_figure(
-                self.pixels, self.maps, self.names, self.scores, self.labels, self.map_scale
+                [image for image, _ in shown],
+                [heat for _, heat in shown],
+                self.names,
+                self.scores,
+                self.labels,
+                self.map_scale,
             ),
         )
