@@ -753,14 +753,14 @@ def version_description(state: dict[str, Any]) -> str:
     return f"{kind} anomaly-vae detector {origin}; {chosen}."
 
 
-def registered_kind(name: str) -> tuple[str, str] | None:
-    """The kind of detector ('tabular' or 'image') that registered model `name` holds, and the
-    URI of the version that told: its `champion`, else its latest version. A model whose
+def registered_state(name: str) -> tuple[dict[str, Any], str] | None:
+    """The detector.json of registered model `name`'s version that tells what the model
+    holds, and that version's URI: its `champion`, else its latest version. A model whose
     versions were all registered unpromoted (`calibrate` without --promote), or whose alias was
     removed, was taken for a new one, and a model of the other kind became its next version.
 
-    Read from the version's detector.json, a file of a few kilobytes; None where there is no
-    such model or version, or it holds no anomaly-vae detector (registered by other means)."""
+    A file of a few kilobytes; None where there is no such model or version, or it holds no
+    anomaly-vae detector (registered by other means)."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -788,8 +788,9 @@ def registered_kind(name: str) -> tuple[str, str] | None:
             state = json.loads(Path(path).read_text())
     except (MlflowException, OSError, ValueError):
         return None
-    kind = state.get("kind") if isinstance(state, dict) else None
-    return (kind, uri) if isinstance(kind, str) else None
+    if not isinstance(state, dict) or not isinstance(state.get("kind"), str):
+        return None
+    return state, uri
 
 
 @dataclass(frozen=True)

@@ -143,17 +143,27 @@ def main() -> None:
     metavar="KEY=VALUE",
     help="Override a config key, e.g. --set training.epochs=20.",
 )
+@click.option(
+    "--promote/--no-promote",
+    default=None,
+    help="Move the champion alias to the new version, or leave it where it is. Without "
+    "either, it moves unless the champion reads other columns.",
+)
 @tracking_option
 @user_errors
 @stopped_by_sigterm
 @finished_once_registered
-def train(config_path: str, overrides: tuple[str, ...], tracking_uri: str | None) -> None:
+def train(
+    config_path: str, overrides: tuple[str, ...], promote: bool | None, tracking_uri: str | None
+) -> None:
     """Train, calibrate and register a model; prints its URI last."""
     from anomaly_vae.config import load_config
     from pipelines.train import train as run_training
 
     config = load_config(config_path, overrides)
-    uri = run_training(config, tracking_uri, echo=lambda line: click.echo(line, err=True))
+    uri = run_training(
+        config, tracking_uri, echo=lambda line: click.echo(line, err=True), promote=promote
+    )
     click.echo(uri)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,14 +49,15 @@ class Calibration:
 
 def closing_lines(
     trained: str, fit: FitResult, fit_seconds: float, calibration: Calibration, run_id: str,
-    total_seconds: float, version: str,
+    total_seconds: float, registration: Registration,
 ) -> list[str]:  # fmt: skip
-    """What `train` reports on stderr once the model is registered; `trained`: '1,000 rows',
-    `version`: 'name/3', which `calibrate` names the same way."""
+    """What `train` reports on stderr once the model is registered; `trained`: '1,000 rows'.
+    The version is named as `calibrate` names it, 'models:/name/3'."""
+    unmoved = "" if registration.promoted else " (champion unchanged)"
     lines = [
         f"trained on {trained} in {fit_seconds:.1f} s "
         f"({fit.epochs} epoch{'' if fit.epochs == 1 else 's'}); " + calibration.summary(),
-        f"registered models:/{version}; run {run_id} in {total_seconds:.1f} s",
+        f"registered models:/{registration.label}{unmoved}; run {run_id} in {total_seconds:.1f} s",
     ]
     if fit.diverged_epoch is not None:
         # Early stopping ends a fit at its first NaN validation loss without a word: the
@@ -92,11 +93,17 @@ def run_name(config: Config) -> str:
 
 @contextmanager
 def training_run(
-    config: Config, tracking_uri: str | None, data: str | Path, counts: dict[str, int], kind: str
-) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run in the config's experiment holding the config, its params and `counts`;
-    `kind`, the detector's ('tabular' or 'image'), must be that of the registered model's
-    champion, if any."""
+    config: Config,
+    tracking_uri: str | None,
+    data: str | Path,
+    counts: dict[str, int],
+    kind: str,
+    promote: bool | None = None,
+    features: Sequence[str] = (),
+) -> Iterator[tuple[mlflow.ActiveRun, bool]]:
+    """An MLflow run in the config's experiment holding the config, its params and `counts`,
+    and whether the new version is to take `champion` (`takes_champion`), decided before the
+    fit. `kind` is the detector's ('tabular' or 'image'), `features` a table's columns."""
     import mlflow
 
     from anomaly_vae.tracking import (
@@ -109,7 +116,7 @@ def training_run(
     )
 
     with tracking_for_call(tracking_uri):
-        refuse_another_kind(config, kind)
+        promoted = takes_champion(config, kind, features, promote)
         use_experiment(config.mlflow.experiment or run_name(config))
         with tracked_run(training_run_name(data_title(data), config.overrides)) as run:
             mlflow.log_params(flatten_params(config.model_dump()))
@@ -120,7 +127,7 @@ def training_run(
                 log_config_file(config.source_file)
             if config.overrides:
                 mlflow.set_tag("overrides", " ".join(f"--set {o}" for o in config.overrides))
-            yield run
+            yield run, promoted
 
 
 def registered_name(config: Config) -> str:
@@ -131,22 +138,51 @@ def registered_name(config: Config) -> str:
 _DATA_OF_KIND = {"tabular": "a table", "image": "images"}
 
 
-def refuse_another_kind(config: Config, kind: str) -> None:
-    """Refuse to train a `kind` detector for a registered model of the other kind: the new
-    version took `champion`, and every scoring job on it then failed (an image model given
-    tables, or the reverse). The line names the key that named the model, and the version
-    whose kind it read (`registered_kind`)."""
-    from anomaly_vae.tracking import registered_kind
+def takes_champion(
+    config: Config, kind: str, features: Sequence[str], promote: bool | None
+) -> bool:
+    """Whether the version this training registers is to take `champion` (`promote`: True,
+    False, or None for when it fits the champion's callers).
+
+    A `kind` detector for a registered model of the other kind is refused whatever `promote`
+    says: the new version took `champion`, and every scoring job on it then failed (an image
+    model given tables, or the reverse). So is, unless `promote` decides, a table model that
+    reads other columns than the champion: those jobs failed on missing or unexpected
+    columns, and a sweep over configs had no way to register without moving the alias."""
+    from anomaly_vae.tracking import CHAMPION_ALIAS, registered_state
 
     name = registered_name(config)
-    held = registered_kind(name)
-    if held is not None and held[0] != kind:
-        key = "mlflow.registered_model" if config.mlflow.registered_model else "name"
+    held = registered_state(name)
+    if held is None:
+        return promote is not False
+    state, uri = held
+    key = "mlflow.registered_model" if config.mlflow.registered_model else "name"
+    if state["kind"] != kind:
         raise InputError(
-            f"{key}: '{name}' holds {held[0]} models ({held[1]}), and this config trains on "
+            f"{key}: '{name}' holds {state['kind']} models ({uri}), and this config trains on "
             f"{_DATA_OF_KIND[kind]}: register it under another name "
             "(--set mlflow.registered_model=...)"
         )
+    if promote is not None or kind != "tabular" or not uri.endswith(f"@{CHAMPION_ALIAS}"):
+        return promote is not False
+    from anomaly_vae.data.preprocessing import TabularPreprocessor
+    from anomaly_vae.data.schema import quoted_names
+
+    read = TabularPreprocessor.from_dict(state["preprocessor"]).feature_names
+    added = [c for c in features if c not in set(read)]
+    dropped = [c for c in read if c not in set(features)]
+    if not added and not dropped:
+        return True
+    differences = [
+        *([f"it would need {quoted_names(added)}"] if added else []),
+        *([f"refuse {quoted_names(dropped)}"] if dropped else []),
+    ]
+    raise InputError(
+        f"{key}: '{name}' has a champion ({uri}) that reads other columns: "
+        f"{' and '.join(differences)}, and the champion's scoring jobs would fail; train with "
+        "--no-promote to register this model without moving champion, --promote to move it "
+        "anyway, or --set mlflow.registered_model=... to give it a name of its own"
+    )
 
 
 def log_config_file(path: str) -> None:
@@ -217,8 +253,9 @@ def calibrate_and_log(
     return Calibration(strategy, threshold, probability, NormalScores.from_scores(scores[~labels]))
 
 
-def register_detector(config: Config, detector: Any, example: Any) -> Registration:
-    """Log the detector as the run's pyfunc model, registered under the config's name.
+def register_detector(config: Config, detector: Any, example: Any, promote: bool) -> Registration:
+    """Log the detector as the run's pyfunc model, registered under the config's name, and
+    moved to `champion` if `promote`.
 
     `example` is a few input rows: MLflow infers the signature from them and their scores.
     """
@@ -227,7 +264,9 @@ def register_detector(config: Config, detector: Any, example: Any) -> Registrati
     with tempfile.TemporaryDirectory() as tmp:
         detector_dir = detector.save(Path(tmp) / "detector")
         registered = registered_name(config)
-        return log_detector(detector_dir, example, detector.score_frame(example), registered)
+        return log_detector(
+            detector_dir, example, detector.score_frame(example), registered, promote
+        )
 
 
 def detector_info(config: Config, run: mlflow.ActiveRun, fit: FitResult) -> dict[str, Any]:

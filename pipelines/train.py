@@ -208,16 +208,20 @@ def tabular_loss_terms(
 
 
 def train(
-    config: Config, tracking_uri: str | None = None, echo: Callable[[str], None] = print
+    config: Config,
+    tracking_uri: str | None = None,
+    echo: Callable[[str], None] = print,
+    promote: bool | None = None,
 ) -> str:
-    """Train, calibrate, log and register a detector; returns `models:/<name>@champion`."""
+    """Train, calibrate, log and register a detector; returns `models:/<name>@champion`, or
+    the version's own URI where it did not take `champion` (`takes_champion`)."""
     from anomaly_vae.data.images import is_image_source
     from anomaly_vae.data.tables import input_table_format, read_table
 
     if is_image_source(config.data.path, config.data.kind):
         from pipelines.train_images import train_images
 
-        return train_images(config, tracking_uri, echo)
+        return train_images(config, tracking_uri, echo, promote)
 
     # data.path decides the kind of model: one that is neither kind is named before the
     # likelihood, which a single image's config chose for images ("bernoulli is for images").
@@ -268,7 +272,9 @@ def train(
         "features.binary": len(preprocessor.binary),
         "features.categorical": len(preprocessor.categorical),
     }
-    with training_run(config, tracking_uri, source, counts, "tabular") as run:
+    with training_run(
+        config, tracking_uri, source, counts, "tabular", promote, preprocessor.feature_names
+    ) as (run, promoted):
         fit_started = time.perf_counter()
         fit = fit_vae(
             model, tabular_loss_terms, train_data, val_data, config.training, config.model.beta
@@ -301,11 +307,11 @@ def train(
             split.train[[*config.data.id_columns, *split.features]],
             [c.name for c in preprocessor.number_columns],
         )
-        registration = register_detector(config, detector, example)
+        registration = register_detector(config, detector, example, promoted)
     total = time.perf_counter() - started
     trained = f"{len(split.train):,} rows"
     lines = closing_lines(
-        trained, fit, fit_seconds, calibration, run.info.run_id, total, registration.label
+        trained, fit, fit_seconds, calibration, run.info.run_id, total, registration
     )
     for line in lines:
         echo(line)

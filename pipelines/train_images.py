@@ -121,9 +121,12 @@ def normal_folder_without_images(source: Path, normal: Sequence[str]) -> Path | 
 
 
 def train_images(
-    config: Config, tracking_uri: str | None = None, echo: Callable[[str], None] = print
+    config: Config,
+    tracking_uri: str | None = None,
+    echo: Callable[[str], None] = print,
+    promote: bool | None = None,
 ) -> str:
-    """Train, calibrate, log and register an image detector; returns `models:/<name>@champion`."""
+    """Train, calibrate, log and register an image detector, as `pipelines.train.train`."""
     import pandas as pd
     import torch
     from torch.utils.data import TensorDataset
@@ -167,7 +170,10 @@ def train_images(
         "images.validation_anomaly": int((~val_normal).sum()),
         "images.held_out": split.held_out,
     }
-    with training_run(config, tracking_uri, config.data.path, counts, "image") as run:
+    with training_run(config, tracking_uri, config.data.path, counts, "image", promote) as (
+        run,
+        promoted,
+    ):
         fit_started = time.perf_counter()
         fit = fit_vae(model, loss_terms, train_data, val_data, config.training, config.model.beta)
         fit_seconds = time.perf_counter() - fit_started
@@ -194,11 +200,11 @@ def train_images(
             normal=calibration.normal,
         )
         example = pd.DataFrame({"path": [item.path for item in split.train[:2]]})
-        registration = register_detector(config, detector, example)
+        registration = register_detector(config, detector, example, promoted)
     total = time.perf_counter() - started
     trained = f"{len(split.train):,} images"
     lines = closing_lines(
-        trained, fit, fit_seconds, calibration, run.info.run_id, total, registration.label
+        trained, fit, fit_seconds, calibration, run.info.run_id, total, registration
     )
     for line in lines:
         echo(line)

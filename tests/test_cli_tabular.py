@@ -20,6 +20,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from click.testing import Result
 from conftest import run_cli, train_cli
 
 from anomaly_vae.data.tables import parquet_parts
@@ -74,6 +75,53 @@ def test_train_prints_its_own_lines_only_and_names_the_new_version(
         assert result.stdout.strip() == "models:/config@champion"
     client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     assert int(client.get_model_version_by_alias("config", "champion").version) == 2
+
+
+def test_champion_moves_only_to_a_model_its_scoring_jobs_can_use(
+    breast_cancer_files, tracking_uri, tmp_path
+) -> None:
+    """Every `train` moved `champion`: a model of another table, trained under the same name,
+    took it and every scoring job on it failed on missing columns, and a sweep over configs
+    could not register without replacing the model in use."""
+    client = mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    frame = pd.read_parquet(breast_cancer_files[0])
+    fewer = tmp_path / "fewer.parquet"
+    frame.drop(columns=["mean radius", "mean texture"]).to_parquet(fewer)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump({"data": {"path": str(breast_cancer_files[0])}, "training": {"epochs": 1}})
+    )
+
+    def train(*args: str) -> Result:
+        return run_cli("train", config, "--set", "training.epochs=1", *args)
+
+    assert train().exit_code == 0  # version 1, the champion
+    result = train("--set", f"data.path={fewer}")
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "Error: name: 'config' has a champion (models:/config@champion) that reads other "
+        "columns: refuse 'mean radius', 'mean texture', and the champion's scoring jobs would "
+        "fail; train with --no-promote to register this model without moving champion, "
+        "--promote to move it anyway, or --set mlflow.registered_model=... to give it a name "
+        "of its own\n"
+    )
+    assert len(client.search_model_versions("name='config'")) == 1  # refused before the fit
+
+    result = train("--set", f"data.path={fewer}", "--no-promote")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "models:/config/2"
+    assert "registered models:/config/2 (champion unchanged); run " in result.stderr
+    assert int(client.get_model_version_by_alias("config", "champion").version) == 1
+
+    result = train("--set", f"data.path={fewer}", "--promote")
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == "models:/config@champion"
+    assert int(client.get_model_version_by_alias("config", "champion").version) == 3
+    # The champion now reads the fewer columns: the full table is what it would refuse.
+    result = train()
+    assert "it would need 'mean radius', 'mean texture'" in result.stderr
+    assert train("--no-promote").exit_code == 0  # a sweep's variant of the same table
+    assert int(client.get_model_version_by_alias("config", "champion").version) == 3
 
 
 def test_score_writes_ids_and_scores(breast_cancer_model, breast_cancer_files, tmp_path) -> None:

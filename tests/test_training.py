@@ -107,6 +107,7 @@ def test_a_fit_that_diverges_after_its_first_epoch_says_so_when_training_ends() 
     it, kept its first epoch's weights without a word."""
     from types import SimpleNamespace
 
+    from anomaly_vae.tracking import Registration
     from pipelines.tracked_training import closing_lines
 
     model, data = _tiny_model_and_rows()
@@ -117,7 +118,9 @@ def test_a_fit_that_diverges_after_its_first_epoch_says_so_when_training_ends() 
     assert (fit.diverged_epoch, fit.best_epoch) == (1, 0)
     assert all(torch.isfinite(p).all() for p in model.parameters())
     calibration = SimpleNamespace(summary=lambda: "threshold 1 by f1: {}")
-    lines = closing_lines("64 rows", fit, 0.1, calibration, "run", 0.2, "x/1")
+    lines = closing_lines(
+        "64 rows", fit, 0.1, calibration, "run", 0.2, Registration("x", "1", True)
+    )
     assert lines[1] == (
         "training diverged: the validation loss was not finite from epoch 2; the model "
         "keeps epoch 1's weights; a lower training.learning_rate may train longer"
@@ -144,12 +147,14 @@ def test_the_closing_line_counts_one_epoch_in_the_singular() -> None:
     """`--set training.epochs=1`, the quick check, reported "(1 epochs)"."""
     from types import SimpleNamespace
 
+    from anomaly_vae.tracking import Registration
     from pipelines.tracked_training import closing_lines
 
     calibration = SimpleNamespace(summary=lambda: "threshold 1 by f1: {}")
     for epochs, said in ((1, "(1 epoch);"), (2, "(2 epochs);")):
         fit = SimpleNamespace(epochs=epochs, diverged_epoch=None)
-        first, _ = closing_lines("10 rows", fit, 0.1, calibration, "run", 0.2, "x/1")
+        registration = Registration("x", "1", True)
+        first, _ = closing_lines("10 rows", fit, 0.1, calibration, "run", 0.2, registration)
         assert said in first
 
 

@@ -39,14 +39,14 @@ def check_columns(
     columns, given another `data.path`) read as the file's fault."""
     repeated = [name for name, count in Counter(columns).items() if count > 1]
     if repeated:
-        raise InputError(f"{source}: more than one column named {_names(repeated)}")
+        raise InputError(f"{source}: more than one column named {quoted_names(repeated)}")
     present = set(columns)
     missing = list(dict.fromkeys(c for c in required if c not in present))
     if missing:
         keys = dict.fromkeys(named_by[c] for c in missing) if named_by else {}
         named = f", which the config names in {', '.join(keys)}" if keys else ""
         raise InputError(
-            f"{source}: missing column(s) {_names(missing)}{named}"
+            f"{source}: missing column(s) {quoted_names(missing)}{named}"
             f"{_spelled_otherwise(missing, columns)}"
         )
     if not allow_extra:
@@ -54,7 +54,7 @@ def check_columns(
         extra = [c for c in columns if c not in expected]
         if extra:
             raise InputError(
-                f"{source}: unexpected column(s) {_names(extra)} "
+                f"{source}: unexpected column(s) {quoted_names(extra)} "
                 "(the model was not trained on them; --allow-extra-columns, or allow_extra=True "
                 f"in Python, ignores them){_unnamed_hint(columns)}"
             )
@@ -77,11 +77,11 @@ def _spelled_otherwise(missing: Sequence[str], columns: Sequence[str]) -> str:
     seemed plainly there, the second even when shown."""
     near = _near_names(missing, columns, lambda name: name.strip().casefold())
     if near:
-        return f" (present as {_names(near)}: names must match exactly, spaces and case included)"
+        return f" (present as {quoted_names(near)}: names must match exactly, spaces and case included)"
     near = _near_names(missing, columns, lambda name: unicodedata.normalize("NFC", name))
     if near:
         return (
-            f" (present as {_names(near)}, the same letters in another Unicode form: names "
+            f" (present as {quoted_names(near)}, the same letters in another Unicode form: names "
             "must match character for character)"
         )
     return ""
@@ -183,7 +183,7 @@ def check_anomaly_value_matches(
         return
     raise InputError(
         f"{source}: {value_key} {anomaly_value!r} matches no row of label column "
-        f"'{series.name}', which holds {_names(held)}{remedy}"
+        f"'{series.name}', which holds {quoted_names(held)}{remedy}"
     )
 
 
@@ -259,6 +259,7 @@ def _equal_to(
     return numbers == number
 
 
-def _names(columns: Sequence[str]) -> str:
+def quoted_names(columns: Sequence[str]) -> str:
+    """Column names as messages quote them: the first five, then how many more."""
     shown = ", ".join(f"'{c}'" for c in columns[:5])
     return shown + (f" and {len(columns) - 5} more" if len(columns) > 5 else "")
