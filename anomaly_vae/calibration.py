@@ -227,11 +227,15 @@ def choose_threshold(
     strategy: str,
     costs: Costs | None = None,
     normal: NormalScores | None = None,
+    anomaly_weight: float = 1.0,
 ) -> Threshold:
     """Apply `strategy` to validation scores; labels are boolean anomaly flags or None.
 
     `costs` are required by, and only accepted with, the `cost` strategy; `estimated-f1`
-    needs the `normal` reference and uses no labels.
+    needs the `normal` reference and uses no labels. Each labelled anomaly counts as
+    `anomaly_weight` rows: training's validation set holds every anomaly of the file but a
+    fifth of its normals, and judged at that share of anomalies, `f1` chose a threshold, and
+    reported a precision, for data five times richer in anomalies than the file's.
     """
     kind, bound = check_strategy(strategy, costs)
     labels = None if labels is None else np.asarray(labels, dtype=bool)
@@ -249,7 +253,8 @@ def choose_threshold(
             raise InputError(f"calibration '{strategy}' needs normal validation rows")
         value = _fpr_threshold(normals, bound)
     elif kind == "quantile=":
-        value = _fpr_threshold(scores, 1 - bound)
+        weights = None if labels is None else _row_weights(labels, anomaly_weight)
+        value = _fpr_threshold(scores, 1 - bound, weights)
     else:
         if labels is None or not labels.any() or labels.all():
             raise InputError(
@@ -258,14 +263,14 @@ def choose_threshold(
                 f"or, without labels, calibrate with {ESTIMATED_F1}, fpr<=F or quantile=Q)"
             )
         if kind == "cost":
-            value = _cost_threshold(scores, labels, costs)
+            value = _cost_threshold(scores, labels, costs, anomaly_weight)
         else:
-            value = _curve_threshold(scores, labels, kind, bound)
+            value = _curve_threshold(scores, labels, kind, bound, anomaly_weight)
     if kind != ESTIMATED_F1:  # it places its own threshold, against the normal reference too
         value = _clear_of_scores(scores, value)
-    metrics = {**threshold_metrics(scores, labels, value), **estimates}
+    metrics = {**threshold_metrics(scores, labels, value, anomaly_weight), **estimates}
     if costs is not None:
-        metrics["expected_cost"] = expected_cost(scores, labels, value, costs)
+        metrics["expected_cost"] = expected_cost(scores, labels, value, costs, anomaly_weight)
     return Threshold(
         value=value,
         strategy=strategy,
@@ -357,16 +362,24 @@ def _flagged_at_each_score(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return thresholds, len(scores) - below
 
 
-def expected_cost(scores: np.ndarray, labels: np.ndarray, threshold: float, costs: Costs) -> float:
-    """Cost per row of flagging `score >= threshold`: missed anomalies and false alarms."""
+def expected_cost(
+    scores: np.ndarray,
+    labels: np.ndarray,
+    threshold: float,
+    costs: Costs,
+    anomaly_weight: float = 1.0,
+) -> float:
+    """Cost per row of flagging `score >= threshold`: missed anomalies (each counting as
+    `anomaly_weight` rows, as in `choose_threshold`) and false alarms."""
     flagged = scores >= threshold
-    missed = int(np.sum(~flagged & labels))
+    missed = anomaly_weight * int(np.sum(~flagged & labels))
     false_alarms = int(np.sum(flagged & ~labels))
-    return float(_cost_per_row(missed, false_alarms, len(scores), costs))
+    rows = _row_weights(labels, anomaly_weight).sum()
+    return float(_cost_per_row(missed, false_alarms, rows, costs))
 
 
 def cost_curve(
-    scores: np.ndarray, labels: np.ndarray, costs: Costs
+    scores: np.ndarray, labels: np.ndarray, costs: Costs, anomaly_weight: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """Expected cost per row at every threshold that changes the flags, ascending.
 
@@ -376,13 +389,14 @@ def cost_curve(
     distinct = np.unique(scores)
     thresholds = np.append(distinct, np.nextafter(distinct[-1], np.inf))
     anomalous, normal = np.sort(scores[labels]), np.sort(scores[~labels])
-    missed = np.searchsorted(anomalous, thresholds, side="left")
+    missed = anomaly_weight * np.searchsorted(anomalous, thresholds, side="left")
     false_alarms = len(normal) - np.searchsorted(normal, thresholds, side="left")
-    return thresholds, _cost_per_row(missed, false_alarms, len(scores), costs)
+    rows = _row_weights(labels, anomaly_weight).sum()
+    return thresholds, _cost_per_row(missed, false_alarms, rows, costs)
 
 
 def _cost_per_row(
-    missed: np.ndarray | int, false_alarms: np.ndarray | int, rows: int, costs: Costs
+    missed: np.ndarray | float, false_alarms: np.ndarray | int, rows: float, costs: Costs
 ) -> np.ndarray | float:
     """What `missed` anomalies and `false_alarms` cost per row of `rows`.
 
@@ -396,23 +410,27 @@ def _cost_per_row(
 
 
 def threshold_metrics(
-    scores: np.ndarray, labels: np.ndarray | None, threshold: float
+    scores: np.ndarray, labels: np.ndarray | None, threshold: float, anomaly_weight: float = 1.0
 ) -> dict[str, float]:
-    """What a threshold achieves on the data it was chosen on.
+    """What a threshold achieves on the data it was chosen on, each labelled anomaly counting
+    as `anomaly_weight` rows (`choose_threshold`): the alert rate and precision are those of
+    data with that share of anomalies; recall and false-positive rate do not depend on it.
 
     A class the labels lack leaves its rates out: written as 0, an all-normal file's recall
     read as every anomaly missed (in `calibrate`'s line, its run and `runs`), and an
     all-anomalous file's false-positive rate as no false alarm.
     """
     flagged = scores >= threshold
-    metrics = {"alert_rate": float(flagged.mean())}
     if labels is None:
-        return metrics
+        return {"alert_rate": float(flagged.mean())}
+    weights = _row_weights(labels, anomaly_weight)
+    metrics = {"alert_rate": float(weights[flagged].sum() / weights.sum())}
     fp = int(np.sum(flagged & ~labels))
     if labels.any():
-        tp = int(np.sum(flagged & labels))
+        caught = int(np.sum(flagged & labels))
+        tp = anomaly_weight * caught
         precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / int(np.sum(labels))
+        recall = caught / int(np.sum(labels))
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         metrics.update(precision=precision, recall=recall, f1=f1)
     if not labels.all():
@@ -420,33 +438,50 @@ def threshold_metrics(
     return metrics
 
 
-def _fpr_threshold(normal_scores: np.ndarray, fpr: float) -> float:
-    """The lowest threshold that flags at most floor(fpr * n) of the normal scores.
+def _fpr_threshold(
+    normal_scores: np.ndarray, fpr: float, weights: np.ndarray | None = None
+) -> float:
+    """The lowest threshold that flags at most floor(fpr * n) of the normal scores (of
+    their total weight, where rows are weighed).
 
     The product is rounded before the floor: in binary, 0.29 * 100 is 28.999999999999996 and
     1 - 0.9 is 0.0999..., so `fpr<=0.29` on 100 normals flagged 28 and `quantile=0.9` on 10
     rows none, a row fewer than the budget allows.
     """
-    ranked = np.sort(normal_scores)[::-1]
-    allowed = int(np.floor(round(fpr * len(ranked), 9)))
+    if weights is None:
+        ranked = np.sort(normal_scores)[::-1]
+        allowed = int(np.floor(round(fpr * len(ranked), 9)))
+    else:
+        order = np.argsort(normal_scores)[::-1]
+        ranked = normal_scores[order]
+        spent = np.round(np.cumsum(weights[order]), 9)
+        allowed = int(np.searchsorted(spent, round(fpr * float(weights.sum()), 9), side="right"))
     if allowed >= len(ranked):
         return float(ranked[-1])
     # Strictly above the first score that must stay unflagged.
     return float(np.nextafter(ranked[allowed], np.inf))
 
 
-def _cost_threshold(scores: np.ndarray, labels: np.ndarray, costs: Costs) -> float:
-    thresholds, cost = cost_curve(scores, labels, costs)
+def _row_weights(labels: np.ndarray, anomaly_weight: float) -> np.ndarray:
+    """What each row counts for: `anomaly_weight` for a labelled anomaly, 1 for a normal."""
+    return np.where(labels, anomaly_weight, 1.0)
+
+
+def _cost_threshold(
+    scores: np.ndarray, labels: np.ndarray, costs: Costs, anomaly_weight: float
+) -> float:
+    thresholds, cost = cost_curve(scores, labels, costs, anomaly_weight)
     # Of equally cheap thresholds, the highest: the same cost with the fewest alerts.
     return float(thresholds[len(cost) - 1 - int(np.argmin(cost[::-1]))])
 
 
 def _curve_threshold(
-    scores: np.ndarray, labels: np.ndarray, kind: str, bound: float | None
+    scores: np.ndarray, labels: np.ndarray, kind: str, bound: float | None, anomaly_weight: float
 ) -> float:
     from sklearn.metrics import precision_recall_curve  # scoring never pays for it
 
-    precision, recall, thresholds = precision_recall_curve(labels, scores)
+    weights = None if anomaly_weight == 1 else _row_weights(labels, anomaly_weight)
+    precision, recall, thresholds = precision_recall_curve(labels, scores, sample_weight=weights)
     # The curve's last point (precision 1, recall 0) has no threshold.
     precision, recall = precision[:-1], recall[:-1]
     if kind == "f1":

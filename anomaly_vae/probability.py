@@ -10,7 +10,8 @@ numbers in `detector.json` (never pickled):
 - `logistic`: `1 / (1 + exp(-(coef * score + intercept)))` (Platt scaling), smoother and
   better with few anomalies.
 
-The probabilities reflect the anomaly rate of the data they were fitted on.
+The probabilities reflect the anomaly rate of the data they were fitted on: at training, that
+of the training file (`calibration.choose_threshold`'s `anomaly_weight`).
 """
 
 from __future__ import annotations
@@ -32,26 +33,36 @@ class ProbabilityMap:
 
     @classmethod
     def fit(
-        cls, scores: np.ndarray, labels: np.ndarray, method: str = "isotonic"
+        cls,
+        scores: np.ndarray,
+        labels: np.ndarray,
+        method: str = "isotonic",
+        anomaly_weight: float = 1.0,
     ) -> ProbabilityMap:
-        """Fit on validation scores and boolean anomaly labels holding both classes."""
+        """Fit on validation scores and boolean anomaly labels holding both classes, each
+        anomaly counting as `anomaly_weight` rows (`calibration.choose_threshold`)."""
         labels = np.asarray(labels, dtype=bool)
         if labels.all() or not labels.any():
             raise InputError("a calibrated probability needs labelled normals and anomalies")
         scores = np.asarray(scores, dtype=np.float64)
+        weights = None if anomaly_weight == 1 else np.where(labels, anomaly_weight, 1.0)
         if method == "isotonic":
             from sklearn.isotonic import IsotonicRegression
 
             fitted = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(
-                scores, labels
+                scores, labels, sample_weight=weights
             )
             params = {"x": fitted.X_thresholds_.tolist(), "y": fitted.y_thresholds_.tolist()}
         elif method == "logistic":
             from sklearn.linear_model import LogisticRegression
 
             # Standardised for the solver, then folded back into a map of the raw score.
-            center, scale = float(scores.mean()), float(scores.std()) or 1.0
-            fitted = LogisticRegression().fit(((scores - center) / scale)[:, None], labels)
+            # Weighed as the fit weighs the rows, the scaling is that of the rows it stands for.
+            center = float(np.average(scores, weights=weights))
+            scale = float(np.sqrt(np.average((scores - center) ** 2, weights=weights))) or 1.0
+            fitted = LogisticRegression().fit(
+                ((scores - center) / scale)[:, None], labels, sample_weight=weights
+            )
             coef = float(fitted.coef_[0, 0]) / scale
             params = {"coef": coef, "intercept": float(fitted.intercept_[0]) - coef * center}
         else:
@@ -75,7 +86,7 @@ class ProbabilityMap:
 
 
 def fit_probability(
-    scores: np.ndarray, labels: np.ndarray | None, method: str
+    scores: np.ndarray, labels: np.ndarray | None, method: str, anomaly_weight: float = 1.0
 ) -> ProbabilityMap | None:
     """The map `method` fits on labelled validation scores; None for 'none' or one class only."""
     if method == "none" or labels is None:
@@ -83,4 +94,4 @@ def fit_probability(
     labels = np.asarray(labels, dtype=bool)
     if labels.all() or not labels.any():
         return None
-    return ProbabilityMap.fit(scores, labels, method)
+    return ProbabilityMap.fit(scores, labels, method, anomaly_weight)

@@ -41,10 +41,19 @@ class Calibration:
     threshold: Threshold
     probability: ProbabilityMap | None
     normal: NormalScores
+    # The share of anomalies the metrics are at (the training file's), when it has any.
+    anomaly_share: float | None = None
 
     def summary(self) -> str:
         metrics = {k: round(v, 4) for k, v in self.threshold.metrics.items()}
-        return f"threshold {self.threshold.value:.4g} by {self.strategy}: {json.dumps(metrics)}"
+        share = (
+            f" at the training file's {self.anomaly_share:.2%} anomalies"
+            if self.anomaly_share is not None
+            else ""
+        )
+        return (
+            f"threshold {self.threshold.value:.4g} by {self.strategy}{share}: {json.dumps(metrics)}"
+        )
 
 
 def closing_lines(
@@ -70,6 +79,18 @@ def closing_lines(
             "a lower training.learning_rate may train longer",
         )
     return lines
+
+
+def anomaly_weight(labels: np.ndarray, normals: int, anomalies: int) -> float:
+    """What each anomaly among the validation `labels` counts for, so that validation holds
+    anomalies at the share of the data, of `normals` and `anomalies` in all: validation takes
+    every anomaly (or as many as its normals) but a fifth of the normals, and judged at that
+    share, the F1 threshold flagged 45% of a bank table whose anomalies are 12% of its rows
+    and reported a precision of 0.6 where a day of the same data got 0.2."""
+    in_validation = int(labels.sum())
+    if not in_validation:
+        return 1.0
+    return (anomalies / normals) / (in_validation / int((~labels).sum()))
 
 
 def split_normals(
@@ -212,11 +233,13 @@ def calibrate_and_log(
     labels: np.ndarray,
     fit: FitResult,
     fit_seconds: float,
+    weight: float = 1.0,
 ) -> Calibration:
     """Choose the threshold (and probability map) on validation scores; log what they reach.
 
-    `labels` flags the validation anomalies; without any, precision and recall mean nothing,
-    so the threshold is judged by its alert rate alone.
+    `labels` flags the validation anomalies, each counting as `weight` rows (`anomaly_weight`);
+    without any, precision and recall mean nothing, so the threshold is judged by its alert
+    rate alone.
     """
     import mlflow
     from sklearn.metrics import average_precision_score, roc_auc_score
@@ -230,8 +253,10 @@ def calibrate_and_log(
     if strategy == "auto":
         strategy = default_strategy(has_anomalies)
     known = labels if has_anomalies else None
-    threshold = choose_threshold(scores, known, strategy, config.calibration.costs())
-    probability = fit_probability(scores, known, config.calibration.probability)
+    threshold = choose_threshold(
+        scores, known, strategy, config.calibration.costs(), anomaly_weight=weight
+    )
+    probability = fit_probability(scores, known, config.calibration.probability, weight)
     metrics: dict[str, Any] = {f"calibration.{k}": v for k, v in threshold.metrics.items()}
     metrics.update(
         threshold=threshold.value,
@@ -243,14 +268,24 @@ def calibrate_and_log(
         processes=fit.processes,
     )
     if has_anomalies:
+        rows = np.where(labels, weight, 1.0)  # what each validation row counts for
         metrics["validation.auroc"] = roc_auc_score(labels, scores)
-        metrics["validation.average_precision"] = average_precision_score(labels, scores)
+        metrics["validation.average_precision"] = average_precision_score(
+            labels, scores, sample_weight=rows
+        )
+        metrics["validation.anomaly_share"] = float(rows[labels].sum() / rows.sum())
     mlflow.log_metrics(metrics)
     mlflow.set_tag("calibration.strategy", strategy)
     # Where the threshold fell among the validation scores, as evaluate's report draws it.
     histogram = score_histogram_figure(scores, labels, threshold.value)
     mlflow.log_figure(histogram, f"{FIGURES}/validation_scores.png")
-    return Calibration(strategy, threshold, probability, NormalScores.from_scores(scores[~labels]))
+    return Calibration(
+        strategy,
+        threshold,
+        probability,
+        NormalScores.from_scores(scores[~labels]),
+        metrics.get("validation.anomaly_share"),
+    )
 
 
 def register_detector(config: Config, detector: Any, example: Any, promote: bool) -> Registration:

@@ -17,6 +17,7 @@ import pandas as pd
 from anomaly_vae.config import Config
 from anomaly_vae.errors import InputError
 from pipelines.tracked_training import (
+    anomaly_weight,
     calibrate_and_log,
     closing_lines,
     detector_info,
@@ -40,6 +41,7 @@ class TabularSplit:
     train: pd.DataFrame
     validation: pd.DataFrame
     validation_labels: np.ndarray  # True for anomalies
+    anomaly_weight: float  # what each validation anomaly counts for (`anomaly_weight`)
     features: list[str]
     may_miss: list[str]  # features with missing values in any row, split or not
 
@@ -90,6 +92,7 @@ def split_table(frame: pd.DataFrame, config: Config) -> TabularSplit:
         train=frame.iloc[train_rows].reset_index(drop=True),
         validation=frame.iloc[val_rows].reset_index(drop=True),
         validation_labels=labels[val_rows],
+        anomaly_weight=anomaly_weight(labels[val_rows], len(normal), int(labels.sum())),
         features=features,
         may_miss=may_miss,
     )
@@ -283,7 +286,7 @@ def train(
         validated = score_tabular(model, val_enc, config.scoring.samples, keep_terms=True)
         val_scores = validated.score
         calibration = calibrate_and_log(
-            config, val_scores, split.validation_labels, fit, fit_seconds
+            config, val_scores, split.validation_labels, fit, fit_seconds, split.anomaly_weight
         )
         detector = TabularDetector(
             model=model,

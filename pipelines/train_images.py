@@ -20,6 +20,7 @@ from anomaly_vae.data.images import ImageItem
 from anomaly_vae.errors import InputError
 from pipelines.tracked_training import (
     FIGURES,
+    anomaly_weight,
     calibrate_and_log,
     closing_lines,
     detector_info,
@@ -36,6 +37,7 @@ class ImageSplit:
     train: list[ImageItem]
     validation: list[ImageItem]
     validation_labels: np.ndarray  # True for anomalies
+    anomaly_weight: float  # what each validation anomaly counts for (`anomaly_weight`)
     held_out: int
 
 
@@ -84,6 +86,7 @@ def split_images(config: Config, echo: Callable[[str], None] = print) -> ImageSp
         train=[items[i] for i in train_rows],
         validation=[items[i] for i in val_rows],
         validation_labels=labels[val_rows],
+        anomaly_weight=anomaly_weight(labels[val_rows], int((~labels).sum()), int(labels.sum())),
         held_out=int((held & ~labels).sum()),
     )
 
@@ -184,7 +187,7 @@ def train_images(
             complexity_weight=config.image.complexity_weight,
         )
         calibration = calibrate_and_log(
-            config, val.score, split.validation_labels, fit, fit_seconds
+            config, val.score, split.validation_labels, fit, fit_seconds, split.anomaly_weight
         )
         log_figures(model, val_pixels, split.validation_labels, config.model.latent)
         detector = ImageDetector(

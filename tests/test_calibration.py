@@ -5,12 +5,14 @@ import pytest
 
 from anomaly_vae.calibration import (
     REFERENCE_QUANTILES,
+    Costs,
     NormalScores,
     choose_threshold,
     parse_strategy,
     threshold_metrics,
 )
 from anomaly_vae.errors import InputError
+from anomaly_vae.probability import METHODS, ProbabilityMap
 
 
 @pytest.fixture
@@ -352,3 +354,35 @@ def test_calibrate_says_when_it_read_a_batch_as_clean() -> None:
     assert not any(
         "clean batch" in line for line in Calibration(found, 755, "m", False, None, "r").lines()
     )
+
+
+@pytest.mark.parametrize(
+    ("strategy", "costs"),
+    [("f1", None), ("precision>=0.6", None), ("recall>=0.8", None), ("quantile=0.9", None),
+     ("fpr<=0.05", None), ("cost", Costs(fn=20, fp=1))],
+)  # fmt: skip
+def test_a_weighted_anomaly_counts_as_that_many_copies_of_it(scored, strategy, costs) -> None:
+    """Training's validation set holds every anomaly of the file but a fifth of its normals:
+    each anomaly counts as a fraction of a row there, so that thresholds and metrics are
+    those of the file's share of anomalies. A weight of 3 must read as three copies."""
+    scores, labels = scored
+    copies = np.concatenate([scores, np.repeat(scores[labels], 2)])
+    copied = np.concatenate([labels, np.ones(2 * labels.sum(), bool)])
+    weighted = choose_threshold(scores, labels, strategy, costs, anomaly_weight=3.0)
+    repeated = choose_threshold(copies, copied, strategy, costs)
+    assert weighted.value == repeated.value
+    assert weighted.metrics == pytest.approx(repeated.metrics)
+    unweighted = choose_threshold(scores, labels, strategy, costs)
+    if strategy not in ("fpr<=0.05", "recall>=0.8"):  # those do not depend on the share
+        assert weighted.metrics != pytest.approx(unweighted.metrics)
+
+
+def test_a_weighted_probability_counts_anomalies_as_copies(scored) -> None:
+    scores, labels = scored
+    copies = np.concatenate([scores, np.repeat(scores[labels], 2)])
+    copied = np.concatenate([labels, np.ones(2 * labels.sum(), bool)])
+    for method in METHODS:
+        weighted = ProbabilityMap.fit(scores, labels, method, anomaly_weight=3.0)
+        repeated = ProbabilityMap.fit(copies, copied, method)
+        grid = np.linspace(-3, 6, 50)
+        np.testing.assert_allclose(weighted.predict(grid), repeated.predict(grid), atol=1e-6)

@@ -38,7 +38,7 @@ def train_briefly(path: Path, data: str = "") -> str:
     return train_cli(config, "--set", "training.epochs=2")
 
 
-def test_train_registers_a_champion_with_its_run(breast_cancer_model) -> None:
+def test_train_registers_a_champion_with_its_run(breast_cancer_model, breast_cancer_files) -> None:
     model_uri, tracking = breast_cancer_model
     assert model_uri == "models:/config@champion"
     client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
@@ -47,6 +47,15 @@ def test_train_registers_a_champion_with_its_run(breast_cancer_model) -> None:
     assert run.data.params["data.label"] == "label"
     assert "calibration.f1" in run.data.metrics and "threshold" in run.data.metrics
     assert run.data.tags["calibration.strategy"] == "f1"
+    # Validation holds every labelled anomaly but a fifth of the normals; its metrics are
+    # weighed back to the training file's share of anomalies.
+    share = pd.read_parquet(breast_cancer_files[0])["label"].mean()
+    assert run.data.metrics["validation.anomaly_share"] == pytest.approx(share)
+    validation = (
+        int(run.data.params["rows.validation_normal"]),
+        int(run.data.params["rows.validation_anomaly"]),
+    )
+    assert validation[1] / sum(validation) > share + 0.2
     # The version says what it is: it had no description.
     threshold = run.data.metrics["threshold"]
     assert version.description == (
