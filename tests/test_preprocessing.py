@@ -144,6 +144,49 @@ def test_unseen_and_rare_categories_share_the_unknown_bucket(frame) -> None:
     assert codes[1, 0] == 0 and codes[2, 0] == 0
 
 
+def test_a_batch_in_which_no_value_is_a_category_is_refused(frame) -> None:
+    """A column spelt otherwise (upper case, True/False for yes/no) scored every row as an
+    unseen category without a word: a bank day's file had 80% of its rows flagged."""
+    pre = _fit(frame)
+    shouted = frame.assign(merchant=frame["merchant"].str.upper())
+    with pytest.raises(InputError) as refused:
+        pre.transform(shouted, "day.csv")
+    assert str(refused.value) == (
+        f"day.csv: column 'merchant': none of its 400 values is a category the model learnt "
+        f"(such as '{shouted['merchant'][0]}', which the model learnt as "
+        f"'{frame['merchant'][0]}'): write the column as in the training data"
+    )
+    flags = frame.assign(merchant=frame["amount"] > 30)
+    with pytest.raises(InputError, match=r"\(such as '(True|False)'; the model learnt 'fuel', "):
+        pre.transform(flags, "day.csv")
+    # A few new values, or one known value among them, are rows to score.
+    assert (pre.transform(shouted.head(19), "t").codes[:, 0] == 0).all()
+    mixed = shouted.assign(merchant=["fuel", *shouted["merchant"][1:]])
+    assert (pre.transform(mixed, "t").codes[1:, 0] == 0).all()
+    # So is a batch of rare values, where the training rows were mostly rare values too.
+    rare = pre.categorical[1]
+    assert rare.known_share == pytest.approx(398 / 400)
+    spread = pd.DataFrame({"shop": [f"s{i % 150}" for i in range(400)] + ["big"] * 100})
+    spread_pre = _fit(spread)
+    assert spread_pre.categorical[0].known_share == pytest.approx(100 / 500)
+    unseen = spread.head(50).assign(shop=[f"new{i}" for i in range(50)])
+    assert (spread_pre.transform(unseen, "t").codes == 0).all()
+
+
+def test_a_bad_cell_among_decimal_commas_is_the_one_named(frame) -> None:
+    """One bad cell in a semicolon CSV's column of 1,5's makes the reader keep the column as
+    text, and the error named row 1's '-27,50' wherever the bad cell lay."""
+    pre = _fit(frame)
+    amounts = frame["amount"].map(lambda v: f"{v:.2f}".replace(".", ","))
+    for bad in ("abc", "1.234,50", "12.5x"):
+        text = frame.assign(amount=[*amounts[:299], bad, *amounts[300:]])
+        with pytest.raises(InputError, match=f"^day.csv: column 'amount', row 300: '{bad}' is"):
+            pre.transform(text, "day.csv")
+    # Decimal commas alone: the first is what is not a number as read.
+    with pytest.raises(InputError, match=f"row 1: '{amounts[0]}' is not a number"):
+        pre.transform(frame.assign(amount=amounts), "day.csv")
+
+
 def test_categories_count_every_spelling_and_keep_the_most_frequent_then_first_seen() -> None:
     """A blank, "NA" and a null are one missing category, frequent only together; beyond
     MAX_CATEGORIES the most frequent are kept and, among equals, those seen first."""

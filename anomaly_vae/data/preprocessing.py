@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from anomaly_vae.data.schema import FLOAT_EXACT
+from anomaly_vae.data.schema import FLOAT_EXACT, quoted_names
 from anomaly_vae.errors import InputError
 
 # Robust units beyond which scaling turns logarithmic. At 3, ordinary but wide anomalies were
@@ -85,6 +85,9 @@ class CategoricalColumn:
     # Detectors saved before binary columns existed kept a two-valued numeric column as a
     # category of its two numbers, matched as numbers; their networks still expect that.
     values: list[float] | None = None
+    # The share of training rows whose value is one of the categories (None: saved before
+    # it was kept), which tells a batch in which no value is one from a spell of rare values.
+    known_share: float | None = None
 
     @property
     def size(self) -> int:
@@ -566,7 +569,12 @@ def _fit_categorical(series: pd.Series, name: str, source: str) -> CategoricalCo
     frequent = counts[counts >= MIN_CATEGORY_COUNT]
     if frequent.empty:
         frequent = counts
-    return CategoricalColumn(name=name, categories=sorted(frequent.index[:MAX_CATEGORIES]))
+    kept = frequent.iloc[:MAX_CATEGORIES]
+    return CategoricalColumn(
+        name=name,
+        categories=sorted(kept.index),
+        known_share=float(kept.sum() / counts.sum()),
+    )
 
 
 def _reject_unique_values(counts: pd.Series, name: str, source: str) -> None:
@@ -773,11 +781,23 @@ def _as_float(series: pd.Series, name: str, source: str, row_offset: int) -> np.
     converted = pd.to_numeric(series, errors="coerce")
     bad = np.flatnonzero(converted.isna().to_numpy() & series.notna().to_numpy())
     if len(bad):
-        value = series.iloc[bad[0]]
+        row = _first_not_a_decimal_comma(series.iloc[bad]) or 0
+        value = series.iloc[bad[row]]
         raise InputError(
-            f"{source}: column '{name}', row {row_offset + bad[0] + 1}: {value!r} is not a number"
+            f"{source}: column '{name}', row {row_offset + bad[row] + 1}: {value!r} is not a number"
         )
     return converted.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _first_not_a_decimal_comma(values: pd.Series) -> int | None:
+    """The position of the first of `values` that is not a number written with a decimal
+    comma, when some are: one bad cell among a semicolon CSV's 1,5's makes the reader keep the
+    column as text, and the first 1,5 was named as the bad value where the bad one lay rows
+    further on."""
+    text = values.astype(str).str.strip()
+    comma = pd.to_numeric(text.str.replace(",", ".", regex=False), errors="coerce").notna()
+    others = np.flatnonzero(~comma.to_numpy())
+    return int(others[0]) if comma.any() and len(others) else None
 
 
 def _category_codes(
@@ -798,9 +818,49 @@ def _category_codes(
         except TypeError:
             _reject_nested(series, column.name, source, row_offset)
             raise
-        if codes.all() or not _unmatched_dates(column, series, codes):
+        if codes.all():
+            return codes
+        if not _unmatched_dates(column, series, codes):
+            _reject_unmatched(column, series, codes, source)
             return codes
     raise InputError(f"{source}: column '{column.name}' holds dates or times, not categories")
+
+
+# A batch in which no value of a categorical column is one of its categories is refused once
+# that is this unlikely for rows like the training rows (at least 20 of them: a column whose
+# categories held 50% of training rows); a REST request of a few rows is scored.
+UNMATCHED_CHANCE = 1e-6
+UNMATCHED_ROWS = 20
+
+
+def _reject_unmatched(
+    column: CategoricalColumn, series: pd.Series, codes: np.ndarray, source: str
+) -> None:
+    """Refuse a batch in which no value of the column is one of its categories, where the
+    training rows' mostly were: a column spelt otherwise (upper case, True/False for yes/no)
+    scored every row as an unseen category without a word, and 80% of a day's file was
+    flagged. Single unseen values, new merchants, are rows to score."""
+    missing = column.lookup.get(MISSING_CATEGORY, 0)
+    if column.known_share is None or ((codes != 0) & (codes != missing)).any():
+        return
+    # Missing values (a null, a blank, "NA") are another fault (`check_category_values`).
+    missing_spellings = {MISSING_CATEGORY, *null_spellings()}
+    unseen = [v for v in _category_strings(series[codes == 0]) if v not in missing_spellings]
+    chance = (1 - column.known_share) ** len(unseen)
+    if len(unseen) < UNMATCHED_ROWS or chance >= UNMATCHED_CHANCE:
+        return
+    example = unseen[0]
+    spelt = [c for c in column.categories if c.strip().casefold() == example.strip().casefold()]
+    learnt = (
+        f", which the model learnt as '{spelt[0]}'"
+        if spelt
+        else f"; the model learnt {quoted_names(column.categories)}"
+    )
+    raise InputError(
+        f"{source}: column '{column.name}': none of its {len(unseen):,} values is a category "
+        f"the model learnt (such as '{example}'{learnt}): write the column as in the training "
+        "data"
+    )
 
 
 def _reject_inexact_codes(series: pd.Series, name: str, source: str, row_offset: int) -> None:
