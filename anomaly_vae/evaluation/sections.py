@@ -87,8 +87,8 @@ def top_anomaly_sections(top_rows: pd.DataFrame) -> list[Section]:
             "top_features",
             "Features driving the top anomalies",
             f"For the {len(top_rows)} top-scored rows, how often each feature is among a row's "
-            "top features: those it is reconstructed worst in, relative to a perfect "
-            "reconstruction.",
+            "top features: those whose reconstruction terms lie furthest above what is typical "
+            "for them (their median on the normal validation rows).",
             figures.top_features_figure(counts, len(top_rows)),
         ),
         Section(
