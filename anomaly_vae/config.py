@@ -13,7 +13,7 @@ import re
 import string
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -46,6 +46,21 @@ class _Section(BaseModel):
             key: {} if value is None and _is_section(cls, key) else value
             for key, value in values.items()
         }
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """`true` where a number belongs (`training.epochs: true`) was read as 1: it trained
+        one epoch and registered the champion without a word, where `epochs: abc` stops."""
+        if isinstance(value, bool) and _takes_numbers(cls.model_fields[info.field_name]):
+            raise ValueError(f"a number, not {str(value).lower()}")
+        return value
+
+
+def _takes_numbers(field: Any) -> bool:
+    """Whether a field holds a number (or None), not a flag."""
+    kinds = set(get_args(field.annotation) or (field.annotation,)) - {type(None)}
+    return bool(kinds) and kinds <= {int, float}
 
 
 def _is_section(model: type[BaseModel], key: Any) -> bool:
@@ -596,10 +611,30 @@ def parse_config(
         where = ".".join(str(part) for part in error["loc"])
         source = _blamed(source, where, overrides)
         if error["type"] == "extra_forbidden":
-            raise InputError(f"{source}: unknown key '{where}'") from None
+            raise InputError(f"{source}: unknown key '{where}'{_did_you_mean(where)}") from None
         if error["type"] == "missing":
             raise InputError(f"{source}: missing required key '{where}'") from None
-        raise InputError(f"{source}: '{where}': {error['msg']}") from None
+        # Our own checks' lines as written, without pydantic's "Value error, " before them.
+        reason = error["ctx"]["error"] if error["type"] == "value_error" else error["msg"]
+        raise InputError(f"{source}: '{where}': {reason}") from None
+
+
+def _did_you_mean(key: str) -> str:
+    """The config key nearest a misspelt one (`training.bach_size`), as a hint."""
+    import difflib
+
+    near = difflib.get_close_matches(key, _keys(Config), n=1, cutoff=0.8)
+    return f" (did you mean '{near[0]}'?)" if near else ""
+
+
+def _keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Every dotted key of a config section, its subsections' included."""
+    keys = []
+    for name in model.model_fields:
+        keys.append(prefix + name)
+        if _is_section(model, name):
+            keys += _keys(model.model_fields[name].annotation, f"{prefix}{name}.")
+    return keys
 
 
 def _blamed(source: str, where: str, overrides: Sequence[str]) -> str:

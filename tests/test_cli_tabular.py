@@ -1080,7 +1080,9 @@ def test_config_typo_fails_before_training(tmp_path, tracking_uri) -> None:
     config.write_text("data:\n  path: x.parquet\ntraining:\n  epoch: 3\n")
     result = run_cli("train", config)
     assert result.exit_code != 0
-    assert result.stderr.strip() == f"Error: {config}: unknown key 'training.epoch'"
+    assert result.stderr.strip() == (
+        f"Error: {config}: unknown key 'training.epoch' (did you mean 'training.epochs'?)"
+    )
 
 
 def test_training_on_a_repeated_column_name_fails_in_one_line(

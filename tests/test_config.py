@@ -34,6 +34,19 @@ def test_overrides_are_parsed_and_validated(tmp_path: Path) -> None:
         load_config(path, ["training.epochs=-1"])
 
 
+def test_true_or_false_where_a_number_belongs_is_refused(tmp_path: Path) -> None:
+    """`epochs: true` was read as 1: it trained one epoch and registered the champion without
+    a word, where `epochs: abc` stops."""
+    path = _write(tmp_path, "data:\n  path: t.parquet\ntraining:\n  epochs: true\n")
+    with pytest.raises(InputError) as refused:
+        load_config(path)
+    assert str(refused.value) == f"{path}: 'training.epochs': a number, not true"
+    for key in ("training.learning_rate", "training.gradient_clip", "calibration.cost_fn"):
+        with pytest.raises(InputError, match=f"'{key}': a number, not false$"):
+            load_config(_write(tmp_path, "data:\n  path: t.parquet\n"), [f"{key}=false"])
+    assert load_config(path, ["training.epochs=3", "image.augment=true"]).image.augment is True
+
+
 def test_yes_and_no_are_label_values_not_booleans(tmp_path: Path) -> None:
     # YAML 1.1 (PyYAML's default) reads yes/no/on/off as booleans, and the string key refused
     # them; the bank data's label is "yes".
@@ -61,8 +74,15 @@ def test_integers_are_yaml_1_2_integers(value: str, read: int | str) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("data:\n  path: t.parquet\n  lable: y\n", "unknown key 'data.lable'"),
-        ("data:\n  path: t.parquet\ntraning:\n  epochs: 3\n", "unknown key 'traning'"),
+        (
+            "data:\n  path: t.parquet\n  lable: y\n",
+            r"unknown key 'data\.lable' \(did you mean 'data\.label'\?\)$",
+        ),
+        (
+            "data:\n  path: t.parquet\ntraning:\n  epochs: 3\n",
+            r"unknown key 'traning' \(did you mean 'training'\?\)$",
+        ),
+        ("data:\n  path: t.parquet\nmodel:\n  foo: 3\n", "unknown key 'model.foo'$"),
         ("model:\n  latent: 4\n", "missing required key 'data'"),
         # Scoring cuts rows into batches its cache suits; a size set here was read by nothing.
         ("data:\n  path: t.parquet\nscoring:\n  batch_size: 8\n", "unknown key 'scoring.batch"),
@@ -141,7 +161,9 @@ def test_a_mistake_in_an_override_names_the_override_not_the_file(tmp_path: Path
     path = _write(tmp_path, "data:\n  path: t.parquet\n")
     with pytest.raises(InputError) as info:
         load_config(path, ["training.epoch=3"])
-    assert str(info.value) == "--set 'training.epoch=3': unknown key 'training.epoch'"
+    assert str(info.value) == (
+        "--set 'training.epoch=3': unknown key 'training.epoch' (did you mean 'training.epochs'?)"
+    )
     with pytest.raises(InputError) as info:
         load_config(path, ["training.epochs=3", "training.epochs=many"])
     assert str(info.value).startswith("--set 'training.epochs=many': 'training.epochs': ")
@@ -149,7 +171,7 @@ def test_a_mistake_in_an_override_names_the_override_not_the_file(tmp_path: Path
     path = _write(tmp_path, "data:\n  path: t.parquet\n  lable: y\n")
     with pytest.raises(InputError) as info:
         load_config(path, ["training.epochs=3"])
-    assert str(info.value) == f"{path}: unknown key 'data.lable'"
+    assert str(info.value) == f"{path}: unknown key 'data.lable' (did you mean 'data.label'?)"
     # A check of a whole section names the file and the --set within it, either of which
     # may be at fault: the file alone was blamed for `--set calibration.strategy=cost`.
     path = _write(tmp_path, "data:\n  path: t.parquet\n")
