@@ -692,9 +692,10 @@ def log_detector(
     output_example: pd.DataFrame,
     registered_model: str,
     promote: bool = True,
+    step: int = 0,
 ) -> Registration:
-    """Log the detector directory as a pyfunc model, register it and, unless `promote` is
-    False, move `champion` to it."""
+    """Log the detector directory as a pyfunc model at the run's `step`, register it and,
+    unless `promote` is False, move `champion` to it."""
     import mlflow
     from mlflow.models import ModelSignature, infer_signature
     from mlflow.types import ColSpec, Schema
@@ -721,6 +722,7 @@ def log_detector(
             signature=signature,
             input_example=input_example,
             pip_requirements=_pip_requirements(),
+            step=step,
         )
     # A version without its tag, or without the alias asked for, would be a half-done command:
     # a signal from here on waits for the command to finish and report the version.

@@ -274,7 +274,7 @@ def calibrate_and_log(
             labels, scores, sample_weight=rows
         )
         metrics["validation.anomaly_share"] = float(rows[labels].sum() / rows.sum())
-    mlflow.log_metrics(metrics)
+    mlflow.log_metrics(metrics, step=fit.best_epoch)  # the model's step (`register_detector`)
     mlflow.set_tag("calibration.strategy", strategy)
     # Where the threshold fell among the validation scores, as evaluate's report draws it.
     histogram = score_histogram_figure(scores, labels, threshold.value)
@@ -288,9 +288,13 @@ def calibrate_and_log(
     )
 
 
-def register_detector(config: Config, detector: Any, example: Any, promote: bool) -> Registration:
+def register_detector(
+    config: Config, detector: Any, example: Any, promote: bool, fit: FitResult
+) -> Registration:
     """Log the detector as the run's pyfunc model, registered under the config's name, and
-    moved to `champion` if `promote`.
+    moved to `champion` if `promote`. The model is logged at the step of the epoch whose
+    weights it keeps (`calibrate_and_log` logs there too): MLflow links the run's metrics of
+    that step to it, and at step 0 the model's page showed the first epoch's losses.
 
     `example` is a few input rows: MLflow infers the signature from them and their scores.
     """
@@ -300,7 +304,12 @@ def register_detector(config: Config, detector: Any, example: Any, promote: bool
         detector_dir = detector.save(Path(tmp) / "detector")
         registered = registered_name(config)
         return log_detector(
-            detector_dir, example, detector.score_frame(example), registered, promote
+            detector_dir,
+            example,
+            detector.score_frame(example),
+            registered,
+            promote,
+            step=fit.best_epoch,
         )
 
 

@@ -310,7 +310,7 @@ def train(
             split.train[[*config.data.id_columns, *split.features]],
             [c.name for c in preprocessor.number_columns],
         )
-        registration = register_detector(config, detector, example, promoted)
+        registration = register_detector(config, detector, example, promoted, fit)
     total = time.perf_counter() - started
     trained = f"{len(split.train):,} rows"
     lines = closing_lines(

@@ -203,7 +203,7 @@ def train_images(
             normal=calibration.normal,
         )
         example = pd.DataFrame({"path": [item.path for item in split.train[:2]]})
-        registration = register_detector(config, detector, example, promoted)
+        registration = register_detector(config, detector, example, promoted, fit)
     total = time.perf_counter() - started
     trained = f"{len(split.train):,} images"
     lines = closing_lines(

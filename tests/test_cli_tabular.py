@@ -64,6 +64,14 @@ def test_train_registers_a_champion_with_its_run(breast_cancer_model, breast_can
     )
     history = client.get_metric_history(run.info.run_id, "val_loss")
     assert len(history) > 1 and history[-1].step > history[0].step
+    # The logged model carries the metrics of the epoch whose weights it keeps, and the
+    # calibration's: it carried the first epoch's losses alone.
+    logged = client.get_logged_model(run.outputs.model_outputs[0].model_id)
+    linked = {metric.key: metric for metric in logged.metrics}
+    best = int(run.data.metrics["best_epoch"])
+    assert best > 0 and {metric.step for metric in logged.metrics} == {best}
+    assert linked["val_loss"].value == pytest.approx(run.data.metrics["best_val_loss"])
+    assert linked["calibration.f1"].value == run.data.metrics["calibration.f1"]
 
 
 def test_train_prints_its_own_lines_only_and_names_the_new_version(
