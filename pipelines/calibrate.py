@@ -152,7 +152,11 @@ def calibrate_model(
         )
         detector.info = {
             **detector.info,
-            "calibrated_from": model_uri,
+            # The version an alias pointed at: "from models:/fraud@champion" in the version's
+            # description no longer said which model once the alias moved.
+            "calibrated_from": (
+                f"models:/{read.lineage.version}" if read.lineage.version else model_uri
+            ),
             "calibration_run_id": read.run.info.run_id,
             "calibration_data": source,
         }

@@ -135,7 +135,8 @@ def test_calibrate_registers_a_new_version_and_promotes_only_when_asked(
     assert after.threshold.strategy == "cost" and after.threshold.costs == {"fn": 20, "fp": 1}
     assert after.threshold.value != before.threshold.value
     assert client.get_model_version(name, str(champion + 1)).description == (
-        f"A tabular anomaly-vae detector recalibrated on {test} from {model_uri}; "
+        # The version the alias pointed at, which stays true once the alias moves.
+        f"A tabular anomaly-vae detector recalibrated on {test} from models:/{name}/{champion}; "
         f"threshold {after.threshold.value:.6g} by cost."
     )
     # The run holds the costs and probability method, under the training run's param names.
