@@ -417,6 +417,19 @@ class Config(_Section):
         """The `--set key=value` overrides `load_config` applied to the file, in order."""
         return self._overrides
 
+    def settings_for(self, kind: Literal["table", "image"]) -> dict[str, Any]:
+        """Every key, defaults included, but those only the other kind of model reads
+        (`check_kind`): a table's training runs logged `image.*` and `model.conv_channels`
+        params, which `mlflow ui` listed among the ones that made the model."""
+        settings = self.model_dump()
+        if kind == "table":
+            del settings["image"]
+            del settings["model"]["conv_channels"]
+        else:
+            for key in TABLE_ONLY_MODEL_SETTINGS:
+                del settings["model"][key]
+        return settings
+
     def check_kind(self, kind: Literal["table", "image"]) -> None:
         """Refuse what the `kind` of model `data.path` decided on cannot use: a likelihood of
         the other kind, or settings only the other kind reads. Ignored, they would let the

@@ -140,7 +140,8 @@ def training_run(
         promoted = takes_champion(config, kind, features, promote)
         use_experiment(config.mlflow.experiment or run_name(config))
         with tracked_run(training_run_name(data_title(data), config.overrides)) as run:
-            mlflow.log_params(flatten_params(config.model_dump()))
+            settings = config.settings_for("table" if kind == "tabular" else "image")
+            mlflow.log_params(flatten_params(settings))
             mlflow.log_dict(config.model_dump(), RESOLVED_CONFIG)
             mlflow.log_params(counts)
             log_data(config.data.path, "training")

@@ -45,6 +45,9 @@ def test_train_registers_a_champion_with_its_run(breast_cancer_model, breast_can
     version = client.get_model_version_by_alias("config", "champion")
     run = client.get_run(version.run_id)
     assert run.data.params["data.label"] == "label"
+    # A table's run holds no image settings: they listed among the params that made it.
+    assert "model.hidden" in run.data.params and "model.conv_channels" not in run.data.params
+    assert not [key for key in run.data.params if key.startswith("image.")]
     assert "calibration.f1" in run.data.metrics and "threshold" in run.data.metrics
     assert run.data.tags["calibration.strategy"] == "f1"
     # Validation holds every labelled anomaly but a fifth of the normals; its metrics are

@@ -273,3 +273,13 @@ def test_a_path_in_the_config_expands_the_home_folder(
     assert config.data.path == str(tmp_path / "t.parquet")
     assert config.image.labels_csv == str(tmp_path / "labels.csv")
     assert load_config(path, ["data.path=~/u.csv"]).data.path == str(tmp_path / "u.csv")
+
+
+def test_the_settings_of_a_kind_leave_out_what_only_the_other_kind_reads(tmp_path: Path) -> None:
+    config = load_config(_write(tmp_path, "data:\n  path: t.parquet\n"))
+    table, image = config.settings_for("table"), config.settings_for("image")
+    assert "image" not in table and "conv_channels" not in table["model"]
+    assert table["model"]["hidden"] == config.model.hidden
+    assert image["image"] == config.image.model_dump() and "hidden" not in image["model"]
+    assert image["model"]["conv_channels"] == config.model.conv_channels
+    assert config.model_dump()["model"]["hidden"]  # the config itself keeps every key
