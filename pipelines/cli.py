@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any, NoReturn
 
@@ -405,9 +406,14 @@ def calibrate(
 @user_errors
 def runs(experiment: str | None, max_runs: int, tracking_uri: str | None) -> None:
     """List the latest runs with their key metrics, newest first (mlflow ui shows the same)."""
+    import shutil
+
     from pipelines.runs import format_runs, list_runs
 
-    click.echo(format_runs(list_runs(experiment, tracking_uri, max_runs)))
+    # A terminal's width, or COLUMNS; piped, one line a run, for grep and awk.
+    wraps = sys.stdout.isatty() or "COLUMNS" in os.environ
+    width = shutil.get_terminal_size().columns if wraps else None
+    click.echo(format_runs(list_runs(experiment, tracking_uri, max_runs), width))
 
 
 if __name__ == "__main__":

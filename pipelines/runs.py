@@ -116,7 +116,14 @@ def _model_versions(runs: pd.DataFrame) -> pd.Series:
     return versions
 
 
-def format_runs(table: pd.DataFrame) -> str:
+def format_runs(table: pd.DataFrame, width: int | None = None) -> str:
+    """The table as text, one line a run; within `width` characters, its columns wrapped in
+    blocks, each led by the run ids. Training, evaluation and calibration runs together fill
+    up to 16 metric columns: a line of 350 characters or more, which a terminal broke
+    mid-column."""
     if table.empty:
         return "no runs yet"
-    return table.to_string(index=False, na_rep="-", float_format="{:.4g}".format)
+    shown = {"na_rep": "-", "float_format": "{:.4g}".format}
+    if width is None:
+        return table.to_string(index=False, **shown)
+    return table.set_index("run_id").rename_axis(None).to_string(line_width=width, **shown)

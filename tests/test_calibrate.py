@@ -226,7 +226,8 @@ def test_calibrate_refuses_bad_options(
     assert len(client.search_model_versions(f"name='{name}'")) == 1
 
 
-def test_runs_lists_the_training_run_with_its_metrics(breast_cancer_model) -> None:
+def test_runs_lists_the_training_run_with_its_metrics(breast_cancer_model, monkeypatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)  # piped: one line a run
     model_uri, tracking = breast_cancer_model
     client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     name = model_uri.removeprefix("models:/").split("@")[0]
@@ -245,6 +246,15 @@ def test_runs_lists_the_training_run_with_its_metrics(breast_cancer_model) -> No
 
     missing = run_cli("runs", "--experiment", "nope", "--tracking-uri", tracking)
     assert missing.exit_code != 0 and "experiment 'nope' not found" in missing.output
+
+    # Within a terminal's width (COLUMNS), the columns wrap in blocks led by the run ids: a
+    # line of 350 characters or more was broken mid-column.
+    monkeypatch.setenv("COLUMNS", "100")
+    result = run_cli("runs", "--experiment", experiment, "--tracking-uri", tracking)
+    lines = result.stdout.splitlines()
+    assert max(map(len, lines)) <= 100 < len(header)
+    blocks = [line for line in lines if line.startswith(run_id)]
+    assert len(blocks) > 1 and f"{auroc:.4g}" in " ".join(blocks).split()
 
 
 @pytest.mark.parametrize(
@@ -265,6 +275,7 @@ def test_runs_shows_a_training_that_failed_or_was_stopped_as_such(
     config.write_text(yaml.safe_dump({"data": {"path": str(breast_cancer_files[0])}}))
     assert run_cli("train", config).exit_code == (130 if status == "KILLED" else 1)
 
+    monkeypatch.delenv("COLUMNS", raising=False)  # piped: one line a run
     result = run_cli("runs", "--experiment", "config")
     assert result.exit_code == 0, result.output
     header, row = result.stdout.splitlines()
