@@ -61,9 +61,14 @@ class Calibration:
         metrics = self.threshold.metrics
         if self.threshold.strategy != ESTIMATED_F1 or "estimated_f1" in metrics:
             return []
+        # The estimate beside it (`estimated_anomaly_share` 0.0154) read as anomalies found,
+        # where the batch was read as clean: it lies within the noise of that many rows.
+        share = metrics.get("estimated_anomaly_share")
+        within = f" (the estimated {share:.2%} is within chance)" if share else ""
         return [
-            f"no more anomalies than chance among these {self.unit} (a clean batch): the "
-            "threshold lies just above the highest normal validation score the model kept"
+            f"no more anomalies than chance among these {self.rows:,} {self.unit}{within}, a "
+            "clean batch: the threshold lies just above the highest normal validation score "
+            "the model kept; with a label column (--label), or fpr<=F, it is chosen otherwise"
         ]
 
 

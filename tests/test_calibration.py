@@ -344,9 +344,12 @@ def test_calibrate_says_when_it_read_a_batch_as_clean() -> None:
     normal = NormalScores.from_scores(np.random.default_rng(0).normal(0, 1, 5_000))
     quiet = choose_threshold(normal.quantiles[::7], None, "estimated-f1", normal=normal)
     lines = Calibration(quiet, 715, "models:/m/2", False, None, "run").lines()
+    share = quiet.metrics["estimated_anomaly_share"]
+    within = f" (the estimated {share:.2%} is within chance)" if share else ""
     assert lines[1] == (
-        "no more anomalies than chance among these rows (a clean batch): the threshold lies "
-        "just above the highest normal validation score the model kept"
+        f"no more anomalies than chance among these 715 rows{within}, a clean batch: the "
+        "threshold lies just above the highest normal validation score the model kept; with a "
+        "label column (--label), or fpr<=F, it is chosen otherwise"
     )
     batch = np.concatenate([normal.quantiles[::7], np.full(40, 6.0)])
     found = choose_threshold(batch, None, "estimated-f1", normal=normal)
