@@ -108,3 +108,19 @@ def test_a_column_required_twice_is_named_missing_once() -> None:
     # A label that is an id too is in the config's columns twice: "'y', 'y'".
     with pytest.raises(InputError, match=r"missing column\(s\) 'y'$"):
         check_columns(["x"], ["y", "y"], [], "t.csv")
+
+
+def test_a_csv_without_its_header_row_is_named_as_such() -> None:
+    """Its first row of values read as the column names: "more than one column named 'no',
+    'unknown', '2'" or every column missing, with nothing to say why."""
+    with pytest.raises(InputError) as repeated:
+        check_columns(["58", "management", "no", "2", "no", "2"], ["age", "job"], [], "day.csv")
+    assert str(repeated.value) == (
+        "day.csv: more than one column named 'no', '2' (a column named '2': a CSV without its "
+        "header row?)"
+    )
+    with pytest.raises(InputError, match=r"'job' \(a column named '58': a CSV without its"):
+        check_columns(["58", "management"], ["age", "job"], [], "day.csv")
+    # Some columns there: the others are missing, whatever the names.
+    with pytest.raises(InputError, match=r"^day.csv: missing column\(s\) 'job'$"):
+        check_columns(["age", "2"], ["age", "job"], [], "day.csv", allow_extra=True)

@@ -39,16 +39,19 @@ def check_columns(
     columns, given another `data.path`) read as the file's fault."""
     repeated = [name for name, count in Counter(columns).items() if count > 1]
     if repeated:
-        raise InputError(f"{source}: more than one column named {quoted_names(repeated)}")
+        raise InputError(
+            f"{source}: more than one column named {quoted_names(repeated)}"
+            f"{_headerless_hint(repeated)}"
+        )
     present = set(columns)
     missing = list(dict.fromkeys(c for c in required if c not in present))
     if missing:
         keys = dict.fromkeys(named_by[c] for c in missing) if named_by else {}
         named = f", which the config names in {', '.join(keys)}" if keys else ""
-        raise InputError(
-            f"{source}: missing column(s) {quoted_names(missing)}{named}"
-            f"{_spelled_otherwise(missing, columns)}"
-        )
+        hint = _spelled_otherwise(missing, columns)
+        if len(missing) == len(set(required)):  # none of them there
+            hint = hint or _headerless_hint(columns)
+        raise InputError(f"{source}: missing column(s) {quoted_names(missing)}{named}{hint}")
     if not allow_extra:
         expected = set(required) | set(known)
         extra = [c for c in columns if c not in expected]
@@ -58,6 +61,23 @@ def check_columns(
                 "(the model was not trained on them; --allow-extra-columns, or allow_extra=True "
                 f"in Python, ignores them){_unnamed_hint(columns)}"
             )
+
+
+def _headerless_hint(names: Sequence[str]) -> str:
+    """A hint for column names one of which is a number: a CSV without its header row, whose
+    first row of values was read as the names ("more than one column named 'no', '2'")."""
+    number = next((name for name in names if _is_number(name)), None)
+    if number is None:
+        return ""
+    return f" (a column named '{number}': a CSV without its header row?)"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _unnamed_hint(columns: Sequence[str]) -> str:
