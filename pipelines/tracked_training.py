@@ -138,8 +138,14 @@ def training_run(
 
     with tracking_for_call(tracking_uri):
         promoted = takes_champion(config, kind, features, promote)
-        use_experiment(config.mlflow.experiment or run_name(config))
-        with tracked_run(training_run_name(data_title(data), config.overrides)) as run:
+        experiment = config.mlflow.experiment or run_name(config)
+        use_experiment(experiment)
+        name = training_run_name(data_title(data), config.overrides)
+        # Configs that share an experiment (mlflow.experiment) trained runs named alike:
+        # cc.yaml and cc_small.yaml both 'train cc_train.parquet'.
+        if run_name(config) != experiment:
+            name = f"{run_name(config)}: {name}"
+        with tracked_run(name) as run:
             settings = config.settings_for("table" if kind == "tabular" else "image")
             mlflow.log_params(flatten_params(settings))
             mlflow.log_dict(config.model_dump(), RESOLVED_CONFIG)

@@ -139,6 +139,15 @@ def test_training_runs_are_named_by_their_overrides_and_keep_their_config_file(
         "train october.parquet data.path=2024/october.parquet"  # the folder tells runs apart
     )
     assert changed.data.tags["config_file"] == str(config.resolve())
+    # A config that shares another's experiment says its name: runs of cancer.yaml and of a
+    # variant of it read alike there.
+    variant = tmp_path / "cancer_small.yaml"
+    variant.write_text(config.read_text() + "mlflow: {experiment: cancer}\nmodel: {latent: 2}\n")
+    result = run_cli("train", variant, "--set", "training.epochs=1")
+    assert result.exit_code == 0, result.output
+    shared = client.get_run(result.stderr.strip().split()[-4])
+    assert shared.info.run_name == f"cancer_small: train {data} training.epochs=1"
+    assert shared.info.experiment_id == plain.info.experiment_id
     assert "cancer.yaml" in [a.path for a in client.list_artifacts(changed.info.run_id)]
     local = client.download_artifacts(changed.info.run_id, "cancer.yaml", str(tmp_path / "dl"))
     assert Path(local).read_text() == config.read_text()
