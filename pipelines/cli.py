@@ -179,7 +179,7 @@ def train(
     # No dir_okay=False: an existing folder is for the engine to refuse in its own line
     # (Spark writes a folder); click's usage error said only "is a directory".
     type=UserPath(),
-    help="Output CSV (.csv, or compressed: .csv.gz, .csv.bz2, .csv.zst) or Parquet file (with --engine spark: a new folder of Parquet parts).",
+    help="Output CSV (.csv or .tsv, or compressed: .csv.gz, .csv.bz2, .csv.zst) or Parquet file (with --engine spark: a new folder of Parquet parts).",
 )
 @click.option(
     "--keep-columns", is_flag=True, help="Keep all input columns, not just the id columns."
@@ -213,7 +213,7 @@ def score(
     maps_dir: str | None,
     tracking_uri: str | None,
 ) -> None:
-    """Score a CSV (plain, .csv.gz, .csv.bz2 or .csv.zst) or Parquet file, a folder of Parquet files, or a folder or IDX file of images, with MODEL (models:/name@alias, models:/name/N, runs:/..., or a directory)."""
+    """Score a CSV (plain, .tsv, .csv.gz, .csv.bz2 or .csv.zst) or Parquet file, a folder of Parquet files, or a folder or IDX file of images, with MODEL (models:/name@alias, models:/name/N, runs:/..., or a directory)."""
     if engine == "spark":
         if maps_dir:
             raise click.UsageError("--maps needs --engine local: Spark scores tables")

@@ -272,6 +272,26 @@ def test_csv_separated_by_semicolons_tabs_or_pipes_scores_the_same(
     assert np.allclose(scores["other.csv"]["score"], scores["comma.csv"]["score"])
 
 
+def test_tsv_files_read_and_write_with_tabs(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    """A .tsv export was refused as an unknown extension, where the same file named .csv read."""
+    model_uri, tracking = breast_cancer_model
+    frame = pd.read_parquet(breast_cancer_files[1]).drop(columns="label")
+    frame.to_csv(tmp_path / "day.tsv", sep="\t", index=False)
+    scored = {}
+    for name in ("scores.tsv", "scores.tsv.gz", "scores.csv"):
+        out = tmp_path / name
+        result = run_cli(
+            "score", model_uri, tmp_path / "day.tsv", "-o", out, "--tracking-uri", tracking
+        )
+        assert result.exit_code == 0, result.output
+        scored[name] = pd.read_csv(out, sep="\t" if ".tsv" in name else ",")
+        assert scored[name].columns[0] == "id"  # one column a field: tabs where they belong
+    assert scored["scores.tsv"].equals(scored["scores.csv"])
+    assert scored["scores.tsv.gz"].equals(scored["scores.csv"])
+
+
 def test_compressed_csv_reads_and_writes_like_plain_csv(
     breast_cancer_model, breast_cancer_files, tmp_path
 ) -> None:

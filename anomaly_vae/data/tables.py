@@ -41,7 +41,9 @@ READ_BUFFER_BYTES = 1 << 20
 # columns: at 1 MB, 300 MB for 300 columns (`score` on 200,000 rows of them peaked at 1.7 GB,
 # 1.4 GB at 64 kB); the 30-column file of `benchmarks.scoring_speed` reads as fast.
 PARQUET_COLUMN_BUFFER_BYTES = 1 << 16
-TABLE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+# A .tsv file is a CSV separated by tabs: read as any CSV (its separator is found), written
+# with tabs.
+TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 PARQUET_SUFFIXES = {suffix for suffix, fmt in TABLE_FORMATS.items() if fmt == "parquet"}
 # Exports are often shipped compressed (transactions.csv.gz): pyarrow decompresses on reading,
 # and compresses on writing, by these extensions; Parquet compresses inside the file.
@@ -67,9 +69,15 @@ def table_format(path: str | Path) -> str:
 def csv_compression(path: str | Path) -> str | None:
     """The codec of a compressed CSV (`.csv.gz`, ...), None for any other file."""
     suffixes = [suffix.lower() for suffix in Path(path).suffixes[-2:]]
-    if len(suffixes) == 2 and suffixes[0] == ".csv":
+    if len(suffixes) == 2 and suffixes[0] in (".csv", ".tsv"):
         return CSV_COMPRESSIONS.get(suffixes[1])
     return None
+
+
+def csv_delimiter(path: str | Path) -> str:
+    """The separator a CSV output is written with: a tab for .tsv (and .tsv.gz, ...)."""
+    name = Path(path).name.lower()
+    return "\t" if any(name.endswith(f".tsv{c}") for c in ("", *CSV_COMPRESSIONS)) else ","
 
 
 def input_table_format(path: str | Path) -> str:
@@ -768,7 +776,11 @@ class AtomicTableWriter:
                         use_dictionary=_dictionary_columns(table.schema),
                     )
                     if self.format == "parquet"
-                    else pacsv.CSVWriter(self._csv_sink(), table.schema)
+                    else pacsv.CSVWriter(
+                        self._csv_sink(),
+                        table.schema,
+                        write_options=pacsv.WriteOptions(delimiter=csv_delimiter(self.path)),
+                    )
                 )
             self._writer.write_table(table)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
