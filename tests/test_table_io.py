@@ -694,3 +694,19 @@ def test_integer_codes_beyond_2_53_with_missing_values_stay_distinct(
         "number, which beyond 2^53 may hold another code: send the codes as text, or as "
         "integers without missing values"
     )
+
+
+@pytest.mark.parametrize("note", ["sep=;", '"sep=;"', "SEP=,"])
+def test_a_spreadsheet_separator_line_before_the_header_is_named(tmp_path, note) -> None:
+    """Excel's `sep=;` line, read as the header, gave "row 1 has 3 values, where the header
+    names 2 columns"."""
+    path = tmp_path / "day.csv"
+    path.write_text(f"{note}\namount;merchant\n1,5;fuel\n")
+    with pytest.raises(InputError) as refused:
+        read_table(path)
+    assert str(refused.value) == (
+        f"{path}: the first line, '{note}', is a spreadsheet's note of the separator, not the "
+        "header: delete that line"
+    )
+    path.write_text("sep;amount\nx;1\n")  # a column named sep is a header
+    assert list(read_table(path).columns) == ["sep", "amount"]

@@ -649,6 +649,12 @@ def _csv_dialect(path: Path) -> tuple[str, str]:
             if not head:
                 raise InputError(f"{path}: the file is empty")
             header, _, rows = head.partition("\n")
+            if _EXCEL_SEPARATOR_LINE.fullmatch(header.strip()):
+                # Read as the header, it gave "row 1 has 17 values, where the header names 2".
+                raise InputError(
+                    f"{path}: the first line, '{header.strip()}', is a spreadsheet's note of "
+                    "the separator, not the header: delete that line"
+                )
             unquoted = re.sub(r'"[^"]*"', "", header)
             counts = {delimiter: unquoted.count(delimiter) for delimiter in CSV_DELIMITERS}
             best = max(CSV_DELIMITERS, key=lambda delimiter: counts[delimiter])  # ties: first
@@ -662,6 +668,8 @@ def _csv_dialect(path: Path) -> tuple[str, str]:
     return best, "," if marks[","] > marks["."] else "."
 
 
+# The line Excel reads as the separator to use (`sep=;`) before a CSV's header.
+_EXCEL_SEPARATOR_LINE = re.compile(r'"?sep=.?"?', re.IGNORECASE)
 # A number with decimals, written 1,5 or 1.5.
 _DECIMAL = re.compile(r"\d([,.])\d")
 
