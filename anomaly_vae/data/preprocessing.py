@@ -85,9 +85,6 @@ class CategoricalColumn:
     # Detectors saved before binary columns existed kept a two-valued numeric column as a
     # category of its two numbers, matched as numbers; their networks still expect that.
     values: list[float] | None = None
-    # The share of training rows whose value is one of the categories (None: saved before
-    # it was kept), which tells a batch in which no value is one from a spell of rare values.
-    known_share: float | None = None
 
     @property
     def size(self) -> int:
@@ -569,12 +566,7 @@ def _fit_categorical(series: pd.Series, name: str, source: str) -> CategoricalCo
     frequent = counts[counts >= MIN_CATEGORY_COUNT]
     if frequent.empty:
         frequent = counts
-    kept = frequent.iloc[:MAX_CATEGORIES]
-    return CategoricalColumn(
-        name=name,
-        categories=sorted(kept.index),
-        known_share=float(kept.sum() / counts.sum()),
-    )
+    return CategoricalColumn(name=name, categories=sorted(frequent.index[:MAX_CATEGORIES]))
 
 
 def _reject_unique_values(counts: pd.Series, name: str, source: str) -> None:
@@ -826,41 +818,51 @@ def _category_codes(
     raise InputError(f"{source}: column '{column.name}' holds dates or times, not categories")
 
 
-# A batch in which no value of a categorical column is one of its categories is refused once
-# that is this unlikely for rows like the training rows (at least 20 of them: a column whose
-# categories held 50% of training rows); a REST request of a few rows is scored.
-UNMATCHED_CHANCE = 1e-6
+# Rows from which a batch whose every value of a categorical column is a learnt category
+# spelt otherwise is refused: a REST request of a few such rows is scored.
 UNMATCHED_ROWS = 20
+# Ways of writing yes and no, which an export may turn into one another.
+_YES_NO = {
+    **dict.fromkeys(("true", "t", "yes", "y", "1", "1.0"), "yes"),
+    **dict.fromkeys(("false", "f", "no", "n", "0", "0.0"), "no"),
+}
 
 
 def _reject_unmatched(
     column: CategoricalColumn, series: pd.Series, codes: np.ndarray, source: str
 ) -> None:
-    """Refuse a batch in which no value of the column is one of its categories, where the
-    training rows' mostly were: a column spelt otherwise (upper case, True/False for yes/no)
-    scored every row as an unseen category without a word, and 80% of a day's file was
-    flagged. Single unseen values, new merchants, are rows to score."""
+    """Refuse a batch in which no value of the column is one of its categories and every one
+    is a category spelt otherwise: in other case or spacing (`BLUE-COLLAR` for
+    `blue-collar`), or yes and no written another way (True/False for yes/no). Such an export
+    scored every row as an unseen category without a word, and 80% of a bank day's file was
+    flagged. New values (a month training did not see, a new merchant) are rows to score."""
     missing = column.lookup.get(MISSING_CATEGORY, 0)
-    if column.known_share is None or ((codes != 0) & (codes != missing)).any():
+    if ((codes != 0) & (codes != missing)).any():
         return
     # Missing values (a null, a blank, "NA") are another fault (`check_category_values`).
     missing_spellings = {MISSING_CATEGORY, *null_spellings()}
     unseen = [v for v in _category_strings(series[codes == 0]) if v not in missing_spellings]
-    chance = (1 - column.known_share) ** len(unseen)
-    if len(unseen) < UNMATCHED_ROWS or chance >= UNMATCHED_CHANCE:
+    if len(unseen) < UNMATCHED_ROWS:
         return
-    example = unseen[0]
-    spelt = [c for c in column.categories if c.strip().casefold() == example.strip().casefold()]
-    learnt = (
-        f", which the model learnt as '{spelt[0]}'"
-        if spelt
-        else f"; the model learnt {quoted_names(column.categories)}"
-    )
+    spelt = {_folded(c): c for c in column.categories}
+    yes_no = {_YES_NO.get(_folded(c)) for c in column.categories} - {None}
+    distinct = list(dict.fromkeys(unseen))
+    if all(_folded(v) in spelt for v in distinct):
+        learnt = f", which the model learnt as '{spelt[_folded(distinct[0])]}'"
+    elif len(yes_no) == 2 and all(_YES_NO.get(_folded(v)) for v in distinct):
+        learnt = f"; the model learnt {quoted_names(column.categories)}"
+    else:
+        return
     raise InputError(
         f"{source}: column '{column.name}': none of its {len(unseen):,} values is a category "
-        f"the model learnt (such as '{example}'{learnt}): write the column as in the training "
-        "data"
+        f"the model learnt (such as '{distinct[0]}'{learnt}): write the column as in the "
+        "training data"
     )
+
+
+def _folded(text: str) -> str:
+    """A category as compared across spellings: no surrounding spaces, no case."""
+    return text.strip().casefold()
 
 
 def _reject_inexact_codes(series: pd.Series, name: str, source: str, row_offset: int) -> None:
