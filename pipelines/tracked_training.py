@@ -198,7 +198,9 @@ def takes_champion(
 
     read = TabularPreprocessor.from_dict(state["preprocessor"]).feature_names
     added = [c for c in features if c not in set(read)]
-    dropped = [c for c in read if c not in set(features)]
+    # A column the config names as an id, the label or one to drop is taken and set aside.
+    accepted = {*features, *config.data.id_columns, *config.data.drop, config.data.label}
+    dropped = [c for c in read if c not in accepted]
     if not added and not dropped:
         return True
     differences = [

@@ -142,6 +142,9 @@ def test_champion_moves_only_to_a_model_its_scoring_jobs_can_use(
     assert "it would need 'mean radius', 'mean texture'" in result.stderr
     assert train("--no-promote").exit_code == 0  # a sweep's variant of the same table
     assert int(client.get_model_version_by_alias("config", "champion").version) == 3
+    # Columns the new model sets aside (data.drop) are ones the champion's callers may send.
+    assert train("--set", "data.drop=[mean radius, mean texture]").exit_code == 0
+    assert int(client.get_model_version_by_alias("config", "champion").version) == 5
 
 
 def test_score_writes_ids_and_scores(breast_cancer_model, breast_cancer_files, tmp_path) -> None:
