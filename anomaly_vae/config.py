@@ -13,7 +13,7 @@ import re
 import string
 from collections.abc import Hashable, Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -52,15 +52,22 @@ class _Section(BaseModel):
     def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         """`true` where a number belongs (`training.epochs: true`) was read as 1: it trained
         one epoch and registered the champion without a word, where `epochs: abc` stops."""
-        if isinstance(value, bool) and _takes_numbers(cls.model_fields[info.field_name]):
-            raise ValueError(f"a number, not {str(value).lower()}")
+        values = value if isinstance(value, list) else [value]
+        flags = [v for v in values if isinstance(v, bool)]
+        if flags and _numbers_only(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"a number, not {str(flags[0]).lower()}")
         return value
 
 
-def _takes_numbers(field: Any) -> bool:
-    """Whether a field holds a number (or None), not a flag."""
-    kinds = set(get_args(field.annotation) or (field.annotation,)) - {type(None)}
-    return bool(kinds) and kinds <= {int, float}
+def _numbers_only(annotation: Any) -> bool:
+    """Whether a field holds numbers (one, a list, a choice of numbers, or None), no flag and
+    no text: `image.channels: true` read as 1, `model.hidden: [true, 64]` as [1, 64]."""
+    if annotation in (int, float):
+        return True
+    arguments = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is Literal:
+        return all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in arguments)
+    return bool(arguments) and all(_numbers_only(a) for a in arguments)
 
 
 def _is_section(model: type[BaseModel], key: Any) -> bool:
@@ -636,7 +643,9 @@ def _did_you_mean(key: str) -> str:
     """The config key nearest a misspelt one (`training.bach_size`), as a hint."""
     import difflib
 
-    near = difflib.get_close_matches(key, _keys(Config), n=1, cutoff=0.8)
+    depth = key.count(".")  # a key for a key, a section for a section
+    keys = [k for k in _keys(Config) if k.count(".") == depth]
+    near = difflib.get_close_matches(key, keys, n=1, cutoff=0.8)
     return f" (did you mean '{near[0]}'?)" if near else ""
 
 

@@ -113,7 +113,10 @@ def overlay(image: np.ndarray, heat: np.ndarray, vmax: float) -> np.ndarray:
     grey = image.mean(axis=0) if image.ndim == 3 else image
     levels = len(_HEAT_COLOURS)
     if vmax > 0:
-        index = np.clip(heat * (levels / vmax), 0, levels - 1).astype(np.intp)
+        # A pixel whose term is not finite is drawn as no heat: cast to an index, NaN was
+        # -2^63 and the command ended in an IndexError.
+        scaled = np.nan_to_num(heat * (levels / vmax), nan=0.0, posinf=levels - 1)
+        index = np.clip(scaled, 0, levels - 1).astype(np.intp)
     else:
         index = np.zeros(heat.shape, np.intp)
     blended = _HEAT_COLOURS[index]

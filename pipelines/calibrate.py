@@ -68,7 +68,8 @@ class Calibration:
         return [
             f"no more anomalies than chance among these {self.rows:,} {self.unit}{within}, a "
             "clean batch: the threshold lies just above the highest normal validation score "
-            "the model kept; with a label column (--label), or fpr<=F, it is chosen otherwise"
+            "the model kept; with a label column (--label), or --strategy fpr<=F, it is chosen "
+            "otherwise"
         ]
 
 

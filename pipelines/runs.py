@@ -126,4 +126,4 @@ def format_runs(table: pd.DataFrame, width: int | None = None) -> str:
     shown = {"na_rep": "-", "float_format": "{:.4g}".format}
     if width is None:
         return table.to_string(index=False, **shown)
-    return table.set_index("run_id").rename_axis(None).to_string(line_width=width, **shown)
+    return table.set_index("run_id").to_string(line_width=width, **shown)

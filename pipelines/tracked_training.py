@@ -143,8 +143,8 @@ def training_run(
         name = training_run_name(data_title(data), config.overrides)
         # Configs that share an experiment (mlflow.experiment) trained runs named alike:
         # cc.yaml and cc_small.yaml both 'train cc_train.parquet'.
-        if run_name(config) != experiment:
-            name = f"{run_name(config)}: {name}"
+        if config.name and config.name != experiment:
+            name = f"{config.name}: {name}"
         with tracked_run(name) as run:
             settings = config.settings_for("table" if kind == "tabular" else "image")
             mlflow.log_params(flatten_params(settings))

@@ -349,7 +349,7 @@ def test_calibrate_says_when_it_read_a_batch_as_clean() -> None:
     assert lines[1] == (
         f"no more anomalies than chance among these 715 rows{within}, a clean batch: the "
         "threshold lies just above the highest normal validation score the model kept; with a "
-        "label column (--label), or fpr<=F, it is chosen otherwise"
+        "label column (--label), or --strategy fpr<=F, it is chosen otherwise"
     )
     batch = np.concatenate([normal.quantiles[::7], np.full(40, 6.0)])
     found = choose_threshold(batch, None, "estimated-f1", normal=normal)

@@ -41,9 +41,15 @@ def test_true_or_false_where_a_number_belongs_is_refused(tmp_path: Path) -> None
     with pytest.raises(InputError) as refused:
         load_config(path)
     assert str(refused.value) == f"{path}: 'training.epochs': a number, not true"
-    for key in ("training.learning_rate", "training.gradient_clip", "calibration.cost_fn"):
+    for key, value in [
+        ("training.learning_rate", "false"),
+        ("training.gradient_clip", "false"),
+        ("calibration.cost_fn", "false"),
+        ("image.channels", "false"),  # a choice of numbers: read as 1
+        ("model.hidden", "[false, 64]"),  # a list of them: read as [1, 64]
+    ]:
         with pytest.raises(InputError, match=f"'{key}': a number, not false$"):
-            load_config(_write(tmp_path, "data:\n  path: t.parquet\n"), [f"{key}=false"])
+            load_config(_write(tmp_path, "data:\n  path: t.parquet\n"), [f"{key}={value}"])
     assert load_config(path, ["training.epochs=3", "image.augment=true"]).image.augment is True
 
 
@@ -83,6 +89,8 @@ def test_integers_are_yaml_1_2_integers(value: str, read: int | str) -> None:
             r"unknown key 'traning' \(did you mean 'training'\?\)$",
         ),
         ("data:\n  path: t.parquet\nmodel:\n  foo: 3\n", "unknown key 'model.foo'$"),
+        # A key is offered for a key, not the section it is in.
+        ("data:\n  path: t.parquet\ntraining:\n  lr: 3\n", "unknown key 'training.lr'$"),
         ("model:\n  latent: 4\n", "missing required key 'data'"),
         # Scoring cuts rows into batches its cache suits; a size set here was read by nothing.
         ("data:\n  path: t.parquet\nscoring:\n  batch_size: 8\n", "unknown key 'scoring.batch"),

@@ -786,7 +786,9 @@ def test_heatmaps_keep_each_image_s_own_shape_and_orientation(digits_model, tmp_
     Image.fromarray(np.repeat(np.repeat(halves, 40, 0), 40, 1)).save(folder / "large.png")
     on_its_side = Image.Exif()
     on_its_side[0x0112] = 6  # stored 60 wide and 30 high, shown turned a quarter clockwise
-    Image.fromarray(np.zeros((30, 60), np.uint8)).save(folder / "turned.jpg", exif=on_its_side)
+    stored = np.zeros((30, 60), np.uint8)
+    stored[:, :30] = 255  # its stored left half: shown on top
+    Image.fromarray(stored).save(folder / "turned.jpg", exif=on_its_side)
     maps = tmp_path / "maps"
     result = run_cli(
         "score",
@@ -807,6 +809,8 @@ def test_heatmaps_keep_each_image_s_own_shape_and_orientation(digits_model, tmp_
         width = grey.shape[1]
         # The picture beneath the heat: 0.55 of its grey, 140 levels apart between the halves.
         assert grey[:, : width // 4].mean() + 60 < grey[:, -width // 4 :].mean()
+    turned = np.asarray(Image.open(maps / "turned.png"), dtype=float).mean(axis=2)
+    assert turned[-60:].mean() + 60 < turned[:60].mean()  # bright on top, as shown
 
 
 def test_the_maps_folder_gets_the_permissions_of_the_umask(digits_model, tmp_path) -> None:
@@ -901,6 +905,17 @@ def test_image_report_shows_the_worst_images_with_heatmaps(digits_model, tmp_pat
     run_id = result.stderr.strip().split()[-1]
     logged = mlflow.MlflowClient(tracking_uri=tracking).list_artifacts(run_id, "figures")
     assert "figures/worst_images.png" in {a.path for a in logged}
+
+
+def test_a_pixel_whose_term_is_not_finite_is_drawn_without_heat() -> None:
+    """Cast to a colour's index, NaN was -2^63: `score --maps` ended in an IndexError."""
+    from anomaly_vae.figures import overlay
+
+    heat = np.full((4, 4), 0.5)
+    cold = overlay(np.zeros((1, 4, 4)), np.where(np.eye(4, dtype=bool), 0.0, heat), 1.0)
+    assert np.array_equal(
+        overlay(np.zeros((1, 4, 4)), np.where(np.eye(4, dtype=bool), np.nan, heat), 1.0), cold
+    )
 
 
 def test_the_report_shows_the_worst_images_at_their_own_shape(tmp_path) -> None:

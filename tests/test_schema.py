@@ -116,7 +116,7 @@ def test_a_csv_without_its_header_row_is_named_as_such() -> None:
     with pytest.raises(InputError) as repeated:
         check_columns(["58", "management", "no", "2", "no", "2"], ["age", "job"], [], "day.csv")
     assert str(repeated.value) == (
-        "day.csv: more than one column named 'no', '2' (a column named '2': a CSV without its "
+        "day.csv: more than one column named 'no', '2' (a column named '58': a CSV without its "
         "header row?)"
     )
     with pytest.raises(InputError, match=r"'job' \(a column named '58': a CSV without its"):

@@ -41,7 +41,7 @@ def check_columns(
     if repeated:
         raise InputError(
             f"{source}: more than one column named {quoted_names(repeated)}"
-            f"{_headerless_hint(repeated)}"
+            f"{_headerless_hint(columns)}"
         )
     present = set(columns)
     missing = list(dict.fromkeys(c for c in required if c not in present))
