@@ -493,5 +493,10 @@ def _curve_threshold(
         return float(thresholds[ok[-1]])  # thresholds ascend: the last is the highest
     ok = np.flatnonzero(precision >= bound)
     if not len(ok):
-        raise InputError(f"calibration 'precision>={bound}': no threshold reaches that precision")
+        # At training, a precision reached on validation's many anomalies may be out of reach
+        # at the file's few.
+        weighed = " at the training file's share of anomalies" if anomaly_weight != 1 else ""
+        raise InputError(
+            f"calibration 'precision>={bound}': no threshold reaches that precision{weighed}"
+        )
     return float(thresholds[ok[0]])
