@@ -445,9 +445,9 @@ def _reduced(
 ) -> tuple[Image.Image, tuple[float, float, float, float]]:
     """The image shrunk by a whole factor (averaging boxes of pixels) while each side stays
     at least `REDUCING_GAP` times that of `shape` (width, height), as Pillow's own
-    `reducing_gap` resizing does, and the part
-    of it the original spans (the last box holds what is left over). The float conversion and
-    the antialiased resize that follow then see a fraction of the pixels.
+    `reducing_gap` resizing does, and the part of it the original spans (the last box holds
+    what is left over). The float conversion and the antialiased resize that follow then see
+    a fraction of the pixels.
 
     Only 1-bit, 8-bit gray and (for a colour model) RGB images: an average would hide what
     `_to_float` checks pixel by pixel, a 16-bit or float value out of range or a coloured
