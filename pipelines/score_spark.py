@@ -167,6 +167,7 @@ def score_with_spark(
     The output appears (by rename) only once every part is written.
     """
     from anomaly_vae.data.preprocessing import check_category_values
+    from anomaly_vae.data.tables import is_row_number
     from anomaly_vae.detector import load_detector
     from anomaly_vae.tracking import resolve_detector_dir, resolve_model_dir
 
@@ -193,6 +194,7 @@ def score_with_spark(
                 raise InputError(
                     f"{source}: not a readable Parquet dataset ({first_line(exc)})"
                 ) from None
+            frame = frame.drop(*filter(is_row_number, frame.columns))  # pandas' saved index
             detector.check_columns(frame.columns, source, allow_extra)
             observed, empty_categories = _observe_empty_categories(
                 _in_input_order(frame, files), detector.preprocessor.never_missing

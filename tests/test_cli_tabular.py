@@ -410,6 +410,26 @@ def test_keep_columns_keeps_every_input_column(
     assert list(pd.read_parquet(out).columns) == [*pd.read_parquet(test).columns, *SCORE_COLUMNS]
 
 
+def test_keep_columns_keeps_a_saved_index_as_the_index(
+    breast_cancer_model, breast_cancer_files, tmp_path
+) -> None:
+    """`frame[mask].to_parquet()` saves the row numbers as __index_level_0__: plain `score`
+    read them as the index, `--keep-columns` refused them as an unexpected column."""
+    model_uri, tracking = breast_cancer_model
+    frame = pd.read_parquet(breast_cancer_files[1])
+    filtered = tmp_path / "filtered.parquet"
+    frame[frame["id"] % 2 == 0].to_parquet(filtered)
+    out = tmp_path / "kept.parquet"
+    result = run_cli(
+        "score", model_uri, filtered, "-o", out, "--keep-columns", "--tracking-uri", tracking
+    )
+    assert result.exit_code == 0, result.output
+    kept = pd.read_parquet(out)
+    assert list(kept.columns[: len(frame.columns)]) == list(frame.columns)
+    assert "__index_level_0__" not in kept.columns
+    assert kept["id"].tolist() == frame[frame["id"] % 2 == 0]["id"].tolist()
+
+
 def test_keep_columns_refuses_an_input_column_named_like_a_score(
     breast_cancer_model, breast_cancer_files, tmp_path
 ) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 from conftest import run_cli
 
@@ -54,6 +55,30 @@ def test_spark_writes_parquet_parts_equal_to_the_single_process_scores(
     assert f"scored {rows:,} rows" in result.stderr
     assert len(list(spark.glob("part-*.parquet"))) >= 2  # one file in, spread over both cores
     # Parts read back in input order: the same rows, columns and numbers as one process.
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(spark), pd.read_parquet(local), check_dtype=False, rtol=1e-12
+    )
+
+
+def test_spark_reads_a_frame_saved_with_its_row_numbers_as_the_local_engine_does(
+    breast_cancer_model: tuple[str, str], breast_cancer_files: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`frame[mask].to_parquet()` saves the row numbers as __index_level_0__, which pandas
+    reads back as the index and Spark as a column: refused as unexpected after 26 s."""
+    model_uri, tracking = breast_cancer_model
+    frame = pd.read_parquet(breast_cancer_files[1]).drop(columns="label")
+    filtered = tmp_path / "filtered.parquet"
+    frame[frame["id"] % 2 == 0].to_parquet(filtered)
+    assert "__index_level_0__" in pq.read_schema(filtered).names
+    local, spark = tmp_path / "local.parquet", tmp_path / "spark.parquet"
+    assert (
+        run_cli("score", model_uri, filtered, "-o", local, "--tracking-uri", tracking).exit_code
+        == 0
+    )
+    result = run_cli(
+        "score", model_uri, filtered, "-o", spark, "--engine", "spark", "--tracking-uri", tracking
+    )
+    assert result.exit_code == 0, result.output
     pd.testing.assert_frame_equal(
         pd.read_parquet(spark), pd.read_parquet(local), check_dtype=False, rtol=1e-12
     )

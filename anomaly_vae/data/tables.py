@@ -294,7 +294,11 @@ def _to_frame(batch: pa.RecordBatch, as_is: Callable[[str], bool]) -> pd.DataFra
     among the columns (`_index_as_columns`)."""
     batch = _readable_types(batch, as_is)
     names = batch.schema.names
-    kept = [i for i, name in enumerate(names) if as_is(name) or _inexact_as_float(batch.column(i))]
+    kept = [
+        i
+        for i, name in enumerate(names)
+        if not is_row_number(name) and (as_is(name) or _inexact_as_float(batch.column(i)))
+    ]
     if not kept:
         return _index_as_columns(batch.to_pandas(), names)
     frame = _index_as_columns(
@@ -324,6 +328,18 @@ def _inexact_as_float(column: pa.Array) -> bool:
     extremes = pc.min_max(column)
     low, high = extremes["min"].as_py(), extremes["max"].as_py()
     return high is not None and max(-low, high) > FLOAT_EXACT  # None: nulls only
+
+
+# The column pandas writes an unnamed index to (`frame[mask].to_parquet()`): its row numbers.
+_ROW_NUMBER_COLUMN = re.compile(r"__index_level_\d+__")
+
+
+def is_row_number(name: str) -> bool:
+    """Whether a Parquet column is the row numbers pandas saved with a frame's rows, which
+    pandas reads back as the index: picked as a column to keep as written (`--keep-columns`)
+    or read by Spark, which knows nothing of pandas, it was refused as an unexpected column
+    where plain `score` read the same file."""
+    return bool(_ROW_NUMBER_COLUMN.fullmatch(name))
 
 
 def _index_as_columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
