@@ -35,6 +35,7 @@ class Calibration:
     probability: str | None  # the probability method fitted, if any
     run_id: str
     unit: str = "rows"  # what `rows` counts: "images" for an image model
+    held_out: str | None = None  # how many images --held-out-only kept (`held_out_note`)
 
     def lines(self) -> list[str]:
         metrics = json.dumps({k: round(v, 4) for k, v in self.threshold.metrics.items()})
@@ -44,6 +45,7 @@ class Calibration:
             else "champion unchanged (pass --promote to move it)"
         )
         return [
+            *([self.held_out] if self.held_out else []),
             f"threshold {self.threshold.value:.6g} by {self.threshold.strategy} on "
             f"{self.rows:,} {self.unit}: {metrics}",
             *self._clean_batch_note(),
@@ -84,9 +86,11 @@ def calibrate_model(
     allow_extra: bool = False,
     tracking_uri: str | None = None,
     anomaly_value: str | None = None,
+    held_out_only: bool = False,
 ) -> Calibration:
     """Score `input_path` with the model, choose a threshold by `strategy`, register it.
-    `anomaly_value` is the label that marks an anomaly, where not the model's.
+    `anomaly_value` is the label that marks an anomaly, where not the model's;
+    `held_out_only` keeps the images `image.holdout_fraction` kept out of training.
 
     Labels come from `label`, else from the model's label column when the file has it (for
     images: folder names, or `label` as a path,label CSV); without labels only `fpr<=F`
@@ -120,8 +124,12 @@ def calibrate_model(
     if detector.kind == "image":
         tables_only = {"--allow-extra-columns": allow_extra, "--anomaly-value": anomaly_value}
         refuse_options(input_path, tables_only, "tables")
-        scores, labels, example = _image_scores_and_labels(detector, input_path, label)
+        scores, labels, example, held = _image_scores_and_labels(
+            detector, input_path, label, model_uri if held_out_only else None
+        )
     else:
+        refuse_options(input_path, {"--held-out-only": held_out_only}, "images")
+        held = None
         scores, labels, example = _scores_and_labels(
             detector, input_path, label, allow_extra, anomaly_value
         )
@@ -180,6 +188,7 @@ def calibrate_model(
         probability=fitted.method if fitted else None,
         run_id=read.run.info.run_id,
         unit="images" if detector.kind == "image" else "rows",
+        held_out=held,
     )
 
 
@@ -266,17 +275,25 @@ def _image_scores_and_labels(
     detector,  # noqa: ANN001 - an ImageDetector
     input_path: str | Path,
     labels_csv: str | None,
-) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame]:
-    """Scores of every image, labels from folder names (or a path,label CSV), an example.
+    held_out_of: str | None = None,
+) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame, str | None]:
+    """Scores of every image, labels from folder names (or a path,label CSV), an example,
+    and, for the model URI `held_out_of`, the images it kept out of training alone with a
+    line saying how many (`held_out_note`): calibrated on a folder that held its training
+    images, an fpr<=0.05 threshold flagged 6.9% of the normals it had not seen.
 
     Labels are None when some image has none (an IDX file without its labels) or when no
     image is anomalous: then only the strategies that need normals alone apply. So are folder
     names that name no normal folder: a flat folder of new images is a batch nobody labelled,
     not a batch of anomalies (auto chose f1 on it and stopped for want of normals).
     """
-    from pipelines.score_images import scored_image_batches
+    from pipelines.score_images import held_out_note, kept_out_of_training, scored_image_batches
 
     items = detector.list_images(input_path).labelled(labels_csv or None, input_path)
+    note = None
+    if held_out_of is not None:
+        kept = kept_out_of_training(detector, items, held_out_of)
+        note, items = held_out_note(items, kept), kept
     scores = np.concatenate([s.score for _, _, s in scored_image_batches(detector, items)])
     known = [item.label for item in items]
     labels = None if None in known else np.array(known, dtype=bool)
@@ -285,7 +302,7 @@ def _image_scores_and_labels(
     if labels is not None and labels_csv is None and labels.all():
         labels = None
     example = pd.DataFrame({"path": [str(item.path) for item in items[:2]]})
-    return scores, labels, example
+    return scores, labels, example, note
 
 
 def _registered_name(model_uri: str, info: dict) -> str:

@@ -252,6 +252,14 @@ def serve(model_uri: str, host: str, port: int, tracking_uri: str | None) -> Non
     run_server(model_uri, host, port, tracking_uri, echo=lambda line: click.echo(line, err=True))
 
 
+held_out_option = click.option(
+    "--held-out-only",
+    is_flag=True,
+    help="Images: only the normal images the model's image.holdout_fraction kept out of "
+    "training (by file name), plus all anomalies.",
+)
+
+
 anomaly_value_option = click.option(
     "--anomaly-value",
     help="Label value that marks an anomaly [default: the model's data.anomaly_value, else "
@@ -281,11 +289,7 @@ anomaly_value_option = click.option(
     type=UserPath(),
     help="Images: labels from folder names (or an IDX labels file) or a path,label CSV [default: the model's config].",
 )
-@click.option(
-    "--held-out-only",
-    is_flag=True,
-    help="Images: only the normal images the model's image.holdout_fraction kept out of training, plus all anomalies.",
-)
+@held_out_option
 @tracking_option
 @user_errors
 @stopped_by_sigterm
@@ -359,6 +363,7 @@ def evaluate(
 @click.option(
     "--allow-extra-columns", is_flag=True, help="Ignore input columns the model does not know."
 )
+@held_out_option
 @tracking_option
 @user_errors
 @stopped_by_sigterm
@@ -374,6 +379,7 @@ def calibrate(
     probability: str,
     promote: bool,
     allow_extra_columns: bool,
+    held_out_only: bool,
     tracking_uri: str | None,
 ) -> None:
     """Re-choose MODEL's threshold on INPUT and register it as a new version (same weights).
@@ -393,6 +399,7 @@ def calibrate(
         allow_extra_columns,
         tracking_uri,
         anomaly_value,
+        held_out_only,
     )
     for line in calibration.lines():
         click.echo(line, err=True)

@@ -38,7 +38,12 @@ def evaluate_images(
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import WorstImages, common_sections
     from pipelines.evaluate import evaluate_at_threshold, evaluation_run, publish
-    from pipelines.score_images import image_detector, scored_image_batches
+    from pipelines.score_images import (
+        held_out_note,
+        image_detector,
+        kept_out_of_training,
+        scored_image_batches,
+    )
 
     if report_path is not None:
         check_report_path(report_path)
@@ -51,10 +56,10 @@ def evaluate_images(
         raise InputError(
             f"{unlabelled.path}: no label (an IDX file needs its labels file beside it)"
         )
+    held_note = None
     if held_out_only:
-        if not detector.image.holdout_fraction:
-            raise InputError(f"model '{model_uri}': trained with no image.holdout_fraction")
-        items = detector.held_out_only(items)
+        kept = kept_out_of_training(detector, items, model_uri)
+        held_note, items = held_out_note(items, kept), kept
     if label_from == "folder" and all(item.label for item in items):
         # Evaluated, it said "the labels mark 20 of 20 as anomalies" of a folder of good images
         # that had no labels at all.
@@ -101,7 +106,12 @@ def evaluate_images(
         mlflow.log_params({"images": len(items), "held_out_only": held_out_only})
         publish(evaluation, sections, report_path, model_uri, source, detector.threshold, "images")
     evaluation.run_id = run.info.run_id
-    notes = (listing.masks_note(), pixel_note, _unmasked_note(items, listing.mask_rule))
+    notes = (
+        held_note,
+        listing.masks_note(),
+        pixel_note,
+        _unmasked_note(items, listing.mask_rule),
+    )
     evaluation.note = "\n".join(n for n in notes if n) or None
     return evaluation
 

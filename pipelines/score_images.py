@@ -48,6 +48,26 @@ def images_for_a_table_model(model_uri: str, input_path: str | Path) -> str:
     )
 
 
+def kept_out_of_training(detector, items: list[ImageItem], model_uri: str) -> list[ImageItem]:  # noqa: ANN001
+    """The anomalies and the normal images `image.holdout_fraction` kept out of the model's
+    training, chosen by file name (`--held-out-only`)."""
+    if not detector.image.holdout_fraction:
+        raise InputError(f"model '{model_uri}': trained with no image.holdout_fraction")
+    return detector.held_out_only(items)
+
+
+def held_out_note(items: list[ImageItem], kept: list[ImageItem]) -> str:
+    """How many of the normal images `--held-out-only` kept: matched by file name, a new
+    batch keeps a share of them and a renamed copy of the training folder most of them, where
+    the summary said nothing."""
+    normal = sum(not item.label for item in items)
+    held = sum(not item.label for item in kept)
+    return (
+        f"--held-out-only kept {held:,} of the {normal:,} normal images, those whose file "
+        "names image.holdout_fraction held out of training"
+    )
+
+
 def scored_image_batches(detector, items: list[ImageItem]) -> Iterator:  # noqa: ANN001
     """The detector's (items, pixels, scores) batches, with a progress bar on a terminal."""
     from tqdm import tqdm

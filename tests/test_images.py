@@ -722,6 +722,41 @@ def test_evaluation_mistakes_are_one_line_errors(digits_model, tmp_path) -> None
     assert result.exit_code != 0 and "both normal and anomalous" in result.stderr
 
 
+def test_calibrate_and_evaluate_on_held_out_images_say_how_many_they_kept(tmp_path) -> None:
+    """calibrate had no --held-out-only: on a folder that held the training images, an
+    fpr<=0.05 threshold flagged 6.9% of the normals the model had not seen. evaluate's kept
+    the normals by file name without saying how many."""
+    from pipelines.demo import write_digits
+
+    train_dir, test_dir = write_digits(tmp_path / "digits")
+    tracking = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    result = run_cli(
+        "train", REPO / "configs" / "digits.yaml", "--set", f"data.path={train_dir}",
+        "--set", "image.holdout_fraction=0.3", "--set", "training.epochs=3",
+        "--tracking-uri", tracking,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    model_uri = result.stdout.strip()
+    names = sorted(train_dir.rglob("*.png"))
+    held = [p for p in names if is_held_out(ImageItem(str(p)), 0.3, 0)]
+    said = (
+        f"--held-out-only kept {len(held)} of the {len(names)} normal images, those whose file "
+        "names image.holdout_fraction held out of training"
+    )
+    result = run_cli(
+        "calibrate", model_uri, train_dir, "--strategy", "fpr<=0.05", "--held-out-only",
+        "--tracking-uri", tracking,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    first, threshold, *_ = result.stderr.splitlines()
+    assert first == said and f" on {len(held)} images: " in threshold
+    evaluation = run_cli(
+        "evaluate", model_uri, test_dir.parent, "--held-out-only", "--tracking-uri", tracking
+    )
+    assert evaluation.exit_code == 0, evaluation.output
+    assert "--held-out-only kept " in evaluation.stderr
+
+
 def test_evaluate_refuses_the_options_of_the_other_input_kind(
     digits_model, breast_cancer_model, breast_cancer_files
 ) -> None:
