@@ -213,7 +213,7 @@ def score(
     maps_dir: str | None,
     tracking_uri: str | None,
 ) -> None:
-    """Score a CSV (plain, .tsv, .csv.gz, .csv.bz2 or .csv.zst) or Parquet file, a folder of Parquet files, or a folder or IDX file of images, with MODEL (models:/name@alias, models:/name/N, runs:/..., or a directory)."""
+    """Score a CSV (plain, .tsv, .csv.gz, .csv.bz2 or .csv.zst) or Parquet file, a folder of Parquet files, or an image, a folder of them or an IDX file, with MODEL (models:/name@alias, models:/name/N, runs:/..., or a directory)."""
     if engine == "spark":
         if maps_dir:
             raise click.UsageError("--maps needs --engine local: Spark scores tables")

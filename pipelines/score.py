@@ -192,10 +192,10 @@ def score_file(
     maps_dir: str | Path | None = None,
 ) -> ScoreSummary:
     """Score a table, or a folder / IDX file of images (`maps_dir`: heatmaps, images only)."""
-    from anomaly_vae.data.images import is_image_source
+    from anomaly_vae.data.images import is_image_file, is_image_source
     from anomaly_vae.data.tables import AtomicTableWriter, input_table_format
 
-    if is_image_source(input_path):
+    if is_image_source(input_path) or is_image_file(input_path):
         from pipelines.score_images import score_images_file
 
         # Ignored, they said nothing: the scores came back without the columns asked for.

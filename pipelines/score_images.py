@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from anomaly_vae.data.files import check_output_folder
-from anomaly_vae.data.images import ImageItem, is_idx
+from anomaly_vae.data.images import ImageItem, is_idx, is_image_file
 from anomaly_vae.errors import InputError
 from pipelines.score import ScoreSummary
 
@@ -41,7 +41,13 @@ def image_detector(model_uri: str, input_path: str | Path, tracking_uri: str | N
 
 def images_for_a_table_model(model_uri: str, input_path: str | Path) -> str:
     """The line for images given to a model trained on a table."""
-    what = "an IDX file of images" if is_idx(input_path) else "a folder without Parquet files"
+    what = (
+        "an IDX file of images"
+        if is_idx(input_path)
+        else "an image"
+        if is_image_file(input_path)
+        else "a folder without Parquet files"
+    )
     return (
         f"{input_path}: {what}, but model '{model_uri}' was trained on a table: give a CSV "
         "or Parquet file, or a folder of Parquet files"
@@ -161,6 +167,8 @@ class MapWriter:
         file, _, index = item.path.rpartition("#")
         if is_idx(file):
             return Path(f"{int(index):05d}.png")
+        if Path(item.path) == self.root:  # one image given
+            return Path(self.root.name).with_suffix(".png")
         return Path(item.path).relative_to(self.root).with_suffix(".png")
 
     def check_names(self, items: list[ImageItem]) -> None:

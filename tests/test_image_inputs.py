@@ -584,30 +584,39 @@ def test_images_and_masks_are_read_upright_by_their_exif_orientation(tmp_path: P
     np.testing.assert_array_equal(read_mask(tmp_path / "photo.png", 8), shown)
 
 
-def test_a_single_image_given_for_a_folder_is_named_as_one(digits_model, tmp_path, tracking_uri):
-    """It was an unknown table extension to `score`, and to `train` an image config's
-    likelihood was wrong: "model.likelihood: bernoulli is for images; tables use ..."."""
+def test_a_single_image_scores_and_trains_as_one(digits_model, tmp_path, tracking_uri):
+    """`score` refused one photo ("give the folder that holds it"), and scoring its folder
+    scored every other image in it; to `train` an image config's likelihood was wrong:
+    "model.likelihood: bernoulli is for images; tables use ..."."""
     model_uri, tracking, test_dir = digits_model
     image = next((test_dir / "good").glob("*.png"))
-    expected = (
-        f"Error: {image}: a single image; give the folder that holds it (images are read from "
-        "a folder or an *-idx3-ubyte(.gz) file)\n"
+    out, maps = tmp_path / "scores.csv", tmp_path / "maps"
+    result = run_cli(
+        "score", model_uri, image, "-o", out, "--maps", maps, "--tracking-uri", tracking
     )
-    out = tmp_path / "scores.csv"
-    result = run_cli("score", model_uri, image, "-o", out, "--tracking-uri", tracking)
-    assert (result.exit_code, result.stderr) == (1, expected)
-    assert not out.exists()
-    # With --maps it read "--maps is for images (a folder or an IDX file)", of an image.
-    maps = ["--maps", tmp_path / "maps"]
-    result = run_cli("score", model_uri, image, "-o", out, *maps, "--tracking-uri", tracking)
-    assert (result.exit_code, result.stderr) == (1, expected)
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "folder.csv"
+    assert (
+        run_cli("score", model_uri, test_dir, "-o", folder, "--tracking-uri", tracking).exit_code
+        == 0
+    )
+    alone, among = pd.read_csv(out), pd.read_csv(folder).set_index("path")
+    assert alone["path"].tolist() == [str(image)]
+    assert alone["score"][0] == pytest.approx(among.loc[str(image), "score"], rel=1e-5)
+    assert [p.name for p in maps.iterdir()] == [image.name]
     table = tmp_path / "rows.csv"
     table.write_text("a\n1\n")
-    result = run_cli("score", model_uri, table, "-o", out, *maps, "--tracking-uri", tracking)
+    result = run_cli(
+        "score", model_uri, table, "-o", out, "--maps", maps, "--tracking-uri", tracking
+    )
     assert result.stderr == f"Error: {table}: --maps is for images (a folder or an IDX file)\n"
     config = REPO / "configs" / "digits.yaml"
     result = run_cli("train", config, "--set", f"data.path={image}", "--tracking-uri", tracking_uri)
-    assert (result.exit_code, result.stderr) == (1, expected)
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"Error: {image}: a single image; give the folder that holds it (images are read from "
+        "a folder or an *-idx3-ubyte(.gz) file)\n",
+    )
 
 
 def test_damaged_or_mismatched_detector_weights_are_one_line(digits_model, tmp_path) -> None:

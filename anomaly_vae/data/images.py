@@ -144,6 +144,12 @@ def is_image_source(path: str | Path, kind: str = "auto") -> bool:
     return is_idx(path)
 
 
+def is_image_file(path: str | Path) -> bool:
+    """Whether `path` is one image file, which `score` takes beside folders of them."""
+    path = Path(path)
+    return path.suffix.lower() in IMAGE_SUFFIXES and path.is_file()
+
+
 def image_files(folder: Path, suffixes: Collection[str] = IMAGE_SUFFIXES) -> Iterator[Path]:
     """The paths below `folder` with an image suffix (`files_below`), under no name starting
     with '.': copies such as .ipynb_checkpoints/ were read as images (and labelled by their
@@ -175,6 +181,8 @@ def list_images(source: str | Path, image: ImageConfig) -> ImageListing:
         raise InputError(f"{source}: no such folder or file")
     if is_idx(source):
         return ImageListing(_idx_items(source, image), [])
+    if is_image_file(source):  # `score` on one photo, unlabelled
+        return ImageListing([ImageItem(str(source))], [])
     if not source.is_dir():
         raise InputError(f"{source}: expected a folder of images or an *-idx3-ubyte(.gz) file")
     files = sorted(image_files(source, IMAGE_SUFFIXES | _UNREAD_SUFFIXES))
