@@ -90,7 +90,7 @@ def evaluate_images(
     evaluation, threshold, costs = evaluate_at_threshold(
         detector.threshold, scores, labels, costs, str(input_path)
     )
-    sections = common_sections(scores, labels, threshold, evaluation.confusion, costs)
+    sections = common_sections(scores, labels, threshold, evaluation.confusion, costs, "images")
     sections.append(worst.section())
     pixel_note = None
     if with_masks:

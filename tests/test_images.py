@@ -978,9 +978,29 @@ def test_the_worst_images_figure_shows_file_names_with_dollar_signs_as_written()
         pixels, np.zeros((2, 8, 8)), names, np.array([3.0, 2.0]), np.array([False, True]), 1.0
     )
     figure.savefig(io.BytesIO(), format="png")  # parsed as TeX, the first raised ValueError
-    titles = [ax.get_title().splitlines()[0] for ax in figure.axes[:2]]
-    assert titles == ["good/$x^$lot.png", "crack/$5 and $10.png"]
+    titles = [ax.get_title().splitlines()[:2] for ax in figure.axes[:2]]
+    assert titles == [["good", "$x^$lot.png"], ["crack", "$5 and $10.png"]]
     assert not any(ax.title.get_parse_math() for ax in figure.axes[:2])
+
+
+def test_the_worst_images_are_titled_with_their_folder_below_the_one_they_share() -> None:
+    """Titled with the last two parts of their paths, tiles read `Imgs/exp6_num_98402.jpg`:
+    neither their class nor where to find them."""
+    from anomaly_vae.evaluation.figures import worst_images_figure
+
+    names = [
+        "/data/tiles/MT_Break/Imgs/exp6_num_98402.jpg",
+        "/data/tiles/MT_Free/Imgs/a_very_long_file_name_indeed_0001.jpg",
+    ]
+    figure = worst_images_figure(
+        np.zeros((2, 1, 8, 8)), np.zeros((2, 8, 8)), names, np.array([3.0, 2.0]),
+        np.array([True, False]), 1.0,
+    )  # fmt: skip
+    titles = [ax.get_title().splitlines()[:2] for ax in figure.axes[:2]]
+    assert titles == [
+        ["MT_Break/Imgs", "exp6_num_98402.jpg"],
+        ["MT_Free/Imgs", "…le_name_indeed_0001.jpg"],  # 24 characters, the end kept
+    ]
 
 
 @pytest.mark.shared_data

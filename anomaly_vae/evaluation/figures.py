@@ -7,6 +7,7 @@ display backend, so they render the same in a test, a server and a notebook, and
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -226,13 +227,13 @@ def worst_images_figure(
     from anomaly_vae.figures import overlay
 
     n = len(scores)
-    fig = Figure(figsize=(1.9 * n, 4.4), layout="constrained")
+    fig = Figure(figsize=(1.9 * n, 4.6), layout="constrained")
     axes = fig.subplots(2, n, squeeze=False)
-    for i in range(n):
+    for i, (folder, name) in enumerate(_places(names)):
         grey = pixels[i].mean(axis=0)
         axes[0, i].imshow(grey, cmap="gray", vmin=0, vmax=1)
         axes[0, i].set_title(
-            f"{'/'.join(Path(names[i]).parts[-2:])[-24:]}\n"
+            f"{_tail(folder)}\n{_tail(name)}\n"
             f"{scores[i]:.4g} {'anomaly' if labels[i] else 'normal'}",
             fontsize=8,
             color=ANOMALY_COLOR if labels[i] else NORMAL_COLOR,
@@ -244,6 +245,23 @@ def worst_images_figure(
         for ax in axes[:, i]:
             ax.axis("off")
     return fig
+
+
+def _places(names: list[str]) -> list[tuple[str, str]]:
+    """Each image's folder below the folder all of them share (its class, `MT_Break/Imgs`)
+    and its file name: the last two parts of the path alone titled a tile `Imgs/exp6.jpg`,
+    which told neither its class nor where to find it."""
+    paths = [Path(name) for name in names]
+    shared = Path(os.path.commonpath([p.parent for p in paths])) if len(paths) > 1 else None
+    return [
+        ((p.parent.relative_to(shared).as_posix() if shared else p.parent.name) or ".", p.name)
+        for p in paths
+    ]
+
+
+def _tail(text: str, width: int = 24) -> str:
+    """`text` cut to its last `width` characters, where its end tells most."""
+    return text if len(text) <= width else "…" + text[1 - width :]
 
 
 def _legend_beside(ax: Axes) -> None:

@@ -23,8 +23,10 @@ def common_sections(
     threshold: float,
     confusion: np.ndarray,
     costs: Costs | None = None,
+    unit: str = "rows",
 ) -> list[Section]:
-    """Curves, score histograms, metrics by threshold, confusion matrix, recall at fixed FPR."""
+    """Curves, score histograms, metrics by threshold, confusion matrix, recall at fixed FPR;
+    `unit` names what was scored ("images": the captions spoke of rows)."""
     sections = [
         Section(
             "roc_pr",
@@ -52,14 +54,14 @@ def common_sections(
         Section(
             "confusion_matrix",
             "Confusion matrix at the threshold",
-            "Counts of rows by actual and predicted class, with each actual class's share.",
+            f"Counts of {unit} by actual and predicted class, with each actual class's share.",
             figures.confusion_figure(confusion),
         ),
         Section(
             "recall_at_fpr",
             "Recall at fixed false-positive rates",
             "The share of anomalies caught if the threshold were set to raise false alarms "
-            "on at most 0.1%, 1% or 5% of normal rows.",
+            f"on at most 0.1%, 1% or 5% of normal {unit}.",
             figures.recall_at_fpr_figure(recall_at_fprs(scores, labels)),
         ),
     ]
@@ -68,8 +70,8 @@ def common_sections(
             Section(
                 "cost_curve",
                 "Expected cost by threshold",
-                f"Cost per row when a missed anomaly costs {costs.fn:g} and a false alarm "
-                f"{costs.fp:g}; `calibrate --strategy cost` picks the green point.",
+                f"Cost per {unit.removesuffix('s')} when a missed anomaly costs {costs.fn:g} and "
+                f"a false alarm {costs.fp:g}; `calibrate --strategy cost` picks the green point.",
                 figures.cost_curve_figure(scores, labels, threshold, costs),
             )
         )
