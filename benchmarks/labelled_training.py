@@ -1,4 +1,4 @@
-"""The threshold `train` chooses with labelled anomalies, against a held-out day of the same data.
+"""The threshold `train` chooses with labelled anomalies, against held-out rows of the same data.
 
     python -m benchmarks.labelled_training
 

@@ -9,6 +9,7 @@ changes only `detector.json` (threshold and, with labels, the calibrated probabi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -155,6 +156,8 @@ def calibrate_model(
                 "calibration.probability": probability,
                 # The label that marked the anomalies, where not the model's own.
                 "calibration.anomaly_value": anomaly_value,
+                # Which images chose it, as evaluate logs it.
+                "held_out_only": held_out_only,
             }
         )
         mlflow.log_metrics(
@@ -290,16 +293,19 @@ def _image_scores_and_labels(
     from pipelines.score_images import held_out_note, kept_out_of_training, scored_image_batches
 
     items = detector.list_images(input_path).labelled(labels_csv or None, input_path)
+    if labels_csv is None and all(item.label for item in items):
+        # No folder named normal: a batch nobody labelled, its images normal to the strategies
+        # that need normals alone, and to --held-out-only, which kept every image of such a
+        # folder as an anomaly and chose the threshold on the training images themselves.
+        items = [dataclasses.replace(item, label=False) for item in items]
     note = None
     if held_out_of is not None:
-        kept = kept_out_of_training(detector, items, held_out_of)
+        kept = kept_out_of_training(detector, items, held_out_of, input_path)
         note, items = held_out_note(items, kept), kept
     scores = np.concatenate([s.score for _, _, s in scored_image_batches(detector, items)])
     known = [item.label for item in items]
     labels = None if None in known else np.array(known, dtype=bool)
     if labels is not None and not labels.any():
-        labels = None
-    if labels is not None and labels_csv is None and labels.all():
         labels = None
     example = pd.DataFrame({"path": [str(item.path) for item in items[:2]]})
     return scores, labels, example, note

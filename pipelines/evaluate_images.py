@@ -58,7 +58,7 @@ def evaluate_images(
         )
     held_note = None
     if held_out_only:
-        kept = kept_out_of_training(detector, items, model_uri)
+        kept = kept_out_of_training(detector, items, model_uri, input_path)
         held_note, items = held_out_note(items, kept), kept
     if label_from == "folder" and all(item.label for item in items):
         # Evaluated, it said "the labels mark 20 of 20 as anomalies" of a folder of good images
@@ -71,7 +71,7 @@ def evaluate_images(
     with_masks = any(item.mask for item in items)
     size = detector.image.size
     scores, labels, pixel_scores, pixel_labels = [], [], [], []
-    worst = WorstImages(detector.map_scale)
+    worst = WorstImages(detector.map_scale, root=input_path)
     for batch, pixels, batch_scores in scored_image_batches(detector, items):
         scores.append(batch_scores.score)
         labels.append([item.label for item in batch])

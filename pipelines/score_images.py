@@ -54,12 +54,26 @@ def images_for_a_table_model(model_uri: str, input_path: str | Path) -> str:
     )
 
 
-def kept_out_of_training(detector, items: list[ImageItem], model_uri: str) -> list[ImageItem]:  # noqa: ANN001
+def kept_out_of_training(
+    detector,  # noqa: ANN001 - an ImageDetector
+    items: list[ImageItem],
+    model_uri: str,
+    source: str | Path,
+) -> list[ImageItem]:
     """The anomalies and the normal images `image.holdout_fraction` kept out of the model's
-    training, chosen by file name (`--held-out-only`)."""
+    training, chosen by file name (`--held-out-only`); none of the normal ones is refused:
+    calibrate chose a threshold on the anomalies alone, and evaluate said there were no
+    images under a normal folder that held 97."""
     if not detector.image.holdout_fraction:
         raise InputError(f"model '{model_uri}': trained with no image.holdout_fraction")
-    return detector.held_out_only(items)
+    kept = detector.held_out_only(items)
+    normal = sum(item.label is False for item in items)
+    if normal and not any(item.label is False for item in kept):
+        raise InputError(
+            f"{source}: --held-out-only kept none of the {normal:,} normal images: "
+            "image.holdout_fraction held out none of their file names"
+        )
+    return kept
 
 
 def held_out_note(items: list[ImageItem], kept: list[ImageItem]) -> str:
@@ -135,11 +149,12 @@ class MapWriter:
         check_output_folder(self.destination)
         # Heatmaps are PNG images: written among the input's, the next run over the folder
         # scored them as images (an RGB model without a word), as a table's next read would
-        # take a scores file written into its folder as a part.
-        if self.root.resolve() in (self.destination, *self.destination.parents):
+        # take a scores file written into its folder as a part. One image's folder counts.
+        folder = self.root.parent if is_image_file(self.root) else self.root
+        if folder.resolve() in (self.destination, *self.destination.parents):
             raise InputError(
                 f"{self.target}: --maps inside the input folder; the next run over "
-                f"{self.root} would read the heatmaps as images"
+                f"{folder} would read the heatmaps as images"
             )
         self.tmp: Path | None = None
 

@@ -195,12 +195,17 @@ def takes_champion(
         return promote is not False
     from anomaly_vae.data.preprocessing import TabularPreprocessor
     from anomaly_vae.data.schema import quoted_names
+    from anomaly_vae.detector import ColumnRoles
 
     read = TabularPreprocessor.from_dict(state["preprocessor"]).feature_names
     added = [c for c in features if c not in set(read)]
-    # A column the config names as an id, the label or one to drop is taken and set aside.
+    # The champion's callers send its features and may send its ids, label and dropped
+    # columns; a column this config names as an id, the label or one to drop is taken and set
+    # aside. Refused, any of them failed every scoring job on the new champion.
+    roles = state.get("columns") or {}
+    sent = [*read, *ColumnRoles(**roles).known] if roles else read
     accepted = {*features, *config.data.id_columns, *config.data.drop, config.data.label}
-    dropped = [c for c in read if c not in accepted]
+    dropped = list(dict.fromkeys(c for c in sent if c not in accepted))
     if not added and not dropped:
         return True
     differences = [

@@ -145,6 +145,9 @@ def test_champion_moves_only_to_a_model_its_scoring_jobs_can_use(
     # Columns the new model sets aside (data.drop) are ones the champion's callers may send.
     assert train("--set", "data.drop=[mean radius, mean texture]").exit_code == 0
     assert int(client.get_model_version_by_alias("config", "champion").version) == 5
+    # So are the champion's own ids, label and dropped columns: one without them refuses them.
+    result = train("--set", f"data.path={fewer}")
+    assert "refuse 'mean radius', 'mean texture'" in result.stderr
 
 
 def test_score_writes_ids_and_scores(breast_cancer_model, breast_cancer_files, tmp_path) -> None:
@@ -410,7 +413,7 @@ def test_keep_columns_keeps_every_input_column(
     assert list(pd.read_parquet(out).columns) == [*pd.read_parquet(test).columns, *SCORE_COLUMNS]
 
 
-def test_keep_columns_keeps_a_saved_index_as_the_index(
+def test_keep_columns_leaves_out_a_saved_index(
     breast_cancer_model, breast_cancer_files, tmp_path
 ) -> None:
     """`frame[mask].to_parquet()` saves the row numbers as __index_level_0__: plain `score`

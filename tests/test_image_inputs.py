@@ -604,6 +604,17 @@ def test_a_single_image_scores_and_trains_as_one(digits_model, tmp_path, trackin
     assert alone["path"].tolist() == [str(image)]
     assert alone["score"][0] == pytest.approx(among.loc[str(image), "score"], rel=1e-5)
     assert [p.name for p in maps.iterdir()] == [image.name]
+    # Its heatmaps beside it would be images to the next run over its folder.
+    beside = image.parent / "maps"
+    result = run_cli(
+        "score", model_uri, image, "-o", out, "--maps", beside, "--tracking-uri", tracking
+    )
+    assert (result.exit_code, result.stderr) == (
+        1,
+        f"Error: {beside}: --maps inside the input folder; the next run over {image.parent} "
+        "would read the heatmaps as images\n",
+    )
+    assert not beside.exists()
     table = tmp_path / "rows.csv"
     table.write_text("a\n1\n")
     result = run_cli(

@@ -750,11 +750,43 @@ def test_calibrate_and_evaluate_on_held_out_images_say_how_many_they_kept(tmp_pa
     assert result.exit_code == 0, result.output
     first, threshold, *_ = result.stderr.splitlines()
     assert first == said and f" on {len(held)} images: " in threshold
+    # A flat folder names no normal folder: its images are a batch nobody labelled, kept by
+    # name too (all of them were kept as anomalies, the threshold chosen on training images).
+    flat = tmp_path / "batch"
+    shutil.copytree(train_dir / "good", flat)
+    result = run_cli(
+        "calibrate", model_uri, flat, "--strategy", "fpr<=0.05", "--held-out-only",
+        "--tracking-uri", tracking,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stderr.splitlines()[0] == said
+    everything = sorted(test_dir.parent.rglob("*.png"))
+    normal = [p for p in everything if p.parent.name == "good"]
+    kept = [p for p in normal if is_held_out(ImageItem(str(p)), 0.3, 0)]
     evaluation = run_cli(
         "evaluate", model_uri, test_dir.parent, "--held-out-only", "--tracking-uri", tracking
     )
     assert evaluation.exit_code == 0, evaluation.output
-    assert "--held-out-only kept " in evaluation.stderr
+    assert f"--held-out-only kept {len(kept)} of the {len(normal)} normal images" in (
+        evaluation.stderr
+    )
+    # Normal images none of whose names was held out: nothing to choose or judge a threshold
+    # on (calibrate chose one on the anomalies alone).
+    trained = tmp_path / "trained"
+    (trained / "good").mkdir(parents=True)
+    for path in set(names) - set(held):
+        shutil.copy(path, trained / "good" / path.name)
+    shutil.copytree(test_dir / "digit_3", trained / "digit_3")
+    for command in (["calibrate", "--strategy", "auto"], ["evaluate"]):
+        result = run_cli(
+            command[0], model_uri, trained, *command[1:], "--held-out-only",
+            "--tracking-uri", tracking,
+        )  # fmt: skip
+        assert result.exit_code == 1
+        assert result.stderr == (
+            f"Error: {trained}: --held-out-only kept none of the {len(names) - len(held)} "
+            "normal images: image.holdout_fraction held out none of their file names\n"
+        )
 
 
 def test_evaluate_refuses_the_options_of_the_other_input_kind(
@@ -988,19 +1020,29 @@ def test_the_worst_images_are_titled_with_their_folder_below_the_one_they_share(
     neither their class nor where to find them."""
     from anomaly_vae.evaluation.figures import worst_images_figure
 
+    def titles(names: list[str], root: str | None) -> list[list[str]]:
+        figure = worst_images_figure(
+            np.zeros((len(names), 1, 8, 8)), np.zeros((len(names), 8, 8)), names,
+            np.arange(len(names), 0, -1.0), np.ones(len(names), bool), 1.0, root,
+        )  # fmt: skip
+        return [ax.get_title().splitlines()[:2] for ax in figure.axes[: len(names)]]
+
     names = [
         "/data/tiles/MT_Break/Imgs/exp6_num_98402.jpg",
         "/data/tiles/MT_Free/Imgs/a_very_long_file_name_indeed_0001.jpg",
     ]
-    figure = worst_images_figure(
-        np.zeros((2, 1, 8, 8)), np.zeros((2, 8, 8)), names, np.array([3.0, 2.0]),
-        np.array([True, False]), 1.0,
-    )  # fmt: skip
-    titles = [ax.get_title().splitlines()[:2] for ax in figure.axes[:2]]
-    assert titles == [
+    expected = [
         ["MT_Break/Imgs", "exp6_num_98402.jpg"],
         ["MT_Free/Imgs", "…le_name_indeed_0001.jpg"],  # 24 characters, the end kept
     ]
+    assert titles(names, "/data/tiles") == titles(names, None) == expected
+    # The top images all of one class keep it, below the folder evaluated.
+    one_class = ["/data/tiles/MT_Break/Imgs/a.jpg", "/data/tiles/MT_Break/Imgs/b.jpg"]
+    assert titles(one_class, "/data/tiles") == [
+        ["MT_Break/Imgs", "a.jpg"],
+        ["MT_Break/Imgs", "b.jpg"],
+    ]
+    assert titles(["/data/tiles/c.jpg"], "/data/tiles") == [["tiles", "c.jpg"]]
 
 
 @pytest.mark.shared_data

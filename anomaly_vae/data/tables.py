@@ -60,7 +60,8 @@ def table_format(path: str | Path) -> str:
     try:
         return TABLE_FORMATS[suffix]
     except KeyError:
-        known = ", ".join([*TABLE_FORMATS, *(f".csv{c}" for c in CSV_COMPRESSIONS)])
+        compressed = [f"{csv}{c}" for csv in (".csv", ".tsv") for c in CSV_COMPRESSIONS]
+        known = ", ".join([*TABLE_FORMATS, *compressed])
         raise InputError(
             f"{path}: unknown extension '{suffix}' (expected one of {known})"
         ) from None

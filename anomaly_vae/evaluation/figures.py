@@ -126,9 +126,9 @@ def recall_at_fpr_figure(recalls: dict[float, float]) -> Figure:
 
 
 def cost_curve_figure(
-    scores: np.ndarray, labels: np.ndarray, threshold: float, costs: Costs
+    scores: np.ndarray, labels: np.ndarray, threshold: float, costs: Costs, unit: str = "row"
 ) -> Figure:
-    """Expected cost per row by threshold, with the cheapest and the model's threshold."""
+    """Expected cost per `unit` by threshold, with the cheapest and the model's threshold."""
     thresholds, cost = cost_curve(scores, labels, costs)
     cheapest = len(cost) - 1 - int(np.argmin(cost[::-1]))
     fig = Figure(figsize=(10, 4.2), layout="constrained")
@@ -145,7 +145,7 @@ def cost_curve_figure(
     _score_axis(ax, scores, threshold)
     ax.set(
         xlabel="threshold",
-        ylabel="expected cost per row",
+        ylabel=f"expected cost per {unit}",
         title=f"Cost of a threshold (missed anomaly {costs.fn:g}, false alarm {costs.fp:g})",
     )
     _legend_beside(ax)
@@ -222,14 +222,16 @@ def worst_images_figure(
     scores: np.ndarray,
     labels: np.ndarray,
     map_scale: float,
+    root: str | Path | None = None,
 ) -> Figure:
-    """Each image above its anomaly-map overlay, worst first, titled with score and label."""
+    """Each image above its anomaly-map overlay, worst first, titled with its folder below
+    `root` (the folder evaluated), its name, score and label."""
     from anomaly_vae.figures import overlay
 
     n = len(scores)
     fig = Figure(figsize=(1.9 * n, 4.6), layout="constrained")
     axes = fig.subplots(2, n, squeeze=False)
-    for i, (folder, name) in enumerate(_places(names)):
+    for i, (folder, name) in enumerate(_places(names, root)):
         grey = pixels[i].mean(axis=0)
         axes[0, i].imshow(grey, cmap="gray", vmin=0, vmax=1)
         axes[0, i].set_title(
@@ -247,16 +249,21 @@ def worst_images_figure(
     return fig
 
 
-def _places(names: list[str]) -> list[tuple[str, str]]:
-    """Each image's folder below the folder all of them share (its class, `MT_Break/Imgs`)
-    and its file name: the last two parts of the path alone titled a tile `Imgs/exp6.jpg`,
-    which told neither its class nor where to find it."""
-    paths = [Path(name) for name in names]
-    shared = Path(os.path.commonpath([p.parent for p in paths])) if len(paths) > 1 else None
-    return [
-        ((p.parent.relative_to(shared).as_posix() if shared else p.parent.name) or ".", p.name)
-        for p in paths
-    ]
+def _places(names: list[str], root: str | Path | None) -> list[tuple[str, str]]:
+    """Each image's folder below `root` (its class, `MT_Break/Imgs`), else below the folder
+    the images share, and its file name: the last two parts of the path alone titled a tile
+    `Imgs/exp6.jpg`, which told neither its class nor where to find it. An image directly in
+    that folder (or in an IDX file) is titled with the folder's (or file's) own name."""
+    paths = [Path(name.rpartition("#")[0] or name) for name in names]
+    base = Path(root) if root is not None else Path(os.path.commonpath([p.parent for p in paths]))
+    places = []
+    for name, path in zip(names, paths, strict=True):
+        try:
+            folder = path.parent.relative_to(base).as_posix()
+        except ValueError:  # an image a labels CSV names outside the folder
+            folder = path.parent.as_posix()
+        places.append((base.name if folder == "." else folder, Path(name).name))
+    return places
 
 
 def _tail(text: str, width: int = 24) -> str:

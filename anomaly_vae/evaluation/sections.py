@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -72,7 +74,7 @@ def common_sections(
                 "Expected cost by threshold",
                 f"Cost per {unit.removesuffix('s')} when a missed anomaly costs {costs.fn:g} and "
                 f"a false alarm {costs.fp:g}; `calibrate --strategy cost` picks the green point.",
-                figures.cost_curve_figure(scores, labels, threshold, costs),
+                figures.cost_curve_figure(scores, labels, threshold, costs, unit.removesuffix("s")),
             )
         )
     return sections
@@ -119,8 +121,11 @@ class WorstImages:
     Fed batch by batch while a folder is scored, it keeps `n` images, not the folder.
     """
 
-    def __init__(self, map_scale: float, n: int = WORST_IMAGES) -> None:
+    def __init__(
+        self, map_scale: float, n: int = WORST_IMAGES, root: str | Path | None = None
+    ) -> None:
         self.map_scale = map_scale
+        self.root = root  # the folder evaluated, which the images' titles are relative to
         self.n = n
         self.pixels = self.maps = self.scores = self.labels = None
         self.names: list[str] = []
@@ -165,5 +170,6 @@ class WorstImages:
                 self.scores,
                 self.labels,
                 self.map_scale,
+                self.root,
             ),
         )
