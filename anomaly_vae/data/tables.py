@@ -45,6 +45,7 @@ PARQUET_COLUMN_BUFFER_BYTES = 1 << 16
 # with tabs.
 TABLE_FORMATS = {".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 PARQUET_SUFFIXES = {suffix for suffix, fmt in TABLE_FORMATS.items() if fmt == "parquet"}
+CSV_SUFFIXES = tuple(suffix for suffix, fmt in TABLE_FORMATS.items() if fmt == "csv")
 # Exports are often shipped compressed (transactions.csv.gz): pyarrow decompresses on reading,
 # and compresses on writing, by these extensions; Parquet compresses inside the file.
 CSV_COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".zst": "zstd"}
@@ -60,7 +61,7 @@ def table_format(path: str | Path) -> str:
     try:
         return TABLE_FORMATS[suffix]
     except KeyError:
-        compressed = [f"{csv}{c}" for csv in (".csv", ".tsv") for c in CSV_COMPRESSIONS]
+        compressed = [f"{csv}{c}" for csv in CSV_SUFFIXES for c in CSV_COMPRESSIONS]
         known = ", ".join([*TABLE_FORMATS, *compressed])
         raise InputError(
             f"{path}: unknown extension '{suffix}' (expected one of {known})"
@@ -70,7 +71,7 @@ def table_format(path: str | Path) -> str:
 def csv_compression(path: str | Path) -> str | None:
     """The codec of a compressed CSV (`.csv.gz`, ...), None for any other file."""
     suffixes = [suffix.lower() for suffix in Path(path).suffixes[-2:]]
-    if len(suffixes) == 2 and suffixes[0] in (".csv", ".tsv"):
+    if len(suffixes) == 2 and suffixes[0] in CSV_SUFFIXES:
         return CSV_COMPRESSIONS.get(suffixes[1])
     return None
 
@@ -612,13 +613,7 @@ def _ragged_row_error(path: Path, delimiter: str, exc: pa.ArrowInvalid) -> str |
     if not found:
         return None
     expected, got = (int(count) for count in found.groups())
-    row = None
-    with _csv_input(path) as raw:  # decompressed, by the path's extension
-        text = io.TextIOWrapper(raw, encoding="utf-8", errors="replace", newline="")
-        records = (record for record in csv.reader(text, delimiter=delimiter) if record)
-        next(records, None)  # the header
-        with contextlib.suppress(csv.Error):  # a cell beyond its size limit: no row named
-            row = next((i for i, rec in enumerate(records, 1) if len(rec) != expected), None)
+    row = _first_row(path, delimiter, lambda record: len(record) != expected)
     where = f"row {row}" if row else "a row"
     return f"{path}: {where} has {got} values, where the header names {expected} columns"
 
@@ -628,22 +623,27 @@ _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")
 
 
 def _not_utf8_row(path: Path, delimiter: str, position: int) -> int | None:
-    """The first row whose cell in column `position` is not UTF-8, numbered as
-    `_ragged_row_error` numbers rows; pyarrow names the column alone. Only a failing file
-    pays the pass."""
+    """The first row whose cell in column `position` is not UTF-8; pyarrow names the column
+    alone."""
+    return _first_row(
+        path,
+        delimiter,
+        lambda record: position < len(record) and bool(_ESCAPED_BYTE.search(record[position])),
+    )
+
+
+def _first_row(path: Path, delimiter: str, picked: Callable[[list[str]], bool]) -> int | None:
+    """The number of the first data row of a CSV that `picked` picks, counted as pyarrow
+    reads rows (by Python's CSV reader: quoted line breaks inside a record, blank lines
+    skipped); None where none is, or a cell is beyond the reader's size limit. Bytes that are
+    not UTF-8 are kept escaped (`_ESCAPED_BYTE`). A pass over the file, which only a failing
+    file pays."""
     with _csv_input(path) as raw:  # decompressed, by the path's extension
         text = io.TextIOWrapper(raw, encoding="utf-8", errors="surrogateescape", newline="")
         records = (record for record in csv.reader(text, delimiter=delimiter) if record)
         next(records, None)  # the header
-        with contextlib.suppress(csv.Error):  # a cell beyond its size limit: no row named
-            return next(
-                (
-                    i
-                    for i, record in enumerate(records, 1)
-                    if position < len(record) and _ESCAPED_BYTE.search(record[position])
-                ),
-                None,
-            )
+        with contextlib.suppress(csv.Error):
+            return next((i for i, record in enumerate(records, 1) if picked(record)), None)
     return None
 
 
