@@ -253,7 +253,7 @@ def choose_threshold(
             raise InputError(f"calibration '{strategy}' needs normal validation rows")
         value = _fpr_threshold(normals, bound)
     elif kind == "quantile=":
-        weights = None if labels is None else _row_weights(labels, anomaly_weight)
+        weights = None if labels is None else row_weights(labels, anomaly_weight)
         value = _fpr_threshold(scores, 1 - bound, weights)
     else:
         if labels is None or not labels.any() or labels.all():
@@ -374,7 +374,7 @@ def expected_cost(
     flagged = scores >= threshold
     missed = anomaly_weight * int(np.sum(~flagged & labels))
     false_alarms = int(np.sum(flagged & ~labels))
-    rows = _row_weights(labels, anomaly_weight).sum()
+    rows = row_weights(labels, anomaly_weight).sum()
     return float(_cost_per_row(missed, false_alarms, rows, costs))
 
 
@@ -391,7 +391,7 @@ def cost_curve(
     anomalous, normal = np.sort(scores[labels]), np.sort(scores[~labels])
     missed = anomaly_weight * np.searchsorted(anomalous, thresholds, side="left")
     false_alarms = len(normal) - np.searchsorted(normal, thresholds, side="left")
-    rows = _row_weights(labels, anomaly_weight).sum()
+    rows = row_weights(labels, anomaly_weight).sum()
     return thresholds, _cost_per_row(missed, false_alarms, rows, costs)
 
 
@@ -423,7 +423,7 @@ def threshold_metrics(
     flagged = scores >= threshold
     if labels is None:
         return {"alert_rate": float(flagged.mean())}
-    weights = _row_weights(labels, anomaly_weight)
+    weights = row_weights(labels, anomaly_weight)
     metrics = {"alert_rate": float(weights[flagged].sum() / weights.sum())}
     fp = int(np.sum(flagged & ~labels))
     if labels.any():
@@ -462,7 +462,7 @@ def _fpr_threshold(
     return float(np.nextafter(ranked[allowed], np.inf))
 
 
-def _row_weights(labels: np.ndarray, anomaly_weight: float) -> np.ndarray:
+def row_weights(labels: np.ndarray, anomaly_weight: float) -> np.ndarray:
     """What each row counts for: `anomaly_weight` for a labelled anomaly, 1 for a normal."""
     return np.where(labels, anomaly_weight, 1.0)
 
@@ -480,7 +480,7 @@ def _curve_threshold(
 ) -> float:
     from sklearn.metrics import precision_recall_curve  # scoring never pays for it
 
-    weights = None if anomaly_weight == 1 else _row_weights(labels, anomaly_weight)
+    weights = None if anomaly_weight == 1 else row_weights(labels, anomaly_weight)
     precision, recall, thresholds = precision_recall_curve(labels, scores, sample_weight=weights)
     # The curve's last point (precision 1, recall 0) has no threshold.
     precision, recall = precision[:-1], recall[:-1]

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from anomaly_vae.calibration import row_weights
 from anomaly_vae.errors import InputError
 
 METHODS = ("isotonic", "logistic")
@@ -45,7 +46,7 @@ class ProbabilityMap:
         if labels.all() or not labels.any():
             raise InputError("a calibrated probability needs labelled normals and anomalies")
         scores = np.asarray(scores, dtype=np.float64)
-        weights = None if anomaly_weight == 1 else np.where(labels, anomaly_weight, 1.0)
+        weights = None if anomaly_weight == 1 else row_weights(labels, anomaly_weight)
         if method == "isotonic":
             from sklearn.isotonic import IsotonicRegression
 

@@ -258,7 +258,12 @@ def calibrate_and_log(
     import mlflow
     from sklearn.metrics import average_precision_score, roc_auc_score
 
-    from anomaly_vae.calibration import NormalScores, choose_threshold, default_strategy
+    from anomaly_vae.calibration import (
+        NormalScores,
+        choose_threshold,
+        default_strategy,
+        row_weights,
+    )
     from anomaly_vae.evaluation.figures import score_histogram_figure
     from anomaly_vae.probability import fit_probability
 
@@ -282,7 +287,7 @@ def calibrate_and_log(
         processes=fit.processes,
     )
     if has_anomalies:
-        rows = np.where(labels, weight, 1.0)  # what each validation row counts for
+        rows = row_weights(labels, weight)
         metrics["validation.auroc"] = roc_auc_score(labels, scores)
         metrics["validation.average_precision"] = average_precision_score(
             labels, scores, sample_weight=rows
