@@ -36,7 +36,7 @@ class Calibration:
     probability: str | None  # the probability method fitted, if any
     run_id: str
     unit: str = "rows"  # what `rows` counts: "images" for an image model
-    held_out: str | None = None  # how many images --held-out-only kept (`held_out_note`)
+    held_out: str | None = None  # how many images --held-out-only kept (`kept_out_of_training`)
 
     def lines(self) -> list[str]:
         metrics = json.dumps({k: round(v, 4) for k, v in self.threshold.metrics.items()})
@@ -282,7 +282,7 @@ def _image_scores_and_labels(
 ) -> tuple[np.ndarray, np.ndarray | None, pd.DataFrame, str | None]:
     """Scores of every image, labels from folder names (or a path,label CSV), an example,
     and, for the model URI `held_out_of`, the images it kept out of training alone with a
-    line saying how many (`held_out_note`): calibrated on a folder that held its training
+    line saying how many (`kept_out_of_training`): calibrated on a folder that held its training
     images, an fpr<=0.05 threshold flagged 6.9% of the normals it had not seen.
 
     Labels are None when some image has none (an IDX file without its labels) or when no
@@ -290,7 +290,7 @@ def _image_scores_and_labels(
     names that name no normal folder: a flat folder of new images is a batch nobody labelled,
     not a batch of anomalies (auto chose f1 on it and stopped for want of normals).
     """
-    from pipelines.score_images import held_out_note, kept_out_of_training, scored_image_batches
+    from pipelines.score_images import kept_out_of_training, scored_image_batches
 
     items = detector.list_images(input_path).labelled(labels_csv or None, input_path)
     if labels_csv is None and all(item.label for item in items):
@@ -300,8 +300,7 @@ def _image_scores_and_labels(
         items = [dataclasses.replace(item, label=False) for item in items]
     note = None
     if held_out_of is not None:
-        kept = kept_out_of_training(detector, items, held_out_of, input_path)
-        note, items = held_out_note(items, kept), kept
+        items, note = kept_out_of_training(detector, items, held_out_of, input_path)
     scores = np.concatenate([s.score for _, _, s in scored_image_batches(detector, items)])
     known = [item.label for item in items]
     labels = None if None in known else np.array(known, dtype=bool)

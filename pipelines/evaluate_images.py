@@ -38,12 +38,7 @@ def evaluate_images(
     from anomaly_vae.evaluation.report import check_report_path
     from anomaly_vae.evaluation.sections import WorstImages, common_sections
     from pipelines.evaluate import evaluate_at_threshold, evaluation_run, publish
-    from pipelines.score_images import (
-        held_out_note,
-        image_detector,
-        kept_out_of_training,
-        scored_image_batches,
-    )
+    from pipelines.score_images import image_detector, kept_out_of_training, scored_image_batches
 
     if report_path is not None:
         check_report_path(report_path)
@@ -58,8 +53,7 @@ def evaluate_images(
         )
     held_note = None
     if held_out_only:
-        kept = kept_out_of_training(detector, items, model_uri, input_path)
-        held_note, items = held_out_note(items, kept), kept
+        items, held_note = kept_out_of_training(detector, items, model_uri, input_path)
     if label_from == "folder" and all(item.label for item in items):
         # Evaluated, it said "the labels mark 20 of 20 as anomalies" of a folder of good images
         # that had no labels at all.

@@ -59,30 +59,24 @@ def kept_out_of_training(
     items: list[ImageItem],
     model_uri: str,
     source: str | Path,
-) -> list[ImageItem]:
+) -> tuple[list[ImageItem], str]:
     """The anomalies and the normal images `image.holdout_fraction` kept out of the model's
-    training, chosen by file name (`--held-out-only`); none of the normal ones is refused:
-    calibrate chose a threshold on the anomalies alone, and evaluate said there were no
-    images under a normal folder that held 97."""
+    training, chosen by file name (`--held-out-only`), and a line saying how many normal ones
+    it kept: matched by name, a new batch keeps a share of them and a renamed copy of the
+    training folder most of them, where the summary said nothing. None of the normal ones is
+    refused: calibrate chose a threshold on the anomalies alone, and evaluate said there were
+    no images under a normal folder that held 97."""
     if not detector.image.holdout_fraction:
         raise InputError(f"model '{model_uri}': trained with no image.holdout_fraction")
     kept = detector.held_out_only(items)
-    normal = sum(item.label is False for item in items)
-    if normal and not any(item.label is False for item in kept):
+    normal = sum(not item.label for item in items)  # unlabelled ones kept by name too
+    held = sum(not item.label for item in kept)
+    if normal and not held:
         raise InputError(
             f"{source}: --held-out-only kept none of the {normal:,} normal images: "
             "image.holdout_fraction held out none of their file names"
         )
-    return kept
-
-
-def held_out_note(items: list[ImageItem], kept: list[ImageItem]) -> str:
-    """How many of the normal images `--held-out-only` kept: matched by file name, a new
-    batch keeps a share of them and a renamed copy of the training folder most of them, where
-    the summary said nothing."""
-    normal = sum(not item.label for item in items)
-    held = sum(not item.label for item in kept)
-    return (
+    return kept, (
         f"--held-out-only kept {held:,} of the {normal:,} normal images, those whose file "
         "names image.holdout_fraction held out of training"
     )
