@@ -183,6 +183,11 @@ def test_a_bad_cell_among_decimal_commas_is_the_one_named(frame) -> None:
         text = frame.assign(amount=[*amounts[:299], bad, *amounts[300:]])
         with pytest.raises(InputError, match=f"^day.csv: column 'amount', row 300: '{bad}' is"):
             pre.transform(text, "day.csv")
+    # A cell of bytes (a Latin-1 CSV) is named by its row, as before the search for commas,
+    # which raised UnicodeDecodeError on it.
+    latin = frame.assign(amount=[*amounts[:4], "caf\xe9".encode("latin-1"), *amounts[5:]])
+    with pytest.raises(InputError, match=r"^day.csv: column 'amount', row 5: b'caf\\xe9' is"):
+        pre.transform(latin, "day.csv")
     # Decimal commas alone: the first is what is not a number as read.
     with pytest.raises(InputError, match=f"row 1: '{amounts[0]}' is not a number"):
         pre.transform(frame.assign(amount=amounts), "day.csv")

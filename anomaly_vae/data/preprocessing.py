@@ -786,8 +786,10 @@ def _first_not_a_decimal_comma(values: pd.Series) -> int | None:
     comma, when some are: one bad cell among a semicolon CSV's 1,5's makes the reader keep the
     column as text, and the first 1,5 was named as the bad value where the bad one lay rows
     further on."""
-    text = values.astype(str).str.strip()
-    comma = pd.to_numeric(text.str.replace(",", ".", regex=False), errors="coerce").notna()
+    # Only text can be such a number: a cell of bytes (a CSV in Latin-1) made `astype(str)`
+    # raise UnicodeDecodeError, a traceback where its row was to be named.
+    pointed = [v.strip().replace(",", ".") if isinstance(v, str) else "" for v in values]
+    comma = pd.to_numeric(pd.Series(pointed, dtype=object), errors="coerce").notna()
     others = np.flatnonzero(~comma.to_numpy())
     return int(others[0]) if comma.any() and len(others) else None
 
