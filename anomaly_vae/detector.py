@@ -199,12 +199,13 @@ class TabularDetector:
         a row, cost as much again to make and to write back."""
         if scores.top_features is None:
             return np.full(len(scores.score), "", dtype=object)
-        names = pa.array(self.feature_names)
+        names = pa.array(_named_directions(self.feature_names))
+        labels = _direction_labels(scores.top_features, scores.top_directions)
         if top_rows is None:
-            return _joined(names, scores.top_features).to_pandas().array
+            return _joined(names, labels).to_pandas().array
         rows = pd.Series(scores.score).nlargest(top_rows).index.to_numpy()
         named = np.full(len(scores.score), "", dtype=object)
-        named[rows] = _joined(names, scores.top_features[rows]).to_numpy(zero_copy_only=False)
+        named[rows] = _joined(names, labels[rows]).to_numpy(zero_copy_only=False)
         return named
 
     def to_state(self) -> dict[str, Any]:
@@ -401,6 +402,23 @@ class ImageDetector:
             info=state.get("info", {}),
             **_decision_from_state(state),
         )
+
+
+# How a top feature's direction (`SampleScores.top_directions`: 0, 1 above, -1 below what
+# the model expected) follows its name, in the order of `_named_directions`.
+DIRECTION_SUFFIXES = ("", " (high)", " (low)")
+
+
+def _named_directions(feature_names: list[str]) -> list[str]:
+    """Every feature's name with each of the `DIRECTION_SUFFIXES`: feature i with direction d
+    is entry 3 * i + (0, 1, 2)[d], so that the names join as Arrow takes them."""
+    return [name + suffix for name in feature_names for suffix in DIRECTION_SUFFIXES]
+
+
+def _direction_labels(ranked: np.ndarray, directions: np.ndarray | None) -> np.ndarray:
+    """Indices into `_named_directions` of ranked features (directions: -1 is the third)."""
+    labels = ranked * len(DIRECTION_SUFFIXES)
+    return labels if directions is None else labels + (directions % len(DIRECTION_SUFFIXES))
 
 
 def _joined(names: pa.Array, ranked: np.ndarray) -> pa.Array:

@@ -29,6 +29,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -59,6 +60,9 @@ class SampleScores:
     # perfect reconstruction), largest first: the features that made it anomalous, (n, k) for
     # `score_tabular`'s `top_k`.
     top_features: np.ndarray | None = None
+    # Where each of them is a number, whether its value lies above (1) or below (-1) what the
+    # decoder expected for the row; 0 for other columns and missing cells. (n, k), int8.
+    top_directions: np.ndarray | None = None
     # Each sample's reconstruction terms as `top_features` ranks them, (n, n_features), for
     # `score_tabular`'s `keep_terms`: training takes their medians (without `typical`) for it.
     terms: np.ndarray | None = None
@@ -70,6 +74,14 @@ class SampleScores:
         return self.recon + self.kl
 
 
+class TabularTerms(NamedTuple):
+    nll: torch.Tensor  # per-feature reconstruction NLL, (n, n_features)
+    kl: torch.Tensor  # (n,)
+    # The decoder's means of the numeric and binary inputs, (n, n_numeric + n_binary): what it
+    # expected each value to be.
+    expected: torch.Tensor
+
+
 def tabular_terms(
     model: TabularVAE,
     numeric: torch.Tensor,
@@ -77,19 +89,27 @@ def tabular_terms(
     codes: torch.Tensor,
     samples: int = 0,
     generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-feature reconstruction NLL (n, n_features) and KL (n,).
+) -> TabularTerms:
+    """Per-feature reconstruction NLL and KL, with the decoder's expected values.
 
-    `samples=0` decodes z = mu; `samples=L` averages the NLL over L reparameterized draws
-    (training uses L = 1 with a fresh draw each step).
+    `samples=0` decodes z = mu; `samples=L` averages the NLL (and the expected values) over L
+    reparameterized draws (training uses L = 1 with a fresh draw each step).
     """
     mu, log_var = model.encode(numeric, observed, codes)
+    kl = kl_divergence(mu, log_var)
     if samples == 0:
         # One draw: stacking and averaging it would copy the (n, n_features) terms twice.
-        return _feature_nll(model, mu, numeric, observed, codes), kl_divergence(mu, log_var)
-    draws = [reparameterize(mu, log_var, generator) for _ in range(samples)]
-    nll = torch.stack([_feature_nll(model, z, numeric, observed, codes) for z in draws]).mean(0)
-    return nll, kl_divergence(mu, log_var)
+        nll, expected = _feature_nll(model, mu, numeric, observed, codes)
+        return TabularTerms(nll, kl, expected)
+    draws = [
+        _feature_nll(model, reparameterize(mu, log_var, generator), numeric, observed, codes)
+        for _ in range(samples)
+    ]
+    nll, expected = (
+        terms[0] if samples == 1 else torch.stack(terms).mean(0)
+        for terms in zip(*draws, strict=True)
+    )
+    return TabularTerms(nll, kl, expected)
 
 
 def _feature_nll(
@@ -98,7 +118,8 @@ def _feature_nll(
     numeric: torch.Tensor,
     observed: torch.Tensor,
     codes: torch.Tensor,
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The per-feature NLL of the inputs decoded from `z`, and the decoded numeric means."""
     numeric_mean, logits = model.decode(z)
     n = model.n_numeric
     terms = gaussian_nll(numeric[:, :n], numeric_mean[:, :n], model.bounded_log_scale())
@@ -111,8 +132,8 @@ def _feature_nll(
     if len(model.indicator_columns):
         terms = terms * observed
     if not model.category_sizes:
-        return terms
-    return torch.cat([terms, categorical_nll(codes, logits)], dim=1)
+        return terms, numeric_mean
+    return torch.cat([terms, categorical_nll(codes, logits)], dim=1), numeric_mean
 
 
 # Rows per forward pass: small enough that a batch's activations stay in the core's cache. At
@@ -162,6 +183,7 @@ def score_tabular(
         recon=np.empty(n),
         kl=np.empty(n),
         top_features=np.empty((n, top_k), np.int32) if top_k else None,
+        top_directions=np.empty((n, top_k), np.int8) if top_k else None,
         terms=np.empty((n, n_features), np.float32) if keep_terms else None,
     )
     generator = torch.Generator().manual_seed(SAMPLING_SEED) if samples else None
@@ -183,7 +205,7 @@ def score_tabular(
         rows = slice(start, start + rows_per_batch)
         batch = table.rows(rows)
         observed_rows = torch.from_numpy(batch.observed)
-        nll, kl = tabular_terms(
+        nll, kl, expected = tabular_terms(
             model,
             torch.from_numpy(batch.numeric),
             observed_rows,
@@ -202,7 +224,11 @@ def score_tabular(
             if scores.terms is not None:
                 scores.terms[rows] = nll.numpy()
             if top_k:
-                scores.top_features[rows] = _largest_columns(nll.numpy(), top_k)
+                ranked = _largest_columns(nll.numpy(), top_k)
+                scores.top_features[rows] = ranked
+                scores.top_directions[rows] = _directions(
+                    ranked, model.n_numeric, batch.numeric, expected.numpy(), batch.observed
+                )
 
     starts = range(0, n, rows_per_batch)
     if workers > 1 and len(starts) > 1:
@@ -211,6 +237,23 @@ def score_tabular(
         for start in starts:
             score_rows(start)
     return scores
+
+
+def _directions(
+    ranked: np.ndarray,
+    n_numeric: int,
+    values: np.ndarray,
+    expected: np.ndarray,
+    observed: np.ndarray,
+) -> np.ndarray:
+    """`SampleScores.top_directions` of the ranked columns: the sign of each numeric value
+    less the decoder's expectation (both scaled, which keeps their order), 0 for columns that
+    are not numbers and for missing cells, whose imputed values say nothing."""
+    numeric = ranked < n_numeric
+    columns = np.where(numeric, ranked, 0)
+    difference = np.take_along_axis(values, columns, 1) - np.take_along_axis(expected, columns, 1)
+    present = numeric & (np.take_along_axis(observed, columns, 1) > 0)
+    return np.where(present, np.sign(difference), 0).astype(np.int8)
 
 
 def typical_terms(terms: np.ndarray, observed: np.ndarray) -> np.ndarray:

@@ -206,7 +206,7 @@ def tabular_loss_terms(
     """The LossTerms of a TabularVAE: the score's terms with one sampled z per row."""
     from anomaly_vae.scoring import tabular_terms
 
-    nll, kl = tabular_terms(model, *batch, samples=1)
+    nll, kl, _ = tabular_terms(model, *batch, samples=1)
     return nll.sum(1), kl
 
 

@@ -1801,9 +1801,13 @@ def test_top_features_name_the_column_that_is_off_not_one_that_is_always_noisy(
         return detector.score_frame(frame)["top_features"].str.split(",").str[0]
 
     # Measured: x or y first on 376 of the 400 rows off the line (z on 24), color first on 92
-    # of 400 normal ones.
-    assert first(off).isin(["x", "y"]).mean() > 0.85  # either may be the one off the line
-    assert (first(new) == "color").mean() < 0.5
+    # of 400 normal ones. Either may be the one off the line; the model expects a point on
+    # it, so y above its x (or x below its y), and the other way round for y below.
+    assert first(off).isin(["x (low)", "y (high)"]).mean() > 0.85
+    below = new.assign(y=new["y"] - 3.0)
+    assert first(below).isin(["x (high)", "y (low)"]).mean() > 0.85
+    assert (first(new) == "color").mean() < 0.5  # a category has no direction
+    assert not detector.score_frame(new)["top_features"].str.contains("color (", regex=False).any()
 
     # A detector saved before the typical terms existed ranks the terms above their best.
     folder = resolve_detector_dir(model_uri, tracking_uri)
@@ -1815,7 +1819,7 @@ def test_top_features_name_the_column_that_is_off_not_one_that_is_always_noisy(
     detector = load_detector(old)
     # Measured: color first on 398 of the rows off the line and on every normal one.
     assert (first(new) == "color").mean() > 0.9
-    assert first(off).isin(["x", "y"]).mean() < 0.5
+    assert first(off).isin(["x (low)", "y (high)"]).mean() < 0.5
 
 
 def test_the_summary_counts_one_row_and_one_anomaly_in_the_singular(tmp_path) -> None:

@@ -17,6 +17,7 @@ from anomaly_vae.data.preprocessing import EncodedTable
 from anomaly_vae.models.tabular_vae import TabularVAE
 from anomaly_vae.scoring import (
     ARGMAX_VECTORISES_FROM,
+    _directions,
     _largest_columns,
     _rows_per_batch,
     score_tabular,
@@ -78,6 +79,18 @@ def test_parallel_batches_score_as_one_pass(rows, request) -> None:
     np.testing.assert_allclose(batched.recon, whole.recon, rtol=1e-5)
     np.testing.assert_allclose(batched.kl, whole.kl, rtol=1e-5)
     np.testing.assert_array_equal(batched.top_features, whole.top_features)
+    np.testing.assert_array_equal(batched.top_directions, whole.top_directions)
+
+
+def test_top_directions_say_whether_a_number_lies_above_or_below_the_expected_value() -> None:
+    """Numbers only (columns 0 and 1 here), and only where the value was there: a missing
+    cell's imputed value says nothing."""
+    ranked = np.array([[0, 1, 2], [2, 1, 0], [1, 0, 2]])
+    values = np.array([[1.0, -1.0], [1.0, -1.0], [0.5, 0.5]], np.float32)
+    expected = np.array([[0.0, 0.0], [2.0, -3.0], [0.0, 0.5]], np.float32)
+    observed = np.array([[1, 1], [1, 0], [1, 1]], np.float32)
+    directions = _directions(ranked, 2, values, expected, observed)
+    np.testing.assert_array_equal(directions, [[1, -1, 0], [0, 0, -1], [0, 1, 0]])
 
 
 def test_top_features_rank_the_terms_above_each_features_typical_value(rows, request) -> None:

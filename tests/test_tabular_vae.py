@@ -83,7 +83,7 @@ def test_binary_columns_take_one_logit_and_unseen_values_their_cost() -> None:
     torch.testing.assert_close(mu, expected_mu)
 
     with torch.no_grad():
-        nll, _ = tabular_terms(model, numeric, observed, codes)
+        nll, _, _ = tabular_terms(model, numeric, observed, codes)
         outputs, _ = model.decode(mu)
     bce = F.binary_cross_entropy_with_logits(
         outputs[:, 2:4], numeric[:, 2:].nan_to_num(0.0), reduction="none"

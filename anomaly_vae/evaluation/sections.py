@@ -92,7 +92,8 @@ def top_anomaly_sections(top_rows: pd.DataFrame) -> list[Section]:
             "Features driving the top anomalies",
             f"For the {len(top_rows)} top-scored rows, how often each feature is among a row's "
             "top features: those whose reconstruction terms lie furthest above what is typical "
-            "for them (their median on the normal validation rows).",
+            "for them (their median on the normal validation rows); a number's (high) or "
+            "(low) says whether its value lay above or below what the model expected of it.",
             figures.top_features_figure(counts, len(top_rows)),
         ),
         Section(
