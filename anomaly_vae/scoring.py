@@ -250,6 +250,8 @@ def _directions(
     less the decoder's expectation (both scaled, which keeps their order), 0 for columns that
     are not numbers and for missing cells, whose imputed values say nothing."""
     numeric = ranked < n_numeric
+    if not numeric.any():  # also a table without number columns, whose values are (n, 0)
+        return np.zeros(ranked.shape, np.int8)
     columns = np.where(numeric, ranked, 0)
     difference = np.take_along_axis(values, columns, 1) - np.take_along_axis(expected, columns, 1)
     present = numeric & (np.take_along_axis(observed, columns, 1) > 0)
