@@ -15,6 +15,7 @@ unknown layout, a model not found) returns None, and MLflow resolves it, with it
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sqlite3
 import urllib.parse
@@ -23,31 +24,57 @@ from pathlib import Path
 
 # What MLflow's registry writes into `current_stage` for a deleted version, which it keeps.
 _DELETED = "Deleted_Internal"
-_BY_ALIAS = re.compile(r"^models:/([^/@]+)@([^/@]+)/?$")
-_BY_VERSION = re.compile(r"^models:/([^/@]+)/([1-9][0-9]*)/?$")
+# The registry's own workspace while MLflow's workspaces are off, as they are unless enabled.
+_DEFAULT_WORKSPACE = "default"
+_WORKSPACE_VARIABLES = ("MLFLOW_ENABLE_WORKSPACES", "MLFLOW_WORKSPACE")
+# Names and aliases without the characters a URI parser reads otherwise than as text (`?` a
+# query, `#` a fragment, `%` an escape; urllib drops tabs and line ends), and version numbers
+# that SQLite's integers hold: anything else is MLflow's to read.
+_NAME = r"[^/@?#%\x00-\x1f\x7f]+"
+_BY_ALIAS = re.compile(rf"^models:/({_NAME})@({_NAME})/?$")
+_BY_VERSION = re.compile(rf"^models:/({_NAME})/([1-9][0-9]{{0,17}})/?$")
 # MLflow's own meaning for this alias: the highest version, not a stored alias.
 _LATEST = "latest"
 # SQLite's wait for a writer (`train` registering a version) before the lookup gives way.
 _BUSY_SECONDS = 2.0
 
 
-def stored_model_folder(model_uri: str, sqlite_db: Path | None) -> Path | None:
-    """The folder of the version `model_uri` names in the SQLite store at `sqlite_db` (its
-    MLmodel file and artifacts), or None where MLflow must resolve it."""
+def sqlite_file(uri: str) -> Path | None:
+    """The store's file; SQLAlchemy takes what follows a '?' for its options ('?timeout=20')."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
+
+
+def stored_model_folder(model_uri: str, tracking_uri: str) -> Path | None:
+    """The folder of the version `model_uri` names in the store at `tracking_uri` (its MLmodel
+    file and artifacts), or None where MLflow must resolve it."""
     parsed = _name_and_version_or_alias(model_uri)
-    if parsed is None or sqlite_db is None or not sqlite_db.is_file():
+    db = _plain_sqlite_file(tracking_uri)
+    if parsed is None or db is None or any(os.environ.get(v) for v in _WORKSPACE_VARIABLES):
         return None
     name, version, alias = parsed
     try:
-        with contextlib.closing(_read_only(sqlite_db)) as db:
+        with contextlib.closing(_read_only(db)) as connection:
+            if connection.execute(_OTHER_WORKSPACES).fetchone()[0]:
+                return None  # MLflow refuses such a store while workspaces are off
             if alias is not None:
-                version = _one(db, _ALIAS_QUERY, (name, alias))
+                version = _one(connection, _ALIAS_QUERY, (name, alias))
                 if version is None:
                     return None
-            location = _one(db, _VERSION_QUERY, (name, int(version), _DELETED))
-    except sqlite3.Error:  # locked, not a store, another layout: MLflow says what it is
+            location = _one(connection, _VERSION_QUERY, (name, int(version), _DELETED))
+    except sqlite3.Error:  # locked, not a store, an older layout: MLflow says what it is
         return None
     return _local_folder(location) if isinstance(location, str) else None
+
+
+def _plain_sqlite_file(tracking_uri: str) -> Path | None:
+    """The SQLite file of a URI whose path SQLAlchemy reads as written: it decodes `%`
+    escapes, and `:memory:` is no file (`configure_tracking` refuses it)."""
+    db = sqlite_file(tracking_uri)
+    if db is None or "%" in tracking_uri or db.name == ":memory:" or not db.is_file():
+        return None
+    return db
 
 
 def _name_and_version_or_alias(model_uri: str) -> tuple[str, str | None, str | None] | None:
@@ -58,12 +85,20 @@ def _name_and_version_or_alias(model_uri: str) -> tuple[str, str | None, str | N
     return None
 
 
-_ALIAS_QUERY = "SELECT version FROM registered_model_aliases WHERE name = ? AND alias = ?"
+# Every query reads the default workspace only; a store without workspaces (an older MLflow's
+# layout, which this MLflow would first ask to upgrade) fails them and goes to MLflow.
+_OTHER_WORKSPACES = (
+    f"SELECT EXISTS (SELECT 1 FROM registered_models WHERE workspace != '{_DEFAULT_WORKSPACE}')"
+)
+_ALIAS_QUERY = (
+    "SELECT version FROM registered_model_aliases "
+    f"WHERE name = ? AND alias = ? AND workspace = '{_DEFAULT_WORKSPACE}'"
+)
 # MLflow downloads from `storage_location`, else `source`; `source` alone is a logged model's
 # `models:/m-...` URI in MLflow 3, which `_local_folder` leaves to MLflow.
 _VERSION_QUERY = (
     "SELECT COALESCE(storage_location, source) FROM model_versions "
-    "WHERE name = ? AND version = ? AND current_stage != ?"
+    f"WHERE name = ? AND version = ? AND current_stage != ? AND workspace = '{_DEFAULT_WORKSPACE}'"
 )
 
 
@@ -72,10 +107,11 @@ def _read_only(path: Path) -> sqlite3.Connection:
     return sqlite3.connect(uri, uri=True, timeout=_BUSY_SECONDS)
 
 
-def _one(db: sqlite3.Connection, query: str, parameters: tuple[object, ...]) -> object | None:
-    """The single value the query finds; None for none or several (workspaces MLflow would
-    tell apart), which MLflow then resolves."""
-    rows = db.execute(query, parameters).fetchall()
+def _one(
+    connection: sqlite3.Connection, query: str, parameters: tuple[object, ...]
+) -> object | None:
+    """The single value the query finds; None for none or several, which MLflow resolves."""
+    rows = connection.execute(query, parameters).fetchall()
     return rows[0][0] if len(rows) == 1 else None
 
 

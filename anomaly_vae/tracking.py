@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from anomaly_vae.errors import InputError, Interrupted, first_line
 from anomaly_vae.interruptions import hold_interruptions
-from anomaly_vae.local_registry import stored_model_folder
+from anomaly_vae.local_registry import sqlite_file, stored_model_folder
 from anomaly_vae.store_lock import store_lock
 from anomaly_vae.terminal import loggers_at
 from anomaly_vae.tracking_server import check_server_answers, is_server_uri
@@ -70,7 +70,7 @@ def configure_tracking(tracking_uri: str | None = None, create: bool = True) -> 
     uri = _chosen_uri(tracking_uri)
     _refuse_in_memory(uri)
     _refuse_a_path(uri)
-    db = _sqlite_path(uri)
+    db = sqlite_file(uri)
     if db is not None and uri != DEFAULT_TRACKING_URI and not db.exists():
         _refuse_three_slashes_for_four(uri, db)
     if db is not None and not create and not db.is_file():
@@ -301,7 +301,7 @@ def _create_experiment(name: str) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    db = _sqlite_path(mlflow.get_tracking_uri())
+    db = sqlite_file(mlflow.get_tracking_uri())
     location = None
     if db is not None:
         location = (db.parent / "artifacts" / _slug(name)).resolve().as_uri()
@@ -871,7 +871,7 @@ def detector_dir_lookup(
     from a second process and resolve here. The callable waits for the directory and raises
     what the lookup raised.
     """
-    stored = stored_model_folder(model_uri, _sqlite_path(_chosen_uri(tracking_uri)))
+    stored = stored_model_folder(model_uri, _chosen_uri(tracking_uri))
     if stored is not None:
         yield lambda: _detector_in(stored, model_uri)
         return
@@ -1154,13 +1154,6 @@ def _pip_requirements() -> list[str]:
 
     names = ["torch", "numpy", "pandas", "pyarrow", "safetensors", "scikit-learn", "mlflow"]
     return [f"{name}=={version(name).split('+')[0]}" for name in names]
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """The store's file; SQLAlchemy takes what follows a '?' for its options ('?timeout=20')."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    return Path(uri[len("sqlite:///") :].split("?", 1)[0])
 
 
 def _slug(name: str) -> str:

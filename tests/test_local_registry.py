@@ -16,12 +16,12 @@ import pandas as pd
 import pytest
 
 from anomaly_vae.errors import InputError
-from anomaly_vae.local_registry import stored_model_folder
-from anomaly_vae.tracking import _download_model, _sqlite_path
+from anomaly_vae.local_registry import sqlite_file, stored_model_folder
+from anomaly_vae.tracking import _download_model
 
 
 def _db(tracking: str) -> Path:
-    db = _sqlite_path(tracking)
+    db = sqlite_file(tracking)
     assert db is not None
     return db
 
@@ -51,7 +51,7 @@ def test_finds_the_version_mlflow_finds(form, private_registry, tmp_path) -> Non
         "version": (f"models:/{name}/{first.version}", first_folder),
         "alias with a slash": (f"models:/{name}@champion/", first_folder),
     }[form]
-    found = stored_model_folder(uri, _db(tracking))
+    found = stored_model_folder(uri, tracking)
     assert found == expected
     downloaded = _downloaded_by_mlflow(uri, tracking, tmp_path / "downloaded")
     assert _detector_json(found) == _detector_json(downloaded)
@@ -61,26 +61,54 @@ def _folder(file_uri: str) -> Path:
     return Path(urllib.request.url2pathname(urllib.parse.urlparse(file_uri).path))
 
 
-def test_leaves_what_it_cannot_answer_exactly_to_mlflow(private_registry, tmp_path) -> None:
+def test_leaves_what_it_cannot_answer_exactly_to_mlflow(
+    private_registry, tmp_path, monkeypatch
+) -> None:
     model_uri, tracking = private_registry
     name = model_uri.removeprefix("models:/").split("@")[0]
-    db = _db(tracking)
     for uri in (
         f"models:/{name}/latest",  # MLflow's highest version, not a stored alias
         f"models:/{name}@latest",
         f"models:/{name}/Production",  # a stage
         f"models:/{name}@no-such-alias",
         f"models:/{name}/99",
+        f"models:/{name}/99999999999999999999",  # more than SQLite's integers hold
         "models:/no-such-model@champion",
+        f"models:/{name}?x@champion",  # a query to MLflow's URI parser
+        f"models:/{name}\t/1",  # a tab, which urllib drops
         "runs:/0123456789abcdef/model",
         str(tmp_path),  # a folder
     ):
-        assert stored_model_folder(uri, db) is None, uri
-    assert stored_model_folder(model_uri, None) is None  # not a SQLite store
-    assert stored_model_folder(model_uri, tmp_path / "absent.db") is None
+        assert stored_model_folder(uri, tracking) is None, uri
+    assert stored_model_folder(model_uri, "http://127.0.0.1:5000") is None
+    assert stored_model_folder(model_uri, f"sqlite:///{tmp_path / 'absent.db'}") is None
     text = tmp_path / "notes.db"
     text.write_text("not a database\n")
-    assert stored_model_folder(model_uri, text) is None
+    assert stored_model_folder(model_uri, f"sqlite:///{text}") is None
+    # SQLAlchemy decodes escapes in the path, and `:memory:` is no file even where one is.
+    escaped = tmp_path / "p%41"
+    escaped.mkdir()
+    shutil.copy(_db(tracking), escaped / "mlflow.db")
+    assert stored_model_folder(model_uri, f"sqlite:///{escaped / 'mlflow.db'}") is None
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(_db(tracking), tmp_path / ":memory:")
+    assert stored_model_folder(model_uri, "sqlite:///:memory:") is None
+    assert stored_model_folder(model_uri, tracking) is not None
+    monkeypatch.setenv("MLFLOW_WORKSPACE", "team")  # MLflow's workspaces: not read here
+    assert stored_model_folder(model_uri, tracking) is None
+
+
+def test_a_store_with_models_in_other_workspaces_is_left_to_mlflow(private_registry) -> None:
+    """MLflow refuses to open such a store while workspaces are off; the lookup must not
+    score from it either."""
+    model_uri, tracking = private_registry
+    assert stored_model_folder(model_uri, tracking) is not None
+    with sqlite3.connect(_db(tracking)) as db:
+        db.execute(
+            "INSERT INTO registered_models (name, creation_time, last_updated_time, workspace) "
+            "VALUES ('theirs', 0, 0, 'team')"
+        )
+    assert stored_model_folder(model_uri, tracking) is None
 
 
 def test_a_deleted_version_is_not_found(private_registry, tmp_path) -> None:
@@ -88,9 +116,9 @@ def test_a_deleted_version_is_not_found(private_registry, tmp_path) -> None:
     name = model_uri.removeprefix("models:/").split("@")[0]
     client = mlflow.MlflowClient(tracking_uri=tracking, registry_uri=tracking)
     version = client.get_model_version_by_alias(name, "champion").version
-    assert stored_model_folder(f"models:/{name}/{version}", _db(tracking)) is not None
+    assert stored_model_folder(f"models:/{name}/{version}", tracking) is not None
     client.delete_model_version(name, version)
-    assert stored_model_folder(f"models:/{name}/{version}", _db(tracking)) is None
+    assert stored_model_folder(f"models:/{name}/{version}", tracking) is None
     with pytest.raises(InputError, match="not found"):
         _downloaded_by_mlflow(f"models:/{name}/{version}", tracking, tmp_path)
 
@@ -99,7 +127,7 @@ def test_files_kept_elsewhere_than_this_disk_are_left_to_mlflow(private_registry
     model_uri, tracking = private_registry
     with sqlite3.connect(_db(tracking)) as db:
         db.execute("UPDATE model_versions SET storage_location = 's3://bucket/models/m-1'")
-    assert stored_model_folder(model_uri, _db(tracking)) is None
+    assert stored_model_folder(model_uri, tracking) is None
 
 
 def test_scoring_with_a_registered_model_needs_no_mlflow(
