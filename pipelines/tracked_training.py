@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -234,10 +234,14 @@ def log_config_file(path: str) -> None:
 def training_run_name(title: str, overrides: tuple[str, ...]) -> str:
     """`train <data>`, followed by the `--set` overrides that set this run apart from the other
     runs of its config (their names were all alike); long lists are cut at 200 characters.
-    A `data.path` override that is the title itself is left out; one with a folder stays, or
-    runs on 2024/october.parquet and 2023/october.parquet would be named alike."""
-    shown = [o for o in overrides if o.replace(" ", "") != f"data.path={title}"]
-    name = " ".join(["train", title, *shown])
+    A `data.path` override is the title, with the file's folder, or runs on 2024/october.parquet
+    and 2023/october.parquet would be named alike; the rest of its path (an absolute one
+    filled the `runs` table) is in the `overrides` tag."""
+    paths = [o for o in overrides if o.partition("=")[0].strip() == "data.path"]
+    if paths:
+        path = PurePath(paths[-1].partition("=")[2].strip())
+        title = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    name = " ".join(["train", title, *(o for o in overrides if o not in paths)])
     return name if len(name) <= 200 else name[:199] + "…"
 
 
