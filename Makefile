@@ -2,8 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# The CPU build of PyTorch; installed before the project so no requirement pulls a CUDA build.
+# PyTorch, installed before the project so no requirement pulls another build. The package
+# index of our machines resolves it to the CPU build; on Linux PyPI's wheel is the CUDA build
+# (gigabytes): `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU one.
 TORCH := torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: setup demo test lint bench clean
 
@@ -12,7 +15,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet $(TORCH) $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 

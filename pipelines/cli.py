@@ -148,7 +148,8 @@ def main() -> None:
     "--promote/--no-promote",
     default=None,
     help="Move the champion alias to the new version, or leave it where it is. Without "
-    "either, it moves unless the champion reads other columns.",
+    "either, it moves, but a table model that reads other columns than the champion stops "
+    "train before it trains.",
 )
 @tracking_option
 @user_errors
@@ -198,7 +199,7 @@ def train(
     "--maps",
     "maps_dir",
     type=UserPath(file_okay=False),
-    help="Images: write a heatmap overlay PNG per image into this new folder.",
+    help="Images: write a heatmap overlay PNG per image into this new or empty folder.",
 )
 @tracking_option
 @user_errors
