@@ -15,11 +15,12 @@ unknown layout, a model not found) returns None, and MLflow resolves it, with it
 from __future__ import annotations
 
 import contextlib
+import functools
+import importlib.util
 import os
 import re
 import sqlite3
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 # What MLflow's registry writes into `current_stage` for a deleted version, which it keeps.
@@ -27,11 +28,13 @@ _DELETED = "Deleted_Internal"
 # The registry's own workspace while MLflow's workspaces are off, as they are unless enabled.
 _DEFAULT_WORKSPACE = "default"
 _WORKSPACE_VARIABLES = ("MLFLOW_ENABLE_WORKSPACES", "MLFLOW_WORKSPACE")
-# Names and aliases without the characters a URI parser reads otherwise than as text (`?` a
-# query, `#` a fragment, `%` an escape; urllib drops tabs and line ends), and version numbers
-# that SQLite's integers hold: anything else is MLflow's to read.
-_NAME = r"[^/@?#%\x00-\x1f\x7f]+"
-_BY_ALIAS = re.compile(rf"^models:/({_NAME})@({_NAME})/?$")
+# Names without the characters a URI parser reads otherwise than as text (`?` a query, `#` a
+# fragment, `%` an escape; urllib drops tabs and line ends) or MLflow's checks refuse (`:`, a
+# leading `.`), aliases as MLflow allows them, and version numbers that SQLite's integers
+# hold: anything else is MLflow's to read.
+_NAME = r"[^/@?#%:.\x00-\x1f\x7f][^/@?#%:\x00-\x1f\x7f]*"
+_ALIAS = r"[\w-]{1,255}"
+_BY_ALIAS = re.compile(rf"^models:/({_NAME})@({_ALIAS})/?$")
 _BY_VERSION = re.compile(rf"^models:/({_NAME})/([1-9][0-9]{{0,17}})/?$")
 # MLflow's own meaning for this alias: the highest version, not a stored alias.
 _LATEST = "latest"
@@ -54,10 +57,17 @@ def stored_model_folder(model_uri: str, tracking_uri: str) -> Path | None:
     if parsed is None or db is None or any(os.environ.get(v) for v in _WORKSPACE_VARIABLES):
         return None
     name, version, alias = parsed
+    head = _schema_head()
     try:
         with contextlib.closing(_read_only(db)) as connection:
-            if connection.execute(_OTHER_WORKSPACES).fetchone()[0]:
-                return None  # MLflow refuses such a store while workspaces are off
+            # MLflow opens a store of its own schema only ("mlflow db upgrade"), and refuses one
+            # with models in other workspaces while workspaces are off.
+            if (
+                head is None
+                or _one(connection, _SCHEMA_QUERY, ()) != head
+                or connection.execute(_OTHER_WORKSPACES).fetchone()[0]
+            ):
+                return None
             if alias is not None:
                 version = _one(connection, _ALIAS_QUERY, (name, alias))
                 if version is None:
@@ -70,11 +80,52 @@ def stored_model_folder(model_uri: str, tracking_uri: str) -> Path | None:
 
 def _plain_sqlite_file(tracking_uri: str) -> Path | None:
     """The SQLite file of a URI whose path SQLAlchemy reads as written: it decodes `%`
-    escapes, and `:memory:` is no file (`configure_tracking` refuses it)."""
+    escapes, and `:memory:` is no file (`configure_tracking` refuses it). Not one in WAL
+    mode, where even a read-only connection leaves files beside it (`-shm`, `-wal`) that
+    the store's writer may then be unable to write."""
     db = sqlite_file(tracking_uri)
     if db is None or "%" in tracking_uri or db.name == ":memory:" or not db.is_file():
         return None
+    try:
+        with db.open("rb") as handle:
+            header = handle.read(_HEADER_BYTES)
+    except OSError:
+        return None
+    if not header.startswith(_SQLITE_HEADER) or _WAL in header[_VERSIONS]:
+        return None
     return db
+
+
+# sqlite.org/fileformat.html: the magic string, then at bytes 18 and 19 the write and read
+# versions, 2 for a database in WAL mode.
+_SQLITE_HEADER = b"SQLite format 3\x00"
+_HEADER_BYTES = 20
+_VERSIONS = slice(18, 20)
+_WAL = 2
+
+
+@functools.cache
+def _schema_head() -> str | None:
+    """The schema revision this MLflow's stores have, read from its migration scripts (the
+    revision no other one follows) without importing MLflow; None where they cannot tell."""
+    spec = importlib.util.find_spec("mlflow")  # finds the package without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    scripts = Path(next(iter(spec.submodule_search_locations)), *_MIGRATIONS).glob("*.py")
+    revisions: set[str] = set()
+    followed: set[str] = set()
+    for script in scripts:
+        text = script.read_text(encoding="utf-8")
+        revisions.update(_REVISION.findall(text))
+        for earlier in _DOWN_REVISION.findall(text):
+            followed.update(re.findall(r"\w+", earlier.replace("None", "")))
+    heads = revisions - followed
+    return heads.pop() if len(heads) == 1 else None
+
+
+_MIGRATIONS = ("store", "db_migrations", "versions")
+_REVISION = re.compile(r"^revision\s*(?::\s*str\s*)?=\s*[\"'](\w+)[\"']", re.MULTILINE)
+_DOWN_REVISION = re.compile(r"^down_revision\s*(?::[^=]*)?=\s*(.+)$", re.MULTILINE)
 
 
 def _name_and_version_or_alias(model_uri: str) -> tuple[str, str | None, str | None] | None:
@@ -85,8 +136,8 @@ def _name_and_version_or_alias(model_uri: str) -> tuple[str, str | None, str | N
     return None
 
 
-# Every query reads the default workspace only; a store without workspaces (an older MLflow's
-# layout, which this MLflow would first ask to upgrade) fails them and goes to MLflow.
+_SCHEMA_QUERY = "SELECT version_num FROM alembic_version"
+# Every query reads the default workspace only.
 _OTHER_WORKSPACES = (
     f"SELECT EXISTS (SELECT 1 FROM registered_models WHERE workspace != '{_DEFAULT_WORKSPACE}')"
 )
@@ -120,5 +171,7 @@ def _local_folder(location: str) -> Path | None:
     parsed = urllib.parse.urlparse(location)
     if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
         return None
-    folder = Path(urllib.request.url2pathname(parsed.path))
+    from urllib.request import url2pathname  # 40 ms to import, for a model found here only
+
+    folder = Path(url2pathname(parsed.path))
     return folder if (folder / "MLmodel").is_file() else None

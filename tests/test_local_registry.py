@@ -76,6 +76,8 @@ def test_leaves_what_it_cannot_answer_exactly_to_mlflow(
         "models:/no-such-model@champion",
         f"models:/{name}?x@champion",  # a query to MLflow's URI parser
         f"models:/{name}\t/1",  # a tab, which urllib drops
+        f"models:/{name}:x/1",  # a name MLflow's checks refuse
+        f"models:/{name}@two words",  # an alias MLflow's checks refuse
         "runs:/0123456789abcdef/model",
         str(tmp_path),  # a folder
     ):
@@ -96,6 +98,30 @@ def test_leaves_what_it_cannot_answer_exactly_to_mlflow(
     assert stored_model_folder(model_uri, tracking) is not None
     monkeypatch.setenv("MLFLOW_WORKSPACE", "team")  # MLflow's workspaces: not read here
     assert stored_model_folder(model_uri, tracking) is None
+
+
+def test_a_store_of_another_schema_or_in_wal_mode_is_left_to_mlflow(private_registry) -> None:
+    """MLflow opens only a store of its own schema revision ("mlflow db upgrade"); a store in
+    WAL mode would get -shm and -wal files from a read, which its writer may not own."""
+    from mlflow.store.db.utils import _get_latest_schema_revision
+
+    from anomaly_vae.local_registry import _schema_head
+
+    assert _schema_head() == _get_latest_schema_revision()
+    model_uri, tracking = private_registry
+    db = _db(tracking)
+    with sqlite3.connect(db) as connection:
+        (revision,) = connection.execute("SELECT version_num FROM alembic_version").fetchone()
+        connection.execute("UPDATE alembic_version SET version_num = 'older'")
+    assert stored_model_folder(model_uri, tracking) is None
+    with sqlite3.connect(db) as connection:
+        connection.execute("UPDATE alembic_version SET version_num = ?", (revision,))
+    assert stored_model_folder(model_uri, tracking) is not None
+    connection = sqlite3.connect(db)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.close()
+    assert stored_model_folder(model_uri, tracking) is None
+    assert sorted(p.name for p in db.parent.iterdir() if p.name.startswith(db.name)) == [db.name]
 
 
 def test_a_store_with_models_in_other_workspaces_is_left_to_mlflow(private_registry) -> None:
@@ -138,7 +164,9 @@ def test_scoring_with_a_registered_model_needs_no_mlflow(
     model_uri, tracking = private_registry
     _, test = breast_cancer_files
     blocked = tmp_path / "blocked" / "mlflow"
-    blocked.mkdir(parents=True)
+    migrations = Path("store", "db_migrations", "versions")  # read, not imported, by the lookup
+    (blocked / migrations).parent.mkdir(parents=True)
+    (blocked / migrations).symlink_to(Path(mlflow.__file__).parent / migrations)
     (blocked / "__init__.py").write_text("raise ImportError('mlflow was imported')\n")
     out = tmp_path / "scored.parquet"
     done = subprocess.run(
