@@ -194,8 +194,9 @@ class TabularDetector:
     def _top_features(
         self, scores: SampleScores, top_rows: int | None
     ) -> np.ndarray | pd.api.extensions.ExtensionArray:
-        """Comma-joined names of each row's top features, of every row or of the `top_rows`
-        highest-scored (the others empty). Joined in Arrow and kept there: Python strings, one
+        """Comma-joined names of each row's top features, each number's with its direction
+        (`DIRECTION_SUFFIXES`), of every row or of the `top_rows` highest-scored (the others
+        empty). Joined in Arrow and kept there: Python strings, one
         a row, cost as much again to make and to write back."""
         if scores.top_features is None:
             return np.full(len(scores.score), "", dtype=object)
@@ -407,6 +408,14 @@ class ImageDetector:
 # How a top feature's direction (`SampleScores.top_directions`: 0, 1 above, -1 below what
 # the model expected) follows its name, in the order of `_named_directions`.
 DIRECTION_SUFFIXES = ("", " (high)", " (low)")
+
+
+def without_direction(named: str) -> str:
+    """The column of one of `top_features`' names: `amount (high)` is `amount`."""
+    for suffix in DIRECTION_SUFFIXES[1:]:
+        if named.endswith(suffix):
+            return named.removesuffix(suffix)
+    return named
 
 
 def _named_directions(feature_names: list[str]) -> list[str]:

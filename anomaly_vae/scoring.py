@@ -77,8 +77,8 @@ class SampleScores:
 class TabularTerms(NamedTuple):
     nll: torch.Tensor  # per-feature reconstruction NLL, (n, n_features)
     kl: torch.Tensor  # (n,)
-    # The decoder's means of the numeric and binary inputs, (n, n_numeric + n_binary): what it
-    # expected each value to be.
+    # What the decoder expected of the numeric inputs (their means) and binary ones (their
+    # logits), (n, n_numeric + n_binary); averaged over the draws for `samples > 0`.
     expected: torch.Tensor
 
 
@@ -226,8 +226,9 @@ def score_tabular(
             if top_k:
                 ranked = _largest_columns(nll.numpy(), top_k)
                 scores.top_features[rows] = ranked
+                observed = batch.observed if len(model.indicator_columns) else None
                 scores.top_directions[rows] = _directions(
-                    ranked, model.n_numeric, batch.numeric, expected.numpy(), batch.observed
+                    ranked, model.n_numeric, batch.numeric, expected.numpy(), observed
                 )
 
     starts = range(0, n, rows_per_batch)
@@ -244,18 +245,21 @@ def _directions(
     n_numeric: int,
     values: np.ndarray,
     expected: np.ndarray,
-    observed: np.ndarray,
+    observed: np.ndarray | None,
 ) -> np.ndarray:
     """`SampleScores.top_directions` of the ranked columns: the sign of each numeric value
     less the decoder's expectation (both scaled, which keeps their order), 0 for columns that
-    are not numbers and for missing cells, whose imputed values say nothing."""
-    numeric = ranked < n_numeric
-    if not numeric.any():  # also a table without number columns, whose values are (n, 0)
+    are not numbers and for missing cells (`observed` 0; None where none can be missing),
+    whose imputed values say nothing."""
+    if n_numeric == 0:  # a table without number columns, whose values are (n, 0)
         return np.zeros(ranked.shape, np.int8)
-    columns = np.where(numeric, ranked, 0)
-    difference = np.take_along_axis(values, columns, 1) - np.take_along_axis(expected, columns, 1)
-    present = numeric & (np.take_along_axis(observed, columns, 1) > 0)
-    return np.where(present, np.sign(difference), 0).astype(np.int8)
+    rows = np.arange(len(ranked))[:, None]
+    columns = np.minimum(ranked, n_numeric - 1)
+    signs = np.sign(values[rows, columns] - expected[rows, columns]).astype(np.int8)
+    present = ranked < n_numeric
+    if observed is not None:
+        present &= observed[rows, columns] > 0
+    return signs * present
 
 
 def typical_terms(terms: np.ndarray, observed: np.ndarray) -> np.ndarray:

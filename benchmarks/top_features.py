@@ -39,7 +39,12 @@ def corrupted(rows: pd.DataFrame, train: pd.DataFrame, rng: np.random.Generator)
 
 
 def hit_rates(detector, rows: pd.DataFrame, which: list[str]) -> tuple[float, float]:  # noqa: ANN001
-    named = detector.score_frame(rows)["top_features"].str.split(",")
+    from anomaly_vae.detector import without_direction
+
+    named = [
+        [without_direction(name) for name in joined.split(",")]
+        for joined in detector.score_frame(rows)["top_features"]
+    ]
     first = np.mean([w == top[0] for w, top in zip(which, named, strict=True)])
     three = np.mean([w in top for w, top in zip(which, named, strict=True)])
     return float(first), float(three)

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path, PurePath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -128,7 +128,6 @@ def training_run(
     import mlflow
 
     from anomaly_vae.tracking import (
-        data_title,
         flatten_params,
         log_data,
         tracked_run,
@@ -140,7 +139,7 @@ def training_run(
         promoted = takes_champion(config, kind, features, promote)
         experiment = config.mlflow.experiment or run_name(config)
         use_experiment(experiment)
-        name = training_run_name(data_title(data), config.overrides)
+        name = training_run_name(data, config.overrides)
         # Configs that share an experiment (mlflow.experiment) trained runs named alike:
         # cc.yaml and cc_small.yaml both 'train cc_train.parquet'.
         if config.name and config.name != experiment:
@@ -231,16 +230,17 @@ def log_config_file(path: str) -> None:
     mlflow.log_artifact(path, "config_file" if Path(path).name in RUN_ARTIFACTS else None)
 
 
-def training_run_name(title: str, overrides: tuple[str, ...]) -> str:
+def training_run_name(data: str | Path, overrides: tuple[str, ...]) -> str:
     """`train <data>`, followed by the `--set` overrides that set this run apart from the other
     runs of its config (their names were all alike); long lists are cut at 200 characters.
-    A `data.path` override is the title, with the file's folder, or runs on 2024/october.parquet
-    and 2023/october.parquet would be named alike; the rest of its path (an absolute one
-    filled the `runs` table) is in the `overrides` tag."""
-    paths = [o for o in overrides if o.partition("=")[0].strip() == "data.path"]
-    if paths:
-        path = PurePath(paths[-1].partition("=")[2].strip())
-        title = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    Where `data.path` was set, the data is named with its file's folder, or runs on
+    2024/october.parquet and 2023/october.parquet would be named alike, and the override is
+    left out (its whole path, which filled the `runs` table, is in the `overrides` tag)."""
+    from anomaly_vae.tracking import data_title
+
+    paths = [o for o in overrides if o.partition("=")[0] == "data.path"]
+    path = Path(data)
+    title = f"{path.parent.name}/{path.name}" if paths and path.parent.name else data_title(path)
     name = " ".join(["train", title, *(o for o in overrides if o not in paths)])
     return name if len(name) <= 200 else name[:199] + "…"
 

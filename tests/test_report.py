@@ -56,6 +56,9 @@ def test_recall_at_fpr_is_the_best_recall_within_the_budget(scored) -> None:
 def test_top_feature_counts_rank_features_by_rows() -> None:
     counts = top_feature_counts(["a,b,c", "b,c,d", "c,a,b"])
     assert counts.to_dict() == {"b": 3, "c": 3, "a": 2, "d": 1}
+    # A number's high and low values count for its one column.
+    counts = top_feature_counts(["a (high),b,c (low)", "a (low),c (low)", "b,a (high)"])
+    assert counts.to_dict() == {"a": 3, "b": 2, "c": 2}
 
 
 def test_report_embeds_every_figure_and_the_metric_values(

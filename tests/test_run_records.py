@@ -135,14 +135,15 @@ def test_training_runs_are_named_by_their_overrides_and_keep_their_config_file(
     assert changed.data.tags["overrides"] == (
         f"--set training.epochs=1 --set model.latent=4 --set data.path={data} --set training.seed=0"
     )
-    assert training_run_name("october.parquet", ("data.path=2024/october.parquet",)) == (
+    assert training_run_name("2024/october.parquet", ("data.path=2024/october.parquet",)) == (
         "train 2024/october.parquet"  # the folder tells runs apart
     )
-    # The rest of a long path is in the overrides tag; it filled the runs table.
-    assert training_run_name(
-        "sample.parquet",
-        ("data.path=/work/shared/data/tabular/sample.parquet", "training.epochs=3"),
-    ) == ("train tabular/sample.parquet training.epochs=3")
+    # The rest of a long path is in the overrides tag; it filled the runs table. The name is
+    # the path the config read, not the override's YAML text.
+    overrides = ("data.path='/data/tabular/my sample.parquet'", "training.epochs=3")
+    assert training_run_name("/data/tabular/my sample.parquet", overrides) == (
+        "train tabular/my sample.parquet training.epochs=3"
+    )
     assert changed.data.tags["config_file"] == str(config.resolve())
     # A config that shares another's experiment says its name: runs of cancer.yaml and of a
     # variant of it read alike there.

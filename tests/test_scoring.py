@@ -91,6 +91,8 @@ def test_top_directions_say_whether_a_number_lies_above_or_below_the_expected_va
     observed = np.array([[1, 1], [1, 0], [1, 1]], np.float32)
     directions = _directions(ranked, 2, values, expected, observed)
     np.testing.assert_array_equal(directions, [[1, -1, 0], [0, 0, -1], [0, 1, 0]])
+    everywhere = _directions(ranked, 2, values, expected, None)  # no cell can be missing
+    np.testing.assert_array_equal(everywhere, [[1, -1, 0], [0, 1, -1], [0, 1, 0]])
     none = np.empty((3, 0), np.float32)  # a table of categorical columns only
     np.testing.assert_array_equal(_directions(ranked, 0, none, none, none), np.zeros((3, 3)))
 

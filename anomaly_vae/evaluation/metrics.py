@@ -63,7 +63,13 @@ def threshold_sweep(scores: np.ndarray, labels: np.ndarray, points: int = 200) -
 
 
 def top_feature_counts(top_features: Iterable[str]) -> pd.Series:
-    """How often each feature is named among the rows' top features, most frequent first."""
-    counts = Counter(name for joined in top_features for name in joined.split(",") if name)
+    """How often each feature is named among the rows' top features, most frequent first,
+    whatever its direction: counted apart, a column's high and low values split its rows
+    between two bars."""
+    from anomaly_vae.detector import without_direction
+
+    counts = Counter(
+        without_direction(name) for joined in top_features for name in joined.split(",") if name
+    )
     ordered = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
     return pd.Series(dict(ordered), name="rows", dtype="int64")

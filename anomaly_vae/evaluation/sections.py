@@ -92,14 +92,15 @@ def top_anomaly_sections(top_rows: pd.DataFrame) -> list[Section]:
             "Features driving the top anomalies",
             f"For the {len(top_rows)} top-scored rows, how often each feature is among a row's "
             "top features: those whose reconstruction terms lie furthest above what is typical "
-            "for them (their median on the normal validation rows); a number's (high) or "
-            "(low) says whether its value lay above or below what the model expected of it.",
+            "for them (their median on the normal validation rows), whatever their direction.",
             figures.top_features_figure(counts, len(top_rows)),
         ),
         Section(
             "top_rows",
             f"The {min(TOP_ROWS_SHOWN, len(top_rows))} top-scored rows",
-            "The rows an analyst would look at first, with their label and top features.",
+            "The rows an analyst would look at first, with their label and top features; a "
+            "number's (high) or (low) says whether its value lay above or below what the model "
+            "expected of it.",
             table=_shown(top_rows.head(TOP_ROWS_SHOWN)),
         ),
     ]
