@@ -8,8 +8,9 @@ library's `sqlite3`, read-only, and the files are read where they are.
 
 This answers only what it can answer exactly as MLflow's registry would: a version number or
 an alias of a version not deleted, in a SQLite store, kept under a `file:` location that
-holds the model. Anything else (`latest`, stages, `runs:/`, a server, a store in use or of an
-unknown layout, a model not found) returns None, and MLflow resolves it, with its own errors.
+holds the model, of the schema revision the installed MLflow writes. Anything else (`latest`,
+stages, `runs:/`, a server, a store being written, in WAL mode or of another revision, a model
+not found) returns None, and MLflow resolves it, with its own errors.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ _WORKSPACE_VARIABLES = ("MLFLOW_ENABLE_WORKSPACES", "MLFLOW_WORKSPACE")
 # hold: anything else is MLflow's to read.
 _NAME = r"[^/@?#%:.\x00-\x1f\x7f][^/@?#%:\x00-\x1f\x7f]*"
 _ALIAS = r"[\w-]{1,255}"
-_BY_ALIAS = re.compile(rf"^models:/({_NAME})@({_ALIAS})/?$")
-_BY_VERSION = re.compile(rf"^models:/({_NAME})/([1-9][0-9]{{0,17}})/?$")
+_BY_ALIAS = re.compile(rf"models:/({_NAME})@({_ALIAS})/?\Z")
+_BY_VERSION = re.compile(rf"models:/({_NAME})/([1-9][0-9]{{0,17}})/?\Z")
 # MLflow's own meaning for this alias: the highest version, not a stored alias.
 _LATEST = "latest"
 # SQLite's wait for a writer (`train` registering a version) before the lookup gives way.
