@@ -54,8 +54,10 @@ def stored_model_folder(model_uri: str, tracking_uri: str) -> Path | None:
     """The folder of the version `model_uri` names in the store at `tracking_uri` (its MLmodel
     file and artifacts), or None where MLflow must resolve it."""
     parsed = _name_and_version_or_alias(model_uri)
-    db = _plain_sqlite_file(tracking_uri)
-    if parsed is None or db is None or any(os.environ.get(v) for v in _WORKSPACE_VARIABLES):
+    if parsed is None or any(os.environ.get(v) for v in _WORKSPACE_VARIABLES):
+        return None
+    db = _plain_sqlite_file(tracking_uri)  # reads the store's header: not for a folder's URI
+    if db is None:
         return None
     name, version, alias = parsed
     head = _schema_head()
@@ -76,7 +78,7 @@ def stored_model_folder(model_uri: str, tracking_uri: str) -> Path | None:
             location = _one(connection, _VERSION_QUERY, (name, int(version), _DELETED))
     except sqlite3.Error:  # locked, not a store, an older layout: MLflow says what it is
         return None
-    return _local_folder(location) if isinstance(location, str) else None
+    return local_model_folder(location) if isinstance(location, str) else None
 
 
 def _plain_sqlite_file(tracking_uri: str) -> Path | None:
@@ -92,14 +94,14 @@ def _plain_sqlite_file(tracking_uri: str) -> Path | None:
             header = handle.read(_HEADER_BYTES)
     except OSError:
         return None
-    if not header.startswith(_SQLITE_HEADER) or _WAL in header[_VERSIONS]:
+    if not header.startswith(SQLITE_HEADER) or _WAL in header[_VERSIONS]:
         return None
     return db
 
 
 # sqlite.org/fileformat.html: the magic string, then at bytes 18 and 19 the write and read
 # versions, 2 for a database in WAL mode.
-_SQLITE_HEADER = b"SQLite format 3\x00"
+SQLITE_HEADER = b"SQLite format 3\x00"
 _HEADER_BYTES = 20
 _VERSIONS = slice(18, 20)
 _WAL = 2
@@ -147,7 +149,7 @@ _ALIAS_QUERY = (
     f"WHERE name = ? AND alias = ? AND workspace = '{_DEFAULT_WORKSPACE}'"
 )
 # MLflow downloads from `storage_location`, else `source`; `source` alone is a logged model's
-# `models:/m-...` URI in MLflow 3, which `_local_folder` leaves to MLflow.
+# `models:/m-...` URI in MLflow 3, which `local_model_folder` leaves to MLflow.
 _VERSION_QUERY = (
     "SELECT COALESCE(storage_location, source) FROM model_versions "
     f"WHERE name = ? AND version = ? AND current_stage != ? AND workspace = '{_DEFAULT_WORKSPACE}'"
@@ -167,10 +169,11 @@ def _one(
     return rows[0][0] if len(rows) == 1 else None
 
 
-def _local_folder(location: str) -> Path | None:
-    """The folder of a `file:` location holding an MLflow model; None for any other."""
+def local_model_folder(location: str) -> Path | None:
+    """The folder of a `file:` location on this machine (no host) holding an MLflow model;
+    None for any other."""
     parsed = urllib.parse.urlparse(location)
-    if parsed.scheme != "file" or parsed.netloc not in ("", "localhost"):
+    if parsed.scheme != "file" or parsed.netloc:
         return None
     from urllib.request import url2pathname  # 40 ms to import, for a model found here only
 

@@ -30,7 +30,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from anomaly_vae.errors import InputError, Interrupted, first_line
 from anomaly_vae.interruptions import hold_interruptions
-from anomaly_vae.local_registry import sqlite_file, stored_model_folder
+from anomaly_vae.local_registry import (
+    SQLITE_HEADER,
+    local_model_folder,
+    sqlite_file,
+    stored_model_folder,
+)
 from anomaly_vae.store_lock import store_lock
 from anomaly_vae.terminal import loggers_at
 from anomaly_vae.tracking_server import check_server_answers, is_server_uri
@@ -206,22 +211,18 @@ def _refuse_three_slashes_for_four(uri: str, db: Path) -> None:
         )
 
 
-# Every SQLite database file begins with these 16 bytes (sqlite.org/fileformat.html).
-_SQLITE_HEADER = b"SQLite format 3\x00"
-
-
 def _refuse_non_sqlite(db: Path) -> None:
     """Refuse a file at the store's path that is not an SQLite database (a text file, a file
     overwritten by mistake): SQLAlchemy's "file is not a database" ended every command in a
     traceback. A missing or empty file is one SQLite makes into a database."""
     try:
         with db.open("rb") as handle:
-            header = handle.read(len(_SQLITE_HEADER))
+            header = handle.read(len(SQLITE_HEADER))
     except FileNotFoundError:
         return
     except OSError as exc:
         raise InputError(f"{db}: cannot read the tracking store ({exc.strerror})") from None
-    if header and header != _SQLITE_HEADER:
+    if header and header != SQLITE_HEADER:
         raise InputError(f"{db}: not an SQLite database, so not an MLflow tracking store")
 
 
@@ -1092,9 +1093,6 @@ def _model_dir_of(detector_dir: Path, model_uri: str) -> Path:
 
 def _stored_model_dir(model_uri: str, tracking_uri: str | None) -> Path | None:
     """The model's own folder in the store, where the store keeps it as local files."""
-    import urllib.parse
-    import urllib.request
-
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
@@ -1103,14 +1101,12 @@ def _stored_model_dir(model_uri: str, tracking_uri: str | None) -> Path | None:
     repository = ModelsArtifactRepository if models else RunsArtifactRepository
     try:
         with tracking_for_call(tracking_uri, create=False):
-            location = urllib.parse.urlparse(repository.get_underlying_uri(model_uri))
+            location = repository.get_underlying_uri(model_uri)
     except MlflowException:
         return None  # the download says what is wrong, as for every other command
     # A run's `model` folder is empty in MLflow 3 (models are logged models): downloaded then.
-    path = Path(urllib.request.url2pathname(location.path))
-    if location.scheme != "file" or location.netloc or not (path / "MLmodel").is_file():
-        return None
-    return _model_dir_of(_detector_in(path, model_uri), model_uri)
+    path = local_model_folder(location)
+    return None if path is None else _model_dir_of(_detector_in(path, model_uri), model_uri)
 
 
 def _model_cache() -> Path | None:
